@@ -1,0 +1,40 @@
+"""Fixtures shared by tests/ and drills/: the stack by backend, and clean databases."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from resilience.config import Settings, load_settings
+from resilience.errors import StackError
+from resilience.stack import Stack, make_stack
+
+ROOT = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings from the environment; the local stack of a test run lives in its own dir."""
+    stack_dir = ROOT / ".stack" / f"test-{os.getpid()}"
+    return load_settings(env_file=None, stack_dir=stack_dir, tools_dir=ROOT / ".tools")
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Iterator[Stack]:
+    """The stack named by RESILIENCE_BACKEND (local by default), up for the whole session."""
+    if settings.backend == "docker":
+        from resilience.stack.docker import engine_available
+
+        reason = engine_available()
+        if reason:
+            pytest.skip(f"docker backend: {reason}")
+    the_stack = make_stack(settings)
+    try:
+        the_stack.up()
+    except StackError as exc:
+        pytest.fail(f"stack did not start: {exc}", pytrace=False)
+    yield the_stack
+    the_stack.down()

@@ -1,0 +1,140 @@
+"""Settings: one validated object read from `.env`, then the environment, then explicit overrides.
+
+Precedence (lowest first): defaults -> `.env` file -> environment (`RESILIENCE_*`) -> keyword
+overrides from task flags. Unknown `RESILIENCE_*` names and wrong types are errors that name the
+field; secrets are `SecretStr` and never appear in `repr`, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from resilience.errors import ConfigError, InputError
+
+ENV_PREFIX = "RESILIENCE_"
+COMPANY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
+Backend = Literal["local", "docker", "external"]
+
+
+def validate_company_id(company_id: str) -> str:
+    """Return the id if it is a valid company id (brief §2), else raise InputError."""
+    if not isinstance(company_id, str) or not COMPANY_ID_RE.fullmatch(company_id):
+        shown = company_id[:60] if isinstance(company_id, str) else type(company_id).__name__
+        raise InputError(
+            f"invalid company id {shown!r}: use 1-50 characters of A-Z, a-z, 0-9, '_' or '-'"
+        )
+    return company_id
+
+
+def redact_dsn(dsn: str) -> str:
+    """Replace the password of a URL-style DSN (and a `password=` keyword) with `***`."""
+    dsn = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<unparseable dsn>"
+    if parts.password is None:
+        return dsn
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class Settings(BaseSettings):
+    """Everything an operator can configure. Field `foo` is read from `RESILIENCE_FOO`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",  # unknown RESILIENCE_* names are caught by load_settings
+        validate_default=True,
+        hide_input_in_errors=True,
+    )
+
+    # --- which stack --------------------------------------------------------------------------
+    backend: Backend = "local"
+    stack_dir: Path = Path(".stack")
+    tools_dir: Path = Path(".tools")
+    # Fixed ports for the local stack; 0 picks a free port at start.
+    pg_port: int = Field(0, ge=0, le=65535)
+    toxiproxy_port: int = Field(0, ge=0, le=65535)
+    s3_port: int = Field(0, ge=0, le=65535)
+    receivers_port: int = Field(0, ge=0, le=65535)
+    startup_timeout: float = Field(30.0, gt=0)
+
+    # --- external (staging) stack ------------------------------------------------------------
+    admin_dsn: SecretStr | None = None
+    service_dsn: SecretStr | None = None
+    toxiproxy_url: str | None = None
+    toxiproxy_proxy: str = "postgres"
+    s3_endpoint_moscow: str | None = None
+    s3_endpoint_eu: str | None = None
+    s3_bucket_moscow: str = "baileys-backups-moscow"
+    s3_bucket_eu: str = "baileys-backups-eu"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    drill_target: bool = False
+
+    # --- alerts ------------------------------------------------------------------------------
+    sentry_dsn: SecretStr | None = None
+    telegram_bot_token: SecretStr | None = None
+    telegram_chat_id: str | None = None
+    telegram_api_url: str = "https://api.telegram.org"
+
+    # --- the service -------------------------------------------------------------------------
+    company_id: str = "default"
+    pm2_app: str = "baileys-whatsapp-service"
+
+    @field_validator("company_id")
+    @classmethod
+    def _company(cls, value: str) -> str:
+        if not COMPANY_ID_RE.fullmatch(value):
+            raise ValueError("must be 1-50 characters of A-Z, a-z, 0-9, '_' or '-'")
+        return value
+
+    @field_validator("toxiproxy_url", "s3_endpoint_moscow", "s3_endpoint_eu", "telegram_api_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
+def _unknown_names(env_file: str | Path | None) -> list[str]:
+    """`RESILIENCE_*` names in the environment or the env file that are no setting.
+
+    Other names in the file are left alone: the file may be shared with other tools.
+    """
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    names = set(os.environ)
+    if env_file is not None and Path(env_file).is_file():
+        names |= set(dotenv_values(env_file))
+    return sorted(k for k in names if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Read and validate settings; raise ConfigError naming every bad field, never its value."""
+    unknown = _unknown_names(env_file)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "?"
+            name = (ENV_PREFIX + field if field in Settings.model_fields else field).upper()
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,83 @@
+"""PM2 seen from outside: the daemon under its own PM2_HOME and the apps it manages."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resilience.errors import StackError
+
+
+def find_pm2(tools_dir: Path) -> Path:
+    local = tools_dir / "node" / "node_modules" / ".bin" / "pm2"
+    if local.exists():
+        return local
+    found = shutil.which("pm2")
+    if found:
+        return Path(found)
+    raise StackError(f"pm2 not found in {local.parent}: run './run' to install it (needs npm)")
+
+
+@dataclass(frozen=True)
+class Pm2:
+    """One PM2 daemon, addressed by its PM2_HOME."""
+
+    binary: Path
+    home: Path | None = None  # None: the operator's default PM2_HOME (staging)
+    timeout: float = 60.0
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.home is not None:
+            env["PM2_HOME"] = str(self.home)
+        return env
+
+    def run(self, *args: str) -> str:
+        try:
+            result = subprocess.run(
+                [str(self.binary), *args],
+                capture_output=True,
+                text=True,
+                env=self._env(),
+                timeout=self.timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise StackError(f"pm2 {args[0]} did not answer within {self.timeout:.0f} s") from None
+        if result.returncode != 0:
+            last = (result.stderr or result.stdout).strip().splitlines()[-1:]
+            raise StackError(f"pm2 {args[0]} failed: {' '.join(last)}")
+        return result.stdout
+
+    def ping(self) -> None:
+        """Start the daemon if needed and wait until it answers."""
+        self.run("ping")
+
+    def daemon_pid(self) -> int | None:
+        if self.home is None:
+            return None
+        try:
+            return int((self.home / "pm2.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def kill(self) -> None:
+        """Stop every app and the daemon."""
+        self.run("kill")
+
+    def apps(self) -> list[dict[str, Any]]:
+        data = json.loads(self.run("jlist") or "[]")
+        return [
+            {
+                "name": app.get("name"),
+                "pid": app.get("pid"),
+                "status": app.get("pm2_env", {}).get("status"),
+                "restarts": app.get("pm2_env", {}).get("restart_time"),
+            }
+            for app in data
+        ]

@@ -1,0 +1,309 @@
+"""The embedded stack: real local processes, started by the project itself, no Docker needed.
+
+PostgreSQL (Debian's binaries, throwaway cluster), the real Toxiproxy server with a proxy named
+`postgres` in front of it, moto's S3 server with one bucket per region, the Sentry/Telegram
+receivers, and a PM2 daemon with its own PM2_HOME. Everything lives under `stack_dir`; pid files
+let `down()` clean up after a crashed run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from resilience.chaos.toxiproxy import ToxiproxyClient
+from resilience.config import Settings
+from resilience.errors import ResilienceError, StackError
+from resilience.service.pm2 import Pm2, find_pm2
+from resilience.stack.base import Endpoints, S3Region, Stack
+from resilience.stack.postgres import PostgresCluster
+from resilience.stack.processes import (
+    PidFile,
+    accepts_connections,
+    choose_port,
+    free_port,
+    spawn,
+    stop,
+    tail,
+    wait_until,
+)
+from resilience.stack.s3 import REGIONS, create_buckets, s3_environment
+
+PROXY = "postgres"
+COMPONENTS = ("postgres", "toxiproxy", "s3", "receivers", "pm2")
+
+
+def find_toxiproxy(tools_dir: Path) -> Path:
+    local = tools_dir / "bin" / "toxiproxy-server"
+    if local.exists():
+        return local
+    found = shutil.which("toxiproxy-server")
+    if found:
+        return Path(found)
+    raise StackError(
+        f"toxiproxy-server not found in {local.parent}: run './run' to build it "
+        "(needs 'go'; or put the v2 binary there)"
+    )
+
+
+class LocalStack(Stack):
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dir = settings.stack_dir.resolve()
+        self.tools = settings.tools_dir.resolve()
+        self._endpoints: Endpoints | None = None
+
+    # --- files ----------------------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    def _pidfile(self, name: str) -> PidFile:
+        return PidFile(self.dir / "pids" / f"{name}.pid")
+
+    def _log(self, name: str) -> Path:
+        return self.dir / "logs" / f"{name}.log"
+
+    def _load_state(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return data
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state_file)
+
+    def _pm2(self) -> Pm2:
+        return Pm2(find_pm2(self.tools), home=self.dir / "pm2")
+
+    def _cluster(self, state: dict[str, Any]) -> PostgresCluster:
+        pg = state["postgres"]
+        return PostgresCluster(
+            stack_dir=self.dir,
+            port=pg["port"],
+            data_root=Path(pg["data_root"]),
+            admin_password=pg["admin_password"],
+            service_password=pg["service_password"],
+        )
+
+    # --- interface ------------------------------------------------------------------------
+    @property
+    def endpoints(self) -> Endpoints:
+        if self._endpoints is None:
+            state = self._load_state()
+            if state is None:
+                raise StackError(
+                    f"the local stack is not up (no {self.state_file}): run 'invoke stack.up'"
+                )
+            self._endpoints = _endpoints_from(state["endpoints"])
+        return self._endpoints
+
+    def up(self) -> Endpoints:
+        state = self._load_state()
+        if state is not None and all(c["running"] for c in self.status()["components"].values()):
+            self._endpoints = _endpoints_from(state["endpoints"])
+            return self._endpoints
+        self.down()  # leftovers of a crashed or half-stopped run
+        try:
+            return self._start()
+        except BaseException:
+            self.down()
+            raise
+
+    def _start(self) -> Endpoints:
+        s = self.settings
+        timeout = s.startup_timeout
+        # Check every prerequisite before starting anything.
+        toxiproxy_bin = find_toxiproxy(self.tools)
+        pm2 = self._pm2()
+        ports = {
+            "pg": choose_port(s.pg_port, "RESILIENCE_PG_PORT"),
+            "toxiproxy": choose_port(s.toxiproxy_port, "RESILIENCE_TOXIPROXY_PORT"),
+            "s3": choose_port(s.s3_port, "RESILIENCE_S3_PORT"),
+            "receivers": choose_port(s.receivers_port, "RESILIENCE_RECEIVERS_PORT"),
+        }
+        if len(set(ports.values())) != len(ports):
+            raise StackError(f"two components were given the same port: {ports}")
+        for sub in ("pids", "logs", "receivers", "pm2"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
+        cluster = PostgresCluster.create(self.dir, ports["pg"])
+        sentry_key = secrets.token_hex(16)
+        bot_token = f"{secrets.randbelow(10**9)}:{secrets.token_urlsafe(24)}"
+        s3_key, s3_secret = "resilience", secrets.token_hex(16)
+        state: dict[str, Any] = {
+            "postgres": {
+                "port": ports["pg"],
+                "data_root": str(cluster.data_root),
+                "admin_password": cluster.admin_password,
+                "service_password": cluster.service_password,
+            }
+        }
+        self._write_state({**state, "starting": True})
+
+        # Start the slow-to-import servers first, then do initdb while they boot.
+        spawn(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(ports["s3"])],
+            pidfile=self._pidfile("s3"),
+            log=self._log("s3"),
+            env={**os.environ, **s3_environment()},
+        )
+        spawn_receivers(self.dir, ports["receivers"], sentry_key, bot_token)
+        spawn(
+            [str(toxiproxy_bin), "-host", "127.0.0.1", "-port", str(ports["toxiproxy"])],
+            pidfile=self._pidfile("toxiproxy"),
+            log=self._log("toxiproxy"),
+        )
+        cluster.init()
+        cluster.start()
+        pm2.ping()
+        cluster.wait_ready(timeout)
+        cluster.bootstrap()
+
+        toxiproxy_url = f"http://127.0.0.1:{ports['toxiproxy']}"
+        self._wait_http(f"{toxiproxy_url}/version", "toxiproxy", timeout)
+        proxy_port = free_port()
+        with ToxiproxyClient(toxiproxy_url) as toxiproxy:
+            toxiproxy.create_proxy(
+                PROXY, listen=f"127.0.0.1:{proxy_port}", upstream=f"127.0.0.1:{ports['pg']}"
+            )
+        receivers_url = f"http://127.0.0.1:{ports['receivers']}"
+        self._wait_http(f"{receivers_url}/_health", "receivers", timeout)
+        s3_url = f"http://127.0.0.1:{ports['s3']}"
+        self._wait_http(f"{s3_url}/moto-api/", "s3", timeout)
+        regions = {
+            name: S3Region(name, region, s3_url, f"baileys-backups-{name}")
+            for name, region in REGIONS.items()
+        }
+        create_buckets(regions.values(), s3_key, s3_secret)
+
+        endpoints = Endpoints(
+            backend="local",
+            admin_dsn=cluster.admin_dsn(),
+            service_dsn=cluster.service_dsn("127.0.0.1", proxy_port),
+            toxiproxy_url=toxiproxy_url,
+            toxiproxy_proxy=PROXY,
+            s3=regions,
+            s3_access_key_id=s3_key,
+            s3_secret_access_key=s3_secret,
+            sentry_dsn=f"http://{sentry_key}@127.0.0.1:{ports['receivers']}/1",
+            telegram_api_url=receivers_url,
+            telegram_bot_token=bot_token,
+            telegram_chat_id="-1001234567890",
+            receivers_url=receivers_url,
+            pm2_home=str(self.dir / "pm2"),
+            drill_target=True,
+        )
+        state["endpoints"] = asdict(endpoints)
+        state["ports"] = {**ports, "proxy": proxy_port}
+        self._write_state(state)
+        self._endpoints = endpoints
+        return endpoints
+
+    def _wait_http(self, url: str, name: str, timeout: float) -> None:
+        pidfile, log = self._pidfile(name), self._log(name)
+
+        def ready() -> bool:
+            if pidfile.read() is None:
+                raise StackError(f"{name} exited during start: {tail(log)}")
+            return httpx.get(url, timeout=1.0).status_code < 500
+
+        wait_until(ready, timeout, f"{name} at {url}")
+
+    def down(self) -> None:
+        state = self._load_state()
+        self._endpoints = None
+        pm2_home = self.dir / "pm2"
+        if (pm2_home / "pm2.pid").exists():
+            pm2 = self._pm2()
+            with contextlib.suppress(ResilienceError):  # gone already? its pid is killed below
+                pm2.kill()
+            pid = pm2.daemon_pid()
+            if pid is not None:
+                _kill_quietly(pid)
+        if state is not None and "postgres" in state:
+            self._cluster(state).remove()
+        pids = self.dir / "pids"
+        if pids.is_dir():
+            for pidfile in sorted(pids.glob("*.pid")):
+                stop(PidFile(pidfile))
+        self.state_file.unlink(missing_ok=True)
+
+    def status(self) -> dict[str, Any]:
+        state = self._load_state() or {}
+        ports: dict[str, int] = state.get("ports", {})
+        comps: dict[str, dict[str, Any]] = {}
+        for name in ("postgres", "toxiproxy", "s3", "receivers"):
+            pid = self._pidfile(name).read()
+            port = ports.get("pg" if name == "postgres" else name)
+            listening = bool(port) and accepts_connections(int(port or 0))
+            comps[name] = {"running": pid is not None and listening, "pid": pid, "port": port}
+        if ports.get("proxy"):
+            comps["toxiproxy"]["proxy_port"] = ports["proxy"]
+        pm2_pid = Pm2(Path("pm2"), home=self.dir / "pm2").daemon_pid()
+        pm2_alive = pm2_pid is not None and Path(f"/proc/{pm2_pid}").exists()
+        comps["pm2"] = {"running": pm2_alive, "pid": pm2_pid if pm2_alive else None}
+        up = "endpoints" in state and all(c["running"] for c in comps.values())
+        result: dict[str, Any] = {"backend": "local", "up": up, "stack_dir": str(self.dir)}
+        result["components"] = comps
+        if up:
+            result["endpoints"] = _endpoints_from(state["endpoints"]).redacted()
+        return result
+
+    # --- faults on the server process ------------------------------------------------------
+    def _require_cluster(self) -> PostgresCluster:
+        state = self._load_state()
+        if state is None or "postgres" not in state:
+            raise StackError("the local stack is not up: run 'invoke stack.up'")
+        return self._cluster(state)
+
+    def stop_postgres(self) -> None:
+        self._require_cluster().stop()
+
+    def kill_postgres(self) -> None:
+        self._require_cluster().kill()
+
+    def start_postgres(self) -> None:
+        cluster = self._require_cluster()
+        cluster.start()
+        cluster.wait_ready(self.settings.startup_timeout)
+
+
+def _endpoints_from(data: dict[str, Any]) -> Endpoints:
+    s3 = {name: S3Region(**region) for name, region in data.get("s3", {}).items()}
+    return Endpoints(**{**data, "s3": s3})
+
+
+def _kill_quietly(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def spawn_receivers(stack_dir: Path, port: int, sentry_key: str, bot_token: str) -> int:
+    """Start the Sentry/Telegram receivers (ours, so they run locally on every backend)."""
+    record_dir = stack_dir / "receivers"
+    argv = [sys.executable, "-m", "resilience.stack.receivers", "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--record-dir", str(record_dir)]
+    argv += ["--ready-file", str(record_dir / "ready.json")]
+    argv += ["--sentry-key", sentry_key, "--telegram-token", bot_token]
+    pidfile = PidFile(stack_dir / "pids" / "receivers.pid")
+    return spawn(argv, pidfile=pidfile, log=stack_dir / "logs" / "receivers.log")

@@ -304,6 +304,7 @@ def spawn_receivers(stack_dir: Path, port: int, sentry_key: str, bot_token: str)
     argv = [sys.executable, "-m", "resilience.stack.receivers", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--record-dir", str(record_dir)]
     argv += ["--ready-file", str(record_dir / "ready.json")]
-    argv += ["--sentry-key", sentry_key, "--telegram-token", bot_token]
+    # secrets go through the environment, not argv, so `ps` does not show them
+    env = {**os.environ, "RECEIVERS_SENTRY_KEY": sentry_key, "RECEIVERS_TELEGRAM_TOKEN": bot_token}
     pidfile = PidFile(stack_dir / "pids" / "receivers.pid")
-    return spawn(argv, pidfile=pidfile, log=stack_dir / "logs" / "receivers.log")
+    return spawn(argv, pidfile=pidfile, log=stack_dir / "logs" / "receivers.log", env=env)

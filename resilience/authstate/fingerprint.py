@@ -1,0 +1,73 @@
+"""Fingerprints of auth state: one per key, and one order-independent digest per company.
+
+Both depend only on decoded values (:func:`~resilience.authstate.codec.canonical`), so a key
+stored with array Buffers in PostgreSQL and the same key with base64 Buffers in a file agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from resilience.authstate.codec import canonical
+from resilience.config import validate_company_id
+
+_SEP = b"\0"
+
+
+def _text(value: str) -> bytes:
+    # PostgreSQL TEXT cannot hold NUL, so `type \0 id \0 value` is unambiguous for stored keys.
+    return value.encode("utf-8", "surrogatepass")
+
+
+class KeyFingerprint:
+    """SHA-256 over ``type \\0 id \\0 canonical(value)``."""
+
+    @staticmethod
+    def of(key_type: str, key_id: str, value: Any) -> str:
+        digest = hashlib.sha256()
+        digest.update(_text(key_type))
+        digest.update(_SEP)
+        digest.update(_text(key_id))
+        digest.update(_SEP)
+        digest.update(canonical(value))
+        return digest.hexdigest()
+
+
+def set_digest(creds: Any | None, keys: Iterable[tuple[str, str, Any]]) -> str:
+    """SHA-256 hex over the creds (absent creds differ from JSON ``null``) and the sorted key
+    fingerprints; independent of the order of ``keys``."""
+    fingerprints = sorted(KeyFingerprint.of(t, i, v) for t, i, v in keys)
+    digest = hashlib.sha256()
+    if creds is None:
+        digest.update(b"creds:absent\n")
+    else:
+        creds_form = canonical(creds)
+        digest.update(b"creds:%d:" % len(creds_form))
+        digest.update(creds_form)
+        digest.update(b"\n")
+    digest.update(b"keys:%d\n" % len(fingerprints))
+    for fingerprint in fingerprints:
+        digest.update(fingerprint.encode("ascii"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class AuthDigest:
+    """What a company's auth state amounts to: key count and :func:`set_digest`."""
+
+    company_id: str
+    key_count: int
+    digest: str
+
+
+def digest_of(
+    company_id: str, creds: Any | None, keys: Iterable[tuple[str, str, Any]]
+) -> AuthDigest:
+    """:class:`AuthDigest` of one company's creds and keys (the company id is validated)."""
+    validate_company_id(company_id)
+    materialised = list(keys)
+    return AuthDigest(company_id, len(materialised), set_digest(creds, materialised))

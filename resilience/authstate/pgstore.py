@@ -1,0 +1,200 @@
+"""The auth state in PostgreSQL, read and written with the service's own semantics (brief §2).
+
+Keys are read by `company_id, key_type, key_id = ANY(ids)`; written by multi-row upserts in
+batches of 100 with the TTL of their type; a `None` value deletes the key; creds are one upsert.
+Values are written in the encoding the service writes ("array"); both encodings are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+
+from resilience.authstate.codec import Style, decode, encode
+from resilience.authstate.model import KeyRecord, ttl_for
+from resilience.config import redact_dsn, validate_company_id
+from resilience.errors import DatabaseError
+
+BATCH_SIZE = 100
+DB_STYLE: Style = "array"
+Conn = psycopg.Connection[TupleRow]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def connect(dsn: str, *, timeout: float = 5.0, autocommit: bool = False) -> Conn:
+    """Open a connection; failures become one-line DatabaseErrors without the password."""
+    try:
+        return psycopg.connect(dsn, connect_timeout=max(1, int(timeout)), autocommit=autocommit)
+    except psycopg.Error as exc:
+        raise DatabaseError(
+            f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {_first_line(exc)}"
+        ) from None
+
+
+@contextmanager
+def database_errors(what: str) -> Iterator[None]:
+    """Turn psycopg errors inside the block into DatabaseError naming `what`."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise DatabaseError(f"{what} failed: {_first_line(exc)}") from None
+
+
+class PgAuthStore:
+    """Auth state of every company in one database, through one connection."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    # --- creds --------------------------------------------------------------------------------
+    def load_creds(self, company_id: str) -> Any | None:
+        validate_company_id(company_id)
+        with database_errors("loading creds"):
+            row = self.conn.execute(
+                "SELECT creds FROM whatsapp_auth WHERE company_id = %s", (company_id,)
+            ).fetchone()
+        return None if row is None else decode(row[0], where="creds")
+
+    def save_creds(self, company_id: str, creds: Any, *, style: Style = DB_STYLE) -> None:
+        validate_company_id(company_id)
+        with database_errors("saving creds"), self.conn.transaction():
+            self.conn.execute(
+                "INSERT INTO whatsapp_auth (company_id, creds) VALUES (%s, %s) "
+                "ON CONFLICT (company_id) DO UPDATE SET creds = EXCLUDED.creds",
+                (company_id, Jsonb(encode(creds, style, where="creds"))),
+            )
+
+    # --- keys ---------------------------------------------------------------------------------
+    def get_keys(self, company_id: str, key_type: str, ids: Iterable[str]) -> dict[str, Any]:
+        validate_company_id(company_id)
+        with database_errors("reading keys"):
+            rows = self.conn.execute(
+                "SELECT key_id, value FROM whatsapp_keys "
+                "WHERE company_id = %s AND key_type = %s AND key_id = ANY(%s)",
+                (company_id, key_type, list(ids)),
+            ).fetchall()
+        return {key_id: decode(value, where=f"{key_type}/{key_id}") for key_id, value in rows}
+
+    def set_keys(
+        self, company_id: str, data: Mapping[str, Mapping[str, Any | None]]
+    ) -> tuple[int, int]:
+        """Apply `{type: {id: value or None}}` in one transaction; return (upserted, deleted)."""
+        validate_company_id(company_id)
+        upserts: list[tuple[str, str, Any]] = []
+        deletes: list[tuple[str, str]] = []
+        for key_type, items in data.items():
+            for key_id, value in items.items():
+                if value is None:
+                    deletes.append((key_type, key_id))
+                else:
+                    upserts.append((key_type, key_id, encode(value, DB_STYLE, where=key_id)))
+        deleted = 0
+        with database_errors("writing keys"), self.conn.transaction():
+            for start in range(0, len(upserts), BATCH_SIZE):
+                self._upsert_batch(company_id, upserts[start : start + BATCH_SIZE])
+            for start in range(0, len(deletes), BATCH_SIZE):
+                batch = deletes[start : start + BATCH_SIZE]
+                cur = self.conn.execute(
+                    "DELETE FROM whatsapp_keys k USING unnest(%s::text[], %s::text[]) AS d(t, i) "
+                    "WHERE k.company_id = %s AND k.key_type = d.t AND k.key_id = d.i",
+                    ([t for t, _ in batch], [i for _, i in batch], company_id),
+                )
+                deleted += cur.rowcount
+        return len(upserts), deleted
+
+    def _upsert_batch(self, company_id: str, batch: list[tuple[str, str, Any]]) -> None:
+        values = sql.SQL(", ").join(sql.SQL("(%s, %s, %s, %s, now() + %s)") for _ in batch)
+        params: list[Any] = []
+        for key_type, key_id, value in batch:
+            params += [company_id, key_type, key_id, Jsonb(value), ttl_for(key_type)]
+        self.conn.execute(
+            sql.SQL(
+                "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value, expires_at) "
+                "VALUES {} ON CONFLICT (company_id, key_type, key_id) DO UPDATE SET "
+                "value = EXCLUDED.value, expires_at = EXCLUDED.expires_at"
+            ).format(values),
+            params,
+        )
+
+    # --- whole-company views --------------------------------------------------------------------
+    def companies(self) -> list[str]:
+        with database_errors("listing companies"):
+            rows = self.conn.execute(
+                "SELECT company_id FROM whatsapp_auth UNION SELECT DISTINCT company_id "
+                "FROM whatsapp_keys ORDER BY 1"
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def records(self, company_id: str) -> list[KeyRecord]:
+        """Every key row of a company, legacy rows included, values decoded."""
+        validate_company_id(company_id)
+        with database_errors("reading keys"):
+            rows = self.conn.execute(
+                "SELECT key_type, key_id, value, updated_at, expires_at FROM whatsapp_keys "
+                "WHERE company_id = %s ORDER BY key_type, key_id",
+                (company_id,),
+            ).fetchall()
+        return [
+            KeyRecord(company_id, t, i, decode(v, where=f"{t}/{i}"), updated, expires)
+            for t, i, v, updated, expires in rows
+        ]
+
+    def count_keys(self, company_id: str) -> int:
+        with database_errors("counting keys"):
+            row = self.conn.execute(
+                "SELECT count(*) FROM whatsapp_keys WHERE company_id = %s", (company_id,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def insert_raw(
+        self,
+        company_id: str,
+        creds: Any | None,
+        rows: Iterable[tuple[KeyRecord, Style]],
+        *,
+        creds_style: Style = DB_STYLE,
+    ) -> int:
+        """Seed rows exactly as given (encoding, updated_at, expires_at) with COPY: for datasets
+        and restores, not for the service path. Returns the number of key rows written."""
+        validate_company_id(company_id)
+        count = 0
+        with database_errors("seeding"), self.conn.transaction():
+            if creds is not None:
+                self.save_creds(company_id, creds, style=creds_style)
+            with self.conn.cursor().copy(
+                "COPY whatsapp_keys (company_id, key_type, key_id, value, created_at, updated_at,"
+                " expires_at) FROM STDIN"
+            ) as copy:
+                for record, style in rows:
+                    updated = record.updated_at or datetime.now().astimezone()
+                    copy.write_row(
+                        (
+                            company_id,
+                            record.key_type,
+                            record.key_id,
+                            Jsonb(encode(record.value, style, where=record.key_id)),
+                            updated,
+                            updated,
+                            record.expires_at,
+                        )
+                    )
+                    count += 1
+        return count
+
+    def delete_company(self, company_id: str) -> None:
+        """Remove a company's creds and keys in one transaction (drills clean up with this)."""
+        validate_company_id(company_id)
+        with database_errors("deleting company"), self.conn.transaction():
+            self.conn.execute("DELETE FROM whatsapp_keys WHERE company_id = %s", (company_id,))
+            self.conn.execute("DELETE FROM whatsapp_auth WHERE company_id = %s", (company_id,))

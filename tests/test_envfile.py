@@ -1,0 +1,274 @@
+"""The service's `.env` mode switch: line-preserving, atomic, idempotent, reversible."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from dotenv import dotenv_values
+
+from resilience.errors import InputError
+from resilience.service import envfile
+from resilience.service.envfile import (
+    FILE_MODE,
+    current_mode,
+    read_flags,
+    restore_values,
+    set_values,
+)
+
+SECRET_DSN = "postgresql://svc:s3cr3t-pw@db.internal:5432/app"
+
+POSTGRES_ENV = (
+    "# Baileys service settings\n"
+    "\n"
+    f"DATABASE_URL='{SECRET_DSN}'\n"
+    "export USE_REPOSITORY_PATTERN=true   # repository layer\n"
+    'USE_DATABASE_AUTH_STATE="true"\n'
+    "   # indented comment stays\n"
+    "USE_LEGACY_SUPABASE = TRUE\n"
+    "COMPANY_ID=acme_1\n"
+    "\n"
+    "# trailing comment\n"
+)
+
+EXPECTED_FILE_ENV = (
+    "# Baileys service settings\n"
+    "\n"
+    f"DATABASE_URL='{SECRET_DSN}'\n"
+    "export USE_REPOSITORY_PATTERN=false   # repository layer\n"
+    'USE_DATABASE_AUTH_STATE="false"\n'
+    "   # indented comment stays\n"
+    "USE_LEGACY_SUPABASE = false\n"
+    "COMPANY_ID=acme_1\n"
+    "\n"
+    "# trailing comment\n"
+)
+
+
+@pytest.fixture
+def env_path(tmp_path: Path) -> Path:
+    path = tmp_path / ".env"
+    path.write_bytes(POSTGRES_ENV.encode())
+    path.chmod(0o640)
+    return path
+
+
+def backups(path: Path) -> list[Path]:
+    return sorted(p for p in path.parent.iterdir() if p.name.startswith(path.name + ".bak"))
+
+
+def test_switch_to_file_mode_changes_only_the_three_values(env_path: Path) -> None:
+    assert current_mode(env_path) == "postgres"
+    change = set_values(env_path, FILE_MODE)
+
+    assert env_path.read_bytes() == EXPECTED_FILE_ENV.encode()
+    assert change.changed
+    assert change.before == {
+        "USE_REPOSITORY_PATTERN": "true",
+        "USE_DATABASE_AUTH_STATE": "true",
+        "USE_LEGACY_SUPABASE": "TRUE",
+    }
+    assert current_mode(env_path) == "file"
+    assert read_flags(env_path) == FILE_MODE
+    assert dotenv_values(env_path)["DATABASE_URL"] == SECRET_DSN
+
+
+def test_backup_holds_the_old_bytes_and_keeps_the_mode(env_path: Path) -> None:
+    change = set_values(env_path, FILE_MODE)
+    assert change.backup is not None
+    assert change.backup.parent == env_path.parent
+    assert change.backup.name.startswith(".env.bak-")
+    assert change.backup.read_bytes() == POSTGRES_ENV.encode()
+    assert stat.S_IMODE(change.backup.stat().st_mode) == 0o640
+    assert backups(env_path) == [change.backup]
+
+
+def test_file_mode_bits_are_preserved(env_path: Path) -> None:
+    env_path.chmod(0o600)
+    set_values(env_path, FILE_MODE)
+    assert stat.S_IMODE(env_path.stat().st_mode) == 0o600
+    assert env_path.stat().st_uid == os.getuid()
+
+
+def test_idempotent_second_call_writes_nothing(env_path: Path) -> None:
+    first = set_values(env_path, FILE_MODE)
+    inode, mtime = env_path.stat().st_ino, env_path.stat().st_mtime_ns
+    second = set_values(env_path, FILE_MODE)
+
+    assert first.changed and not second.changed
+    assert second.backup is None
+    assert second.before == FILE_MODE
+    assert (env_path.stat().st_ino, env_path.stat().st_mtime_ns) == (inode, mtime)
+    assert backups(env_path) == [first.backup]
+    assert env_path.read_bytes() == EXPECTED_FILE_ENV.encode()
+
+
+def test_restore_undoes_the_switch_byte_for_byte(env_path: Path) -> None:
+    change = set_values(env_path, FILE_MODE)
+    undo = restore_values(env_path, change.before)
+    assert undo.changed
+    assert undo.backup is None
+    assert env_path.read_bytes() == POSTGRES_ENV.encode()
+    assert current_mode(env_path) == "postgres"
+    assert undo.before == FILE_MODE
+
+
+def test_missing_keys_are_appended_and_restore_removes_them(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    original = "# only the DSN\r\nDATABASE_URL=postgresql://a:b@h/d\r\nUSE_LEGACY_SUPABASE=false"
+    path.write_bytes(original.encode())
+
+    change = set_values(path, FILE_MODE)
+    text = path.read_bytes().decode()
+    assert text == (
+        "# only the DSN\r\nDATABASE_URL=postgresql://a:b@h/d\r\nUSE_LEGACY_SUPABASE=false\r\n"
+        "USE_REPOSITORY_PATTERN=false\r\nUSE_DATABASE_AUTH_STATE=false\r\n"
+    )
+    assert change.before == {
+        "USE_REPOSITORY_PATTERN": None,
+        "USE_DATABASE_AUTH_STATE": None,
+        "USE_LEGACY_SUPABASE": "false",
+    }
+    assert current_mode(path) == "file"
+
+    restore_values(path, change.before)
+    # values restored exactly; only the newline added to the unterminated last line remains
+    assert path.read_bytes().decode() == original + "\r\n"
+    assert read_flags(path) == {
+        "USE_REPOSITORY_PATTERN": None,
+        "USE_DATABASE_AUTH_STATE": None,
+        "USE_LEGACY_SUPABASE": "false",
+    }
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"USE_REPOSITORY_PATTERN": "false"},
+        {"USE_REPOSITORY_PATTERN": "false", "USE_DATABASE_AUTH_STATE": "false"},
+        {"USE_DATABASE_AUTH_STATE": "false", "USE_LEGACY_SUPABASE": "false"},
+    ],
+)
+def test_setting_only_some_flags_is_not_file_mode(env_path: Path, flags: dict[str, str]) -> None:
+    set_values(env_path, flags)
+    assert current_mode(env_path) == "postgres"
+
+
+def test_mode_detection_is_case_insensitive_and_needs_all_three(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_text("USE_REPOSITORY_PATTERN=False\nUSE_DATABASE_AUTH_STATE='FALSE'\n")
+    assert current_mode(path) == "postgres"  # third flag absent
+    path.write_text(path.read_text() + 'export USE_LEGACY_SUPABASE="false"\n')
+    assert current_mode(path) == "file"
+
+
+def test_last_duplicate_wins_and_is_the_one_rewritten(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_text(
+        "USE_REPOSITORY_PATTERN=false\nUSE_DATABASE_AUTH_STATE=false\nUSE_LEGACY_SUPABASE=false\n"
+        "USE_REPOSITORY_PATTERN=true\n"
+    )
+    assert current_mode(path) == "postgres"
+    change = set_values(path, FILE_MODE)
+    assert change.before["USE_REPOSITORY_PATTERN"] == "true"
+    assert path.read_text().splitlines() == [
+        "USE_REPOSITORY_PATTERN=false",
+        "USE_DATABASE_AUTH_STATE=false",
+        "USE_LEGACY_SUPABASE=false",
+        "USE_REPOSITORY_PATTERN=false",
+    ]
+    assert current_mode(path) == "file"
+
+
+def test_tricky_lines_survive_untouched(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    tricky = (
+        "\ufeffA=1\n"
+        'MULTI="line one\nline two"\n'
+        "HASH=abc#def\n"
+        "EMPTY=\n"
+        "COMMENTED= # nothing here\n"
+        "not a valid line at all ===\n"
+        "BARE\n"
+        "USE_REPOSITORY_PATTERN='true' # single quoted\n"
+        "Z=last"
+    )
+    path.write_bytes(tricky.encode())
+    before = dotenv_values(path)
+    set_values(path, {"USE_REPOSITORY_PATTERN": "false"})
+    expected = tricky.replace("'true' # single", "'false' # single")
+    assert path.read_bytes() == expected.encode()
+    after = dotenv_values(path)
+    assert after == {**before, "USE_REPOSITORY_PATTERN": "false"}
+
+
+def test_value_needing_quotes_is_quoted_when_appended(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_text("A=1\n")
+    set_values(path, {"GREETING": "hello world #1"})
+    assert path.read_text() == 'A=1\nGREETING="hello world #1"\n'
+    assert dotenv_values(path)["GREETING"] == "hello world #1"
+
+
+def test_symlinked_env_keeps_the_link(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    target = shared / ".env"
+    target.write_text(POSTGRES_ENV)
+    link = tmp_path / ".env"
+    link.symlink_to(target)
+
+    change = set_values(link, FILE_MODE)
+    assert link.is_symlink()
+    assert target.read_text() == EXPECTED_FILE_ENV
+    assert change.backup is not None and change.backup.parent == shared
+
+
+def test_missing_env_file_is_an_input_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / ".env"
+    with pytest.raises(InputError, match=r"service env file .*nope/\.env not found"):
+        set_values(missing, FILE_MODE)
+    with pytest.raises(InputError, match="not found"):
+        current_mode(missing)
+    assert not missing.parent.exists()
+
+
+def test_invalid_key_changes_nothing(env_path: Path) -> None:
+    with pytest.raises(InputError, match="invalid env variable name"):
+        set_values(env_path, {"BAD KEY": "x"})
+    assert env_path.read_bytes() == POSTGRES_ENV.encode()
+    assert backups(env_path) == []
+
+
+def test_errors_never_show_values(env_path: Path) -> None:
+    with pytest.raises(InputError) as caught:
+        set_values(env_path, {"DATABASE_URL": "line\nbreak\\ and 'both\" quotes"})
+    assert "s3cr3t" not in str(caught.value)
+    assert "break" not in str(caught.value)
+    assert env_path.read_bytes() == POSTGRES_ENV.encode()
+
+
+def test_failed_write_leaves_the_file_and_no_temp(
+    env_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(envfile.os, "replace", boom)
+    with pytest.raises(InputError, match="No space left on device"):
+        set_values(env_path, FILE_MODE)
+    assert env_path.read_bytes() == POSTGRES_ENV.encode()
+    leftovers = [p.name for p in env_path.parent.iterdir() if ".tmp-" in p.name]
+    assert leftovers == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_owner_is_preserved_when_running_as_root(env_path: Path) -> None:
+    os.chown(env_path, 65534, 65534)
+    change = set_values(env_path, FILE_MODE)
+    assert (env_path.stat().st_uid, env_path.stat().st_gid) == (65534, 65534)
+    assert change.backup is not None
+    assert (change.backup.stat().st_uid, change.backup.stat().st_gid) == (65534, 65534)

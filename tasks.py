@@ -105,6 +105,163 @@ def down(c: Context, backend: str | None = None) -> None:
 stack_ns = Collection("stack", up, status, down)
 
 
+# --- restore.* ---------------------------------------------------------------------------------
+SWITCH_HELP = {
+    "company": "company id (default: RESILIENCE_COMPANY_ID)",
+    "dry_run": "run the preflight and print the plan; change nothing",
+    "yes": "do not ask for confirmation (unattended runs)",
+    "force": "use a snapshot older than the limit / discard local changes in the work tree",
+    "json": "print the result as JSON",
+}
+
+
+def _render_switch(console: Any, data: dict[str, Any]) -> None:
+    from resilience.output import table
+
+    pre = data["preflight"]
+    console.print(f"{pre['direction']} for company {pre['company_id']}")
+    for number, line in enumerate(pre["plan"], 1):
+        console.print(f"  {number}. {line}")
+    run = data.get("run")
+    if run is None:
+        console.print("dry run: nothing changed")
+        return
+    rows = [[s["name"], s["status"], f"{s['duration_s']:.3f} s"] for s in run["steps"]]
+    console.print(table("steps", ["step", "status", "duration"], rows))
+    console.print(f"RTO: {data['rto_s']:.3f} s")
+
+
+def _confirm(out: Any, yes: bool) -> Any:
+    def ask(facts: Any) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            from resilience.errors import InputError
+
+            raise InputError("no terminal to confirm on: run with --yes for unattended runs")
+        out.err.print("plan:")
+        for number, line in enumerate(facts.plan, 1):
+            out.err.print(f"  {number}. {line}", markup=False)
+        return input("proceed? [y/N] ").strip().lower() in ("y", "yes")
+
+    return ask
+
+
+def _switch(
+    direction: str, company: str | None, dry_run: bool, yes: bool, force: bool, json: bool
+) -> None:
+    from resilience.alerts import Alerts
+    from resilience.output import Output
+    from resilience.report.journal import Journal
+    from resilience.restore.runner import StepFailed
+    from resilience.restore.switch import make_target, run_switch
+
+    out = Output(json)
+    settings = _settings()
+    target = make_target(settings, company)
+    alerts = Alerts.from_endpoints(
+        settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None,
+        settings.telegram_api_url,
+        settings.telegram_bot_token.get_secret_value() if settings.telegram_bot_token else None,
+        settings.telegram_chat_id,
+    )
+    journal = Journal(f"restore {direction}")
+    journal.start()
+    try:
+        outcome = run_switch(
+            target,
+            direction,  # type: ignore[arg-type]
+            journal=journal,
+            dry_run=dry_run,
+            force=force,
+            confirm=_confirm(out, yes),
+            progress=out.progress,
+            alerts=alerts,
+        )
+    except StepFailed as failed:
+        if json:
+            out.result({"ok": False, "error": str(failed), "run": failed.result.to_dict()})
+        raise
+    finally:
+        alerts.close()
+    out.result(outcome.to_dict(), _render_switch)
+
+
+@task(help=SWITCH_HELP)
+@operator_task
+def to_files(
+    c: Context,
+    company: str | None = None,
+    dry_run: bool = False,
+    yes: bool = False,
+    force: bool = False,
+    json: bool = False,
+) -> None:
+    """Emergency switch to files: export (or newest snapshot), code, env, restart, verify."""
+    _switch("to-files", company, dry_run, yes, force, json)
+
+
+@task(help=SWITCH_HELP)
+@operator_task
+def to_postgres(
+    c: Context,
+    company: str | None = None,
+    dry_run: bool = False,
+    yes: bool = False,
+    force: bool = False,
+    json: bool = False,
+) -> None:
+    """Switch back: import the directory in one transaction, verify digests, env, code, restart."""
+    _switch("to-postgres", company, dry_run, yes, force, json)
+
+
+@task(
+    help={
+        "company": "one company (default: all)",
+        "keep": "how many snapshots to keep",
+        "json": "print the result as JSON",
+    }
+)
+@operator_task
+def snapshot(
+    c: Context, company: str | None = None, keep: int | None = None, json: bool = False
+) -> None:
+    """Export every company to a new timestamped snapshot dir, keeping the newest N (cron)."""
+    from resilience.restore.snapshot import take_snapshot
+
+    from resilience.authstate.pgstore import PgAuthStore, connect
+    from resilience.config import redact_dsn
+    from resilience.output import Output
+    from resilience.restore.switch import make_target
+
+    out = Output(json)
+    settings = _settings(snapshot_keep=keep)
+    target = make_target(settings, company)
+    with connect(target.service_dsn) as conn:
+        snap = take_snapshot(
+            PgAuthStore(conn),
+            settings.snapshot_dir,
+            [company] if company else None,
+            keep=settings.snapshot_keep,
+            source=redact_dsn(target.service_dsn),
+        )
+    data = {
+        "path": str(snap.path),
+        "taken_at": snap.taken_at.isoformat(),
+        "companies": snap.companies,
+    }
+    out.result(
+        data,
+        lambda con, d: con.print(
+            f"snapshot {d['path']}: "
+            + ", ".join(f"{k} ({v['key_count']} keys)" for k, v in d["companies"].items())
+        ),
+    )
+
+
+restore_ns = Collection("restore", to_files, to_postgres, snapshot)
+
+
 # --- quality and tests -----------------------------------------------------------------------
 def _venv_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
@@ -137,4 +294,4 @@ def test(c: Context, k: str = "", slow: bool = False, path: str = "") -> None:
     c.run(" ".join(args), pty=False)
 
 
-ns = Collection(stack_ns, lint, test)
+ns = Collection(stack_ns, restore_ns, lint, test)

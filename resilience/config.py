@@ -95,6 +95,20 @@ class Settings(BaseSettings):
     # --- the service -------------------------------------------------------------------------
     company_id: str = "default"
     pm2_app: str = "baileys-whatsapp-service"
+    service_dir: Path | None = None  # the service's git work tree (code step runs there)
+    service_env: Path | None = None  # its .env (default: <service_dir>/.env)
+    auth_dir: Path | None = None  # Baileys directory root (default: <service_dir>/auth_info)
+    fallback_tag: str | None = None  # e.g. emergency-file-fallback-v1; unset: no code step
+    health_url: str | None = None  # the service's health endpoint, if it has one
+    file_mode_pattern: str = r"\[auth\] using file auth state .* for company {company}\b"
+    postgres_mode_pattern: str = r"\[auth\] using PostgreSQL auth state for company {company}\b"
+    connected_pattern: str = r"connection open"
+    verify_timeout: float = Field(120.0, gt=0)
+
+    # --- snapshots (the fallback when PostgreSQL is already unreachable) ----------------------
+    snapshot_dir: Path = Path("snapshots")
+    snapshot_keep: int = Field(24, ge=1)
+    snapshot_max_age: float = Field(3600.0, gt=0)  # seconds; older needs --force (RPO < 1 h)
 
     @field_validator("company_id")
     @classmethod
@@ -103,12 +117,35 @@ class Settings(BaseSettings):
             raise ValueError("must be 1-50 characters of A-Z, a-z, 0-9, '_' or '-'")
         return value
 
-    @field_validator("toxiproxy_url", "s3_endpoint_moscow", "s3_endpoint_eu", "telegram_api_url")
+    @field_validator(
+        "toxiproxy_url", "s3_endpoint_moscow", "s3_endpoint_eu", "telegram_api_url", "health_url"
+    )
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http(s) URL")
         return value
+
+    @field_validator("file_mode_pattern", "postgres_mode_pattern", "connected_pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value.replace("{company}", "x"))
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @property
+    def env_path(self) -> Path | None:
+        if self.service_env is not None:
+            return self.service_env
+        return self.service_dir / ".env" if self.service_dir else None
+
+    @property
+    def auth_root(self) -> Path | None:
+        if self.auth_dir is not None:
+            return self.auth_dir
+        return self.service_dir / "auth_info" if self.service_dir else None
 
 
 def _unknown_names(env_file: str | Path | None) -> list[str]:

@@ -128,3 +128,12 @@ def test_dataset_seeds_exactly_and_keeps_encodings(conn: Conn, company: str) -> 
     ).fetchone()
     assert styles is not None and styles[0] > 0 and styles[1] > 0
     assert store.load_creds(company) == data.creds
+
+
+def test_deleting_a_key_deletes_its_legacy_twin(conn: Conn, company: str) -> None:
+    store = PgAuthStore(conn)
+    store.set_keys(company, {"pre-key": {"5": {"k": b"new"}}, "pre": {"key-5": {"k": b"old"}}})
+    store.set_keys(company, {"pre": {"key-6": {"k": b"lonely"}}})
+    _, deleted = store.set_keys(company, {"pre-key": {"5": None}})
+    assert deleted == 2
+    assert [(r.key_type, r.key_id) for r in store.records(company)] == [("pre", "key-6")]

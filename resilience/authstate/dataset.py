@@ -235,7 +235,8 @@ def _legacy_rows(
             twin = pre_keys[(i * 7) % len(pre_keys)]
             assert twin.updated_at is not None
             shift = timedelta(hours=1) if i % 4 == 0 else -timedelta(days=3)
-            updated = twin.updated_at + shift
+            # never in the future: a live write must be able to be the newest row
+            updated = min(twin.updated_at + shift, now - timedelta(minutes=1))
             key_id = f"key-{twin.key_id}"
         else:
             updated = now - timedelta(days=rng.uniform(1, 7))

@@ -22,6 +22,7 @@ from resilience.authstate.codec import dumps_file, loads
 from resilience.authstate.naming import (
     CREDS_FILE,
     FILE_SUFFIX,
+    MANIFEST_FILE,
     company_dir_name,
     file_name_for,
     parse_file_name,
@@ -194,7 +195,7 @@ class FileAuthStore:
         return self._read(directory, CREDS_FILE)
 
     def read_files(self, company_id: str) -> dict[str, Any]:
-        """File name -> decoded value for every key file (``*.json`` except creds and temp files).
+        """File name -> decoded value for every key file (``*.json`` but creds, manifest, temp).
 
         A missing directory, a ``*.json`` entry that is not a regular file (e.g. a symlink), or a
         file that does not parse raise :class:`DataError`.
@@ -205,7 +206,7 @@ class FileAuthStore:
             for entry in entries:
                 name = entry.name
                 if (
-                    name == CREDS_FILE
+                    name in (CREDS_FILE, MANIFEST_FILE)
                     or not name.endswith(FILE_SUFFIX)
                     or name.startswith(TEMP_PREFIX)
                 ):

@@ -26,6 +26,8 @@ from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError
 
 CREDS_FILE = "creds.json"
+# Written beside the key files by an export; no key can be named so (no "-" in it).
+MANIFEST_FILE = "manifest.json"
 FILE_SUFFIX = ".json"
 NAME_MAX = 255  # bytes in one path component on Linux (and macOS)
 

@@ -27,6 +27,14 @@ DB_STYLE: Style = "array"
 Conn = psycopg.Connection[TupleRow]
 
 
+def legacy_twin(key_type: str, key_id: str) -> tuple[str, str] | None:
+    """The row the old migration made of this key by splitting at the first dash, if other."""
+    if "-" not in key_type:
+        return None
+    head, rest = key_type.split("-", 1)
+    return head, f"{rest}-{key_id}"
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -89,7 +97,11 @@ class PgAuthStore:
     def set_keys(
         self, company_id: str, data: Mapping[str, Mapping[str, Any | None]]
     ) -> tuple[int, int]:
-        """Apply `{type: {id: value or None}}` in one transaction; return (upserted, deleted)."""
+        """Apply `{type: {id: value or None}}` in one transaction; return (upserted, deleted).
+
+        Deleting a key also deletes its legacy twin (`pre`/`key-5` for `pre-key`/`5`): to
+        Baileys they are one key, and a twin left behind would come back on the next export.
+        """
         validate_company_id(company_id)
         upserts: list[tuple[str, str, Any]] = []
         deletes: list[tuple[str, str]] = []
@@ -99,6 +111,7 @@ class PgAuthStore:
                     deletes.append((key_type, key_id))
                 else:
                     upserts.append((key_type, key_id, encode(value, DB_STYLE, where=key_id)))
+        deletes += [twin for t, i in deletes if (twin := legacy_twin(t, i)) is not None]
         deleted = 0
         with database_errors("writing keys"), self.conn.transaction():
             for start in range(0, len(upserts), BATCH_SIZE):

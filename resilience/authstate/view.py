@@ -51,11 +51,11 @@ class CompanyView:
     entries: dict[str, ViewEntry]  # by file name
     collisions: list[Collision] = field(default_factory=list)
 
-    def keys(self) -> list[tuple[str, str, Any]]:
+    def key_values(self) -> list[tuple[str, str, Any]]:
         return [(e.key_type, e.key_id, e.record.value) for e in self.entries.values()]
 
     def digest(self) -> AuthDigest:
-        return digest_of(self.company_id, self.creds, self.keys())
+        return digest_of(self.company_id, self.creds, self.key_values())
 
     def counts_by_type(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -24,6 +24,17 @@ def find_pm2(tools_dir: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class Pm2App:
+    name: str
+    pid: int | None
+    status: str  # online, stopped, errored, launching, ...
+    restarts: int
+    out_log: Path | None
+    err_log: Path | None
+    cwd: Path | None
+
+
+@dataclass(frozen=True)
 class Pm2:
     """One PM2 daemon, addressed by its PM2_HOME."""
 
@@ -69,6 +80,42 @@ class Pm2:
     def kill(self) -> None:
         """Stop every app and the daemon."""
         self.run("kill")
+
+    def start(self, ecosystem: Path) -> None:
+        """Start (or reload) the apps an ecosystem file describes."""
+        self.run("start", str(ecosystem))
+
+    def restart(self, app: str) -> None:
+        self.run("restart", app)
+
+    def stop(self, app: str) -> None:
+        self.run("stop", app)
+
+    def delete(self, app: str) -> None:
+        self.run("delete", app)
+
+    def describe(self, app: str) -> Pm2App | None:
+        """The app as PM2 sees it, or None when PM2 has no such app."""
+        for raw in json.loads(self.run("jlist") or "[]"):
+            if raw.get("name") == app:
+                env = raw.get("pm2_env", {})
+                return Pm2App(
+                    name=app,
+                    pid=raw.get("pid") or None,
+                    status=str(env.get("status")),
+                    restarts=int(env.get("restart_time", 0)),
+                    out_log=Path(env["pm_out_log_path"]) if env.get("pm_out_log_path") else None,
+                    err_log=Path(env["pm_err_log_path"]) if env.get("pm_err_log_path") else None,
+                    cwd=Path(env["pm_cwd"]) if env.get("pm_cwd") else None,
+                )
+        return None
+
+    def require(self, app: str) -> Pm2App:
+        found = self.describe(app)
+        if found is None:
+            known = ", ".join(a["name"] for a in self.apps()) or "none"
+            raise StackError(f"PM2 has no app named {app!r} (apps: {known})")
+        return found
 
     def apps(self) -> list[dict[str, Any]]:
         data = json.loads(self.run("jlist") or "[]")

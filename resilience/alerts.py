@@ -1,0 +1,152 @@
+"""Alert channels: Sentry (through the official SDK) and Telegram (Bot API sendMessage).
+
+Every text sent passes a redactor first: DSN passwords and every registered secret (tokens,
+keys, passwords) become `***`. A channel without configuration is a no-op that says so
+(`enabled` is False); a failing channel never hides the error being reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import sentry_sdk
+
+from resilience.config import redact_dsn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Redactor:
+    secrets: set[str] = field(default_factory=set)
+
+    def add(self, *values: str | None) -> None:
+        self.secrets.update(v for v in values if v and len(v) >= 4)
+
+    def text(self, value: str) -> str:
+        value = re.sub(r"[a-z][a-z0-9+.-]*://[^\s'\"]+", lambda m: redact_dsn(m.group(0)), value)
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            value = value.replace(secret, "***")
+        return value
+
+    def data(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, Mapping):
+            return {str(k): self.data(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.data(v) for v in value]
+        return value
+
+
+class SentryChannel:
+    def __init__(self, dsn: str | None, redactor: Redactor, environment: str = "drill") -> None:
+        self.redactor = redactor
+        self.enabled = bool(dsn)
+        self._client: sentry_sdk.Client | None = None
+        if dsn:
+            redactor.add(dsn)
+            self._client = sentry_sdk.Client(
+                dsn=dsn,
+                default_integrations=False,
+                send_default_pii=False,
+                environment=environment,
+            )
+
+    def event(
+        self,
+        message: str,
+        *,
+        level: str = "error",
+        tags: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """Send one event; returns its id (None when disabled or the send failed)."""
+        if self._client is None:
+            return None
+        scope = sentry_sdk.Scope(client=self._client)
+        for key, value in (tags or {}).items():
+            scope.set_tag(key, self.redactor.text(str(value)))
+        event: dict[str, Any] = {
+            "message": self.redactor.text(message),
+            "level": level,
+            "extra": self.redactor.data(dict(extra or {})),
+            "logger": "baileys-resilience",
+        }
+        try:
+            event_id = self._client.capture_event(event, scope=scope)  # type: ignore[arg-type]
+            self._client.flush(timeout=5)
+        except Exception as exc:  # an alert that cannot be sent must not hide the incident
+            log.warning("sending the Sentry event failed: %s", type(exc).__name__)
+            return None
+        return event_id
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close(timeout=5)
+
+
+class TelegramChannel:
+    def __init__(
+        self, api_url: str, token: str | None, chat_id: str | None, redactor: Redactor
+    ) -> None:
+        self.redactor = redactor
+        self.enabled = bool(token and chat_id)
+        self.api_url = api_url.rstrip("/")
+        self._token = token
+        self._chat_id = chat_id
+        redactor.add(token)
+
+    def send(self, text: str) -> bool:
+        if not self.enabled:
+            return False
+        try:
+            response = httpx.post(
+                f"{self.api_url}/bot{self._token}/sendMessage",
+                json={"chat_id": self._chat_id, "text": self.redactor.text(text)},
+                timeout=10,
+            )
+        except httpx.HTTPError as exc:
+            log.warning("sending the Telegram message failed: %s", type(exc).__name__)
+            return False
+        if response.status_code != 200:
+            log.warning("Telegram answered HTTP %s", response.status_code)
+            return False
+        return True
+
+
+@dataclass
+class Alerts:
+    sentry: SentryChannel
+    telegram: TelegramChannel
+    redactor: Redactor
+
+    @classmethod
+    def from_endpoints(
+        cls,
+        sentry_dsn: str | None,
+        telegram_api_url: str | None,
+        telegram_token: str | None,
+        telegram_chat_id: str | None,
+        secrets: Iterable[str | None] = (),
+    ) -> Alerts:
+        redactor = Redactor()
+        redactor.add(*secrets)
+        return cls(
+            SentryChannel(sentry_dsn, redactor),
+            TelegramChannel(
+                telegram_api_url or "https://api.telegram.org",
+                telegram_token,
+                telegram_chat_id,
+                redactor,
+            ),
+            redactor,
+        )
+
+    def close(self) -> None:
+        self.sentry.close()

@@ -1,0 +1,1 @@
+"""Emergency exit from PostgreSQL to Baileys files and back: export, snapshots, import, runner."""

@@ -1,0 +1,318 @@
+"""Baileys directory -> PostgreSQL: the way back, with the exact original key ids.
+
+File names do not reverse (``/`` became ``__``, ``:`` became ``-``), so every key file is mapped
+back to its ``(type, id)`` by, in order:
+
+1. the ``manifest.json`` written by the export, for every file that existed then;
+2. :func:`~resilience.authstate.naming.parse_file_name`'s type-aware rules, for files the service
+   created in file mode (realistic Baileys 7 id shapes only);
+3. nothing else: a name neither can map is refused, listed, and nothing is imported.
+
+The import diffs at the file-name level against the service's view of the database
+(:func:`~resilience.authstate.view.view_of`) and applies the difference in one transaction with
+the service's write semantics (:meth:`PgAuthStore.set_keys`: batches of 100, TTLs):
+
+- a file new or changed (by decoded value), or whose database row is a legacy row or has another
+  id: upsert under the mapped id, and delete every other row naming that file (legacy twins);
+- a file name in the database view but no longer in the directory: delete every row naming it;
+- unchanged: nothing. Creds are saved when they differ.
+
+Still inside the transaction the database view is digested again and compared with the
+directory's digest; a mismatch raises :class:`VerificationError` and rolls everything back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psycopg.pq import TransactionStatus
+
+from resilience.authstate.codec import canonical, loads
+from resilience.authstate.fingerprint import AuthDigest
+from resilience.authstate.model import KeyRecord
+from resilience.authstate.naming import (
+    CREDS_FILE,
+    MANIFEST_FILE,
+    company_dir_name,
+    file_name_for,
+    safe_path,
+    try_parse_file_name,
+)
+from resilience.authstate.pgstore import PgAuthStore, database_errors
+from resilience.authstate.view import CompanyView, digest_of_keys, view_of
+from resilience.config import validate_company_id
+from resilience.errors import DataError, InputError, VerificationError
+from resilience.restore.export import (
+    Manifest,
+    key_file_names,
+    read_manifest,
+    read_raw_files,
+    read_transaction,
+)
+
+Ref = tuple[str, str]
+SHOWN_UNMAPPABLE = 10
+
+
+def _listed(names: list[str], limit: int = SHOWN_UNMAPPABLE) -> str:
+    shown = ", ".join(repr(n[:80]) for n in names[:limit])
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return shown + more
+
+
+# --- mapping names back ----------------------------------------------------------------------
+
+
+def map_directory(company_dir: Path) -> tuple[dict[str, Ref], list[str]]:
+    """``({file name: (type, id)}, [unmappable names])`` for the key files of a directory.
+
+    Files listed in the manifest get the manifest's ``(type, id)``; others are mapped by
+    :func:`~resilience.authstate.naming.parse_file_name` where that needs no guessing; the rest
+    are returned as unmappable (never guessed). An invalid manifest raises :class:`DataError`.
+    """
+    company_dir = Path(company_dir)
+    return _map_names(company_dir, read_manifest(company_dir))
+
+
+def _map_names(company_dir: Path, manifest: Manifest | None) -> tuple[dict[str, Ref], list[str]]:
+    listed = manifest.files if manifest is not None else {}
+    mapped: dict[str, Ref] = {}
+    unmappable: list[str] = []
+    for name in key_file_names(company_dir):
+        ref = listed.get(name) or try_parse_file_name(name)
+        if ref is None:
+            unmappable.append(name)
+        else:
+            mapped[name] = ref
+    return mapped, unmappable
+
+
+@dataclass
+class DirectoryState:
+    """A company directory read and mapped back: what it holds, under which ids."""
+
+    company_id: str
+    directory: Path
+    creds: Any | None
+    files: dict[str, Ref]  # file name -> (type, id)
+    values: dict[str, Any]  # file name -> decoded value
+    manifest: Manifest | None
+    raw: dict[str, bytes] = field(repr=False, default_factory=dict)  # every *.json, as read
+
+    def keys(self) -> dict[Ref, Any]:
+        return {self.files[name]: value for name, value in self.values.items()}
+
+    def digest(self) -> AuthDigest:
+        return digest_of_keys(self.company_id, self.creds, self.keys())
+
+
+def read_directory(company_dir: Path, company_id: str) -> DirectoryState:
+    """Read every file of a company directory once, decode it and map names back.
+
+    Raises :class:`DataError` for unmappable names (listed), files that do not decode, and an
+    invalid or foreign manifest.
+    """
+    company_dir = Path(company_dir)
+    validate_company_id(company_id)
+    if company_dir.name != company_dir_name(company_id):
+        raise InputError(f"{company_dir} is not the directory of company {company_id}")
+    manifest = read_manifest(company_dir)
+    mapped, unmappable = _map_names(company_dir, manifest)
+    if unmappable:
+        raise DataError(
+            f"{len(unmappable)} key file(s) in {company_dir} cannot be mapped back to a key id "
+            f"without guessing: {_listed(unmappable)}; nothing was imported"
+        )
+    raw = read_raw_files(company_dir)
+    creds_raw = raw.get(CREDS_FILE)
+    creds = None if creds_raw is None else loads(creds_raw, where=CREDS_FILE)
+    values: dict[str, Any] = {}
+    for name in mapped:
+        if name not in raw:  # deleted between listing and reading (a live service)
+            raise DataError(f"{name[:80]!r} in {company_dir} vanished while it was being read")
+        values[name] = loads(raw[name], where=name)
+    extra = set(raw) - set(mapped) - {CREDS_FILE, MANIFEST_FILE}
+    if extra:
+        raise DataError(
+            f"{company_dir} changed while it was being read: {_listed(sorted(extra))} appeared"
+        )
+    return DirectoryState(company_id, company_dir, creds, mapped, values, manifest, raw)
+
+
+# --- the diff ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportPlan:
+    upserts: dict[Ref, Any] = field(default_factory=dict)  # mapped ref -> value
+    deletes: list[Ref] = field(default_factory=list)  # rows (type, id) as stored
+    unchanged: int = 0
+    removed_files: list[str] = field(default_factory=list)
+    creds_changed: bool = False
+
+    def upsert_data(self) -> dict[str, dict[str, Any | None]]:
+        """The upserts as ``{type: {id: value}}`` for :meth:`PgAuthStore.set_keys`."""
+        out: dict[str, dict[str, Any | None]] = defaultdict(dict)
+        for (key_type, key_id), value in self.upserts.items():
+            out[key_type][key_id] = value
+        return dict(out)
+
+    def delete_data(self) -> dict[str, dict[str, Any | None]]:
+        """The deletions as ``{type: {id: None}}`` for :meth:`PgAuthStore.set_keys`."""
+        out: dict[str, dict[str, Any | None]] = defaultdict(dict)
+        for key_type, key_id in self.deletes:
+            out[key_type][key_id] = None
+        return dict(out)
+
+
+def plan_import(
+    state: DirectoryState, db_creds: Any | None, records: list[KeyRecord]
+) -> tuple[ImportPlan, CompanyView]:
+    """The changes that make the database's view equal to the directory, and that view."""
+    view = view_of(state.company_id, db_creds, records)
+    rows_by_name: dict[str, list[KeyRecord]] = defaultdict(list)
+    for record in records:
+        rows_by_name[file_name_for(record.key_type, record.key_id)].append(record)
+    plan = ImportPlan()
+    for name, ref in state.files.items():
+        value = state.values[name]
+        entry = view.entries.get(name)
+        if (
+            entry is not None
+            and (entry.record.key_type, entry.record.key_id) == ref
+            and canonical(entry.record.value) == canonical(value)
+        ):
+            plan.unchanged += 1
+            continue
+        plan.upserts[ref] = value
+        plan.deletes += [
+            (r.key_type, r.key_id)
+            for r in rows_by_name.get(name, [])
+            if (r.key_type, r.key_id) != ref
+        ]
+    for name in view.entries:
+        if name not in state.files:
+            plan.removed_files.append(name)
+            plan.deletes += [(r.key_type, r.key_id) for r in rows_by_name[name]]
+    plan.creds_changed = db_creds is None or canonical(db_creds) != canonical(state.creds)
+    return plan, view
+
+
+@dataclass
+class ImportResult:
+    """What an import did (or, with ``dry_run``, would do)."""
+
+    company_id: str
+    upserted: int
+    deleted: int
+    unchanged: int
+    key_count: int
+    digest_db: str
+    digest_dir: str
+    duration_s: float
+    dry_run: bool = False
+    creds_changed: bool = False
+    removed_files: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "company_id": self.company_id,
+            "upserted": self.upserted,
+            "deleted": self.deleted,
+            "unchanged": self.unchanged,
+            "key_count": self.key_count,
+            "digest_db": self.digest_db,
+            "digest_dir": self.digest_dir,
+            "duration_s": round(self.duration_s, 6),
+            "dry_run": self.dry_run,
+            "creds_changed": self.creds_changed,
+            "removed_files": self.removed_files,
+        }
+
+
+def import_company(
+    store: PgAuthStore, root: Path, company_id: str, *, dry_run: bool = False
+) -> ImportResult:
+    """Import ``root/company_<id>`` into PostgreSQL in one verified transaction (module text).
+
+    The connection must not be inside a transaction (the import needs its own, committed here).
+    ``dry_run`` reads both sides and returns the plan (``digest_db`` is then the database's
+    current digest) without writing. Raises :class:`InputError` (no directory, bad company id,
+    connection already in a transaction), :class:`DataError` (unmappable names, files that do not
+    decode, no creds.json), :class:`VerificationError` (digests differ after writing; rolled
+    back) or :class:`DatabaseError`.
+    """
+    started = time.monotonic()
+    validate_company_id(company_id)
+    company_dir = safe_path(Path(root), company_dir_name(company_id))
+    if not company_dir.is_dir():
+        raise InputError(f"no Baileys directory {company_dir} to import for company {company_id}")
+    state = read_directory(company_dir, company_id)
+    if state.creds is None:
+        raise DataError(f"no {CREDS_FILE} in {company_dir}: nothing to import without creds")
+    digest_dir = state.digest()
+    conn = store.conn
+
+    if dry_run:
+        with read_transaction(conn):
+            db_creds = store.load_creds(company_id)
+            records = store.records(company_id)
+        plan, view = plan_import(state, db_creds, records)
+        return ImportResult(
+            company_id=company_id,
+            upserted=len(plan.upserts),
+            deleted=len(plan.deletes),
+            unchanged=plan.unchanged,
+            key_count=len(state.files),
+            digest_db=view.digest().digest,
+            digest_dir=digest_dir.digest,
+            duration_s=time.monotonic() - started,
+            dry_run=True,
+            creds_changed=plan.creds_changed,
+            removed_files=len(plan.removed_files),
+        )
+
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise InputError(
+            "import needs a transaction of its own but the connection is already inside one: "
+            "commit or roll back first"
+        )
+    with database_errors("importing the auth state"), conn.transaction():
+        # One import per company at a time; released at commit or rollback.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"import:{company_id}",))
+        db_creds = store.load_creds(company_id)
+        records = store.records(company_id)
+        plan, _ = plan_import(state, db_creds, records)
+        upserted = deleted = 0
+        # Deletes first: set_keys also deletes a deleted key's legacy twin, which must never
+        # take a row just upserted with it.
+        if plan.deletes:
+            deleted = store.set_keys(company_id, plan.delete_data())[1]
+        if plan.upserts:
+            upserted = store.set_keys(company_id, plan.upsert_data())[0]
+        if plan.creds_changed:
+            store.save_creds(company_id, state.creds)
+        after = view_of(company_id, store.load_creds(company_id), store.records(company_id))
+        digest_db = after.digest()
+        if digest_db.digest != digest_dir.digest:
+            raise VerificationError(
+                f"import of company {company_id} does not match {company_dir}: database digest "
+                f"{digest_db.digest[:12]} ({digest_db.key_count} keys) vs directory "
+                f"{digest_dir.digest[:12]} ({digest_dir.key_count} keys); rolled back"
+            )
+    return ImportResult(
+        company_id=company_id,
+        upserted=upserted,
+        deleted=deleted,
+        unchanged=plan.unchanged,
+        key_count=digest_db.key_count,
+        digest_db=digest_db.digest,
+        digest_dir=digest_dir.digest,
+        duration_s=time.monotonic() - started,
+        creds_changed=plan.creds_changed,
+        removed_files=len(plan.removed_files),
+    )

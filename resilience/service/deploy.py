@@ -1,0 +1,128 @@
+"""Deploy the stand-in service on the embedded stack, the way production runs the real one.
+
+A working directory that is a git repository (main holds the PostgreSQL-mode code, a tag holds
+the file fallback), a `.env` with the three mode flags in PostgreSQL mode, and a PM2 app that
+runs `python -m resilience.service.standin` in that directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from resilience.errors import StackError
+from resilience.service.pm2 import Pm2
+from resilience.stack.processes import free_port
+
+FALLBACK_TAG = "emergency-file-fallback-v1"
+POSTGRES_FLAGS = {
+    "USE_REPOSITORY_PATTERN": "true",
+    "USE_DATABASE_AUTH_STATE": "true",
+    "USE_LEGACY_SUPABASE": "false",
+}
+
+
+@dataclass(frozen=True)
+class DeployedService:
+    app: str
+    workdir: Path
+    env_file: Path
+    auth_dir: Path
+    health_url: str
+    company_id: str
+    fallback_tag: str
+
+
+def _git(workdir: Path, *args: str) -> None:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "drill", "GIT_AUTHOR_EMAIL": "drill@localhost"}
+    env |= {"GIT_COMMITTER_NAME": "drill", "GIT_COMMITTER_EMAIL": "drill@localhost"}
+    result = subprocess.run(
+        ["git", "-C", str(workdir), *args], capture_output=True, text=True, env=env, check=False
+    )
+    if result.returncode != 0:
+        raise StackError(f"git {args[0]} in {workdir} failed: {result.stderr.strip()[-200:]}")
+
+
+def _init_repo(workdir: Path, tag: str) -> None:
+    """main: PostgreSQL-mode code; `tag`: the commit before it, with the file fallback."""
+    _git(workdir, "init", "-q", "-b", "main")
+    (workdir / ".gitignore").write_text(
+        ".env\n.env.bak-*\nauth_info/\nlogs/\nwrites.jsonl\necosystem.config.json\n"
+    )
+    (workdir / "AUTH_BACKEND").write_text("files\n")
+    _git(workdir, "add", "-A")
+    _git(workdir, "commit", "-q", "-m", "auth state in Baileys files")
+    _git(workdir, "tag", tag)
+    (workdir / "AUTH_BACKEND").write_text("postgresql\n")
+    _git(workdir, "commit", "-q", "-am", "auth state in PostgreSQL")
+
+
+def deploy_standin(
+    pm2: Pm2,
+    workdir: Path,
+    *,
+    service_dsn: str,
+    company_id: str,
+    app: str = "baileys-whatsapp-service",
+    write_interval_ms: int = 100,
+    seed: str = "drill",
+    tag: str = FALLBACK_TAG,
+) -> DeployedService:
+    """Create the working dir, `.env` and PM2 app, and start it (PostgreSQL mode)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / ".git").exists():
+        _init_repo(workdir, tag)
+    port = free_port()
+    env_file = workdir / ".env"
+    lines = [
+        "# Baileys service settings (embedded stack)",
+        *(f"{k}={v}" for k, v in POSTGRES_FLAGS.items()),
+        f"DATABASE_URL={service_dsn}",
+        f"COMPANY_ID={company_id}",
+        "AUTH_DIR=auth_info",
+        f"PORT={port}",
+        f"WRITE_INTERVAL_MS={write_interval_ms}",
+        f"WRITE_SEED={seed}",
+    ]
+    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    logs = workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    ecosystem = workdir / "ecosystem.config.json"
+    ecosystem.write_text(
+        json.dumps(
+            {
+                "apps": [
+                    {
+                        "name": app,
+                        "script": sys.executable,
+                        "args": ["-m", "resilience.service.standin"],
+                        "interpreter": "none",
+                        "cwd": str(workdir),
+                        "out_file": str(logs / "out.log"),
+                        "error_file": str(logs / "err.log"),
+                        "merge_logs": True,
+                        "autorestart": True,
+                        "kill_timeout": 12000,  # above the stand-in's shutdown grace
+                        "env": {"PYTHONUNBUFFERED": "1"},
+                    }
+                ]
+            },
+            indent=2,
+        )
+    )
+    pm2.start(ecosystem)
+    return DeployedService(
+        app=app,
+        workdir=workdir,
+        env_file=env_file,
+        auth_dir=workdir / "auth_info",
+        health_url=f"http://127.0.0.1:{port}/health",
+        company_id=company_id,
+        fallback_tag=tag,
+    )

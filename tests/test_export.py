@@ -1,0 +1,381 @@
+"""export_company against the stack's PostgreSQL: layout, manifest, digests, and bad input."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import stat
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from resilience.authstate.codec import canonical, loads
+from resilience.authstate.dataset import generate
+from resilience.authstate.filestore import FileAuthStore
+from resilience.authstate.model import KeyRecord
+from resilience.authstate.naming import CREDS_FILE, company_dir_name
+from resilience.authstate.pgstore import Conn, PgAuthStore, connect
+from resilience.authstate.view import digest_of_keys, view_of
+from resilience.errors import DataError, InputError
+from resilience.restore.export import (
+    MANIFEST_FILE,
+    estimate_export_bytes,
+    export_all,
+    export_company,
+    free_space_ok,
+    read_manifest,
+)
+from resilience.restore.importer import map_directory
+from resilience.stack import Stack
+
+pytestmark = pytest.mark.stack
+
+SOURCE = "postgresql://svc:s3cret-pw@db.example:5432/auth"
+CREDS = {"noiseKey": {"private": b"\x01" * 32, "public": b"\x02" * 32}, "registrationId": 7}
+
+
+@pytest.fixture
+def conn(stack: Stack) -> Iterator[Conn]:
+    with connect(stack.endpoints.service_dsn, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture
+def store(conn: Conn) -> PgAuthStore:
+    return PgAuthStore(conn)
+
+
+@pytest.fixture
+def company(store: PgAuthStore) -> Iterator[str]:
+    cid = f"t_{uuid.uuid4().hex[:12]}"
+    yield cid
+    store.delete_company(cid)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "auth"
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` by relative path, with its bytes."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(n for n in os.listdir(root) if n.startswith((".staging-", ".previous-")))
+
+
+def _directory_digest(directory: Path, company: str) -> str:
+    mapped, unmappable = map_directory(directory)
+    assert unmappable == []
+    creds = loads((directory / CREDS_FILE).read_bytes())
+    keys = {ref: loads((directory / name).read_bytes()) for name, ref in mapped.items()}
+    return digest_of_keys(company, creds, keys).digest
+
+
+def _seed_small(store: PgAuthStore, company: str) -> None:
+    store.save_creds(company, CREDS)
+    store.set_keys(company, {"pre-key": {str(i): {"private": bytes([i]) * 32} for i in range(5)}})
+
+
+def test_export_of_a_real_tenant_is_exact_and_converges(
+    store: PgAuthStore, company: str, root: Path
+) -> None:
+    data = generate(company, 1313)
+    store.insert_raw(company, data.creds, data.rows())
+    messages: list[str] = []
+
+    result = export_company(store, root, company, source=SOURCE, progress=messages.append)
+
+    view = view_of(company, store.load_creds(company), store.records(company))
+    directory = root / company_dir_name(company)
+    assert result.directory == directory
+    assert result.key_count == len(view.entries) == 1313 + 2  # two legacy-only pre-keys
+    names = set(os.listdir(directory))
+    assert names == set(view.entries) | {CREDS_FILE, MANIFEST_FILE}
+    for name, entry in view.entries.items():
+        assert canonical(loads((directory / name).read_bytes())) == canonical(entry.record.value)
+    assert canonical(loads((directory / CREDS_FILE).read_bytes())) == canonical(data.creds)
+
+    assert _mode(root) == 0o700
+    assert _mode(directory) == 0o700
+    assert {_mode(directory / n) for n in names} == {0o600}
+
+    manifest = read_manifest(directory)
+    assert manifest is not None
+    assert manifest.digest == result.digest == view.digest().digest
+    assert _directory_digest(directory, company) == result.digest
+    assert manifest.key_count == result.key_count
+    assert sum(manifest.counts_by_type.values()) == result.key_count
+    assert manifest.counts_by_type == result.counts_by_type == view.counts_by_type()
+    assert manifest.files == {n: (e.key_type, e.key_id) for n, e in view.entries.items()}
+    assert "s3cret-pw" not in manifest.source and "***" in manifest.source
+    assert result.files_written == len(names)
+    assert result.bytes_written == sum((directory / n).stat().st_size for n in names)
+
+    # the dataset's two legacy collisions: reported, newest updated_at wins
+    assert len(result.collisions) == 2
+    assert [c.file_name for c in manifest.collisions] == [c.file_name for c in result.collisions]
+    rows = {(r.key_type, r.key_id): r for r in data.keys}
+    for collision in result.collisions:
+        chosen = rows[collision.chosen[:2]]
+        assert len(collision.dropped) == 1
+        dropped = rows[collision.dropped[0][:2]]
+        assert chosen.updated_at is not None and dropped.updated_at is not None
+        assert chosen.updated_at > dropped.updated_at
+        on_disk = loads((directory / collision.file_name).read_bytes())
+        assert canonical(on_disk) == canonical(chosen.value)
+    assert any("named by 2 rows" in m for m in messages)
+
+    # leftovers of a crashed run: an old staging dir and a previous copy go, a fresh one stays
+    old, fresh = root / ".staging-crashed", root / ".staging-running"
+    previous = root / f".previous-{company_dir_name(company)}-20240101T000000000000Z-abc"
+    for path in (old, fresh, previous):
+        path.mkdir()
+    os.utime(old, (0, 0))
+    again = export_company(store, root, company, source=SOURCE)
+    assert _leftovers(root) == [".staging-running"]
+    fresh.rmdir()
+    assert again.digest == result.digest
+    assert _directory_digest(directory, company) == result.digest
+    assert _leftovers(root) == []
+    assert sorted(os.listdir(root)) == [company_dir_name(company)]
+
+
+def test_hostile_ids_stay_inside_and_come_back_exact(
+    store: PgAuthStore, company: str, tmp_path: Path
+) -> None:
+    root = tmp_path / "deep" / "auth"
+    hostile = {"../../x": b"1", "a/b": b"2", "a:b": b"3", "..": b"4", "/etc/passwd": b"5"}
+    store.save_creds(company, CREDS)
+    store.set_keys(company, {"session": hostile})
+
+    result = export_company(store, root, company, source=SOURCE)
+
+    directory = root / company_dir_name(company)
+    assert sorted(_tree(tmp_path)) == sorted(
+        f"deep/auth/{company_dir_name(company)}/{n}"
+        for n in [
+            CREDS_FILE,
+            MANIFEST_FILE,
+            "session-..__..__x.json",
+            "session-a__b.json",
+            "session-a-b.json",
+            "session-...json",
+            "session-__etc__passwd.json",
+        ]
+    )
+    mapped, unmappable = map_directory(directory)
+    assert unmappable == []
+    assert sorted(mapped.values()) == sorted(("session", i) for i in hostile)
+    assert result.key_count == len(hostile)
+
+
+def test_nul_and_overlong_ids_are_refused_and_the_previous_export_kept(
+    store: PgAuthStore, company: str, root: Path
+) -> None:
+    _seed_small(store, company)
+    export_company(store, root, company, source=SOURCE)
+    before = _tree(root)
+
+    long_id = "7" * 300
+    store.set_keys(company, {"session": {long_id: b"x"}})
+    with pytest.raises(InputError, match=r"'session'.*'7777.*\.\.\..*bytes") as info:
+        export_company(store, root, company, source=SOURCE)
+    assert long_id not in str(info.value)
+    assert _tree(root) == before and _leftovers(root) == []
+    store.set_keys(company, {"session": {long_id: None}})
+
+    class WithNul(PgAuthStore):
+        # PostgreSQL TEXT cannot hold NUL, so such an id can only reach us from a caller: fake it
+        def records(self, company_id: str) -> list[KeyRecord]:
+            return [*super().records(company_id), KeyRecord(company_id, "session", "ab\0c", b"x")]
+
+    with pytest.raises(InputError, match="NUL"):
+        export_company(WithNul(store.conn), root, company, source=SOURCE)
+    assert _tree(root) == before and _leftovers(root) == []
+
+
+def test_undecodable_value_is_refused_and_the_previous_export_kept(
+    store: PgAuthStore, conn: Conn, company: str, root: Path
+) -> None:
+    _seed_small(store, company)
+    export_company(store, root, company, source=SOURCE)
+    before = _tree(root)
+    conn.execute(
+        "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) VALUES "
+        '(%s, \'session\', \'79001.0\', \'{"type": "Buffer", "data": "!!not base64"}\')',
+        (company,),
+    )
+    with pytest.raises(DataError, match=r"session/79001\.0.*not valid base64"):
+        export_company(store, root, company, source=SOURCE)
+    assert _tree(root) == before and _leftovers(root) == []
+
+
+def test_unknown_company_and_keys_without_creds(
+    store: PgAuthStore, company: str, root: Path
+) -> None:
+    with pytest.raises(InputError, match=f"unknown company {company}"):
+        export_company(store, root, company, source=SOURCE)
+    store.set_keys(company, {"pre-key": {"1": b"x"}})
+    with pytest.raises(DataError, match="no creds.*re-paired"):
+        export_company(store, root, company, source=SOURCE)
+    with pytest.raises(InputError, match="invalid company id"):
+        export_company(store, root, "../evil", source=SOURCE)
+    assert not root.exists()
+
+
+def _make_immutable(path: Path) -> bool:
+    """chattr +i: the one way to make a directory unwritable for root on ext4."""
+    if shutil.which("chattr") is None:
+        return False
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def test_read_only_export_dir_is_a_clear_error(
+    store: PgAuthStore, company: str, root: Path
+) -> None:
+    _seed_small(store, company)
+    export_company(store, root, company, source=SOURCE)
+    before = _tree(root)
+    if os.geteuid() != 0:
+        os.chmod(root, 0o500)
+        locked = True
+    else:
+        locked = _make_immutable(root)
+    if not locked:
+        pytest.skip("running as root without chattr: covered by the simulated EROFS test")
+    try:
+        with pytest.raises(InputError, match=f"export dir {root} is not writable"):
+            export_company(store, root, company, source=SOURCE)
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(root)], check=True)
+        os.chmod(root, 0o700)
+    assert _tree(root) == before and _leftovers(root) == []
+
+
+def _failing_after(monkeypatch: pytest.MonkeyPatch, good: int, err: int) -> list[str]:
+    """Make FileAuthStore's low-level write fail with ``err`` after ``good`` files."""
+    written: list[str] = []
+    real = FileAuthStore._write_file
+
+    def write(self: FileAuthStore, directory: Path, name: str, payload: bytes) -> None:
+        if len(written) >= good:
+            raise OSError(err, os.strerror(err))
+        real(self, directory, name, payload)
+        written.append(name)
+
+    monkeypatch.setattr(FileAuthStore, "_write_file", write)
+    return written
+
+
+def test_simulated_read_only_file_system(
+    store: PgAuthStore, company: str, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As root, permission bits do not stop writes; EROFS is simulated at the file write.
+    _seed_small(store, company)
+    export_company(store, root, company, source=SOURCE)
+    before = _tree(root)
+    _failing_after(monkeypatch, 0, errno.EROFS)
+    with pytest.raises(InputError, match="is not writable"):
+        export_company(store, root, company, source=SOURCE)
+    assert _tree(root) == before and _leftovers(root) == []
+
+
+def test_disk_full_mid_export_keeps_the_previous_directory(
+    store: PgAuthStore, company: str, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = generate(company, 200)
+    store.insert_raw(company, data.creds, data.rows())
+    export_company(store, root, company, source=SOURCE)
+    before = _tree(root)
+    store.set_keys(company, {"session": {"79001234567.0": b"new"}})
+    written = _failing_after(monkeypatch, 37, errno.ENOSPC)
+    with pytest.raises(InputError, match="no space left.*previous directory is intact"):
+        export_company(store, root, company, source=SOURCE)
+    assert len(written) == 37  # it really failed in the middle
+    assert _tree(root) == before and _leftovers(root) == []
+    monkeypatch.undo()
+    result = export_company(store, root, company, source=SOURCE)
+    assert result.key_count == len(data.keys) - 2 + 1  # 2 legacy twins collapse, 1 new session
+
+
+def test_root_that_is_a_file_is_refused(store: PgAuthStore, company: str, tmp_path: Path) -> None:
+    _seed_small(store, company)
+    root = tmp_path / "not-a-dir"
+    root.write_text("x")
+    with pytest.raises(InputError, match="not a directory"):
+        export_company(store, root, company, source=SOURCE)
+    assert root.read_text() == "x"
+
+
+def test_export_all_estimate_and_free_space(store: PgAuthStore, root: Path) -> None:
+    companies = [f"t_{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    try:
+        for cid in companies:
+            _seed_small(store, cid)
+        results = export_all(store, root, companies, source=SOURCE)
+        assert [r.company_id for r in results] == companies
+        assert sorted(os.listdir(root)) == sorted(company_dir_name(c) for c in companies)
+        for result in results:
+            estimate = estimate_export_bytes(store, result.company_id)
+            assert estimate >= result.bytes_written > 0
+        assert free_space_ok(root, 1)[0]
+        ok, free = free_space_ok(root / "missing" / "dir", 10**18)
+        assert not ok and free > 0
+    finally:
+        for cid in companies:
+            store.delete_company(cid)
+
+
+def test_export_leaves_a_non_autocommit_connection_idle(
+    stack: Stack, company: str, root: Path
+) -> None:
+    with connect(stack.endpoints.service_dsn) as plain:
+        store = PgAuthStore(plain)
+        _seed_small(store, company)
+        plain.commit()
+        export_company(store, root, company, source=SOURCE)
+        assert plain.info.transaction_status.name == "IDLE"
+
+
+def _rewrite_manifest(directory: Path, change: Any) -> None:
+    path = directory / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_read_manifest_refuses_what_does_not_fit(
+    store: PgAuthStore, company: str, root: Path
+) -> None:
+    assert read_manifest(root) is None
+    _seed_small(store, company)
+    directory = export_company(store, root, company, source=SOURCE).directory
+
+    _rewrite_manifest(directory, lambda d: d["files"].update({"pre-key-1.json": ["pre-key", "2"]}))
+    with pytest.raises(DataError, match="holds a key of another file"):
+        read_manifest(directory)
+    _rewrite_manifest(directory, lambda d: d.update(format=2))
+    with pytest.raises(DataError, match="format"):
+        read_manifest(directory)
+    (directory / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        read_manifest(directory)

@@ -1,0 +1,170 @@
+"""Drill fixtures: a seeded company, the stand-in service under PM2, and the drill report.
+
+Every scenario gets its own company and service working directory, so scenarios never see
+each other's keys; the report collects one journal per scenario and is written at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from resilience.authstate.dataset import Dataset, generate
+from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.chaos.toxiproxy import ToxiproxyClient
+from resilience.config import Settings
+from resilience.report.html import render_html
+from resilience.report.journal import Journal, atomic_write_text
+from resilience.restore.switch import Target
+from resilience.service.deploy import DeployedService, deploy_standin
+from resilience.service.pm2 import Pm2, find_pm2
+from resilience.stack import Stack
+from resilience.stack.processes import wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORTS = ROOT / "reports"
+SEEDED_KEYS = 1313
+
+
+@dataclass
+class DrillService:
+    """The service under drill and everything a scenario needs to act on it."""
+
+    stack: Stack
+    deployed: DeployedService
+    dataset: Dataset
+    settings: Settings
+    pm2: Pm2
+
+    @property
+    def company(self) -> str:
+        return self.deployed.company_id
+
+    def target(self) -> Target:
+        return Target(self.settings, self.stack.endpoints.service_dsn, self.pm2, self.company)
+
+    def health(self) -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(self.deployed.health_url, timeout=2).json()
+        return body
+
+    def wait_healthy(self, mode: str, timeout: float = 30) -> dict[str, Any]:
+        def ok() -> dict[str, Any] | None:
+            body = self.health()
+            return body if body.get("mode") == mode and body.get("writes_ok", 0) > 0 else None
+
+        return wait_until(ok, timeout, f"stand-in healthy in {mode} mode")
+
+    @property
+    def writes_file(self) -> Path:
+        return self.deployed.workdir / "writes.jsonl"
+
+
+@pytest.fixture
+def drill_service(stack: Stack, settings: Settings, tmp_path: Path) -> Iterator[DrillService]:
+    ep = stack.endpoints
+    company = f"drill_{uuid.uuid4().hex[:10]}"
+    data = generate(company, SEEDED_KEYS)
+    with connect(ep.admin_dsn) as conn:
+        PgAuthStore(conn).insert_raw(company, data.creds, data.rows())
+    pm2 = Pm2(find_pm2(settings.tools_dir), home=Path(ep.pm2_home) if ep.pm2_home else None)
+    app = f"baileys-{company}"
+    workdir = tmp_path / "service"
+    deployed = deploy_standin(pm2, workdir, service_dsn=ep.service_dsn, company_id=company, app=app)
+    drill_settings = settings.model_copy(
+        update={
+            "company_id": company,
+            "pm2_app": app,
+            "service_dir": workdir,
+            "fallback_tag": deployed.fallback_tag,
+            "health_url": deployed.health_url,
+            "snapshot_dir": tmp_path / "snapshots",
+            "snapshot_max_age": 600.0,
+            "verify_timeout": 60.0,
+        }
+    )
+    service = DrillService(stack, deployed, data, drill_settings, pm2)
+    try:
+        service.wait_healthy("postgres")
+        yield service
+    finally:
+        with ToxiproxyClient(ep.toxiproxy_url) as toxiproxy:
+            toxiproxy.reset()
+        if not _postgres_answers(ep.admin_dsn):
+            stack.start_postgres()
+        pm2.delete(app)
+        with connect(ep.admin_dsn) as conn:
+            PgAuthStore(conn).delete_company(company)
+
+
+def _postgres_answers(dsn: str) -> bool:
+    try:
+        with connect(dsn, timeout=2):
+            return True
+    except Exception:
+        return False
+
+
+class DrillReport:
+    """One journal per scenario; written as JSON and one self-contained HTML page."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.journals: list[Journal] = []
+
+    def journal(self, title: str) -> Journal:
+        journal = Journal(title)
+        self.journals.append(journal)
+        return journal
+
+    def write(self) -> tuple[Path, Path]:
+        from jinja2 import Environment, select_autoescape
+
+        REPORTS.mkdir(exist_ok=True)
+        scenarios = [j.to_dict() for j in self.journals]
+        failed = [s for s in scenarios if s.get("status") != "completed"]
+        data = {
+            "drill": self.name,
+            "status": "failed" if failed or not scenarios else "completed",
+            "scenarios": scenarios,
+        }
+        json_path = atomic_write_text(
+            REPORTS / f"drill-{self.name}.json", json.dumps(data, indent=2, default=str)
+        )
+        env = Environment(autoescape=select_autoescape(default=True))
+        page = env.from_string(INDEX_TEMPLATE).render(
+            name=self.name,
+            status=data["status"],
+            scenarios=[(s, render_html(s)) for s in scenarios],
+        )
+        html_path = atomic_write_text(REPORTS / f"drill-{self.name}.html", page)
+        return json_path, html_path
+
+
+# Each scenario's own page is embedded whole (srcdoc), so the file stays self-contained.
+INDEX_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>drill {{ name }}</title>
+<style>body{font-family:system-ui,sans-serif;margin:2em}iframe{width:100%;height:900px;
+border:1px solid #ccc;margin-bottom:2em}.completed{color:#176b28}.failed{color:#b00020}</style>
+</head><body>
+<h1>drill {{ name }}: <span class="{{ status }}">{{ status }}</span></h1>
+<ul>{% for s, _ in scenarios %}<li>{{ s.title }}: <span class="{{ s.status }}">{{ s.status }}
+</span>{% if s.measurements and s.measurements.rto_s is defined %}, RTO
+{{ s.measurements.rto_s }} s{% endif %}</li>{% endfor %}</ul>
+{% for s, page in scenarios %}<h2>{{ s.title }}</h2><iframe srcdoc="{{ page }}"></iframe>
+{% endfor %}</body></html>
+"""
+
+
+@pytest.fixture(scope="session")
+def rollback_report() -> Iterator[DrillReport]:
+    report = DrillReport("rollback")
+    yield report
+    if report.journals:
+        report.write()

@@ -28,7 +28,7 @@ def operator_task(fn: Callable[..., Any]) -> Callable[..., Any]:
         from resilience.errors import ResilienceError
         from resilience.output import Output
 
-        logging.basicConfig(level=os.environ.get("RESILIENCE_LOG_LEVEL_CLI", "WARNING"))
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         try:
             return fn(c, *args, **kwargs)
         except ResilienceError as exc:
@@ -227,11 +227,10 @@ def snapshot(
     c: Context, company: str | None = None, keep: int | None = None, json: bool = False
 ) -> None:
     """Export every company to a new timestamped snapshot dir, keeping the newest N (cron)."""
-    from resilience.restore.snapshot import take_snapshot
-
     from resilience.authstate.pgstore import PgAuthStore, connect
     from resilience.config import redact_dsn
     from resilience.output import Output
+    from resilience.restore.snapshot import take_snapshot
     from resilience.restore.switch import make_target
 
     out = Output(json)
@@ -294,4 +293,65 @@ def test(c: Context, k: str = "", slow: bool = False, path: str = "") -> None:
     c.run(" ".join(args), pty=False)
 
 
-ns = Collection(stack_ns, restore_ns, lint, test)
+# --- drill.* ---------------------------------------------------------------------------------
+def _pytest(c: Context, args: list[str], backend: str | None) -> None:
+    env = {"RESILIENCE_BACKEND": backend} if backend else {}
+    c.run(" ".join([_venv_bin("pytest"), *args]), env=env, pty=False)
+
+
+@task(help={"backend": "local (default), docker or external", "k": "only scenarios matching"})
+def rollback(c: Context, backend: str | None = None, k: str = "") -> None:
+    """Emergency rollback drill, all four scenarios: reports/drill-rollback.{html,json}."""
+    args = ["drills/test_rollback.py", "-p", "no:cacheprovider"]
+    if k:
+        args += ["-k", repr(k)]
+    _pytest(c, args, backend)
+
+
+@task(name="all", help={"backend": "local (default), docker or external"})
+def all_drills(c: Context, backend: str | None = None) -> None:
+    """Every drill, slow ones included (the nightly chaos run)."""
+    _pytest(c, ["drills", "-p", "no:cacheprovider"], backend)
+
+
+drill_ns = Collection("drill", rollback, all_drills)
+
+
+# --- bench -----------------------------------------------------------------------------------
+@task(
+    help={
+        "sizes": "comma-separated key counts (default 1313,10000,100000)",
+        "repeat": "measurements per size (median and min are reported)",
+    }
+)
+@operator_task
+def bench(c: Context, sizes: str = "1313,10000,100000", repeat: int = 3) -> None:
+    """Restore benchmark: export/import beside the raw COPY + file-write limit, as JSON."""
+    import json as json_mod
+    import tempfile
+
+    from resilience.bench.restore import bench_restore
+
+    from resilience.config import load_settings
+    from resilience.errors import InputError
+    from resilience.output import Output
+    from resilience.stack.local import LocalStack
+
+    try:
+        counts = tuple(int(n) for n in sizes.split(",") if n.strip())
+    except ValueError:
+        raise InputError(f"--sizes must be comma-separated integers, not {sizes!r}") from None
+    out = Output(True)
+    settings = load_settings(stack_dir=ROOT / ".stack" / "bench", backend="local")
+    with LocalStack(settings) as stack, tempfile.TemporaryDirectory() as work:
+        result = bench_restore(
+            stack.endpoints.admin_dsn,
+            sizes=counts,
+            work_dir=Path(work),
+            repeat=repeat,
+            progress=out.progress,
+        )
+    sys.stdout.write(json_mod.dumps(result, indent=2) + "\n")
+
+
+ns = Collection(stack_ns, restore_ns, drill_ns, lint, test, bench)

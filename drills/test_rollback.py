@@ -230,6 +230,7 @@ def test_b_postgres_stopped_falls_back_to_the_newest_snapshot(
     )
 
 
+@pytest.mark.slow  # about 50 s: every round trip to the database costs 2 s
 def test_c_slow_postgres_live_export_loses_nothing(
     drill_service: DrillService, rollback_report: DrillReport
 ) -> None:

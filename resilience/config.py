@@ -104,6 +104,8 @@ class Settings(BaseSettings):
     postgres_mode_pattern: str = r"\[auth\] using PostgreSQL auth state for company {company}\b"
     connected_pattern: str = r"connection open"
     verify_timeout: float = Field(120.0, gt=0)
+    # a slow database is not a lost one: connection set-up alone is several round trips
+    db_connect_timeout: float = Field(20.0, gt=0)
 
     # --- snapshots (the fallback when PostgreSQL is already unreachable) ----------------------
     snapshot_dir: Path = Path("snapshots")

@@ -114,7 +114,7 @@ def preflight(target: Target, direction: Direction, *, force: bool = False) -> P
     s = target.settings
     facts = Preflight(direction, target.company_id)
     try:
-        with connect(target.service_dsn, timeout=5) as conn:
+        with connect(target.service_dsn, timeout=s.db_connect_timeout) as conn:
             store = PgAuthStore(conn)
             facts.key_count = store.count_keys(target.company_id)
             if direction == "to-files":
@@ -285,7 +285,8 @@ class LogWatch:
 
 
 def wait_for_health(url: str, mode: str, digest: str | None, timeout: float) -> dict[str, Any]:
-    """Poll the health endpoint until it reports `mode` (and `digest`, when given)."""
+    """Poll the health endpoint until it reports `mode` and, when given, `digest` as what it
+    loaded at start (`loaded_digest`; a live service has written more since)."""
     deadline = time.monotonic() + timeout
     last: dict[str, Any] | str = "no answer"
     while True:
@@ -293,13 +294,15 @@ def wait_for_health(url: str, mode: str, digest: str | None, timeout: float) -> 
             response = httpx.get(url, timeout=2)
             body = response.json()
             last = body
-            if body.get("mode") == mode and (digest is None or body.get("digest") == digest):
+            loaded = body.get("loaded_digest", body.get("digest"))
+            if body.get("mode") == mode and (digest is None or loaded == digest):
                 return dict(body)
         except (httpx.HTTPError, ValueError) as exc:
             last = type(exc).__name__
         if time.monotonic() >= deadline:
             if isinstance(last, dict):
-                got = f"mode={last.get('mode')} digest={str(last.get('digest'))[:12]}"
+                loaded = last.get("loaded_digest", last.get("digest"))
+                got = f"mode={last.get('mode')} loaded digest={str(loaded)[:12]}"
             else:
                 got = last
             want = f"mode={mode}" + (f" digest={digest[:12]}" if digest else "")
@@ -338,7 +341,8 @@ def _start_and_verify(target: Target, mode: str, expected: Callable[[], str | No
         if s.health_url:
             digest = expected()
             health = wait_for_health(s.health_url, mode, digest, s.verify_timeout)
-            details["health"] = {k: health.get(k) for k in ("mode", "key_count", "digest")}
+            keys = ("mode", "loaded_key_count", "loaded_digest", "key_count", "digest")
+            details["health"] = {k: health.get(k) for k in keys}
 
     return [
         Step("start-service", f"restart PM2 app {app} (it reads the new .env)", start),
@@ -367,7 +371,7 @@ def _plan_to_files(target: Target, facts: Preflight, force: bool) -> list[Step]:
     if facts.db_reachable:
 
         def export(details: Details) -> None:
-            with connect(target.service_dsn, timeout=10) as conn:
+            with connect(target.service_dsn, timeout=s.db_connect_timeout) as conn:
                 result = export_mod.export_company(
                     PgAuthStore(conn),
                     target.auth_root,
@@ -452,7 +456,7 @@ def _plan_to_postgres(target: Target, facts: Preflight, force: bool) -> list[Ste
     steps = [_stop_step(target)]
 
     def do_import(details: Details) -> None:
-        with connect(target.service_dsn, timeout=10) as conn:
+        with connect(target.service_dsn, timeout=s.db_connect_timeout) as conn:
             result = importer.import_company(PgAuthStore(conn), target.auth_root, target.company_id)
         expected["digest"] = result.digest_db
         details.update(result.to_dict())

@@ -348,6 +348,9 @@ class ServiceState:
         self.version = 0
         self._digest_lock = threading.Lock()
         self._digest: tuple[int, str] | None = None
+        # what was loaded at start, before any write: what a restore verifies against
+        self.loaded_key_count = len(self.keys)
+        self.loaded_digest = set_digest(creds, ((t, i, v) for (t, i), v in self.keys.items()))
 
     def apply(self, writes: Sequence[KeyWrite], at: datetime, last_seq: int) -> None:
         with self.lock:
@@ -380,6 +383,8 @@ class ServiceState:
                     "last_seq": self.last_seq,
                     "started_at": _iso(self.started_at),
                     "pid": os.getpid(),
+                    "loaded_key_count": self.loaded_key_count,
+                    "loaded_digest": self.loaded_digest,
                 }
                 version, creds = self.version, self.creds
                 stale = self._digest is None or self._digest[0] != version

@@ -73,11 +73,11 @@ def test_external_backend_attaches_and_refuses_faults_unless_drill_target(
     assert status["up"] is True
     assert ep.admin_dsn not in str(status)
     with ToxiproxyClient(endpoints.toxiproxy_url) as client:
-        with pytest.raises(ChaosError, match="not marked as a drill target"):
-            with faults.proxy_disabled(
-                client, endpoints.toxiproxy_proxy, allowed=endpoints.drill_target
-            ):
-                pass
+        fault = faults.proxy_disabled(
+            client, endpoints.toxiproxy_proxy, allowed=endpoints.drill_target
+        )
+        with pytest.raises(ChaosError, match="not marked as a drill target"), fault:
+            pass
         assert client.get_proxy(endpoints.toxiproxy_proxy).enabled
     external.down()  # starts nothing, so stops nothing
     assert stack.status()["up"] is True

@@ -258,7 +258,50 @@ def snapshot(
     )
 
 
-restore_ns = Collection("restore", to_files, to_postgres, snapshot)
+@task(
+    name="export",
+    help={
+        "company": "one company (default: every company in the database)",
+        "dir": "Baileys directory root to export into (default: RESILIENCE_AUTH_DIR)",
+        "json": "print the result as JSON",
+    },
+)
+@operator_task
+def export_files(
+    c: Context, company: str | None = None, dir: str | None = None, json: bool = False
+) -> None:
+    """Export PostgreSQL to Baileys files (no switch): atomic, 0600/0700, with manifest.json."""
+    from resilience.authstate.pgstore import PgAuthStore, connect
+    from resilience.config import redact_dsn
+    from resilience.errors import ConfigError
+    from resilience.output import Output
+    from resilience.restore.export import export_all
+    from resilience.restore.switch import make_target
+
+    out = Output(json)
+    settings = _settings(auth_dir=dir)
+    root = settings.auth_root
+    if root is None:
+        raise ConfigError("give --dir, or set RESILIENCE_AUTH_DIR or RESILIENCE_SERVICE_DIR")
+    target = make_target(settings, company)
+    with connect(target.service_dsn, timeout=settings.db_connect_timeout) as conn:
+        results = export_all(
+            PgAuthStore(conn), root, [company] if company else None,
+            source=redact_dsn(target.service_dsn), progress=out.progress,
+        )  # fmt: skip
+    data = {"exports": [r.to_dict() for r in results]}
+
+    def human(con: Any, d: dict[str, Any]) -> None:
+        for r in d["exports"]:
+            con.print(
+                f"{r['company_id']}: {r['key_count']} keys -> {r['directory']} "
+                f"({len(r['collisions'])} legacy collisions resolved, digest {r['digest'][:12]})"
+            )
+
+    out.result(data, human)
+
+
+restore_ns = Collection("restore", to_files, to_postgres, snapshot, export_files)
 
 
 # --- quality and tests -----------------------------------------------------------------------

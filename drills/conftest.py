@@ -18,13 +18,16 @@ import pytest
 
 from resilience.authstate.dataset import Dataset, generate
 from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import Settings
 from resilience.report.html import render_html
 from resilience.report.journal import Journal, atomic_write_text
-from resilience.restore.switch import Target
+from resilience.restore.switch import Target, read_state, run_switch
+from resilience.service import envfile
 from resilience.service.deploy import DeployedService, deploy_standin
 from resilience.service.pm2 import Pm2, find_pm2
+from resilience.service.standin_journal import JOURNAL_FILE, JournalEntry, read_journal
 from resilience.stack import Stack
 from resilience.stack.processes import wait_until
 
@@ -35,13 +38,19 @@ SEEDED_KEYS = 1313
 
 @dataclass
 class DrillService:
-    """The service under drill and everything a scenario needs to act on it."""
+    """The service under drill and everything a scenario needs to act on it.
+
+    On the local and docker stacks it is the stand-in, seeded with a fresh company and writing
+    a journal of every acknowledged write; on the external backend it is the real service named
+    by settings (no seeding, no journal: checks that need one are reported as not available).
+    """
 
     stack: Stack
     deployed: DeployedService
-    dataset: Dataset
+    dataset: Dataset | None
     settings: Settings
     pm2: Pm2
+    standin: bool = True
 
     @property
     def company(self) -> str:
@@ -51,23 +60,31 @@ class DrillService:
         return Target(self.settings, self.stack.endpoints.service_dsn, self.pm2, self.company)
 
     def health(self) -> dict[str, Any]:
+        if not self.deployed.health_url:
+            return {"mode": envfile.current_mode(self.deployed.env_file), "company": self.company}
         body: dict[str, Any] = httpx.get(self.deployed.health_url, timeout=2).json()
         return body
 
     def wait_healthy(self, mode: str, timeout: float = 30) -> dict[str, Any]:
         def ok() -> dict[str, Any] | None:
+            if self.pm2.require(self.deployed.app).status != "online":
+                return None
             body = self.health()
-            return body if body.get("mode") == mode and body.get("writes_ok", 0) > 0 else None
+            writing = body.get("writes_ok", 0) > 0 or not self.standin
+            return body if body.get("mode") == mode and writing else None
 
-        return wait_until(ok, timeout, f"stand-in healthy in {mode} mode")
+        return wait_until(ok, timeout, f"service healthy in {mode} mode")
 
-    @property
-    def writes_file(self) -> Path:
-        return self.deployed.workdir / "writes.jsonl"
+    def journal_entries(self) -> list[JournalEntry] | None:
+        """Every write the stand-in acknowledged; None for a real service (it keeps none)."""
+        return read_journal(self.deployed.workdir / JOURNAL_FILE) if self.standin else None
 
 
 @pytest.fixture
 def drill_service(stack: Stack, settings: Settings, tmp_path: Path) -> Iterator[DrillService]:
+    if settings.backend == "external":
+        yield from _real_service(stack, settings)
+        return
     ep = stack.endpoints
     company = f"drill_{uuid.uuid4().hex[:10]}"
     data = generate(company, SEEDED_KEYS)
@@ -101,6 +118,41 @@ def drill_service(stack: Stack, settings: Settings, tmp_path: Path) -> Iterator[
         pm2.delete(app)
         with connect(ep.admin_dsn) as conn:
             PgAuthStore(conn).delete_company(company)
+
+
+def _real_service(stack: Stack, settings: Settings) -> Iterator[DrillService]:
+    """The staging service named by settings; left in PostgreSQL mode afterwards."""
+    env_file, auth_root = settings.env_path, settings.auth_root
+    if env_file is None or auth_root is None or settings.company_id == "default":
+        pytest.fail(
+            "external backend: the drill acts on the real service: set RESILIENCE_SERVICE_DIR "
+            "(or RESILIENCE_SERVICE_ENV and RESILIENCE_AUTH_DIR), RESILIENCE_COMPANY_ID, "
+            "RESILIENCE_PM2_APP and optionally RESILIENCE_HEALTH_URL",
+            pytrace=False,
+        )
+    ep = stack.endpoints
+    faults.require_drill_target(ep.drill_target)
+    pm2 = Pm2(find_pm2(settings.tools_dir), home=None)
+    deployed = DeployedService(
+        app=settings.pm2_app,
+        workdir=settings.service_dir or env_file.parent,
+        env_file=env_file,
+        auth_dir=auth_root,
+        health_url=settings.health_url or "",
+        company_id=settings.company_id,
+        fallback_tag=settings.fallback_tag or "",
+    )
+    service = DrillService(stack, deployed, None, settings, pm2, standin=False)
+    try:
+        service.wait_healthy("postgres")
+        yield service
+    finally:
+        with ToxiproxyClient(ep.toxiproxy_url) as toxiproxy:
+            toxiproxy.reset()
+        if read_state(service.target()) is not None:
+            run_switch(service.target(), "to-postgres", journal=Journal("drill teardown"))
+        else:
+            pm2.restart(settings.pm2_app)
 
 
 def _postgres_answers(dsn: str) -> bool:

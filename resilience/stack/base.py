@@ -65,6 +65,7 @@ class Stack(abc.ABC):
     """A running set of services. Use as a context manager, or `up()` / `down()` by hand."""
 
     name: str = "abstract"
+    controls_postgres: bool = False  # can stop, kill and start the server process itself
 
     @property
     @abc.abstractmethod

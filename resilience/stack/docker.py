@@ -43,6 +43,7 @@ def engine_available() -> str | None:
 
 class DockerStack(Stack):
     name = "docker"
+    controls_postgres = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

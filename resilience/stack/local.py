@@ -58,6 +58,7 @@ def find_toxiproxy(tools_dir: Path) -> Path:
 
 class LocalStack(Stack):
     name = "local"
+    controls_postgres = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

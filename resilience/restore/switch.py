@@ -419,8 +419,10 @@ def _plan_to_files(target: Target, facts: Preflight, force: bool) -> list[Step]:
             if state.get("previous_ref") and current == state.get("tag_commit"):
                 details["already_at_tag"] = True  # a re-run after a crash: keep the first ref
             else:
-                state["previous_ref"] = gitref.checkout(service_dir, tag, force=force)
-            state["tag_commit"] = gitref.head_commit(service_dir)
+                state["previous_ref"] = current
+                state["tag_commit"] = gitref.require_tag(service_dir, tag)
+                _write_state(target, state)  # before the checkout: a crash keeps the way back
+                gitref.checkout(service_dir, tag, force=force)
             details["previous_ref"] = state["previous_ref"]
             details["tag"] = tag
 
@@ -430,19 +432,23 @@ def _plan_to_files(target: Target, facts: Preflight, force: bool) -> list[Step]:
         steps.append(Step("code", f"git checkout {tag} in {service_dir}", code, code_back))
 
     def env(details: Details) -> None:
-        change = envfile.set_values(target.env_file, envfile.FILE_MODE)
-        if "env_before" not in state or change.changed:
-            state["env_before"] = change.before
+        # Already in file mode (a re-run after a crash, or switched by hand): keep the flags the
+        # first run saw; none known means the way back uses the defaults.
+        if envfile.current_mode(target.env_file) == "postgres":
+            state["env_before"] = envfile.read_flags(target.env_file)
         state.update(
             company_id=target.company_id,
             switched_to_files_at=datetime.now(UTC).isoformat(),
         )
-        _write_state(target, state)
+        _write_state(target, state)  # before the change: a crash keeps the way back
+        change = envfile.set_values(target.env_file, envfile.FILE_MODE)
         details["changed"] = change.changed
         details["backup"] = str(change.backup) if change.backup else None
 
     def env_back() -> None:
-        envfile.restore_values(target.env_file, state["env_before"])
+        before = state.get("env_before")
+        if before is not None:
+            envfile.restore_values(target.env_file, before)
 
     steps.append(Step("env", f"set the three file-mode flags in {target.env_file}", env, env_back))
     steps += _start_and_verify(target, "file", lambda: expected.get("digest"))

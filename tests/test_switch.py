@@ -1,0 +1,661 @@
+"""The emergency switch against the embedded stack: refusals, dry run, failure and undo, re-runs
+after a crash, the way back without a state file, and the `restore.*` tasks.
+
+A refusal asserts the error class, a key phrase of its one-line message and that nothing changed:
+the `.env` bytes, the files of the service's work dir, git HEAD, the PM2 app (status, pid,
+restarts), the auth directory, the snapshots and the company's rows. Tests that only read share
+one service with traffic off (so the rows cannot move); tests that switch get their own, writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+from resilience.alerts import Alerts
+from resilience.authstate.dataset import generate
+from resilience.authstate.naming import company_dir_name
+from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.view import view_of
+from resilience.chaos import faults
+from resilience.chaos.toxiproxy import ToxiproxyClient
+from resilience.config import Settings
+from resilience.errors import InputError, StackError, VerificationError
+from resilience.report.journal import Journal
+from resilience.restore import snapshot
+from resilience.restore.export import export_company
+from resilience.restore.runner import StepFailed
+from resilience.restore.switch import (
+    POSTGRES_FLAGS_DEFAULT,
+    Direction,
+    Target,
+    build_plan,
+    preflight,
+    read_state,
+    run_switch,
+)
+from resilience.service import envfile, gitref
+from resilience.service.deploy import DeployedService, deploy_standin
+from resilience.service.pm2 import Pm2, find_pm2
+from resilience.stack import Stack
+from resilience.stack.processes import wait_until
+from resilience.stack.receivers import ReceiverClient
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = 60  # plus the dataset's legacy rows
+TO_FILES_STEPS = ["stop-service", "export", "code", "env", "start-service", "verify"]
+
+pytestmark = pytest.mark.stack
+
+
+# --- the service under test ---------------------------------------------------------------------
+@dataclass
+class Service:
+    stack: Stack
+    deployed: DeployedService
+    settings: Settings
+    pm2: Pm2
+    writing: bool  # the stand-in writes keys: its rows move by themselves
+
+    @property
+    def company(self) -> str:
+        return self.deployed.company_id
+
+    @property
+    def workdir(self) -> Path:
+        return self.deployed.workdir
+
+    @property
+    def auth_root(self) -> Path:
+        root = self.settings.auth_root
+        assert root is not None
+        return root
+
+    def target(self, **update: Any) -> Target:
+        settings = self.settings.model_copy(update=update) if update else self.settings
+        return Target(settings, self.stack.endpoints.service_dsn, self.pm2, self.company)
+
+    def health(self) -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(self.deployed.health_url, timeout=2).json()
+        return body
+
+    def wait_mode(self, mode: str, timeout: float = 30) -> dict[str, Any]:
+        def ok() -> dict[str, Any] | None:
+            body = self.health()
+            return body if body.get("mode") == mode else None
+
+        return wait_until(ok, timeout, f"the stand-in healthy in {mode} mode")
+
+    def tag_commit(self) -> str:
+        return gitref.require_tag(self.workdir, self.deployed.fallback_tag)
+
+    def observe(self) -> dict[str, Any]:
+        """Everything a refused switch must leave as it was (the rows only when no traffic)."""
+        app = self.pm2.describe(self.deployed.app)
+        creds: Any = None
+        rows: list[Any] | None = None
+        if not self.writing:
+            with connect(self.stack.endpoints.admin_dsn) as conn:
+                store = PgAuthStore(conn)
+                creds = store.load_creds(self.company)
+                rows = sorted(store.records(self.company), key=lambda r: (r.key_type, r.key_id))
+        return {
+            "env": self.deployed.env_file.read_bytes(),
+            "workdir": sorted(os.listdir(self.workdir)),
+            "head": gitref.head_commit(self.workdir),
+            "ref": gitref.current_ref(self.workdir),
+            "dirty": gitref.is_dirty(self.workdir),
+            "pm2": (app.status, app.pid, app.restarts) if app else None,
+            "auth": _tree(self.auth_root),
+            "snapshots": _tree(self.settings.snapshot_dir),
+            "creds": creds,
+            "rows": rows,
+        }
+
+
+def _tree(root: Path) -> dict[str, bytes | None] | None:
+    """Every directory (None) and file (its bytes) under ``root``; None when it does not exist."""
+    if not root.exists():
+        return None
+    found: dict[str, bytes | None] = {}
+    for directory, dirs, files in os.walk(root):
+        base = Path(directory)
+        for name in dirs:
+            found[str((base / name).relative_to(root)) + "/"] = None
+        for name in files:
+            found[str((base / name).relative_to(root))] = (base / name).read_bytes()
+    return found
+
+
+def _postgres_answers(dsn: str) -> bool:
+    try:
+        with connect(dsn, timeout=2):
+            return True
+    except Exception:
+        return False
+
+
+def _deploy(
+    stack: Stack, settings: Settings, base: Path, *, write_interval_ms: int
+) -> Iterator[Service]:
+    ep = stack.endpoints
+    company = f"sw_{uuid.uuid4().hex[:10]}"
+    data = generate(company, KEYS)
+    with connect(ep.admin_dsn) as conn:
+        PgAuthStore(conn).insert_raw(company, data.creds, data.rows())
+    pm2 = Pm2(find_pm2(settings.tools_dir), home=Path(ep.pm2_home) if ep.pm2_home else None)
+    app = f"baileys-{company}"
+    try:
+        deployed = deploy_standin(
+            pm2,
+            base / "service",
+            service_dsn=ep.service_dsn,
+            company_id=company,
+            app=app,
+            write_interval_ms=write_interval_ms,
+        )
+        service_settings = settings.model_copy(
+            update={
+                "company_id": company,
+                "pm2_app": app,
+                "service_dir": deployed.workdir,
+                "fallback_tag": deployed.fallback_tag,
+                "health_url": deployed.health_url,
+                "snapshot_dir": base / "snapshots",
+                "snapshot_max_age": 3600.0,
+                "verify_timeout": 30.0,
+            }
+        )
+        service = Service(stack, deployed, service_settings, pm2, write_interval_ms > 0)
+        service.wait_mode("postgres")
+        yield service
+    finally:
+        with ToxiproxyClient(ep.toxiproxy_url) as toxiproxy:
+            toxiproxy.reset()
+        if not _postgres_answers(ep.admin_dsn):
+            stack.start_postgres()
+        with contextlib.suppress(StackError):
+            pm2.delete(app)
+        with connect(ep.admin_dsn) as conn:
+            PgAuthStore(conn).delete_company(company)
+
+
+@pytest.fixture(scope="module")
+def shared(
+    stack: Stack, settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    """One service for the tests that must change nothing: no traffic, so rows stay put."""
+    yield from _deploy(stack, settings, tmp_path_factory.mktemp("shared"), write_interval_ms=0)
+
+
+@pytest.fixture
+def service(stack: Stack, settings: Settings, tmp_path: Path) -> Iterator[Service]:
+    """A service of its own, writing keys, for the tests that really switch."""
+    yield from _deploy(stack, settings, tmp_path, write_interval_ms=100)
+
+
+def refused(
+    service: Service,
+    target: Target,
+    phrase: str,
+    direction: Direction = "to-files",
+    **kwargs: Any,
+) -> str:
+    """Run the switch, expect a refusal naming ``phrase``, and prove that nothing changed."""
+    before = service.observe()
+    journal = Journal("refused")
+    with pytest.raises(InputError) as info:
+        run_switch(target, direction, journal=journal, **kwargs)
+    message = str(info.value)
+    assert type(info.value) is InputError
+    assert phrase in message
+    assert "\n" not in message
+    assert journal.steps == []  # refused before the first step
+    assert service.observe() == before
+    return message
+
+
+def secrets_of(service: Service) -> list[str]:
+    ep = service.stack.endpoints
+    found = [urlsplit(ep.service_dsn).password, urlsplit(ep.admin_dsn).password]
+    if ep.sentry_dsn:
+        found.append(urlsplit(ep.sentry_dsn).username)
+    found.append(ep.telegram_bot_token)
+    return [s for s in found if s]
+
+
+# --- preflight refusals -------------------------------------------------------------------------
+def test_unknown_company_is_refused(shared: Service) -> None:
+    unknown = f"nokeys_{uuid.uuid4().hex[:8]}"
+    target = Target(shared.settings, shared.stack.endpoints.service_dsn, shared.pm2, unknown)
+    message = refused(shared, target, f"unknown company {unknown}: no keys in the database")
+    assert message.startswith("preflight refused to-files: ")
+
+
+def test_wrong_password_is_refused_without_showing_it(shared: Service, tmp_path: Path) -> None:
+    parts = urlsplit(shared.stack.endpoints.service_dsn)
+    wrong = "Wr0ng-pa55word-" + uuid.uuid4().hex[:6]
+    netloc = f"{parts.username}:{wrong}@{parts.hostname}:{parts.port}"
+    dsn = urlunsplit(parts._replace(netloc=netloc))
+    settings = shared.settings.model_copy(update={"snapshot_dir": tmp_path / "no-snapshots"})
+    target = Target(settings, dsn, shared.pm2, shared.company)
+
+    facts = preflight(target, "to-files")
+    assert not facts.db_reachable
+    assert facts.db_error is not None
+    assert "password authentication failed" in facts.db_error
+    assert wrong not in facts.db_error
+    message = refused(shared, target, "PostgreSQL is unreachable")
+    assert "password authentication failed" in message
+    assert "no snapshot of company" in message
+    for secret in [wrong, *secrets_of(shared)]:
+        assert secret not in message
+
+
+def test_missing_env_file_is_refused(shared: Service) -> None:
+    missing = shared.workdir / "missing.env"
+    refused(shared, shared.target(service_env=missing), f"service env file {missing} not found")
+
+
+def test_missing_fallback_tag_is_refused_naming_the_check(shared: Service) -> None:
+    refused(
+        shared,
+        shared.target(fallback_tag="no-such-tag-v9"),
+        "git rev-parse --verify refs/tags/no-such-tag-v9",
+    )
+
+
+def test_missing_pm2_app_is_refused(shared: Service) -> None:
+    absent = f"baileys-absent-{uuid.uuid4().hex[:6]}"
+    refused(shared, shared.target(pm2_app=absent), f"PM2 has no app named {absent!r}")
+
+
+def test_unreachable_postgres_without_snapshot_is_refused(shared: Service, tmp_path: Path) -> None:
+    ep = shared.stack.endpoints
+    target = shared.target(snapshot_dir=tmp_path / "no-snapshots")
+    with (
+        ToxiproxyClient(ep.toxiproxy_url) as toxiproxy,
+        faults.proxy_disabled(toxiproxy, ep.toxiproxy_proxy, allowed=ep.drill_target),
+    ):
+        message = refused(shared, target, "PostgreSQL is unreachable (cannot connect")
+    assert f"there is no snapshot of company {shared.company} in {tmp_path / 'no-snapshots'}" in (
+        message
+    )
+
+
+def test_snapshot_over_the_age_limit_is_refused_unless_forced(
+    shared: Service, tmp_path: Path
+) -> None:
+    ep = shared.stack.endpoints
+    snaps = tmp_path / "snapshots"
+    with connect(ep.service_dsn) as conn:
+        snap = snapshot.take_snapshot(
+            PgAuthStore(conn), snaps, [shared.company], keep=3, source="test"
+        )
+    # backdate it two hours: the limit is one hour
+    meta_file = snap.path / "snapshot.json"
+    meta = json.loads(meta_file.read_text())
+    meta["taken_at"] = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
+    meta_file.write_text(json.dumps(meta))
+    target = shared.target(snapshot_dir=snaps, snapshot_max_age=3600.0)
+    with (
+        ToxiproxyClient(ep.toxiproxy_url) as toxiproxy,
+        faults.proxy_disabled(toxiproxy, ep.toxiproxy_proxy, allowed=ep.drill_target),
+    ):
+        message = refused(shared, target, "over the limit of 3600 s")
+        assert re.search(r"newest snapshot is 72\d\d s old", message), message
+        assert "--force" in message
+
+        before = shared.observe()
+        journal = Journal("forced")
+        outcome = run_switch(target, "to-files", journal=journal, dry_run=True, force=True)
+        assert shared.observe() == before
+    facts = outcome.preflight
+    assert facts.problems == []
+    assert not facts.db_reachable
+    assert facts.snapshot_path == str(snap.path)
+    assert facts.snapshot_age_s is not None and facts.snapshot_age_s >= 7200
+    install = [line for line in facts.plan if "install the newest snapshot" in line]
+    assert install == [
+        f"PostgreSQL unreachable: install the newest snapshot of {shared.company} "
+        f"(age {facts.snapshot_age_s} s = data-loss window)"
+    ]
+
+
+def test_read_only_export_dir_is_refused(shared: Service) -> None:
+    root = shared.auth_root
+    root.mkdir(mode=0o700, exist_ok=True)
+    locked = subprocess.run(["chattr", "+i", str(root)], capture_output=True, text=True)
+    if locked.returncode != 0:
+        pytest.skip(f"chattr +i is not available here: {locked.stderr.strip()[-120:]}")
+    try:
+        refused(shared, shared.target(), f"export dir {root} is not writable")
+    finally:
+        subprocess.run(["chattr", "-i", str(root)], check=True)
+
+
+def test_unmappable_file_names_are_refused_and_listed(shared: Service) -> None:
+    company_dir = shared.auth_root / company_dir_name(shared.company)
+    with connect(shared.stack.endpoints.service_dsn) as conn:
+        export_company(PgAuthStore(conn), shared.auth_root, shared.company, source="test")
+    try:
+        # written in file mode after the export: not in the manifest, and `-` may have been `:`
+        (company_dir / "session-a-b__c.json").write_text('{"x": 1}')
+        (company_dir / "pre-key-999999.json").write_text('{"x": 2}')  # mappable by its type
+        facts = preflight(shared.target(), "to-postgres")
+        assert facts.unmappable == ["session-a-b__c.json"]
+        message = refused(
+            shared,
+            shared.target(),
+            "file names that cannot be mapped back to key ids without guessing",
+            "to-postgres",
+        )
+        assert "session-a-b__c.json" in message
+        assert "pre-key-999999.json" not in message
+    finally:
+        shutil.rmtree(company_dir)
+
+
+# --- dry run ------------------------------------------------------------------------------------
+def test_dry_run_returns_the_plan_and_changes_nothing(shared: Service) -> None:
+    before = shared.observe()
+    journal = Journal("dry run")
+    outcome = run_switch(shared.target(), "to-files", journal=journal, dry_run=True)
+    assert shared.observe() == before
+    assert outcome.result is None
+    assert journal.steps == []
+    plan = outcome.preflight.plan
+    s = shared.settings
+    expected_starts = [
+        f"stop PM2 app {s.pm2_app}",
+        f"export company {shared.company} to {shared.auth_root / company_dir_name(shared.company)}",
+        f"git checkout {s.fallback_tag} in {shared.workdir}",
+        f"set the three file-mode flags in {shared.deployed.env_file}",
+        f"restart PM2 app {s.pm2_app}",
+        "wait for the file-mode line",
+    ]
+    assert len(plan) == len(expected_starts)
+    for line, start in zip(plan, expected_starts, strict=True):
+        assert line.startswith(start), (line, start)
+    data = outcome.to_dict()
+    assert "run" not in data
+    with connect(shared.stack.endpoints.admin_dsn) as conn:
+        rows = PgAuthStore(conn).count_keys(shared.company)
+    assert data["preflight"]["key_count"] == outcome.preflight.key_count == rows >= KEYS
+    assert data["preflight"]["env_mode"] == "postgres"
+    assert data["preflight"]["pm2_status"] == "online"
+
+
+# --- switches that change things ----------------------------------------------------------------
+def test_dirty_tree_is_refused_and_force_discards_it(service: Service) -> None:
+    tracked = service.workdir / "AUTH_BACKEND"
+    tracked.write_text("edited on the server\n")
+    refused(service, service.target(), f"work tree {service.workdir} has local changes")
+
+    outcome = run_switch(service.target(), "to-files", journal=Journal("forced"), force=True)
+    assert outcome.result is not None and outcome.result.ok
+    assert gitref.head_commit(service.workdir) == service.tag_commit()
+    assert gitref.is_dirty(service.workdir) == []
+    assert tracked.read_text() == "files\n"
+    assert envfile.current_mode(service.deployed.env_file) == "file"
+    health = service.wait_mode("file")
+    export = outcome.result.steps[1]
+    assert export.name == "export"
+    assert health["loaded_digest"] == export.details["digest"]
+
+
+def test_failed_verify_is_undone_and_reported_without_secrets(service: Service) -> None:
+    ep = service.stack.endpoints
+    assert ep.sentry_dsn and ep.receivers_url
+    before = service.observe()
+    target = service.target(
+        file_mode_pattern=r"this line is never logged for {company}", verify_timeout=3.0
+    )
+    journal = Journal("undo")
+    alerts = Alerts.from_endpoints(
+        ep.sentry_dsn, ep.telegram_api_url, ep.telegram_bot_token, ep.telegram_chat_id
+    )
+    try:
+        with pytest.raises(StepFailed) as info:
+            run_switch(target, "to-files", journal=journal, alerts=alerts)
+    finally:
+        alerts.close()
+    failed = info.value
+    assert isinstance(failed.cause, VerificationError)
+    assert failed.exit_code == VerificationError.exit_code
+    assert "did not log /this line is never logged for" in str(failed)
+    result = failed.result
+    assert [(r.name, r.status) for r in result.steps] == [
+        *((name, "ok") for name in TO_FILES_STEPS[:-1]),
+        ("verify", "failed"),
+    ]
+    # undone in reverse order; start-service and export have nothing to undo
+    assert [(r.name, r.status) for r in result.rollbacks] == [
+        ("env", "ok"),
+        ("code", "ok"),
+        ("stop-service", "ok"),
+    ]
+    assert [(r["name"], r["status"]) for r in journal.to_dict()["rollbacks"]] == [
+        ("undo env", "ok"),
+        ("undo code", "ok"),
+        ("undo stop-service", "ok"),
+    ]
+
+    # the service is back where it was: PostgreSQL mode, main, the same .env bytes
+    assert service.deployed.env_file.read_bytes() == before["env"]
+    assert gitref.current_ref(service.workdir) == "main"
+    assert gitref.head_commit(service.workdir) == before["head"]
+    health = service.wait_mode("postgres")
+    assert health["company"] == service.company
+    app = service.pm2.require(service.deployed.app)
+    assert app.status == "online"
+
+    with ReceiverClient(ep.receivers_url) as receivers:
+        event = receivers.wait_for(
+            "sentry",
+            lambda r: (
+                r.get("item_type") == "event"
+                and r.get("tags", {}).get("company") == service.company
+            ),
+            timeout=15,
+        )
+    assert "emergency switch to-files failed at a step and was undone" in (event["message"] or "")
+    assert event["level"] == "error"
+    assert event["tags"]["direction"] == "to-files"
+    assert not event.get("redacted")  # the receiver found no secret to hide
+    recorded = json.dumps(event)
+    for secret in secrets_of(service):
+        assert secret not in recorded
+
+
+class Crash(Exception):
+    """Stands for the process dying at this point: nothing after it runs, nothing is undone."""
+
+
+def _crash_after(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> None:
+    real = getattr(module, name)
+
+    def crashing(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        raise Crash(f"crashed right after {name}")
+
+    monkeypatch.setattr(module, name, crashing)
+
+
+@pytest.mark.parametrize("crash", ["after-code", "mid-env", "after-env"])
+def test_rerun_after_a_crash_converges_and_returns_to_main(
+    service: Service, crash: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = service.observe()
+    target = service.target()
+    facts = preflight(target, "to-files")
+    assert facts.problems == []
+    steps = build_plan(target, facts, force=False)
+    assert [s.name for s in steps] == TO_FILES_STEPS
+    done = {"after-code": 3, "mid-env": 3, "after-env": 4}[crash]
+    for step in steps[:done]:
+        step.do({})
+    if crash == "mid-env":  # the new .env is on disk, the process dies before anything else
+        with monkeypatch.context() as patch:
+            _crash_after(patch, envfile, "set_values")
+            with pytest.raises(Crash):
+                steps[3].do({})
+        assert envfile.current_mode(service.deployed.env_file) == "file"
+    assert gitref.head_commit(service.workdir) == service.tag_commit()
+    assert service.pm2.require(service.deployed.app).status == "stopped"
+
+    there = run_switch(target, "to-files", journal=Journal("re-run"))
+    assert there.result is not None and there.result.ok
+    state = read_state(target)
+    assert state is not None
+    assert state["previous_ref"] == "main"  # the original branch, not the tag
+    assert gitref.head_commit(service.workdir) == service.tag_commit()
+    assert envfile.current_mode(service.deployed.env_file) == "file"
+    health = service.wait_mode("file")
+    export = next(s for s in there.result.steps if s.name == "export")
+    assert health["loaded_digest"] == export.details["digest"]
+
+    back = run_switch(target, "to-postgres", journal=Journal("back"))
+    assert back.result is not None and back.result.ok
+    assert gitref.current_ref(service.workdir) == "main"
+    assert gitref.head_commit(service.workdir) == before["head"]
+    assert envfile.read_flags(service.deployed.env_file) == POSTGRES_FLAGS_DEFAULT
+    assert service.deployed.env_file.read_bytes() == before["env"]
+    assert read_state(target) is None
+    service.wait_mode("postgres")
+
+
+def test_to_postgres_without_state_uses_the_default_flags(service: Service) -> None:
+    ep = service.stack.endpoints
+    env_file = service.deployed.env_file
+    head = gitref.head_commit(service.workdir)
+    # the operator switched by hand: exported, set the flags, restarted; no code step, no state
+    service.pm2.stop(service.deployed.app)
+    with connect(ep.service_dsn) as conn:
+        export_company(PgAuthStore(conn), service.auth_root, service.company, source="operator")
+    envfile.set_values(env_file, envfile.FILE_MODE)
+    service.pm2.restart(service.deployed.app)
+    service.wait_mode("file")
+    target = service.target()
+    assert read_state(target) is None
+
+    outcome = run_switch(target, "to-postgres", journal=Journal("back by hand"))
+    assert outcome.result is not None and outcome.result.ok
+    assert [s.name for s in outcome.result.steps] == [
+        "stop-service",
+        "import",
+        "env",
+        "start-service",
+        "verify",
+        "done",
+    ]
+    assert envfile.read_flags(env_file) == POSTGRES_FLAGS_DEFAULT
+    verify = next(s for s in outcome.result.steps if s.name == "verify")
+    assert "PostgreSQL auth state for company " + service.company in verify.details["log_lines"][0]
+    imported = next(s for s in outcome.result.steps if s.name == "import")
+    assert verify.details["health"]["mode"] == "postgres"
+    assert verify.details["health"]["loaded_digest"] == imported.details["digest_db"]
+    assert gitref.head_commit(service.workdir) == head
+    assert gitref.current_ref(service.workdir) == "main"
+    service.wait_mode("postgres")
+
+
+# --- the tasks ----------------------------------------------------------------------------------
+def invoke(service: Service, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    s = service.settings
+    assert s.health_url is not None and s.fallback_tag is not None
+    variables = {
+        **os.environ,
+        "RESILIENCE_BACKEND": s.backend,
+        "RESILIENCE_STACK_DIR": str(s.stack_dir),
+        "RESILIENCE_TOOLS_DIR": str(s.tools_dir),
+        "RESILIENCE_SERVICE_DIR": str(service.workdir),
+        "RESILIENCE_COMPANY_ID": service.company,
+        "RESILIENCE_PM2_APP": s.pm2_app,
+        "RESILIENCE_FALLBACK_TAG": s.fallback_tag,
+        "RESILIENCE_HEALTH_URL": s.health_url,
+        "RESILIENCE_SNAPSHOT_DIR": str(s.snapshot_dir),
+        **env,
+    }
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "invoke"), *args],
+        cwd=ROOT,
+        env=variables,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_task_dry_run_prints_the_plan_as_json(shared: Service) -> None:
+    before = shared.observe()
+    done = invoke(shared, "restore.to-files", "--dry-run", "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert "run" not in data
+    assert data["preflight"]["direction"] == "to-files"
+    assert data["preflight"]["company_id"] == shared.company
+    assert data["preflight"]["problems"] == []
+    assert len(data["preflight"]["plan"]) == len(TO_FILES_STEPS)
+    assert data["preflight"]["plan"][2].startswith(f"git checkout {shared.settings.fallback_tag}")
+    for secret in secrets_of(shared):
+        assert secret not in done.stdout + done.stderr
+    assert shared.observe() == before
+
+
+def test_task_without_yes_and_no_terminal_changes_nothing(shared: Service) -> None:
+    before = shared.observe()
+    done = invoke(shared, "restore.to-files")
+    assert done.returncode == InputError.exit_code
+    assert "run with --yes" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert shared.observe() == before
+
+
+def test_task_refusal_is_one_line_with_the_input_exit_code(shared: Service) -> None:
+    before = shared.observe()
+    done = invoke(shared, "restore.to-files", "--yes", RESILIENCE_FALLBACK_TAG="no-such-tag-v9")
+    assert done.returncode == InputError.exit_code == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: preflight refused to-files: ")
+    assert "git rev-parse --verify refs/tags/no-such-tag-v9" in lines[0]
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    assert shared.observe() == before
+
+
+def test_task_snapshot_writes_a_snapshot(shared: Service) -> None:
+    done = invoke(shared, "restore.snapshot", "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    path = Path(data["path"])
+    assert path.parent == shared.settings.snapshot_dir
+    newest = snapshot.newest_snapshot(shared.settings.snapshot_dir, shared.company)
+    assert newest is not None and newest.path == path
+    with connect(shared.stack.endpoints.admin_dsn) as conn:
+        store = PgAuthStore(conn)
+        company = shared.company
+        view = view_of(company, store.load_creds(company), store.records(company))
+    digest = view.digest()  # legacy twins collapse into one key each, as in the files
+    entry = data["companies"][shared.company]
+    assert (entry["key_count"], entry["digest"]) == (digest.key_count, digest.digest)
+    expected = {"key_count": digest.key_count, "digest": digest.digest}
+    assert newest.companies[shared.company] == expected

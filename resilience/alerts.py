@@ -54,7 +54,6 @@ class SentryChannel:
             self._client = sentry_sdk.Client(
                 dsn=dsn,
                 default_integrations=False,
-                send_default_pii=False,
                 environment=environment,
             )
 

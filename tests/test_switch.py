@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -527,8 +528,11 @@ def test_rerun_after_a_crash_converges_and_returns_to_main(
     assert gitref.head_commit(service.workdir) == service.tag_commit()
     assert envfile.current_mode(service.deployed.env_file) == "file"
     health = service.wait_mode("file")
-    export = next(s for s in there.result.steps if s.name == "export")
-    assert health["loaded_digest"] == export.details["digest"]
+    # before the env step the re-run exports again; after it the directory is kept as it is
+    first = "export" if crash == "after-code" else "keep-directory"
+    assert [s.name for s in there.result.steps][1] == first
+    loaded = next(s for s in there.result.steps if s.name == first)
+    assert health["loaded_digest"] == loaded.details["digest"]
 
     back = run_switch(target, "to-postgres", journal=Journal("back"))
     assert back.result is not None and back.result.ok
@@ -659,3 +663,36 @@ def test_task_snapshot_writes_a_snapshot(shared: Service) -> None:
     assert (entry["key_count"], entry["digest"]) == (digest.key_count, digest.digest)
     expected = {"key_count": digest.key_count, "digest": digest.digest}
     assert newest.companies[shared.company] == expected
+
+
+def test_rerun_after_the_switch_keeps_file_mode_writes(service: Service) -> None:
+    """A second to-files after the service already wrote to its files must not replace them
+    with a new export; a second to-postgres must not import the old directory over newer
+    database writes."""
+    target = service.target()
+    first = run_switch(target, "to-files", journal=Journal("first"))
+    assert first.result is not None and first.result.ok
+    written = service.wait_mode("file")["writes_ok"]
+    deadline = time.monotonic() + 30
+    while service.health()["writes_ok"] < written + 10:  # file-mode writes to keep
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    again = run_switch(target, "to-files", journal=Journal("again"))
+    assert again.result is not None and again.result.ok
+    assert [s.name for s in again.result.steps][1] == "keep-directory"
+    kept = again.result.steps[1].details["digest"]
+    assert service.wait_mode("file")["loaded_digest"] == kept
+    export_digest = first.result.steps[1].details["digest"]
+    assert kept != export_digest  # the file-mode writes are still there
+
+    back = run_switch(target, "to-postgres", journal=Journal("back"))
+    assert back.result is not None and back.result.ok
+    service.wait_mode("postgres")
+    again_back = run_switch(target, "to-postgres", journal=Journal("back again"))
+    assert again_back.result is not None and again_back.result.ok
+    assert [s.name for s in again_back.result.steps][1] == "keep-database"
+    assert (
+        service.wait_mode("postgres")["loaded_digest"]
+        == again_back.result.steps[1].details["digest"]
+    )

@@ -24,6 +24,7 @@ import httpx
 from resilience.alerts import Alerts
 from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.view import view_of
 from resilience.config import Settings, redact_dsn, validate_company_id
 from resilience.errors import (
     ConfigError,
@@ -368,7 +369,22 @@ def _plan_to_files(target: Target, facts: Preflight, force: bool) -> list[Step]:
     expected: dict[str, str] = {}
     steps = [_stop_step(target)]
 
-    if facts.db_reachable:
+    if facts.env_mode == "file" and target.company_dir.is_dir():
+        # A re-run after the env step: the service may already have written to these files,
+        # so they are never replaced; the service is stopped, so their digest is stable.
+        def keep(details: Details) -> None:
+            state = importer.read_directory(target.company_dir, target.company_id)
+            expected["digest"] = state.digest().digest
+            details.update(kept=str(target.company_dir), digest=expected["digest"])
+
+        steps.append(
+            Step(
+                "keep-directory",
+                f"the service is already in file mode: keep {target.company_dir} as it is",
+                keep,
+            )
+        )
+    elif facts.db_reachable:
 
         def export(details: Details) -> None:
             with connect(target.service_dsn, timeout=s.db_connect_timeout) as conn:
@@ -461,19 +477,40 @@ def _plan_to_postgres(target: Target, facts: Preflight, force: bool) -> list[Ste
     state = read_state(target) or {}
     steps = [_stop_step(target)]
 
-    def do_import(details: Details) -> None:
-        with connect(target.service_dsn, timeout=s.db_connect_timeout) as conn:
-            result = importer.import_company(PgAuthStore(conn), target.auth_root, target.company_id)
-        expected["digest"] = result.digest_db
-        details.update(result.to_dict())
+    if facts.env_mode == "postgres":
+        # A re-run after the env step: the import is done and the service may have written to
+        # the database since; importing the older directory again would undo those writes.
+        def keep(details: Details) -> None:
+            with connect(target.service_dsn, timeout=s.db_connect_timeout) as conn:
+                store = PgAuthStore(conn)
+                creds = store.load_creds(target.company_id)
+                view = view_of(target.company_id, creds, store.records(target.company_id))
+            expected["digest"] = view.digest().digest
+            details.update(kept="database", digest=expected["digest"])
 
-    steps.append(
-        Step(
-            "import",
-            f"import {target.company_dir} into PostgreSQL (one transaction, digest-checked)",
-            do_import,
+        steps.append(
+            Step(
+                "keep-database",
+                "the service is already in PostgreSQL mode: keep the database as it is",
+                keep,
+            )
         )
-    )
+    else:
+
+        def do_import(details: Details) -> None:
+            with connect(target.service_dsn, timeout=s.db_connect_timeout) as conn:
+                store = PgAuthStore(conn)
+                result = importer.import_company(store, target.auth_root, target.company_id)
+            expected["digest"] = result.digest_db
+            details.update(result.to_dict())
+
+        steps.append(
+            Step(
+                "import",
+                f"import {target.company_dir} into PostgreSQL (one transaction, digest-checked)",
+                do_import,
+            )
+        )
 
     before = state.get("env_before") or POSTGRES_FLAGS_DEFAULT
 

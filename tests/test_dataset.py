@@ -85,3 +85,10 @@ def test_both_encodings_and_colliding_legacy_rows() -> None:
     assert len(collisions) == 2
     for legacy in data.legacy:
         assert file_name_for(legacy.key_type, legacy.key_id).startswith("pre-key-")
+
+
+def test_small_datasets_have_no_duplicate_rows() -> None:
+    for n in (5, 14, 30, 50):
+        for cid in (f"small_{i}" for i in range(40)):
+            keys = generate(cid, n, now=NOW).keys
+            assert len({(k.key_type, k.key_id) for k in keys}) == len(keys), (cid, n)

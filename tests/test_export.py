@@ -22,7 +22,7 @@ from resilience.authstate.model import KeyRecord
 from resilience.authstate.naming import CREDS_FILE, company_dir_name
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect
 from resilience.authstate.view import digest_of_keys, view_of
-from resilience.errors import DataError, InputError
+from resilience.errors import DataError, InputError, VerificationError
 from resilience.restore.export import (
     MANIFEST_FILE,
     estimate_export_bytes,
@@ -379,3 +379,29 @@ def test_read_manifest_refuses_what_does_not_fit(
     (directory / MANIFEST_FILE).write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
         read_manifest(directory)
+
+
+def test_a_file_that_does_not_read_back_as_written_fails_the_export(
+    store: PgAuthStore, company: str, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read-back check is real: one flipped byte on disk stops the swap."""
+    _seed_small(store, company)
+    export_company(store, root, company, source=SOURCE)
+    before = _tree(root)
+    real = FileAuthStore.write_new_dir
+
+    def corrupting(
+        self: FileAuthStore, cid: str, creds: bytes | None, planned: dict[str, bytes | None]
+    ) -> None:
+        real(self, cid, creds, planned)
+        victim = self.company_dir(cid) / sorted(n for n, p in planned.items() if p)[0]
+        data = bytearray(victim.read_bytes())
+        data[-3] ^= 0x01
+        victim.write_bytes(bytes(data))
+
+    monkeypatch.setattr(FileAuthStore, "write_new_dir", corrupting)
+    with pytest.raises(
+        VerificationError, match=r"does not read back as written: 1 file\(s\) differ"
+    ):
+        export_company(store, root, company, source=SOURCE)
+    assert _tree(root) == before and _leftovers(root) == []

@@ -80,6 +80,11 @@ def _bytes_from_b64(text: str, path: str) -> bytes:
 
 
 def _bytes_from_list(items: list[Any], path: str) -> bytes:
+    if set(map(type, items)) <= {int}:  # the common case, checked in C; bools are not ints here
+        try:
+            return bytes(items)
+        except ValueError:
+            pass  # out of range: the loop below names the item
     for index, item in enumerate(items):
         if isinstance(item, bool) or not isinstance(item, int):
             raise DataError(

@@ -229,10 +229,12 @@ def _legacy_rows(
     name pre-keys that exist only as legacy rows.
     """
     pre_keys = [k for k in keys if k.key_type == "pre-key"]
+    wanted = min(len(pre_keys), (count + 1) // 2)
+    twins = rng.sample(pre_keys, wanted)  # distinct: two legacy rows never share a twin
     rows: list[KeyRecord] = []
     for i in range(count):
-        if i % 2 == 0 and pre_keys:
-            twin = pre_keys[(i * 7) % len(pre_keys)]
+        if i % 2 == 0 and i // 2 < wanted:
+            twin = twins[i // 2]
             assert twin.updated_at is not None
             shift = timedelta(hours=1) if i % 4 == 0 else -timedelta(days=3)
             # never in the future: a live write must be able to be the newest row

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
-from resilience.authstate.filestore import DIR_MODE
+from resilience.authstate.filestore import DIR_MODE, make_durable
 from resilience.authstate.naming import MANIFEST_FILE, company_dir_name, safe_path
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import redact_dsn, validate_company_id
@@ -260,8 +260,8 @@ def install_snapshot(snapshot: Snapshot, company_id: str, root: Path) -> ExportR
         os.mkdir(target, DIR_MODE)
         written = 0
         for file_name, payload in state.raw.items():
-            written += write_private(safe_path(target, file_name), payload)
-        fsync_dir(target)
+            written += write_private(safe_path(target, file_name), payload, fsync=False)
+        make_durable(target, state.raw)  # once, before the staged directory is swapped in
         return written
 
     directory, size = stage_and_swap(Path(root), company_id, fill)

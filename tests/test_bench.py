@@ -1,0 +1,160 @@
+"""bench_restore with tiny sizes against the stack: structure, finite ratios, the round-trip
+check, cleanup; and the batch-durable write path the export uses. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import resilience.bench.restore as bench
+from resilience.authstate import filestore
+from resilience.authstate.codec import loads
+from resilience.authstate.filestore import FileAuthStore, make_durable
+from resilience.authstate.naming import CREDS_FILE
+from resilience.authstate.pgstore import Conn, PgAuthStore, connect
+from resilience.bench import bench_restore
+from resilience.errors import InputError, VerificationError
+from resilience.restore.export import ExportResult
+from resilience.stack import Stack
+
+SIZES = (50, 200)
+
+
+@pytest.fixture
+def conn(stack: Stack) -> Iterator[Conn]:
+    with connect(stack.endpoints.admin_dsn, autocommit=True) as c:
+        yield c
+
+
+def _bench_companies(conn: Conn) -> set[str]:
+    return {c for c in PgAuthStore(conn).companies() if c.startswith("bench_")}
+
+
+def _positive_finite(x: Any) -> bool:
+    return isinstance(x, float | int) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+@pytest.mark.stack
+def test_bench_restore_reports_every_size_and_cleans_up(
+    stack: Stack, conn: Conn, tmp_path: Path
+) -> None:
+    before = _bench_companies(conn)
+    phases: list[str] = []
+    result = bench_restore(
+        stack.endpoints.admin_dsn, work_dir=tmp_path, sizes=SIZES, repeat=1, progress=phases.append
+    )
+    json.dumps(result, allow_nan=False)  # JSON-ready, as `invoke bench` prints it
+    assert result["benchmark"] == "restore"
+    machine = result["machine"]
+    assert machine["cpu_count"] >= 1 and machine["python"] and machine["postgres"]
+    assert set(result["sizes"]) == {str(n) for n in SIZES}
+    for n in SIZES:
+        entry = result["sizes"][str(n)]
+        assert entry["keys"] == n
+        assert entry["rows"] >= n and entry["files"] >= n and entry["bytes"] > 0
+        assert len(entry["digest"]) == 64
+        for name in ("export_s", "raw_export_s", "import_s", "raw_import_s"):
+            stats = entry[name]
+            assert len(stats["runs"]) == 1
+            assert _positive_finite(stats["median"]) and stats["min"] <= stats["median"]
+        assert _positive_finite(entry["ratio_export"])
+        assert _positive_finite(entry["ratio_import"])
+    assert result["sizes"]["200"]["bytes"] > result["sizes"]["50"]["bytes"]
+    # No 100k size measured: the target is reported as not evaluated, not as met.
+    assert result["targets"]["export_100k_ratio_max"] == 2.0
+    assert result["targets"]["met"] is None
+    assert any("seeding" in p for p in phases) and any("raw import" in p for p in phases)
+    assert _bench_companies(conn) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.stack
+def test_bench_refuses_an_export_that_does_not_round_trip(
+    stack: Stack, conn: Conn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = bench.export_company
+
+    def corrupting(*args: Any, **kwargs: Any) -> ExportResult:
+        result = real(*args, **kwargs)
+        victim = next(p for p in sorted(result.directory.iterdir()) if p.name.startswith("pre-key"))
+        os.chmod(victim, 0o600)
+        victim.write_bytes(b'{"private":{"type":"Buffer","data":"AAAA"},"public":null}')
+        return result
+
+    monkeypatch.setattr(bench, "export_company", corrupting)
+    before = _bench_companies(conn)
+    with pytest.raises(VerificationError, match="did not round-trip"):
+        bench_restore(stack.endpoints.admin_dsn, work_dir=tmp_path, sizes=(50,), repeat=1)
+    assert _bench_companies(conn) == before  # cleaned up after the failure too
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("sizes", "repeat"), [((), 1), ((0,), 1), ((10, 10), 1), ((10,), 0), ((True,), 1)]
+)
+def test_bad_arguments_are_refused(sizes: tuple[int, ...], repeat: int, tmp_path: Path) -> None:
+    with pytest.raises(InputError):
+        bench_restore(
+            "postgresql://nowhere.invalid/x", work_dir=tmp_path, sizes=sizes, repeat=repeat
+        )
+
+
+# --- durable="batch", the write path the export uses ---------------------------------------------
+
+KEYS = [("pre-key", "1", {"private": b"a", "public": b"b"}), ("session", "79001.0", b"s")]
+
+
+@pytest.mark.parametrize("with_syncfs", [True, False])
+def test_batch_write_creates_a_private_durable_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_syncfs: bool
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+    if not with_syncfs:
+        monkeypatch.setattr(filestore, "_syncfs", lambda fd: False)
+
+        def fsync(fd: int) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real_fsync(fd)
+
+        monkeypatch.setattr(filestore.os, "fsync", fsync)
+    store = FileAuthStore(tmp_path)
+    assert store.write_all("c1", {"me": b"x"}, [*KEYS, ("tctoken", "gone", None)], durable="batch")
+    directory = store.company_dir("c1")
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    names = sorted(p.name for p in directory.iterdir())
+    assert names == [CREDS_FILE, "pre-key-1.json", "session-79001.0.json"]  # no temp files
+    for path in directory.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert loads((directory / CREDS_FILE).read_bytes()) == {"me": b"x"}
+    assert store.read_keys("c1") == {(t, i): v for t, i, v in KEYS}
+    if not with_syncfs:  # the fallback fsyncs every file written, then the directory
+        assert sorted(Path(p).name for p in synced) == sorted([*names, directory.name])
+
+
+def test_batch_write_refuses_an_existing_directory(tmp_path: Path) -> None:
+    store = FileAuthStore(tmp_path)
+    store.write_all("c1", {"me": b"x"}, KEYS)
+    before = sorted(p.name for p in store.company_dir("c1").iterdir())
+    with pytest.raises(InputError, match="already exists"):
+        store.write_all("c1", {"me": b"y"}, KEYS, durable="batch")
+    assert sorted(p.name for p in store.company_dir("c1").iterdir()) == before
+    assert loads((store.company_dir("c1") / CREDS_FILE).read_bytes()) == {"me": b"x"}
+
+
+def test_make_durable_reports_a_failed_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(fd: int) -> bool:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(filestore, "_syncfs", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        make_durable(tmp_path, [])

@@ -37,6 +37,7 @@ from resilience.authstate.naming import (
     safe_path,
 )
 from resilience.errors import DataError, InputError
+from resilience.fsutil import fsync_dir
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -46,14 +47,6 @@ TEMP_PREFIX = ".tmp-"
 #: directory). ``"batch"``: a new directory's files are written, then made durable once.
 Durability = Literal["each", "batch"]
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @functools.cache
@@ -231,7 +224,7 @@ class FileAuthStore:
         payload = dumps_file(creds)
         directory = self._ensure_dir(company_id)
         self._write_file(directory, CREDS_FILE, payload)
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
     def write_key(self, company_id: str, key_type: str, key_id: str, value: Any | None) -> None:
         """Write one key file atomically; ``None`` deletes it, as Baileys does."""
@@ -241,7 +234,7 @@ class FileAuthStore:
             self._delete_file(directory, name)
         else:
             self._write_file(directory, name, dumps_file(value))
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
     def write_all(
         self,
@@ -279,7 +272,7 @@ class FileAuthStore:
                 self._write_file(directory, name, payload)
         if creds_payload is not None:
             self._write_file(directory, CREDS_FILE, creds_payload)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         return len(planned)
 
     def write_new_dir(

@@ -43,7 +43,8 @@ from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect, database_errors
 from resilience.authstate.view import view_of
 from resilience.errors import InputError, ResilienceError, VerificationError
-from resilience.restore.export import export_company, fsync_dir, read_raw_files, read_transaction
+from resilience.fsutil import fsync_dir
+from resilience.restore.export import export_company, read_raw_files, read_transaction
 from resilience.restore.importer import import_company, read_directory
 
 DEFAULT_SIZES: tuple[int, ...] = (1313, 10_000, 100_000)

@@ -17,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
-import secrets
 import threading
 import time
 import uuid
@@ -33,6 +31,7 @@ from urllib.parse import quote
 
 from resilience.config import redact_dsn
 from resilience.errors import DataError
+from resilience.fsutil import atomic_write
 
 SCHEMA_VERSION = 1
 REDACTED = "***"
@@ -330,26 +329,5 @@ class Journal:
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` (0644) via a temp file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        try:
-            view = memoryview(text.encode("utf-8"))
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    """Write ``text`` to ``path`` (0644: reports are meant to be read) atomically."""
+    return atomic_write(path, text.encode("utf-8"), mode=0o644)

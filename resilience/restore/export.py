@@ -62,6 +62,7 @@ from resilience.authstate.pgstore import Conn, PgAuthStore, database_errors
 from resilience.authstate.view import view_of
 from resilience.config import redact_dsn, validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError
+from resilience.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -296,14 +297,6 @@ def read_manifest(company_dir: Path) -> Manifest | None:
 
 
 # --- low-level file helpers ---------------------------------------------------------------------
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_private(path: Path, payload: bytes, *, fsync: bool = True) -> int:

@@ -34,6 +34,7 @@ from resilience.errors import (
     StackError,
     VerificationError,
 )
+from resilience.fsutil import atomic_write
 from resilience.report.journal import Journal
 from resilience.restore import export as export_mod
 from resilience.restore import importer, snapshot
@@ -237,13 +238,7 @@ def read_state(target: Target) -> dict[str, Any] | None:
 
 def _write_state(target: Target, data: dict[str, Any]) -> None:
     target.auth_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = target.state_file.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target.state_file)
+    atomic_write(target.state_file, json.dumps(data, indent=2).encode())
 
 
 # --- verification ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Literal
 from dotenv.parser import Binding, parse_stream
 
 from resilience.errors import DataError, InputError
+from resilience.fsutil import fsync_dir
 
 FILE_MODE: dict[str, str] = {
     "USE_REPOSITORY_PATTERN": "false",
@@ -251,14 +252,6 @@ def _apply(
     return bom + new_body, previous
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_like(target: Path, data: bytes, like: os.stat_result, *, replace: bool) -> None:
     """Write ``data`` atomically to ``target`` with the mode and owner of ``like``.
 
@@ -292,7 +285,7 @@ def _write_like(target: Path, data: bytes, like: os.stat_result, *, replace: boo
         else:
             os.link(temp, target)
             os.unlink(temp)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)

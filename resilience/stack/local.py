@@ -24,6 +24,7 @@ import httpx
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import Settings
 from resilience.errors import ResilienceError, StackError
+from resilience.fsutil import atomic_write
 from resilience.service.pm2 import Pm2, find_pm2
 from resilience.stack.base import Endpoints, S3Region, Stack
 from resilience.stack.postgres import PostgresCluster
@@ -85,13 +86,7 @@ class LocalStack(Stack):
         return data
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_file)
+        atomic_write(self.state_file, json.dumps(state).encode())
 
     def _pm2(self) -> Pm2:
         return Pm2(find_pm2(self.tools), home=self.dir / "pm2")

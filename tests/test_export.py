@@ -9,7 +9,6 @@ import shutil
 import stat
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,29 +37,6 @@ pytestmark = pytest.mark.stack
 
 SOURCE = "postgresql://svc:s3cret-pw@db.example:5432/auth"
 CREDS = {"noiseKey": {"private": b"\x01" * 32, "public": b"\x02" * 32}, "registrationId": 7}
-
-
-@pytest.fixture
-def conn(stack: Stack) -> Iterator[Conn]:
-    with connect(stack.endpoints.service_dsn, autocommit=True) as c:
-        yield c
-
-
-@pytest.fixture
-def store(conn: Conn) -> PgAuthStore:
-    return PgAuthStore(conn)
-
-
-@pytest.fixture
-def company(store: PgAuthStore) -> Iterator[str]:
-    cid = f"t_{uuid.uuid4().hex[:12]}"
-    yield cid
-    store.delete_company(cid)
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "auth"
 
 
 def _mode(path: Path) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -43,29 +41,6 @@ NEW: dict[tuple[str, str], Any] = {
     ("device-list", USER): ["0", "1"],
     ("tctoken", USER): {"token": b"\x0a" * 24, "timestamp": "1700000000"},
 }
-
-
-@pytest.fixture
-def conn(stack: Stack) -> Iterator[Conn]:
-    with connect(stack.endpoints.service_dsn, autocommit=True) as c:
-        yield c
-
-
-@pytest.fixture
-def store(conn: Conn) -> PgAuthStore:
-    return PgAuthStore(conn)
-
-
-@pytest.fixture
-def company(store: PgAuthStore) -> Iterator[str]:
-    cid = f"t_{uuid.uuid4().hex[:12]}"
-    yield cid
-    store.delete_company(cid)
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "auth"
 
 
 def _db_view_digest(store: PgAuthStore, company: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from resilience.authstate.dataset import generate
 from resilience.authstate.naming import CREDS_FILE, company_dir_name
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.errors import DataError, InputError, VerificationError
 from resilience.restore.export import MANIFEST_FILE, export_company
@@ -26,22 +26,10 @@ from resilience.restore.snapshot import (
     newest_snapshot,
     take_snapshot,
 )
-from resilience.stack import Stack
 
 pytestmark = pytest.mark.stack
 
 SOURCE = "postgresql://svc:s3cret-pw@db.example:5432/auth"
-
-
-@pytest.fixture
-def conn(stack: Stack) -> Iterator[Conn]:
-    with connect(stack.endpoints.service_dsn, autocommit=True) as c:
-        yield c
-
-
-@pytest.fixture
-def store(conn: Conn) -> PgAuthStore:
-    return PgAuthStore(conn)
 
 
 @pytest.fixture

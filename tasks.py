@@ -155,16 +155,13 @@ def _switch(
     from resilience.report.journal import Journal
     from resilience.restore.runner import StepFailed
     from resilience.restore.switch import make_target, run_switch
+    from resilience.stack import make_stack
 
     out = Output(json)
     settings = _settings()
     target = make_target(settings, company)
-    alerts = Alerts.from_endpoints(
-        settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None,
-        settings.telegram_api_url,
-        settings.telegram_bot_token.get_secret_value() if settings.telegram_bot_token else None,
-        settings.telegram_chat_id,
-    )
+    stack_endpoints = None if settings.backend == "external" else make_stack(settings).endpoints
+    alerts = Alerts.from_settings(settings, stack_endpoints)
     journal = Journal(f"restore {direction}")
     journal.start()
     try:
@@ -374,7 +371,6 @@ def bench(c: Context, sizes: str = "1313,10000,100000", repeat: int = 3) -> None
     import tempfile
 
     from resilience.bench.restore import bench_restore
-
     from resilience.config import load_settings
     from resilience.errors import InputError
     from resilience.output import Output

@@ -7,7 +7,6 @@ each other's keys; the report collects one journal per scenario and is written a
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from resilience.authstate.dataset import Dataset, generate
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.dataset import Dataset
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import Settings
@@ -25,7 +23,7 @@ from resilience.report.html import render_html
 from resilience.report.journal import Journal, atomic_write_text
 from resilience.restore.switch import Target, read_state, run_switch
 from resilience.service import envfile
-from resilience.service.deploy import DeployedService, deploy_standin
+from resilience.service.deploy import DeployedService, standin_on_stack
 from resilience.service.pm2 import Pm2, find_pm2
 from resilience.service.standin_journal import JOURNAL_FILE, JournalEntry, read_journal
 from resilience.stack import Stack
@@ -85,39 +83,10 @@ def drill_service(stack: Stack, settings: Settings, tmp_path: Path) -> Iterator[
     if settings.backend == "external":
         yield from _real_service(stack, settings)
         return
-    ep = stack.endpoints
-    company = f"drill_{uuid.uuid4().hex[:10]}"
-    data = generate(company, SEEDED_KEYS)
-    with connect(ep.admin_dsn) as conn:
-        PgAuthStore(conn).insert_raw(company, data.creds, data.rows())
-    pm2 = Pm2(find_pm2(settings.tools_dir), home=Path(ep.pm2_home) if ep.pm2_home else None)
-    app = f"baileys-{company}"
-    workdir = tmp_path / "service"
-    deployed = deploy_standin(pm2, workdir, service_dsn=ep.service_dsn, company_id=company, app=app)
-    drill_settings = settings.model_copy(
-        update={
-            "company_id": company,
-            "pm2_app": app,
-            "service_dir": workdir,
-            "fallback_tag": deployed.fallback_tag,
-            "health_url": deployed.health_url,
-            "snapshot_dir": tmp_path / "snapshots",
-            "snapshot_max_age": 600.0,
-            "verify_timeout": 60.0,
-        }
-    )
-    service = DrillService(stack, deployed, data, drill_settings, pm2)
-    try:
+    with standin_on_stack(stack, settings, tmp_path, prefix="drill", keys=SEEDED_KEYS) as s:
+        service = DrillService(stack, s.deployed, s.dataset, s.settings, s.pm2)
         service.wait_healthy("postgres")
         yield service
-    finally:
-        with ToxiproxyClient(ep.toxiproxy_url) as toxiproxy:
-            toxiproxy.reset()
-        if not _postgres_answers(ep.admin_dsn):
-            stack.start_postgres()
-        pm2.delete(app)
-        with connect(ep.admin_dsn) as conn:
-            PgAuthStore(conn).delete_company(company)
 
 
 def _real_service(stack: Stack, settings: Settings) -> Iterator[DrillService]:
@@ -153,14 +122,6 @@ def _real_service(stack: Stack, settings: Settings) -> Iterator[DrillService]:
             run_switch(service.target(), "to-postgres", journal=Journal("drill teardown"))
         else:
             pm2.restart(settings.pm2_app)
-
-
-def _postgres_answers(dsn: str) -> bool:
-    try:
-        with connect(dsn, timeout=2):
-            return True
-    except Exception:
-        return False
 
 
 class DrillReport:

@@ -11,12 +11,17 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import sentry_sdk
 
-from resilience.config import redact_dsn
+from resilience.config import Settings, redact_dsn
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from resilience.stack.base import Endpoints
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +150,23 @@ class Alerts:
                 redactor,
             ),
             redactor,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, endpoints: Endpoints | None = None) -> Alerts:
+        """Channels from settings; where settings name none, those of the stack (its receivers)."""
+
+        def secret(value: SecretStr | None) -> str | None:
+            return value.get_secret_value() if value else None
+
+        ep = endpoints
+        return cls.from_endpoints(
+            secret(settings.sentry_dsn) or (ep.sentry_dsn if ep else None),
+            ep.telegram_api_url
+            if ep and not settings.telegram_bot_token
+            else settings.telegram_api_url,
+            secret(settings.telegram_bot_token) or (ep.telegram_bot_token if ep else None),
+            settings.telegram_chat_id or (ep.telegram_chat_id if ep else None),
         )
 
     def close(self) -> None:

@@ -9,7 +9,6 @@ one service with traffic off (so the rows cannot move); tests that switch get th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -29,14 +28,13 @@ import httpx
 import pytest
 
 from resilience.alerts import Alerts
-from resilience.authstate.dataset import generate
 from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.authstate.view import view_of
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import Settings
-from resilience.errors import InputError, StackError, VerificationError
+from resilience.errors import InputError, VerificationError
 from resilience.report.journal import Journal
 from resilience.restore import snapshot
 from resilience.restore.export import export_company
@@ -51,8 +49,8 @@ from resilience.restore.switch import (
     run_switch,
 )
 from resilience.service import envfile, gitref
-from resilience.service.deploy import DeployedService, deploy_standin
-from resilience.service.pm2 import Pm2, find_pm2
+from resilience.service.deploy import DeployedService, standin_on_stack
+from resilience.service.pm2 import Pm2
 from resilience.stack import Stack
 from resilience.stack.processes import wait_until
 from resilience.stack.receivers import ReceiverClient
@@ -143,57 +141,22 @@ def _tree(root: Path) -> dict[str, bytes | None] | None:
     return found
 
 
-def _postgres_answers(dsn: str) -> bool:
-    try:
-        with connect(dsn, timeout=2):
-            return True
-    except Exception:
-        return False
-
-
 def _deploy(
     stack: Stack, settings: Settings, base: Path, *, write_interval_ms: int
 ) -> Iterator[Service]:
-    ep = stack.endpoints
-    company = f"sw_{uuid.uuid4().hex[:10]}"
-    data = generate(company, KEYS)
-    with connect(ep.admin_dsn) as conn:
-        PgAuthStore(conn).insert_raw(company, data.creds, data.rows())
-    pm2 = Pm2(find_pm2(settings.tools_dir), home=Path(ep.pm2_home) if ep.pm2_home else None)
-    app = f"baileys-{company}"
-    try:
-        deployed = deploy_standin(
-            pm2,
-            base / "service",
-            service_dsn=ep.service_dsn,
-            company_id=company,
-            app=app,
-            write_interval_ms=write_interval_ms,
-        )
-        service_settings = settings.model_copy(
-            update={
-                "company_id": company,
-                "pm2_app": app,
-                "service_dir": deployed.workdir,
-                "fallback_tag": deployed.fallback_tag,
-                "health_url": deployed.health_url,
-                "snapshot_dir": base / "snapshots",
-                "snapshot_max_age": 3600.0,
-                "verify_timeout": 30.0,
-            }
-        )
-        service = Service(stack, deployed, service_settings, pm2, write_interval_ms > 0)
+    with standin_on_stack(
+        stack,
+        settings,
+        base,
+        prefix="sw",
+        keys=KEYS,
+        write_interval_ms=write_interval_ms,
+        verify_timeout=30.0,
+        snapshot_max_age=3600.0,
+    ) as s:
+        service = Service(stack, s.deployed, s.settings, s.pm2, write_interval_ms > 0)
         service.wait_mode("postgres")
         yield service
-    finally:
-        with ToxiproxyClient(ep.toxiproxy_url) as toxiproxy:
-            toxiproxy.reset()
-        if not _postgres_answers(ep.admin_dsn):
-            stack.start_postgres()
-        with contextlib.suppress(StackError):
-            pm2.delete(app)
-        with connect(ep.admin_dsn) as conn:
-            PgAuthStore(conn).delete_company(company)
 
 
 @pytest.fixture(scope="module")

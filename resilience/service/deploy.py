@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from resilience.errors import StackError
 from resilience.service.pm2 import Pm2
 from resilience.stack.processes import free_port
+
+if TYPE_CHECKING:
+    from resilience.authstate.dataset import Dataset
+    from resilience.config import Settings
+    from resilience.stack.base import Stack
 
 FALLBACK_TAG = "emergency-file-fallback-v1"
 POSTGRES_FLAGS = {
@@ -126,3 +135,75 @@ def deploy_standin(
         company_id=company_id,
         fallback_tag=tag,
     )
+
+
+@dataclass(frozen=True)
+class StandinOnStack:
+    """A seeded company and the stand-in serving it, with the settings a switch needs."""
+
+    deployed: DeployedService
+    dataset: Dataset
+    settings: Settings
+    pm2: Pm2
+
+
+@contextmanager
+def standin_on_stack(
+    stack: Stack,
+    settings: Settings,
+    base: Path,
+    *,
+    prefix: str,
+    keys: int,
+    write_interval_ms: int = 100,
+    verify_timeout: float = 60.0,
+    snapshot_max_age: float = 600.0,
+) -> Iterator[StandinOnStack]:
+    """Seed a fresh company (`keys` keys plus legacy rows) through the admin DSN, deploy the
+    stand-in for it under `base`, and afterwards undo every fault and remove both again."""
+    from resilience.authstate.dataset import generate
+    from resilience.authstate.pgstore import PgAuthStore, connect
+    from resilience.chaos.toxiproxy import ToxiproxyClient
+    from resilience.errors import DatabaseError
+    from resilience.service.pm2 import find_pm2
+
+    ep = stack.endpoints
+    company = f"{prefix}_{secrets.token_hex(5)}"
+    data = generate(company, keys)
+    with connect(ep.admin_dsn) as conn:
+        PgAuthStore(conn).insert_raw(company, data.creds, data.rows())
+    pm2 = Pm2(find_pm2(settings.tools_dir), home=Path(ep.pm2_home) if ep.pm2_home else None)
+    app = f"baileys-{company}"
+    try:
+        deployed = deploy_standin(
+            pm2,
+            base / "service",
+            service_dsn=ep.service_dsn,
+            company_id=company,
+            app=app,
+            write_interval_ms=write_interval_ms,
+        )
+        switch_settings = settings.model_copy(
+            update={
+                "company_id": company,
+                "pm2_app": app,
+                "service_dir": deployed.workdir,
+                "fallback_tag": deployed.fallback_tag,
+                "health_url": deployed.health_url,
+                "snapshot_dir": base / "snapshots",
+                "snapshot_max_age": snapshot_max_age,
+                "verify_timeout": verify_timeout,
+            }
+        )
+        yield StandinOnStack(deployed, data, switch_settings, pm2)
+    finally:
+        with ToxiproxyClient(ep.toxiproxy_url) as toxiproxy:
+            toxiproxy.reset()
+        try:
+            connect(ep.admin_dsn, timeout=2).close()
+        except DatabaseError:
+            stack.start_postgres()
+        with suppress(StackError):
+            pm2.delete(app)
+        with connect(ep.admin_dsn) as conn:
+            PgAuthStore(conn).delete_company(company)

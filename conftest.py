@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,3 +39,5 @@ def stack(settings: Settings) -> Iterator[Stack]:
         pytest.fail(f"stack did not start: {exc}", pytrace=False)
     yield the_stack
     the_stack.down()
+    if settings.backend == "local":  # its logs and pid files are of no use once it is down
+        shutil.rmtree(settings.stack_dir, ignore_errors=True)

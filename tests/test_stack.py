@@ -91,9 +91,13 @@ def test_down_cleans_up_after_a_crashed_run(tmp_path: Path) -> None:
     stack = LocalStack(settings)
     stack.up()
     pids = [c["pid"] for c in stack.status()["components"].values()]
+    data_root = Path(
+        json.loads((tmp_path / "s" / "state.json").read_text())["postgres"]["data_root"]
+    )
     (tmp_path / "s" / "state.json").unlink()  # what a crash mid-`up` can leave
     LocalStack(settings).down()
     assert _wait_gone(pids) == []
+    assert not data_root.exists()
 
 
 @pytest.mark.stack

@@ -72,6 +72,10 @@ class LocalStack(Stack):
     def state_file(self) -> Path:
         return self.dir / "state.json"
 
+    @property
+    def _pg_root_file(self) -> Path:
+        return self.dir / "pg-data-root"
+
     def _pidfile(self, name: str) -> PidFile:
         return PidFile(self.dir / "pids" / f"{name}.pid")
 
@@ -143,6 +147,8 @@ class LocalStack(Stack):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
         cluster = PostgresCluster.create(self.dir, ports["pg"])
+        # known to `down` even if a crash loses state.json: the data dir may live outside
+        self._pg_root_file.write_text(str(cluster.data_root))
         sentry_key = secrets.token_hex(16)
         bot_token = f"{secrets.randbelow(10**9)}:{secrets.token_urlsafe(24)}"
         s3_key, s3_secret = "resilience", secrets.token_hex(16)
@@ -242,6 +248,9 @@ class LocalStack(Stack):
         if pids.is_dir():
             for pidfile in sorted(pids.glob("*.pid")):
                 stop(PidFile(pidfile))
+        if self._pg_root_file.exists():
+            shutil.rmtree(self._pg_root_file.read_text().strip(), ignore_errors=True)
+            self._pg_root_file.unlink()
         self.state_file.unlink(missing_ok=True)
 
     def status(self) -> dict[str, Any]:

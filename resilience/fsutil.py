@@ -17,11 +17,24 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> Path:
+def atomic_write(
+    path: Path,
+    data: bytes,
+    *,
+    mode: int = 0o600,
+    temp_prefix: str | None = None,
+    sync_dir: bool = True,
+) -> Path:
     """Replace `path` with `data` so that a reader sees the old or the new file, never a torn
-    one, and a crash after return loses nothing. The temp file is removed on failure."""
+    one, and a crash after return loses nothing. The temp file is removed on failure.
+
+    `temp_prefix` names the temp file for readers that skip it; `sync_dir=False` is for a
+    caller that writes many files into one directory and fsyncs it once at the end."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
+    if temp_prefix is None:
+        temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
+    else:
+        temp = path.with_name(f"{temp_prefix}{secrets.token_hex(8)}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         try:
@@ -37,5 +50,6 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
     return path

@@ -20,7 +20,6 @@ import contextlib
 import ctypes
 import functools
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -37,7 +36,7 @@ from resilience.authstate.naming import (
     safe_path,
 )
 from resilience.errors import DataError, InputError
-from resilience.fsutil import fsync_dir
+from resilience.fsutil import atomic_write, fsync_dir
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -193,24 +192,9 @@ class FileAuthStore:
         if batch_fd is not None:  # a new directory nobody reads yet: no temp file, no fsync
             create_file(batch_fd, name, payload)
             return
+        # the callers fsync the directory once after all their files
         target = safe_path(directory, name)
-        temp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-        try:
-            try:
-                os.fchmod(fd, FILE_MODE)
-                view = memoryview(payload)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
+        atomic_write(target, payload, mode=FILE_MODE, temp_prefix=TEMP_PREFIX, sync_dir=False)
 
     def _delete_file(self, directory: Path, name: str) -> None:
         target = safe_path(directory, name)

@@ -23,6 +23,14 @@ def find_pm2(tools_dir: Path) -> Path:
     raise StackError(f"pm2 not found in {local.parent}: run './run' to install it (needs npm)")
 
 
+def daemon_pid(home: Path) -> int | None:
+    """Pid of the PM2 daemon of this PM2_HOME, as its pid file says (it may be gone)."""
+    try:
+        return int((home / "pm2.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 @dataclass(frozen=True)
 class Pm2App:
     name: str
@@ -70,12 +78,7 @@ class Pm2:
         self.run("ping")
 
     def daemon_pid(self) -> int | None:
-        if self.home is None:
-            return None
-        try:
-            return int((self.home / "pm2.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
+        return None if self.home is None else daemon_pid(self.home)
 
     def kill(self) -> None:
         """Stop every app and the daemon."""

@@ -25,7 +25,7 @@ from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import Settings
 from resilience.errors import ResilienceError, StackError
 from resilience.fsutil import atomic_write
-from resilience.service.pm2 import Pm2, find_pm2
+from resilience.service.pm2 import Pm2, daemon_pid, find_pm2
 from resilience.stack.base import Endpoints, S3Region, Stack
 from resilience.stack.postgres import PostgresCluster
 from resilience.stack.processes import (
@@ -41,7 +41,6 @@ from resilience.stack.processes import (
 from resilience.stack.s3 import REGIONS, create_buckets, s3_environment
 
 PROXY = "postgres"
-COMPONENTS = ("postgres", "toxiproxy", "s3", "receivers", "pm2")
 
 
 def find_toxiproxy(tools_dir: Path) -> Path:
@@ -264,7 +263,7 @@ class LocalStack(Stack):
             comps[name] = {"running": pid is not None and listening, "pid": pid, "port": port}
         if ports.get("proxy"):
             comps["toxiproxy"]["proxy_port"] = ports["proxy"]
-        pm2_pid = Pm2(Path("pm2"), home=self.dir / "pm2").daemon_pid()
+        pm2_pid = daemon_pid(self.dir / "pm2")
         pm2_alive = pm2_pid is not None and Path(f"/proc/{pm2_pid}").exists()
         comps["pm2"] = {"running": pm2_alive, "pid": pm2_pid if pm2_alive else None}
         up = "endpoints" in state and all(c["running"] for c in comps.values())

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from resilience.config import Settings, load_settings
+from resilience.drill.stack import Stack, make_stack
 from resilience.errors import StackError
-from resilience.stack import Stack, make_stack
 
 ROOT = Path(__file__).resolve().parent
 
@@ -27,7 +27,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 def stack(settings: Settings) -> Iterator[Stack]:
     """The stack named by RESILIENCE_BACKEND (local by default), up for the whole session."""
     if settings.backend == "docker":
-        from resilience.stack.docker import engine_available
+        from resilience.drill.stack.docker import engine_available
 
         reason = engine_available()
         if reason:

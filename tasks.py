@@ -26,7 +26,7 @@ def operator_task(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(c: Context, *args: Any, **kwargs: Any) -> Any:
         from resilience.errors import ResilienceError
-        from resilience.output import Output
+        from resilience.infra.output import Output
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         try:
@@ -49,7 +49,7 @@ def _settings(**overrides: Any) -> Any:
 
 # --- stack.* ---------------------------------------------------------------------------------
 def _render_status(console: Any, data: dict[str, Any]) -> None:
-    from resilience.output import table
+    from resilience.infra.output import table
 
     rows = [
         [name, "up" if c.get("running") else "DOWN", c.get("pid") or "-", c.get("port") or "-"]
@@ -68,8 +68,8 @@ def _render_status(console: Any, data: dict[str, Any]) -> None:
 @operator_task
 def up(c: Context, backend: str | None = None, json: bool = False) -> None:
     """Start the stack (PostgreSQL, Toxiproxy, S3, receivers, PM2) and wait until it answers."""
-    from resilience.output import Output
-    from resilience.stack import make_stack
+    from resilience.drill.stack import make_stack
+    from resilience.infra.output import Output
 
     out = Output(json)
     stack = make_stack(_settings(backend=backend))
@@ -82,8 +82,8 @@ def up(c: Context, backend: str | None = None, json: bool = False) -> None:
 @operator_task
 def status(c: Context, backend: str | None = None, json: bool = False) -> None:
     """Show each component of the stack: running or not, pid, port, endpoints (no secrets)."""
-    from resilience.output import Output
-    from resilience.stack import make_stack
+    from resilience.drill.stack import make_stack
+    from resilience.infra.output import Output
 
     data = make_stack(_settings(backend=backend)).status()
     Output(json).result(data, _render_status)
@@ -95,8 +95,8 @@ def status(c: Context, backend: str | None = None, json: bool = False) -> None:
 @operator_task
 def down(c: Context, backend: str | None = None) -> None:
     """Stop every process of the stack, also leftovers of a crashed run; remove its data."""
-    from resilience.output import Output
-    from resilience.stack import make_stack
+    from resilience.drill.stack import make_stack
+    from resilience.infra.output import Output
 
     make_stack(_settings(backend=backend)).down()
     Output().progress("stack down")
@@ -116,7 +116,7 @@ SWITCH_HELP = {
 
 
 def _render_switch(console: Any, data: dict[str, Any]) -> None:
-    from resilience.output import table
+    from resilience.infra.output import table
 
     pre = data["preflight"]
     console.print(f"{pre['direction']} for company {pre['company_id']}")
@@ -150,12 +150,12 @@ def _confirm(out: Any, yes: bool) -> Any:
 def _switch(
     direction: str, company: str | None, dry_run: bool, yes: bool, force: bool, json: bool
 ) -> None:
-    from resilience.alerts import Alerts
-    from resilience.output import Output
-    from resilience.report.journal import Journal
+    from resilience.alerting.channels import Alerts
+    from resilience.drill.stack import make_stack
+    from resilience.infra.output import Output
     from resilience.restore.runner import StepFailed
     from resilience.restore.switch import make_target, run_switch
-    from resilience.stack import make_stack
+    from resilience.runs.journal import Journal
 
     out = Output(json)
     settings = _settings()
@@ -226,7 +226,7 @@ def snapshot(
     """Export every company to a new timestamped snapshot dir, keeping the newest N (cron)."""
     from resilience.authstate.pgstore import PgAuthStore, connect
     from resilience.config import redact_dsn
-    from resilience.output import Output
+    from resilience.infra.output import Output
     from resilience.restore.snapshot import take_snapshot
     from resilience.restore.switch import make_target
 
@@ -271,7 +271,7 @@ def export_files(
     from resilience.authstate.pgstore import PgAuthStore, connect
     from resilience.config import redact_dsn
     from resilience.errors import ConfigError
-    from resilience.output import Output
+    from resilience.infra.output import Output
     from resilience.restore.export import export_all
     from resilience.restore.switch import make_target
 
@@ -370,11 +370,11 @@ def bench(c: Context, sizes: str = "1313,10000,100000", repeat: int = 3) -> None
     import json as json_mod
     import tempfile
 
-    from resilience.bench.restore import bench_restore
     from resilience.config import load_settings
+    from resilience.drill.bench.restore import bench_restore
+    from resilience.drill.stack.local import LocalStack
     from resilience.errors import InputError
-    from resilience.output import Output
-    from resilience.stack.local import LocalStack
+    from resilience.infra.output import Output
 
     try:
         counts = tuple(int(n) for n in sizes.split(",") if n.strip())

@@ -19,15 +19,15 @@ from resilience.authstate.dataset import Dataset
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import Settings
-from resilience.report.html import render_html
-from resilience.report.journal import Journal, atomic_write_text
+from resilience.drill.stack import Stack
+from resilience.drill.standin.deploy import DeployedService, standin_on_stack
+from resilience.drill.standin.writelog import JOURNAL_FILE, JournalEntry, read_journal
+from resilience.infra.pm2 import Pm2, find_pm2
+from resilience.infra.processes import wait_until
 from resilience.restore.switch import Target, read_state, run_switch
+from resilience.runs.html import render_html
+from resilience.runs.journal import Journal, atomic_write_text
 from resilience.service import envfile
-from resilience.service.deploy import DeployedService, standin_on_stack
-from resilience.service.pm2 import Pm2, find_pm2
-from resilience.service.standin_journal import JOURNAL_FILE, JournalEntry, read_journal
-from resilience.stack import Stack
-from resilience.stack.processes import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "reports"

@@ -24,10 +24,10 @@ from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.authstate.view import view_of
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
-from resilience.report.journal import Journal
+from resilience.drill.standin.writelog import JournalEntry
 from resilience.restore import importer, snapshot
 from resilience.restore.switch import read_state, run_switch
-from resilience.service.standin_journal import JournalEntry
+from resilience.runs.journal import Journal
 
 from .conftest import SEEDED_KEYS, DrillReport, DrillService
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect
-from resilience.stack import Stack
+from resilience.drill.stack import Stack
 
 
 @pytest.fixture

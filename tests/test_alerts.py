@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from resilience.alerts import Alerts, Redactor
+from resilience.alerting.channels import Alerts, Redactor
 from resilience.config import load_settings
-from resilience.stack import Stack
-from resilience.stack.receivers import ReceiverClient
+from resilience.drill.fakes.receivers import ReceiverClient
+from resilience.drill.stack import Stack
 
 pytestmark = pytest.mark.stack
 

@@ -9,10 +9,10 @@ import pytest
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import load_settings
+from resilience.drill.stack import Stack, make_stack
+from resilience.drill.stack.docker import DockerStack, engine_available
+from resilience.drill.stack.external import ExternalStack
 from resilience.errors import ChaosError, ConfigError, StackError
-from resilience.stack import Stack, make_stack
-from resilience.stack.docker import DockerStack, engine_available
-from resilience.stack.external import ExternalStack
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
-import resilience.bench.restore as bench
+import resilience.drill.bench.restore as bench
 from resilience.authstate import filestore
 from resilience.authstate.codec import loads
 from resilience.authstate.filestore import FileAuthStore, make_durable
 from resilience.authstate.naming import CREDS_FILE
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect
-from resilience.bench import bench_restore
+from resilience.drill.bench import bench_restore
+from resilience.drill.stack import Stack
 from resilience.errors import InputError, VerificationError
 from resilience.restore.export import ExportResult
-from resilience.stack import Stack
 
 SIZES = (50, 200)
 

@@ -21,6 +21,7 @@ from resilience.authstate.model import KeyRecord
 from resilience.authstate.naming import CREDS_FILE, company_dir_name
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect
 from resilience.authstate.view import digest_of_keys, view_of
+from resilience.drill.stack import Stack
 from resilience.errors import DataError, InputError, VerificationError
 from resilience.restore.export import (
     MANIFEST_FILE,
@@ -31,7 +32,6 @@ from resilience.restore.export import (
     read_manifest,
 )
 from resilience.restore.importer import map_directory
-from resilience.stack import Stack
 
 pytestmark = pytest.mark.stack
 

@@ -15,7 +15,7 @@ import pytest
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.config import Settings
-from resilience.stack import Stack
+from resilience.drill.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 INVOKE = str(Path(sys.executable).parent / "invoke")

@@ -15,10 +15,10 @@ from resilience.authstate.model import ttl_for
 from resilience.authstate.naming import CREDS_FILE, company_dir_name, file_name_for
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect
 from resilience.authstate.view import digest_of_keys, view_of
+from resilience.drill.stack import Stack
 from resilience.errors import DataError, InputError, VerificationError
 from resilience.restore.export import export_company
 from resilience.restore.importer import import_company, map_directory
-from resilience.stack import Stack
 
 pytestmark = pytest.mark.stack
 

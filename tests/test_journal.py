@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from resilience.errors import DataError, VerificationError
-from resilience.report import Journal, render_html, write_html
+from resilience.runs import Journal, render_html, write_html
 
 SECRET = "tg-bot-token-8421:AAE"
 DB_PASSWORD = "pg-pa$$word/42"
@@ -177,6 +177,6 @@ def test_unfinished_journal_renders() -> None:
     [(0.0004, "0.40 ms"), (0.042, "42 ms"), (3.5, "3.50 s"), (125, "2 min 5.0 s"), (None, "-")],
 )
 def test_format_duration(seconds: float | None, shown: str) -> None:
-    from resilience.report.html import format_duration
+    from resilience.runs.html import format_duration
 
     assert format_duration(seconds) == shown

@@ -12,8 +12,8 @@ from psycopg.types.json import Jsonb
 from resilience.authstate.codec import canonical
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgstore import BATCH_SIZE, Conn, PgAuthStore, connect
+from resilience.drill.stack import Stack
 from resilience.errors import DataError, InputError
-from resilience.stack import Stack
 
 pytestmark = pytest.mark.stack
 

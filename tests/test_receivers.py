@@ -27,8 +27,8 @@ import brotli
 import httpx
 import pytest
 
+from resilience.drill.fakes.receivers import ReceiverClient, parse_envelope, serve
 from resilience.errors import ConfigError, InputError, VerificationError
-from resilience.stack.receivers import ReceiverClient, parse_envelope, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = secrets.token_hex(16)
@@ -58,7 +58,7 @@ def start_receiver(
     workdir.mkdir(parents=True, exist_ok=True)
     ready, record_dir, log = workdir / "ready.json", workdir / "rec", workdir / "stderr.log"
     cmd = [
-        sys.executable, "-m", "resilience.stack.receivers",
+        sys.executable, "-m", "resilience.drill.fakes.receivers",
         "--host", "127.0.0.1", "--port", str(port),
         "--record-dir", str(record_dir), "--ready-file", str(ready), *args,
     ]  # fmt: skip

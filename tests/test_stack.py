@@ -16,11 +16,11 @@ import pytest
 from resilience.authstate.pgstore import connect
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import load_settings
+from resilience.drill.stack import Stack
+from resilience.drill.stack.local import LocalStack
+from resilience.drill.stack.s3 import client as s3_client
 from resilience.errors import DatabaseError, StackError
-from resilience.stack import Stack
-from resilience.stack.local import LocalStack
-from resilience.stack.processes import accepts_connections
-from resilience.stack.s3 import client as s3_client
+from resilience.infra.processes import accepts_connections
 
 ROOT = Path(__file__).resolve().parents[1]
 INVOKE = str(Path(sys.executable).parent / "invoke")
@@ -164,7 +164,7 @@ def test_missing_toxiproxy_binary_says_how_to_fix(
 def test_missing_postgres_user_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     import pwd
 
-    from resilience.stack import postgres
+    from resilience.drill.stack import postgres
 
     real = pwd.getpwnam
 

@@ -26,8 +26,8 @@ from resilience.authstate.naming import file_name_for, parse_file_name
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect
 from resilience.authstate.view import view_of
 from resilience.chaos.toxiproxy import ToxiproxyClient
-from resilience.errors import ConfigError, DataError, InputError
-from resilience.service.standin import (
+from resilience.drill.stack import Stack
+from resilience.drill.standin.service import (
     CONNECTION_OPEN_PATTERN,
     FILE_MODE_PATTERN,
     HTTP_PATTERN,
@@ -37,9 +37,9 @@ from resilience.service.standin import (
     mode_from_flags,
     read_config,
 )
-from resilience.service.standin_journal import JOURNAL_FILE, Journal, JournalEntry, read_journal
-from resilience.service.standin_traffic import KeyWrite, Traffic
-from resilience.stack import Stack
+from resilience.drill.standin.traffic import KeyWrite, Traffic
+from resilience.drill.standin.writelog import JOURNAL_FILE, Journal, JournalEntry, read_journal
+from resilience.errors import ConfigError, DataError, InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 60.0
@@ -85,7 +85,7 @@ class Standin:
         environ.update(env or {})
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "resilience.service.standin"],
+                [sys.executable, "-m", "resilience.drill.standin.service"],
                 cwd=cwd,
                 env=environ,
                 stdout=out,

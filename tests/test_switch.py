@@ -27,15 +27,19 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from resilience.alerts import Alerts
+from resilience.alerting.channels import Alerts
 from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.authstate.view import view_of
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import Settings
+from resilience.drill.fakes.receivers import ReceiverClient
+from resilience.drill.stack import Stack
+from resilience.drill.standin.deploy import DeployedService, standin_on_stack
 from resilience.errors import InputError, VerificationError
-from resilience.report.journal import Journal
+from resilience.infra.pm2 import Pm2
+from resilience.infra.processes import wait_until
 from resilience.restore import snapshot
 from resilience.restore.export import export_company
 from resilience.restore.runner import StepFailed
@@ -48,12 +52,8 @@ from resilience.restore.switch import (
     read_state,
     run_switch,
 )
+from resilience.runs.journal import Journal
 from resilience.service import envfile, gitref
-from resilience.service.deploy import DeployedService, standin_on_stack
-from resilience.service.pm2 import Pm2
-from resilience.stack import Stack
-from resilience.stack.processes import wait_until
-from resilience.stack.receivers import ReceiverClient
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = 60  # plus the dataset's legacy rows

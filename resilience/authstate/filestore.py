@@ -36,7 +36,7 @@ from resilience.authstate.naming import (
     safe_path,
 )
 from resilience.errors import DataError, InputError
-from resilience.fsutil import atomic_write, fsync_dir
+from resilience.infra.fsutil import atomic_write, fsync_dir
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700

@@ -62,7 +62,7 @@ from resilience.authstate.pgstore import Conn, PgAuthStore, database_errors
 from resilience.authstate.view import view_of
 from resilience.config import redact_dsn, validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError
-from resilience.fsutil import fsync_dir
+from resilience.infra.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resilience.errors import ResilienceError
-from resilience.report.journal import Journal
+from resilience.runs.journal import Journal
 
 Details = dict[str, Any]
 

@@ -29,7 +29,7 @@ from resilience.authstate.naming import MANIFEST_FILE, company_dir_name, safe_pa
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import redact_dsn, validate_company_id
 from resilience.errors import DataError, InputError, VerificationError
-from resilience.fsutil import fsync_dir
+from resilience.infra.fsutil import fsync_dir
 from resilience.restore.export import (
     STAGING_PREFIX,
     ExportResult,

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import httpx
 
-from resilience.alerts import Alerts
+from resilience.alerting.channels import Alerts
 from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.authstate.view import view_of
@@ -34,13 +34,13 @@ from resilience.errors import (
     StackError,
     VerificationError,
 )
-from resilience.fsutil import atomic_write
-from resilience.report.journal import Journal
+from resilience.infra.fsutil import atomic_write
+from resilience.infra.pm2 import Pm2
 from resilience.restore import export as export_mod
 from resilience.restore import importer, snapshot
 from resilience.restore.runner import Details, Runner, RunResult, Step, StepFailed
+from resilience.runs.journal import Journal
 from resilience.service import envfile, gitref
-from resilience.service.pm2 import Pm2
 
 Direction = Literal["to-files", "to-postgres"]
 STATE_FILE = ".restore-state.json"
@@ -561,8 +561,8 @@ class SwitchOutcome:
 
 def make_target(settings: Settings, company_id: str | None = None) -> Target:
     """Resolve the DSN and PM2 from settings, or from the running stack when not configured."""
-    from resilience.service.pm2 import find_pm2
-    from resilience.stack import make_stack
+    from resilience.drill.stack import make_stack
+    from resilience.infra.pm2 import find_pm2
 
     dsn = settings.service_dsn.get_secret_value() if settings.service_dsn else None
     pm2_home: str | None = None

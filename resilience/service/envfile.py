@@ -29,7 +29,7 @@ from typing import Literal
 from dotenv.parser import Binding, parse_stream
 
 from resilience.errors import DataError, InputError
-from resilience.fsutil import fsync_dir
+from resilience.infra.fsutil import fsync_dir
 
 FILE_MODE: dict[str, str] = {
     "USE_REPOSITORY_PATTERN": "false",

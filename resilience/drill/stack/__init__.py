@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from resilience.config import Settings
-from resilience.stack.base import Endpoints, S3Region, Stack
+from resilience.drill.stack.base import Endpoints, S3Region, Stack
 
 __all__ = ["Endpoints", "S3Region", "Stack", "make_stack"]
 
@@ -11,13 +11,13 @@ __all__ = ["Endpoints", "S3Region", "Stack", "make_stack"]
 def make_stack(settings: Settings) -> Stack:
     """The stack the settings name (RESILIENCE_BACKEND)."""
     if settings.backend == "local":
-        from resilience.stack.local import LocalStack
+        from resilience.drill.stack.local import LocalStack
 
         return LocalStack(settings)
     if settings.backend == "docker":
-        from resilience.stack.docker import DockerStack
+        from resilience.drill.stack.docker import DockerStack
 
         return DockerStack(settings)
-    from resilience.stack.external import ExternalStack
+    from resilience.drill.stack.external import ExternalStack
 
     return ExternalStack(settings)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+from resilience.drill.stack.base import S3Region
 from resilience.errors import StackError
-from resilience.stack.base import S3Region
 
 # operator's name -> S3 region id (brief §9: a Moscow-region and an EU-region store)
 REGIONS = {"moscow": "ru-central1", "eu": "eu-central-1"}

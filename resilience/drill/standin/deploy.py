@@ -2,7 +2,7 @@
 
 A working directory that is a git repository (main holds the PostgreSQL-mode code, a tag holds
 the file fallback), a `.env` with the three mode flags in PostgreSQL mode, and a PM2 app that
-runs `python -m resilience.service.standin` in that directory.
+runs `python -m resilience.drill.standin.service` in that directory.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resilience.errors import StackError
-from resilience.service.pm2 import Pm2
-from resilience.stack.processes import free_port
+from resilience.infra.pm2 import Pm2
+from resilience.infra.processes import free_port
 
 if TYPE_CHECKING:
     from resilience.authstate.dataset import Dataset
     from resilience.config import Settings
-    from resilience.stack.base import Stack
+    from resilience.drill.stack.base import Stack
 
 FALLBACK_TAG = "emergency-file-fallback-v1"
 POSTGRES_FLAGS = {
@@ -110,7 +110,7 @@ def deploy_standin(
                     {
                         "name": app,
                         "script": sys.executable,
-                        "args": ["-m", "resilience.service.standin"],
+                        "args": ["-m", "resilience.drill.standin.service"],
                         "interpreter": "none",
                         "cwd": str(workdir),
                         "out_file": str(logs / "out.log"),
@@ -165,7 +165,7 @@ def standin_on_stack(
     from resilience.authstate.pgstore import PgAuthStore, connect
     from resilience.chaos.toxiproxy import ToxiproxyClient
     from resilience.errors import DatabaseError
-    from resilience.service.pm2 import find_pm2
+    from resilience.infra.pm2 import find_pm2
 
     ep = stack.endpoints
     company = f"{prefix}_{secrets.token_hex(5)}"

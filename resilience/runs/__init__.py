@@ -1,6 +1,6 @@
 """Run reports: the journal (events with timestamps) and its renderings."""
 
-from resilience.report.html import render_html, write_html
-from resilience.report.journal import Journal, StepRecord
+from resilience.runs.html import render_html, write_html
+from resilience.runs.journal import Journal, StepRecord
 
 __all__ = ["Journal", "StepRecord", "render_html", "write_html"]

@@ -23,12 +23,13 @@ import httpx
 
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import Settings
+from resilience.drill.stack.base import Endpoints, S3Region, Stack
+from resilience.drill.stack.postgres import PostgresCluster
+from resilience.drill.stack.s3 import REGIONS, create_buckets, s3_environment
 from resilience.errors import ResilienceError, StackError
-from resilience.fsutil import atomic_write
-from resilience.service.pm2 import Pm2, daemon_pid, find_pm2
-from resilience.stack.base import Endpoints, S3Region, Stack
-from resilience.stack.postgres import PostgresCluster
-from resilience.stack.processes import (
+from resilience.infra.fsutil import atomic_write
+from resilience.infra.pm2 import Pm2, daemon_pid, find_pm2
+from resilience.infra.processes import (
     PidFile,
     accepts_connections,
     choose_port,
@@ -38,7 +39,6 @@ from resilience.stack.processes import (
     tail,
     wait_until,
 )
-from resilience.stack.s3 import REGIONS, create_buckets, s3_environment
 
 PROXY = "postgres"
 
@@ -305,7 +305,7 @@ def _kill_quietly(pid: int) -> None:
 def spawn_receivers(stack_dir: Path, port: int, sentry_key: str, bot_token: str) -> int:
     """Start the Sentry/Telegram receivers (ours, so they run locally on every backend)."""
     record_dir = stack_dir / "receivers"
-    argv = [sys.executable, "-m", "resilience.stack.receivers", "--host", "127.0.0.1"]
+    argv = [sys.executable, "-m", "resilience.drill.fakes.receivers", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--record-dir", str(record_dir)]
     argv += ["--ready-file", str(record_dir / "ready.json")]
     # secrets go through the environment, not argv, so `ps` does not show them

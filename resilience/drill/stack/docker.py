@@ -14,12 +14,12 @@ from typing import Any
 
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import Settings
+from resilience.drill.stack.base import Endpoints, S3Region, Stack
+from resilience.drill.stack.local import spawn_receivers
+from resilience.drill.stack.s3 import REGIONS, create_buckets
 from resilience.errors import StackError
-from resilience.service.pm2 import Pm2, find_pm2
-from resilience.stack.base import Endpoints, S3Region, Stack
-from resilience.stack.local import spawn_receivers
-from resilience.stack.processes import PidFile, free_port, stop, wait_until
-from resilience.stack.s3 import REGIONS, create_buckets
+from resilience.infra.pm2 import Pm2, find_pm2
+from resilience.infra.processes import PidFile, free_port, stop, wait_until
 
 POSTGRES_IMAGE = "postgres:15"
 TOXIPROXY_IMAGE = "ghcr.io/shopify/toxiproxy:2.12.0"
@@ -99,7 +99,7 @@ class DockerStack(Stack):
         import psycopg
 
         from resilience.authstate.schema import apply_schema
-        from resilience.stack.postgres import SERVICE_ROLE
+        from resilience.drill.stack.postgres import SERVICE_ROLE
 
         def connect() -> psycopg.Connection[Any]:
             return psycopg.connect(admin_dsn, connect_timeout=2)

@@ -25,7 +25,8 @@ sender leaked it. Request lines in the log have the token and `sentry_key` maske
 The server is `http.server.ThreadingHTTPServer` from the standard library on purpose: this is a
 small test double on loopback, and a framework would add a dependency and start-up time without
 adding anything the drills need. Run it detached with
-`python -m resilience.stack.receivers --host 127.0.0.1 --port 0 --record-dir DIR --ready-file F`;
+`python -m resilience.drill.fakes.receivers --host 127.0.0.1 --port 0 --record-dir DIR
+--ready-file F`;
 after binding it writes `{"port": N, "pid": P}` to the ready file atomically, and on SIGTERM or
 SIGINT it stops serving, closes its files, removes the ready file and exits 0. In tests, `serve()`
 runs the same server in a thread, and `ReceiverClient` reads the recordings over HTTP.
@@ -964,7 +965,7 @@ class ReceiverClient:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m resilience.stack.receivers",
+        prog="python -m resilience.drill.fakes.receivers",
         description="Local Sentry and Telegram Bot API receivers that record what arrives.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -17,8 +17,8 @@ from datetime import datetime
 from pathlib import Path
 
 from resilience.authstate.fingerprint import KeyFingerprint
+from resilience.drill.standin.traffic import KeyWrite
 from resilience.errors import DataError
-from resilience.service.standin_traffic import KeyWrite
 
 JOURNAL_FILE = "writes.jsonl"
 _TAIL_BYTES = 64 * 1024

@@ -43,7 +43,7 @@ from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect, database_errors
 from resilience.authstate.view import view_of
 from resilience.errors import InputError, ResilienceError, VerificationError
-from resilience.fsutil import fsync_dir
+from resilience.infra.fsutil import fsync_dir
 from resilience.restore.export import export_company, read_raw_files, read_transaction
 from resilience.restore.importer import import_company, read_directory
 

@@ -14,13 +14,13 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader
 
-from resilience.report.journal import Journal, Redactor, atomic_write_text
+from resilience.runs.journal import Journal, Redactor, atomic_write_text
 
 TEMPLATE = "journal.html.j2"
 MIN_BAR_PCT = 0.4
 
 _env = Environment(
-    loader=PackageLoader("resilience.report", "templates"),
+    loader=PackageLoader("resilience.runs", "templates"),
     autoescape=True,
     trim_blocks=True,
     lstrip_blocks=True,

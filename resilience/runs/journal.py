@@ -3,7 +3,7 @@
 A :class:`Journal` records the steady state before and after, each step of the method and each
 rollback (start and end in UTC ISO 8601, duration from a monotonic clock, status, error, details
 the caller fills), free-form events, and the final status and measurements (RTO, key counts,
-digests, loss window...). :meth:`Journal.to_dict` is the JSON form; :mod:`resilience.report.html`
+digests, loss window...). :meth:`Journal.to_dict` is the JSON form; :mod:`resilience.runs.html`
 renders it.
 
 Redaction: every string that leaves the journal (:meth:`Journal.to_dict`, hence the JSON and the
@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 from resilience.config import redact_dsn
 from resilience.errors import DataError
-from resilience.fsutil import atomic_write
+from resilience.infra.fsutil import atomic_write
 
 SCHEMA_VERSION = 1
 REDACTED = "***"

@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 
 from resilience.config import Settings, redact_dsn
+from resilience.drill.stack.base import Endpoints, S3Region, Stack
+from resilience.drill.stack.s3 import REGIONS
 from resilience.errors import ConfigError, StackError
-from resilience.stack.base import Endpoints, S3Region, Stack
-from resilience.stack.s3 import REGIONS
 
 REQUIRED = ("admin_dsn", "service_dsn", "toxiproxy_url")
 

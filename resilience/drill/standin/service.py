@@ -7,8 +7,8 @@ Seen from outside it behaves like the real service (brief §4):
 - logs one line per mode at start (:data:`FILE_MODE_LINE`, :data:`POSTGRES_MODE_LINE`), then
   :data:`CONNECTION_OPEN_LINE` once the auth state is loaded; no creds: :data:`MISSING_CREDS_LINE`
   and a non-zero exit (the real service would need a QR re-pair);
-- keeps writing keys (:mod:`resilience.service.standin_traffic`) through the current backend,
-  journals each acknowledged write (:mod:`resilience.service.standin_journal`) and applies it to
+- keeps writing keys (:mod:`resilience.drill.standin.traffic`) through the current backend,
+  journals each acknowledged write (:mod:`resilience.drill.standin.writelog`) and applies it to
   its in-memory state only then; a failed write is logged, counted and retried on the next tick;
 - serves ``GET /health`` (JSON) and ``GET /metrics`` (Prometheus text) on ``127.0.0.1:PORT``;
 - SIGTERM / SIGINT: stops writing, lets the in-flight write finish (up to ``SHUTDOWN_GRACE_MS``),
@@ -50,9 +50,9 @@ from resilience.authstate.fingerprint import set_digest
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect
 from resilience.authstate.view import view_of
 from resilience.config import validate_company_id
+from resilience.drill.standin.traffic import KeyWrite, Traffic
+from resilience.drill.standin.writelog import JOURNAL_FILE, Journal
 from resilience.errors import ConfigError, DataError, ResilienceError, StackError
-from resilience.service.standin_journal import JOURNAL_FILE, Journal
-from resilience.service.standin_traffic import KeyWrite, Traffic
 
 Mode = Literal["file", "postgres"]
 

@@ -21,7 +21,7 @@ from resilience.config import Settings, redact_dsn
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from resilience.stack.base import Endpoints
+    from resilience.drill.stack.base import Endpoints
 
 log = logging.getLogger(__name__)
 

@@ -225,8 +225,8 @@ def snapshot(
 ) -> None:
     """Export every company to a new timestamped snapshot dir, keeping the newest N (cron)."""
     from resilience.authstate.pgstore import PgAuthStore, connect
-    from resilience.config import redact_dsn
     from resilience.infra.output import Output
+    from resilience.infra.redact import redact_dsn
     from resilience.restore.snapshot import take_snapshot
     from resilience.restore.switch import make_target
 
@@ -269,9 +269,9 @@ def export_files(
 ) -> None:
     """Export PostgreSQL to Baileys files (no switch): atomic, 0600/0700, with manifest.json."""
     from resilience.authstate.pgstore import PgAuthStore, connect
-    from resilience.config import redact_dsn
     from resilience.errors import ConfigError
     from resilience.infra.output import Output
+    from resilience.infra.redact import redact_dsn
     from resilience.restore.export import export_all
     from resilience.restore.switch import make_target
 

@@ -23,7 +23,7 @@ from resilience.drill.stack import Stack
 from resilience.drill.standin.deploy import DeployedService, standin_on_stack
 from resilience.drill.standin.writelog import JOURNAL_FILE, JournalEntry, read_journal
 from resilience.infra.pm2 import Pm2, find_pm2
-from resilience.infra.processes import wait_until
+from resilience.infra.waiting import wait_until
 from resilience.restore.switch import Target, read_state, run_switch
 from resilience.runs.html import render_html
 from resilience.runs.journal import Journal, atomic_write_text

@@ -11,7 +11,6 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -32,22 +31,6 @@ def validate_company_id(company_id: str) -> str:
             f"invalid company id {shown!r}: use 1-50 characters of A-Z, a-z, 0-9, '_' or '-'"
         )
     return company_id
-
-
-def redact_dsn(dsn: str) -> str:
-    """Replace the password of a URL-style DSN (and a `password=` keyword) with `***`."""
-    dsn = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparseable dsn>"
-    if parts.password is None:
-        return dsn
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class Settings(BaseSettings):

@@ -7,17 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from resilience.alerting.channels import Alerts, Redactor
+from resilience.alerting.channels import Alerts
 from resilience.config import load_settings
 from resilience.drill.fakes.receivers import ReceiverClient
 from resilience.drill.stack import Stack
+from resilience.infra.redact import Redactor
 
 pytestmark = pytest.mark.stack
 
 
 def test_redactor_removes_dsn_passwords_and_registered_secrets() -> None:
     redactor = Redactor()
-    redactor.add("tok:SECRET123", None, "ab")  # too short values are ignored, None too
+    redactor.register("tok:SECRET123", None, "ab")  # too short values are ignored, None too
     text = redactor.text("db postgresql://u:pw1234@h/db failed; token tok:SECRET123; ab")
     assert "pw1234" not in text and "SECRET123" not in text
     assert text.endswith("; ab")

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from resilience.config import load_settings, redact_dsn, validate_company_id
+from resilience.config import load_settings, validate_company_id
 from resilience.errors import ConfigError, InputError
+from resilience.infra.redact import redact_dsn
 
 
 def test_defaults_load_without_env_file(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ from resilience.drill.stack import Stack
 from resilience.drill.standin.deploy import DeployedService, standin_on_stack
 from resilience.errors import InputError, VerificationError
 from resilience.infra.pm2 import Pm2
-from resilience.infra.processes import wait_until
+from resilience.infra.waiting import wait_until
 from resilience.restore import snapshot
 from resilience.restore.export import export_company
 from resilience.restore.runner import StepFailed

@@ -8,15 +8,15 @@ keys, passwords) become `***`. A channel without configuration is a no-op that s
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import sentry_sdk
 
-from resilience.config import Settings, redact_dsn
+from resilience.config import Settings
+from resilience.infra.redact import Redactor
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -26,36 +26,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Redactor:
-    secrets: set[str] = field(default_factory=set)
-
-    def add(self, *values: str | None) -> None:
-        self.secrets.update(v for v in values if v and len(v) >= 4)
-
-    def text(self, value: str) -> str:
-        value = re.sub(r"[a-z][a-z0-9+.-]*://[^\s'\"]+", lambda m: redact_dsn(m.group(0)), value)
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            value = value.replace(secret, "***")
-        return value
-
-    def data(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, Mapping):
-            return {str(k): self.data(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.data(v) for v in value]
-        return value
-
-
 class SentryChannel:
     def __init__(self, dsn: str | None, redactor: Redactor, environment: str = "drill") -> None:
         self.redactor = redactor
         self.enabled = bool(dsn)
         self._client: sentry_sdk.Client | None = None
         if dsn:
-            redactor.add(dsn)
+            redactor.register(dsn)
             self._client = sentry_sdk.Client(
                 dsn=dsn,
                 default_integrations=False,
@@ -104,7 +81,7 @@ class TelegramChannel:
         self.api_url = api_url.rstrip("/")
         self._token = token
         self._chat_id = chat_id
-        redactor.add(token)
+        redactor.register(token)
 
     def send(self, text: str) -> bool:
         if not self.enabled:
@@ -140,7 +117,7 @@ class Alerts:
         secrets: Iterable[str | None] = (),
     ) -> Alerts:
         redactor = Redactor()
-        redactor.add(*secrets)
+        redactor.register(*secrets)
         return cls(
             SentryChannel(sentry_dsn, redactor),
             TelegramChannel(

@@ -19,8 +19,9 @@ from psycopg.types.json import Jsonb
 
 from resilience.authstate.codec import Style, decode, encode
 from resilience.authstate.model import KeyRecord, ttl_for
-from resilience.config import redact_dsn, validate_company_id
+from resilience.config import validate_company_id
 from resilience.errors import DatabaseError
+from resilience.infra.redact import redact_dsn
 
 BATCH_SIZE = 100
 DB_STYLE: Style = "array"

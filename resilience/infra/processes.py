@@ -13,15 +13,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from resilience.errors import StackError
-
-T = TypeVar("T")
-POLL_INTERVAL = 0.05
+from resilience.infra.waiting import POLL_INTERVAL
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -58,29 +55,6 @@ def accepts_connections(port: int, host: str = "127.0.0.1") -> bool:
             return True
     except OSError:
         return False
-
-
-def wait_until(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll `check` until it returns a truthy value or the deadline passes (then StackError).
-
-    Exceptions raised by `check` count as "not yet" (the last one is named in the error),
-    except StackError, which `check` raises to say waiting is pointless (the process died).
-    """
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except StackError:
-            raise
-        except Exception as exc:  # readiness probes fail in many ways until ready
-            last = exc
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {type(last).__name__}: {last})" if last else ""
-            raise StackError(f"{what} not ready after {timeout:.0f} s{detail}")
-        time.sleep(POLL_INTERVAL)
 
 
 def _start_time(pid: int) -> str | None:

@@ -60,9 +60,10 @@ from resilience.authstate.naming import (
 )
 from resilience.authstate.pgstore import Conn, PgAuthStore, database_errors
 from resilience.authstate.view import view_of
-from resilience.config import redact_dsn, validate_company_id
+from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError
 from resilience.infra.fsutil import fsync_dir
+from resilience.infra.redact import redact_dsn
 
 log = logging.getLogger(__name__)
 

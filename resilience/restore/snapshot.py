@@ -27,9 +27,10 @@ from typing import Any, TypedDict
 from resilience.authstate.filestore import DIR_MODE, make_durable
 from resilience.authstate.naming import MANIFEST_FILE, company_dir_name, safe_path
 from resilience.authstate.pgstore import PgAuthStore
-from resilience.config import redact_dsn, validate_company_id
+from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, VerificationError
 from resilience.infra.fsutil import fsync_dir
+from resilience.infra.redact import redact_dsn
 from resilience.restore.export import (
     STAGING_PREFIX,
     ExportResult,

@@ -25,7 +25,7 @@ from resilience.alerting.channels import Alerts
 from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.authstate.view import view_of
-from resilience.config import Settings, redact_dsn, validate_company_id
+from resilience.config import Settings, validate_company_id
 from resilience.errors import (
     ConfigError,
     DatabaseError,
@@ -36,6 +36,7 @@ from resilience.errors import (
 )
 from resilience.infra.fsutil import atomic_write
 from resilience.infra.pm2 import Pm2
+from resilience.infra.redact import redact_dsn
 from resilience.restore import export as export_mod
 from resilience.restore import importer, snapshot
 from resilience.restore.runner import Details, Runner, RunResult, Step, StepFailed

@@ -14,7 +14,8 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader
 
-from resilience.runs.journal import Journal, Redactor, atomic_write_text
+from resilience.infra.redact import Redactor
+from resilience.runs.journal import Journal, atomic_write_text
 
 TEMPLATE = "journal.html.j2"
 MIN_BAR_PCT = 0.4
@@ -131,7 +132,7 @@ def _record_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def render_html(journal: Mapping[str, Any]) -> str:
     """The page for a journal dict (as from :meth:`Journal.to_dict` or its JSON file)."""
-    data: dict[str, Any] = Redactor().value(dict(journal))  # DSN passwords, in case of a raw dict
+    data: dict[str, Any] = Redactor().data(dict(journal))  # DSN passwords, in case of a raw dict
     events = [
         {
             **event,

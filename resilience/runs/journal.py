@@ -16,25 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import re
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from enum import Enum
-from pathlib import Path, PurePath
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal, cast
-from urllib.parse import quote
 
-from resilience.config import redact_dsn
 from resilience.errors import DataError
 from resilience.infra.fsutil import atomic_write
+from resilience.infra.redact import Redactor
 
 SCHEMA_VERSION = 1
-REDACTED = "***"
 
 StepStatus = Literal["running", "ok", "failed", "skipped"]
 RunStatus = Literal["running", "completed", "failed", "aborted"]
@@ -47,60 +43,6 @@ _PASSWORD_KV_RE = re.compile(r"(?i)(\b\w*password\s*=\s*)('[^']*'|\"[^\"]*\"|[^\
 def now_iso() -> str:
     """The current UTC time in ISO 8601 with microseconds (``...+00:00``)."""
     return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-# --- redaction -------------------------------------------------------------------------------
-
-
-class Redactor:
-    """Removes DSN passwords and registered secret strings from text."""
-
-    def __init__(self) -> None:
-        self._secrets: set[str] = set()
-
-    def register(self, value: str) -> None:
-        """Never let ``value`` (nor its URL-encoded form) out. Empty strings are ignored."""
-        if not isinstance(value, str) or not value:
-            return
-        self._secrets.add(value)
-        encoded = quote(value, safe="")
-        if encoded != value:
-            self._secrets.add(encoded)
-
-    def text(self, value: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            value = value.replace(secret, REDACTED)
-        value = _URL_RE.sub(lambda match: redact_dsn(match.group(0)), value)
-        return _PASSWORD_KV_RE.sub(lambda match: match.group(1) + REDACTED, value)
-
-    def value(self, value: Any) -> Any:
-        """A JSON-ready copy of ``value`` with every string (keys included) redacted."""
-        return self.text(value) if isinstance(value, str) else _jsonable(value, self.text)
-
-
-def _jsonable(value: Any, text: Any) -> Any:
-    """Plain JSON types only: paths and dates become strings, tuples and sets become lists."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, str):
-        return cast(str, text(value))
-    if isinstance(value, Enum):
-        return _jsonable(value.value, text)
-    if isinstance(value, datetime | date):
-        return cast(str, text(value.isoformat()))
-    if isinstance(value, PurePath):
-        return cast(str, text(str(value)))
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, Mapping):
-        return {str(_jsonable(k, text)): _jsonable(v, text) for k, v in value.items()}
-    if isinstance(value, set | frozenset):
-        return sorted((_jsonable(v, text) for v in value), key=repr)
-    if isinstance(value, list | tuple):
-        return [_jsonable(v, text) for v in value]
-    return cast(str, text(str(value)))
 
 
 # --- records ---------------------------------------------------------------------------------
@@ -290,7 +232,7 @@ class Journal:
                 "events": [event.to_dict() for event in self.events],
                 "measurements": dict(self.measurements),
             }
-        return cast(dict[str, Any], self._redactor.value(data))
+        return cast(dict[str, Any], self._redactor.data(data))
 
     def write_json(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` as indented JSON, atomically; returns the path."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from resilience.config import redact_dsn
+from resilience.infra.redact import redact_dsn
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from resilience.drill.stack.local import spawn_receivers
 from resilience.drill.stack.s3 import REGIONS, create_buckets
 from resilience.errors import StackError
 from resilience.infra.pm2 import Pm2, find_pm2
-from resilience.infra.processes import PidFile, free_port, stop, wait_until
+from resilience.infra.processes import PidFile, free_port, stop
+from resilience.infra.waiting import wait_until
 
 POSTGRES_IMAGE = "postgres:15"
 TOXIPROXY_IMAGE = "ghcr.io/shopify/toxiproxy:2.12.0"

@@ -10,10 +10,11 @@ from typing import Any
 
 import psycopg
 
-from resilience.config import Settings, redact_dsn
+from resilience.config import Settings
 from resilience.drill.stack.base import Endpoints, S3Region, Stack
 from resilience.drill.stack.s3 import REGIONS
 from resilience.errors import ConfigError, StackError
+from resilience.infra.redact import redact_dsn
 
 REQUIRED = ("admin_dsn", "service_dsn", "toxiproxy_url")
 

@@ -37,8 +37,8 @@ from resilience.infra.processes import (
     spawn,
     stop,
     tail,
-    wait_until,
 )
+from resilience.infra.waiting import wait_until
 
 PROXY = "postgres"
 

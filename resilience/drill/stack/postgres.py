@@ -22,7 +22,8 @@ import psycopg
 
 from resilience.authstate.schema import apply_schema
 from resilience.errors import StackError
-from resilience.infra.processes import PidFile, accepts_connections, spawn, stop, tail, wait_until
+from resilience.infra.processes import PidFile, accepts_connections, spawn, stop, tail
+from resilience.infra.waiting import wait_until
 
 DATABASE = "baileys"
 SERVICE_ROLE = "baileys_service"

@@ -21,7 +21,7 @@ from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import Settings
 from resilience.drill.stack import Stack
 from resilience.drill.standin.deploy import DeployedService, standin_on_stack
-from resilience.drill.standin.writelog import JOURNAL_FILE, JournalEntry, read_journal
+from resilience.drill.standin.writelog import WRITELOG_FILE, WriteEntry, read_writelog
 from resilience.infra.pm2 import Pm2, find_pm2
 from resilience.infra.waiting import wait_until
 from resilience.restore.switch import Target, read_state, run_switch
@@ -73,9 +73,9 @@ class DrillService:
 
         return wait_until(ok, timeout, f"service healthy in {mode} mode")
 
-    def journal_entries(self) -> list[JournalEntry] | None:
+    def acknowledged_writes(self) -> list[WriteEntry] | None:
         """Every write the stand-in acknowledged; None for a real service (it keeps none)."""
-        return read_journal(self.deployed.workdir / JOURNAL_FILE) if self.standin else None
+        return read_writelog(self.deployed.workdir / WRITELOG_FILE) if self.standin else None
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.authstate.view import view_of
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
-from resilience.drill.standin.writelog import JournalEntry
+from resilience.drill.standin.writelog import WriteEntry
 from resilience.restore import importer, snapshot
 from resilience.restore.switch import read_state, run_switch
 from resilience.runs.journal import Journal
@@ -68,7 +68,7 @@ def seeded_prints(service: DrillService) -> Fingerprints:
     return {(t, i): KeyFingerprint.of(t, i, v) for t, i, v in view.key_values()}
 
 
-def replay(base: Fingerprints, entries: list[JournalEntry]) -> Fingerprints:
+def replay(base: Fingerprints, entries: list[WriteEntry]) -> Fingerprints:
     state = dict(base)
     for entry in entries:
         if entry.deleted:
@@ -159,7 +159,7 @@ def _fallback_from_snapshot(
         if fault == "postgres-stopped":
             service.stack.start_postgres()
         db_creds, db_prints, _ = db_state(service)
-        entries = service.journal_entries()
+        entries = service.acknowledged_writes()
         file_writes = [e for e in entries or [] if e.mode == "file"]
         files_creds, files_now = dir_state(service)
         # undo the file-mode writes to get the files as installed from the snapshot
@@ -199,12 +199,12 @@ def _fallback_from_snapshot(
         )
 
 
-def _count(entries: list[JournalEntry] | None) -> int | str:
+def _count(entries: list[WriteEntry] | None) -> int | str:
     return len(entries) if entries is not None else "not available (real service)"
 
 
 def _unreplay(
-    files_now: Fingerprints, file_writes: list[JournalEntry], db: Fingerprints
+    files_now: Fingerprints, file_writes: list[WriteEntry], db: Fingerprints
 ) -> Fingerprints:
     """The files as installed: take back every key the service touched in file mode.
 
@@ -267,7 +267,7 @@ def test_c_slow_postgres_live_export_loses_nothing(
         service.pm2.stop(service.deployed.app)
 
         db_creds, db_prints, db_digest = db_state(service)
-        entries = service.journal_entries()
+        entries = service.acknowledged_writes()
         pg_writes = [e for e in entries or [] if e.mode == "postgres"]
         file_writes = [e for e in entries or [] if e.mode == "file"]
         export = data["run"]["steps"][1]["details"]
@@ -320,7 +320,7 @@ def test_d_round_trip_back_to_postgres_keeps_file_mode_writes(
         service.pm2.stop(service.deployed.app)
 
         _, db_prints, db_digest = db_state(service)
-        entries = service.journal_entries()
+        entries = service.acknowledged_writes()
         by_mode = {m: sum(1 for e in entries or [] if e.mode == m) for m in ("postgres", "file")}
         expected = replay(seeded_prints(service), entries) if entries is not None else {}
         # keys written in file mode and still present at the end, with ids names cannot carry

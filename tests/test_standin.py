@@ -38,7 +38,7 @@ from resilience.drill.standin.service import (
     read_config,
 )
 from resilience.drill.standin.traffic import KeyWrite, Traffic
-from resilience.drill.standin.writelog import JOURNAL_FILE, Journal, JournalEntry, read_journal
+from resilience.drill.standin.writelog import WRITELOG_FILE, WriteEntry, WriteLog, read_writelog
 from resilience.errors import ConfigError, DataError, InputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,12 +167,12 @@ def digest_of(creds: Any, keys: KeyMap) -> str:
     return set_digest(creds, ((t, i, v) for (t, i), v in keys.items()))
 
 
-def check_journal(entries: list[JournalEntry], initial: KeyMap, current: KeyMap) -> None:
+def check_journal(entries: list[WriteEntry], initial: KeyMap, current: KeyMap) -> None:
     """Every journaled write is in ``current``, and the initial keys plus the journal replayed
     in order give exactly the keys of ``current``."""
     assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
     expected = set(initial)
-    last: dict[tuple[str, str], JournalEntry] = {}
+    last: dict[tuple[str, str], WriteEntry] = {}
     for entry in entries:
         ref = (entry.type, entry.id)
         last[ref] = entry
@@ -298,9 +298,9 @@ def test_traffic_is_deterministic_and_realistic() -> None:
 
 
 def test_journal_continues_sequence_and_survives_a_torn_line(tmp_path: Path) -> None:
-    path = tmp_path / JOURNAL_FILE
+    path = tmp_path / WRITELOG_FILE
     at = _AT
-    journal = Journal(path)
+    journal = WriteLog(path)
     journal.append(
         [KeyWrite("session", "1.0", b"x"), KeyWrite("pre-key", "5", None)],
         mode="file",
@@ -310,12 +310,12 @@ def test_journal_continues_sequence_and_survives_a_torn_line(tmp_path: Path) -> 
     journal.close()
     with open(path, "ab") as handle:
         handle.write(b'{"seq": 3, "torn')
-    journal = Journal(path)
+    journal = WriteLog(path)
     assert journal.seq == 2
     journal.append([KeyWrite("session", "1.0", None)], mode="postgres", company="c", at=at)
     journal.close()
     assert path.read_bytes().endswith(b"}\n")  # the torn line was cut when reopened
-    entries = read_journal(path)
+    entries = read_writelog(path)
     assert [e.seq for e in entries] == [1, 2, 3]
     assert [e.mode for e in entries] == ["file", "file", "postgres"]
     assert entries[0].fingerprint == KeyFingerprint.of("session", "1.0", b"x")
@@ -323,16 +323,16 @@ def test_journal_continues_sequence_and_survives_a_torn_line(tmp_path: Path) -> 
 
 
 def test_reading_a_journal_ignores_a_torn_last_line(tmp_path: Path) -> None:
-    path = tmp_path / JOURNAL_FILE
-    journal = Journal(path)
+    path = tmp_path / WRITELOG_FILE
+    journal = WriteLog(path)
     journal.append([KeyWrite("pre-key", "1", {"k": b"1"})], mode="file", company="c", at=_AT)
     journal.close()
     with open(path, "ab") as handle:
         handle.write(b'{"seq": 2, "torn')
-    assert [e.seq for e in read_journal(path)] == [1]
+    assert [e.seq for e in read_writelog(path)] == [1]
     path.write_bytes(b"garbage\n" + path.read_bytes())
     with pytest.raises(DataError, match="line 1 is not JSON"):
-        read_journal(path)
+        read_writelog(path)
 
 
 # --- file mode ---------------------------------------------------------------------------------
@@ -379,7 +379,7 @@ def test_file_mode_serves_writes_and_journals_them(tmp_path: Path, standins: lis
     final = standin.final()
     creds, current = read_files(tmp_path / "auth", company)
     assert creds == dataset.creds
-    entries = read_journal(tmp_path / JOURNAL_FILE)
+    entries = read_writelog(tmp_path / WRITELOG_FILE)
     assert len(entries) == int(final["ok"]) >= health["writes_ok"]
     assert {e.mode for e in entries} == {"file"} and {e.company for e in entries} == {company}
     check_journal(entries, initial, current)
@@ -402,7 +402,7 @@ def test_file_mode_idle_health_digest_equals_directory(
     assert health["digest"] == digest_of(dataset.creds, initial)
     assert health["last_write_at"] is None
     assert standin.stop(signal.SIGINT) == 0
-    assert not (tmp_path / JOURNAL_FILE).exists() or read_journal(tmp_path / JOURNAL_FILE) == []
+    assert not (tmp_path / WRITELOG_FILE).exists() or read_writelog(tmp_path / WRITELOG_FILE) == []
 
 
 def test_restart_continues_the_journal(tmp_path: Path, standins: list[Standin]) -> None:
@@ -416,7 +416,7 @@ def test_restart_continues_the_journal(tmp_path: Path, standins: list[Standin]) 
         standins.append(standin)
         standin.wait_health(lambda h: h["writes_ok"] >= 10, "10 acknowledged writes")
         assert standin.stop() == 0
-    entries = read_journal(tmp_path / JOURNAL_FILE)
+    entries = read_writelog(tmp_path / WRITELOG_FILE)
     assert len({e.pid for e in entries}) == 2
     _, current = read_files(tmp_path / "auth", company)
     check_journal(entries, initial, current)  # also asserts seq runs 1..N across both runs
@@ -504,7 +504,7 @@ def test_postgres_mode_serves_writes_and_journals_them(
     final = standin.final()
     creds, current = read_db(admin, company)
     assert creds == dataset.creds
-    entries = read_journal(tmp_path / JOURNAL_FILE)
+    entries = read_writelog(tmp_path / WRITELOG_FILE)
     assert len(entries) == int(final["ok"]) >= health["writes_ok"]
     assert {e.mode for e in entries} == {"postgres"}
     check_journal(entries, initial, current)
@@ -580,7 +580,7 @@ def test_database_outage_counts_failures_and_resumes(
     final = standin.final()
     assert int(final["failed"]) >= later["writes_failed"]
     creds, current = read_db(admin, company)
-    entries = read_journal(tmp_path / JOURNAL_FILE)
+    entries = read_writelog(tmp_path / WRITELOG_FILE)
     assert len(entries) == int(final["ok"])
     check_journal(entries, initial, current)
     assert final["digest"] == digest_of(creds, current)
@@ -590,9 +590,9 @@ def test_unwritable_journal_stops_start_up(tmp_path: Path, standins: list[Standi
     company = unique_company()
     seed_files(tmp_path / "auth", company, n=20)
     (tmp_path / ".env").write_text(env_text("file", company, AUTH_DIR="auth"))
-    (tmp_path / JOURNAL_FILE).mkdir()  # cannot be opened for appending
+    (tmp_path / WRITELOG_FILE).mkdir()  # cannot be opened for appending
     standin = Standin(tmp_path)
     standins.append(standin)
     assert standin.exit_code() != 0
-    assert "cannot start" in standin.output() and JOURNAL_FILE in standin.output()
+    assert "cannot start" in standin.output() and WRITELOG_FILE in standin.output()
     assert CONNECTION_OPEN_PATTERN.search(standin.output()) is None

@@ -51,7 +51,7 @@ from resilience.authstate.pgstore import Conn, PgAuthStore, connect
 from resilience.authstate.view import view_of
 from resilience.config import validate_company_id
 from resilience.drill.standin.traffic import KeyWrite, Traffic
-from resilience.drill.standin.writelog import JOURNAL_FILE, Journal
+from resilience.drill.standin.writelog import WRITELOG_FILE, WriteLog
 from resilience.errors import ConfigError, DataError, ResilienceError, StackError
 
 Mode = Literal["file", "postgres"]
@@ -192,7 +192,7 @@ def read_config(cwd: Path, environ: Mapping[str, str] | None = None) -> StandinC
         write_seed=(values.get("WRITE_SEED") or "").strip() or DEFAULT_SEED,
         writes_enabled=writes not in ("0", "false", "no", "off"),
         shutdown_grace_ms=DEFAULT_GRACE_MS if grace is None else grace,
-        journal=cwd / JOURNAL_FILE,
+        journal=cwd / WRITELOG_FILE,
         connect_timeout_ms=max(1000, connect_timeout or DEFAULT_CONNECT_TIMEOUT_MS),
     )
 
@@ -465,7 +465,7 @@ class Service:
     """One run of the stand-in: loaded state, traffic thread, HTTP server."""
 
     def __init__(
-        self, config: StandinConfig, backend: Backend, state: ServiceState, journal: Journal
+        self, config: StandinConfig, backend: Backend, state: ServiceState, journal: WriteLog
     ) -> None:
         self.config = config
         self.backend = backend
@@ -610,7 +610,7 @@ def _start(cwd: Path) -> Service | int:
             log.error(MISSING_CREDS_LINE.format(company=config.company, source=source))
             backend.close()
             return DataError.exit_code
-        journal = Journal(config.journal)
+        journal = WriteLog(config.journal)
         state = ServiceState(config.mode, config.company, creds, keys)
         state.last_seq = journal.seq
         log.info(CONNECTION_OPEN_LINE.format(keys=len(keys)))

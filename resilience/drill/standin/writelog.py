@@ -1,4 +1,4 @@
-"""The stand-in's journal of acknowledged key writes: ``writes.jsonl`` in its working directory.
+"""The stand-in's write log (acknowledged key writes): ``writes.jsonl`` in its working directory.
 
 One JSON object per line and per key write, appended only after the backend acknowledged the
 write, then flushed and fsynced, so a drill can count exactly what the service was told was
@@ -20,12 +20,12 @@ from resilience.authstate.fingerprint import KeyFingerprint
 from resilience.drill.standin.traffic import KeyWrite
 from resilience.errors import DataError
 
-JOURNAL_FILE = "writes.jsonl"
+WRITELOG_FILE = "writes.jsonl"
 _TAIL_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
-class JournalEntry:
+class WriteEntry:
     """One acknowledged key write. ``fingerprint`` is ``None`` for a deletion."""
 
     seq: int
@@ -39,7 +39,7 @@ class JournalEntry:
     pid: int
 
     @classmethod
-    def from_json(cls, data: object) -> JournalEntry:
+    def from_json(cls, data: object) -> WriteEntry:
         if not isinstance(data, dict):
             raise DataError("journal line is not a JSON object")
         try:
@@ -58,7 +58,7 @@ class JournalEntry:
             raise DataError(f"journal line is malformed: {exc}") from None
 
 
-def _parse_lines(raw: bytes, where: Path) -> Iterator[JournalEntry]:
+def _parse_lines(raw: bytes, where: Path) -> Iterator[WriteEntry]:
     lines = raw.split(b"\n")
     # The last element is b"" after a complete line, or a torn line (a crash mid-append; the
     # journal cuts it when it is opened again): never an acknowledged entry.
@@ -69,10 +69,10 @@ def _parse_lines(raw: bytes, where: Path) -> Iterator[JournalEntry]:
             data = json.loads(line)
         except ValueError:
             raise DataError(f"{where}: line {number} is not JSON") from None
-        yield JournalEntry.from_json(data)
+        yield WriteEntry.from_json(data)
 
 
-def read_journal(path: Path) -> list[JournalEntry]:
+def read_writelog(path: Path) -> list[WriteEntry]:
     """Every complete entry of a journal file (a torn last line is ignored); ``[]`` if absent."""
     try:
         raw = Path(path).read_bytes()
@@ -97,7 +97,7 @@ def last_seq(path: Path) -> int:
     if entries:
         return entries[-1].seq
     if start > 0:
-        return max((e.seq for e in read_journal(path)), default=0)
+        return max((e.seq for e in read_writelog(path)), default=0)
     return 0
 
 
@@ -122,8 +122,8 @@ def _drop_torn_tail(path: Path) -> None:
             os.fsync(handle.fileno())
 
 
-class Journal:
-    """Append-only, fsynced journal; thread-safe."""
+class WriteLog:
+    """Append-only, fsynced log of acknowledged writes; thread-safe."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -136,17 +136,17 @@ class Journal:
 
     def append(
         self, writes: Sequence[KeyWrite], *, mode: str, company: str, at: datetime
-    ) -> list[JournalEntry]:
+    ) -> list[WriteEntry]:
         """Journal acknowledged writes in one write + fsync; returns the entries."""
         with self.lock:
             if self._fd is None:
                 raise DataError(f"journal {self.path} is closed")
-            entries: list[JournalEntry] = []
+            entries: list[WriteEntry] = []
             stamp = at.isoformat(timespec="milliseconds")
             for write in writes:
                 self.seq += 1
                 entries.append(
-                    JournalEntry(
+                    WriteEntry(
                         seq=self.seq,
                         time=stamp,
                         mode=mode,

@@ -44,7 +44,6 @@ from resilience.restore import snapshot
 from resilience.restore.export import export_company
 from resilience.restore.runner import StepFailed
 from resilience.restore.switch import (
-    POSTGRES_FLAGS_DEFAULT,
     Direction,
     Target,
     build_plan,
@@ -54,6 +53,7 @@ from resilience.restore.switch import (
 )
 from resilience.runs.journal import Journal
 from resilience.service import envfile, gitref
+from resilience.service.modes import FILE_MODE_FLAGS, POSTGRES_MODE_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = 60  # plus the dataset's legacy rows
@@ -501,7 +501,7 @@ def test_rerun_after_a_crash_converges_and_returns_to_main(
     assert back.result is not None and back.result.ok
     assert gitref.current_ref(service.workdir) == "main"
     assert gitref.head_commit(service.workdir) == before["head"]
-    assert envfile.read_flags(service.deployed.env_file) == POSTGRES_FLAGS_DEFAULT
+    assert envfile.read_flags(service.deployed.env_file) == POSTGRES_MODE_FLAGS
     assert service.deployed.env_file.read_bytes() == before["env"]
     assert read_state(target) is None
     service.wait_mode("postgres")
@@ -515,7 +515,7 @@ def test_to_postgres_without_state_uses_the_default_flags(service: Service) -> N
     service.pm2.stop(service.deployed.app)
     with connect(ep.service_dsn) as conn:
         export_company(PgAuthStore(conn), service.auth_root, service.company, source="operator")
-    envfile.set_values(env_file, envfile.FILE_MODE)
+    envfile.set_values(env_file, FILE_MODE_FLAGS)
     service.pm2.restart(service.deployed.app)
     service.wait_mode("file")
     target = service.target()
@@ -531,7 +531,7 @@ def test_to_postgres_without_state_uses_the_default_flags(service: Service) -> N
         "verify",
         "done",
     ]
-    assert envfile.read_flags(env_file) == POSTGRES_FLAGS_DEFAULT
+    assert envfile.read_flags(env_file) == POSTGRES_MODE_FLAGS
     verify = next(s for s in outcome.result.steps if s.name == "verify")
     assert "PostgreSQL auth state for company " + service.company in verify.details["log_lines"][0]
     imported = next(s for s in outcome.result.steps if s.name == "import")

@@ -42,14 +42,10 @@ from resilience.restore import importer, snapshot
 from resilience.restore.runner import Details, Runner, RunResult, Step, StepFailed
 from resilience.runs.journal import Journal
 from resilience.service import envfile, gitref
+from resilience.service.modes import FILE_MODE_FLAGS, POSTGRES_MODE_FLAGS
 
 Direction = Literal["to-files", "to-postgres"]
 STATE_FILE = ".restore-state.json"
-POSTGRES_FLAGS_DEFAULT = {
-    "USE_REPOSITORY_PATTERN": "true",
-    "USE_DATABASE_AUTH_STATE": "true",
-    "USE_LEGACY_SUPABASE": "false",
-}
 
 
 @dataclass
@@ -453,7 +449,7 @@ def _plan_to_files(target: Target, facts: Preflight, force: bool) -> list[Step]:
             switched_to_files_at=datetime.now(UTC).isoformat(),
         )
         _write_state(target, state)  # before the change: a crash keeps the way back
-        change = envfile.set_values(target.env_file, envfile.FILE_MODE)
+        change = envfile.set_values(target.env_file, FILE_MODE_FLAGS)
         details["changed"] = change.changed
         details["backup"] = str(change.backup) if change.backup else None
 
@@ -508,14 +504,14 @@ def _plan_to_postgres(target: Target, facts: Preflight, force: bool) -> list[Ste
             )
         )
 
-    before = state.get("env_before") or POSTGRES_FLAGS_DEFAULT
+    before = state.get("env_before") or POSTGRES_MODE_FLAGS
 
     def env(details: Details) -> None:
         change = envfile.restore_values(target.env_file, before)
         details["changed"] = change.changed
 
     def env_back() -> None:
-        envfile.set_values(target.env_file, envfile.FILE_MODE)
+        envfile.set_values(target.env_file, FILE_MODE_FLAGS)
 
     steps.append(
         Step("env", f"restore the PostgreSQL-mode flags in {target.env_file}", env, env_back)

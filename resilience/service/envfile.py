@@ -2,7 +2,7 @@
 
 Brief §4: the service runs on Baileys files only when all three of `USE_REPOSITORY_PATTERN`,
 `USE_DATABASE_AUTH_STATE` and `USE_LEGACY_SUPABASE` are `false`; setting one of them was a real
-incident. :data:`FILE_MODE` is the mapping to hand to :func:`set_values`.
+incident. The flags and the modes live in :mod:`resilience.service.modes`.
 
 Reading follows python-dotenv (the same parser, so quoting, `export ` prefixes, inline comments and
 "the last assignment of a key wins" mean what they mean to dotenv). Writing is line-preserving:
@@ -30,15 +30,7 @@ from dotenv.parser import Binding, parse_stream
 
 from resilience.errors import DataError, InputError
 from resilience.infra.fsutil import fsync_dir
-
-FILE_MODE: dict[str, str] = {
-    "USE_REPOSITORY_PATTERN": "false",
-    "USE_DATABASE_AUTH_STATE": "false",
-    "USE_LEGACY_SUPABASE": "false",
-}
-"""The three flags that together put the service in Baileys file mode."""
-
-Mode = Literal["file", "postgres"]
+from resilience.service.modes import FLAG_NAMES, Mode, mode_of
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Start of an assignment inside one dotenv binding: leading whitespace (blank lines included),
@@ -121,9 +113,9 @@ def read_values(path: str | Path) -> dict[str, str | None]:
 
 
 def read_flags(path: str | Path) -> dict[str, str | None]:
-    """The three mode flags of :data:`FILE_MODE` as written (``None`` when a flag is absent)."""
+    """The three mode flags as written (``None`` when a flag is absent)."""
     values = read_values(path)
-    return {key: values.get(key) for key in FILE_MODE}
+    return {key: values.get(key) for key in FLAG_NAMES}
 
 
 def current_mode(path: str | Path) -> Mode:
@@ -131,10 +123,7 @@ def current_mode(path: str | Path) -> Mode:
 
     One or two flags set to `false` is *not* file mode: the service still reads PostgreSQL.
     """
-    flags = read_flags(path)
-    if all(value is not None and value.strip().lower() == "false" for value in flags.values()):
-        return "file"
-    return "postgres"
+    return mode_of(read_flags(path))
 
 
 # --- rewriting -------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from resilience.errors import StackError
 from resilience.infra.pm2 import Pm2
 from resilience.infra.processes import free_port
+from resilience.service.modes import POSTGRES_MODE_FLAGS
 
 if TYPE_CHECKING:
     from resilience.authstate.dataset import Dataset
@@ -28,11 +29,6 @@ if TYPE_CHECKING:
     from resilience.drill.stack.base import Stack
 
 FALLBACK_TAG = "emergency-file-fallback-v1"
-POSTGRES_FLAGS = {
-    "USE_REPOSITORY_PATTERN": "true",
-    "USE_DATABASE_AUTH_STATE": "true",
-    "USE_LEGACY_SUPABASE": "false",
-}
 
 
 @dataclass(frozen=True)
@@ -89,7 +85,7 @@ def deploy_standin(
     env_file = workdir / ".env"
     lines = [
         "# Baileys service settings (embedded stack)",
-        *(f"{k}={v}" for k, v in POSTGRES_FLAGS.items()),
+        *(f"{k}={v}" for k, v in POSTGRES_MODE_FLAGS.items()),
         f"DATABASE_URL={service_dsn}",
         f"COMPANY_ID={company_id}",
         "AUTH_DIR=auth_info",

@@ -24,14 +24,13 @@ from resilience.authstate.view import digest_of_keys, view_of
 from resilience.drill.stack import Stack
 from resilience.errors import DataError, InputError, VerificationError
 from resilience.restore.export import (
-    MANIFEST_FILE,
     estimate_export_bytes,
     export_all,
     export_company,
     free_space_ok,
-    read_manifest,
 )
 from resilience.restore.importer import map_directory
+from resilience.restore.manifest import MANIFEST_FILE, read_manifest
 
 pytestmark = pytest.mark.stack
 

@@ -17,8 +17,9 @@ from resilience.authstate.naming import CREDS_FILE, company_dir_name
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.errors import DataError, InputError, VerificationError
-from resilience.restore.export import MANIFEST_FILE, export_company
+from resilience.restore.export import export_company
 from resilience.restore.importer import read_directory
+from resilience.restore.manifest import MANIFEST_FILE
 from resilience.restore.snapshot import (
     SNAPSHOT_FILE,
     install_snapshot,

@@ -356,3 +356,45 @@ class FileAuthStore:
                 f"to a key id without guessing: {listed}"
             )
         return keys
+
+
+# --- reading a company directory as raw bytes ----------------------------------------------
+
+
+def read_raw_files(company_dir: Path) -> dict[str, bytes]:
+    """Bytes of every ``*.json`` regular file of a company directory (creds and manifest
+    included, temp files skipped), by name. A ``*.json`` entry that is not a regular file, or
+    one that cannot be read, raises :class:`DataError`."""
+    out: dict[str, bytes] = {}
+    try:
+        entries = list(os.scandir(company_dir))
+    except OSError as exc:
+        raise DataError(f"cannot list {company_dir}: {exc.strerror}") from None
+    for entry in entries:
+        name = entry.name
+        if not name.endswith(FILE_SUFFIX) or name.startswith(TEMP_PREFIX):
+            continue
+        if not entry.is_file(follow_symlinks=False):
+            raise DataError(f"{name[:60]!r} in {company_dir} is not a regular file")
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise DataError(f"cannot read {name[:60]!r} in {company_dir}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as handle:
+            out[name] = handle.read()
+    return dict(sorted(out.items()))
+
+
+def key_file_names(company_dir: Path) -> list[str]:
+    """Names of the key files of a company directory (not creds, manifest or temp files)."""
+    try:
+        names = os.listdir(company_dir)
+    except OSError as exc:
+        raise DataError(f"cannot list {company_dir}: {exc.strerror}") from None
+    return sorted(
+        n
+        for n in names
+        if n.endswith(FILE_SUFFIX)
+        and n not in (CREDS_FILE, MANIFEST_FILE)
+        and not n.startswith(TEMP_PREFIX)
+    )

@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
@@ -58,6 +59,18 @@ def database_errors(what: str) -> Iterator[None]:
         yield
     except psycopg.Error as exc:
         raise DatabaseError(f"{what} failed: {_first_line(exc)}") from None
+
+
+@contextmanager
+def read_transaction(conn: Conn) -> Iterator[None]:
+    """A consistent read: a REPEATABLE READ, READ ONLY transaction when the connection is idle
+    (committed at the end, so the connection is idle again), a savepoint inside the caller's
+    transaction otherwise."""
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
+    with database_errors("reading the auth state"), conn.transaction():
+        if idle:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
 
 
 class PgAuthStore:
@@ -163,6 +176,26 @@ class PgAuthStore:
             KeyRecord(company_id, t, i, decode(v, where=f"{t}/{i}"), updated, expires)
             for t, i, v, updated, expires in rows
         ]
+
+    def stored_bytes(self, company_id: str) -> tuple[int, int, int]:
+        """(bytes of the key values as stored, number of keys, bytes of the creds), read in
+        one consistent snapshot: what an export's disk estimate starts from."""
+        validate_company_id(company_id)
+        with read_transaction(self.conn):
+            keys = self.conn.execute(
+                "SELECT coalesce(sum(pg_column_size(value)), 0), count(*) FROM whatsapp_keys "
+                "WHERE company_id = %s",
+                (company_id,),
+            ).fetchone()
+            creds = self.conn.execute(
+                "SELECT coalesce(sum(pg_column_size(creds)), 0) FROM whatsapp_auth "
+                "WHERE company_id = %s",
+                (company_id,),
+            ).fetchone()
+        value_bytes = int(keys[0]) if keys else 0
+        count = int(keys[1]) if keys else 0
+        creds_bytes = int(creds[0]) if creds else 0
+        return value_bytes, count, creds_bytes
 
     def count_keys(self, company_id: str) -> int:
         with database_errors("counting keys"):

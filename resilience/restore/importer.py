@@ -32,6 +32,7 @@ from typing import Any
 from psycopg.pq import TransactionStatus
 
 from resilience.authstate.codec import canonical, loads
+from resilience.authstate.filestore import key_file_names, read_raw_files
 from resilience.authstate.fingerprint import AuthDigest
 from resilience.authstate.model import KeyRecord
 from resilience.authstate.naming import (
@@ -42,17 +43,11 @@ from resilience.authstate.naming import (
     safe_path,
     try_parse_file_name,
 )
-from resilience.authstate.pgstore import PgAuthStore, database_errors
+from resilience.authstate.pgstore import PgAuthStore, database_errors, read_transaction
 from resilience.authstate.view import CompanyView, digest_of_keys, view_of
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, VerificationError
-from resilience.restore.export import (
-    Manifest,
-    key_file_names,
-    read_manifest,
-    read_raw_files,
-    read_transaction,
-)
+from resilience.restore.manifest import Manifest, read_manifest
 
 Ref = tuple[str, str]
 SHOWN_UNMAPPABLE = 10

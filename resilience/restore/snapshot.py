@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,23 +25,13 @@ from typing import Any, TypedDict
 
 from resilience.authstate.filestore import DIR_MODE, make_durable
 from resilience.authstate.naming import MANIFEST_FILE, company_dir_name, safe_path
-from resilience.authstate.pgstore import PgAuthStore
+from resilience.authstate.pgstore import PgAuthStore, read_transaction
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, VerificationError
-from resilience.infra.fsutil import fsync_dir
 from resilience.infra.redact import redact_dsn
-from resilience.restore.export import (
-    STAGING_PREFIX,
-    ExportResult,
-    ensure_root,
-    export_company,
-    os_error,
-    read_transaction,
-    stage_and_swap,
-    sweep_stale,
-    write_private,
-)
+from resilience.restore.export import ExportResult, export_company
 from resilience.restore.importer import read_directory
+from resilience.restore.staging import stage_and_swap, stage_new, sweep_stale, write_private
 
 log = logging.getLogger(__name__)
 
@@ -181,41 +170,28 @@ def take_snapshot(
         raise InputError("no company given to snapshot")
     taken_at = datetime.now(UTC)
     results: list[ExportResult] = []
-    try:
-        ensure_root(snapshots_dir)
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=snapshots_dir))
-        try:
-            os.chmod(staging, DIR_MODE)
-            for company_id in companies:
-                results.append(export_company(store, staging, company_id, source=source))
-            meta = {
-                "format": SNAPSHOT_FORMAT,
-                "taken_at": taken_at.isoformat(),
-                "source": redact_dsn(source),
-                "companies": {
-                    r.company_id: {
-                        "key_count": r.key_count,
-                        "digest": r.digest,
-                        "counts_by_type": r.counts_by_type,
-                        "collisions": len(r.collisions),
-                        "bytes": r.bytes_written,
-                    }
-                    for r in results
-                },
-            }
-            write_private(
-                staging / SNAPSHOT_FILE, (json.dumps(meta, indent=1) + "\n").encode("ascii")
-            )
-            fsync_dir(staging)
-            final = snapshots_dir / taken_at.strftime(STAMP_FORMAT)
-            if final.exists():
-                raise InputError(f"snapshot {final} already exists")
-            os.rename(staging, final)
-            fsync_dir(snapshots_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    except OSError as exc:
-        raise os_error(exc, snapshots_dir, "the snapshot") from None
+
+    def fill(staging: Path) -> None:
+        for company_id in companies:
+            results.append(export_company(store, staging, company_id, source=source))
+        meta = {
+            "format": SNAPSHOT_FORMAT,
+            "taken_at": taken_at.isoformat(),
+            "source": redact_dsn(source),
+            "companies": {
+                r.company_id: {
+                    "key_count": r.key_count,
+                    "digest": r.digest,
+                    "counts_by_type": r.counts_by_type,
+                    "collisions": len(r.collisions),
+                    "bytes": r.bytes_written,
+                }
+                for r in results
+            },
+        }
+        write_private(staging / SNAPSHOT_FILE, (json.dumps(meta, indent=1) + "\n").encode("ascii"))
+
+    final, _ = stage_new(snapshots_dir, taken_at.strftime(STAMP_FORMAT), fill, what="snapshot")
     prune_snapshots(snapshots_dir, keep)
     sweep_stale(snapshots_dir)
     return Snapshot(

@@ -38,13 +38,25 @@ from pathlib import Path
 from typing import Any
 
 from resilience.authstate.dataset import generate
-from resilience.authstate.filestore import DIR_MODE, create_file, make_durable, syncfs_available
+from resilience.authstate.filestore import (
+    DIR_MODE,
+    create_file,
+    make_durable,
+    read_raw_files,
+    syncfs_available,
+)
 from resilience.authstate.naming import company_dir_name
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect, database_errors
+from resilience.authstate.pgstore import (
+    Conn,
+    PgAuthStore,
+    connect,
+    database_errors,
+    read_transaction,
+)
 from resilience.authstate.view import view_of
 from resilience.errors import InputError, ResilienceError, VerificationError
 from resilience.infra.fsutil import fsync_dir
-from resilience.restore.export import export_company, read_raw_files, read_transaction
+from resilience.restore.export import export_company
 from resilience.restore.importer import import_company, read_directory
 
 DEFAULT_SIZES: tuple[int, ...] = (1313, 10_000, 100_000)

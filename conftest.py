@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resilience.config import Settings, load_settings
+from resilience.config import DrillSettings, load_drill_settings
 from resilience.drill.stack import Stack, make_stack
 from resilience.errors import StackError
 
@@ -17,14 +17,14 @@ ROOT = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="session")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def settings(tmp_path_factory: pytest.TempPathFactory) -> DrillSettings:
     """Settings from the environment; the local stack of a test run lives in its own dir."""
     stack_dir = ROOT / ".stack" / f"test-{os.getpid()}"
-    return load_settings(env_file=None, stack_dir=stack_dir, tools_dir=ROOT / ".tools")
+    return load_drill_settings(env_file=None, stack_dir=stack_dir, tools_dir=ROOT / ".tools")
 
 
 @pytest.fixture(scope="session")
-def stack(settings: Settings) -> Iterator[Stack]:
+def stack(settings: DrillSettings) -> Iterator[Stack]:
     """The stack named by RESILIENCE_BACKEND (local by default), up for the whole session."""
     if settings.backend == "docker":
         from resilience.drill.stack.docker import engine_available

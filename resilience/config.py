@@ -1,16 +1,24 @@
-"""Settings: one validated object read from `.env`, then the environment, then explicit overrides.
+"""Settings: one validator for what the operator configures and what only drills use.
 
-Precedence (lowest first): defaults -> `.env` file -> environment (`RESILIENCE_*`) -> keyword
-overrides from task flags. Unknown `RESILIENCE_*` names and wrong types are errors that name the
-field; secrets are `SecretStr` and never appear in `repr`, logs or error messages.
+:class:`Settings` is everything the operator's library reads in production: the service's DSN,
+PM2 app, paths, tag, alert channels, snapshots and run records; nothing about stacks.
+:class:`DrillSettings` adds what only the drill rig reads (which stack, its ports, the admin DSN,
+Toxiproxy). Both are validated here, by :func:`load_settings`.
+
+Precedence (lowest first): defaults -> the settings file that `stack.up` wrote
+(`<RESILIENCE_STACK_DIR or .stack>/resilience.env`, when it exists) -> `.env` in the working
+directory -> environment (`RESILIENCE_*`) -> keyword overrides from task flags. Unknown
+`RESILIENCE_*` names and wrong types are errors that name the field (never its value); secrets
+are `SecretStr` and never appear in `repr`, logs or error messages.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -21,6 +29,9 @@ from resilience.errors import ConfigError, InputError
 ENV_PREFIX = "RESILIENCE_"
 COMPANY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
 Backend = Literal["local", "docker", "external"]
+STACK_DIR_DEFAULT = ".stack"
+STACK_SETTINGS_FILE = "resilience.env"
+S = TypeVar("S", bound="Settings")
 
 
 def validate_company_id(company_id: str) -> str:
@@ -45,29 +56,18 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    # --- which stack --------------------------------------------------------------------------
-    backend: Backend = "local"
-    stack_dir: Path = Path(".stack")
-    tools_dir: Path = Path(".tools")
-    # Fixed ports for the local stack; 0 picks a free port at start.
-    pg_port: int = Field(0, ge=0, le=65535)
-    toxiproxy_port: int = Field(0, ge=0, le=65535)
-    s3_port: int = Field(0, ge=0, le=65535)
-    receivers_port: int = Field(0, ge=0, le=65535)
-    startup_timeout: float = Field(30.0, gt=0)
-
-    # --- external (staging) stack ------------------------------------------------------------
-    admin_dsn: SecretStr | None = None
+    # --- the database the service uses ---------------------------------------------------------
     service_dsn: SecretStr | None = None
-    toxiproxy_url: str | None = None
-    toxiproxy_proxy: str = "postgres"
+    # a slow database is not a lost one: connection set-up alone is several round trips
+    db_connect_timeout: float = Field(20.0, gt=0)
+
+    # --- backups (S3, one bucket per region) -----------------------------------------------------
     s3_endpoint_moscow: str | None = None
     s3_endpoint_eu: str | None = None
     s3_bucket_moscow: str = "baileys-backups-moscow"
     s3_bucket_eu: str = "baileys-backups-eu"
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
-    drill_target: bool = False
 
     # --- alerts ------------------------------------------------------------------------------
     sentry_dsn: SecretStr | None = None
@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     # --- the service -------------------------------------------------------------------------
     company_id: str = "default"
     pm2_app: str = "baileys-whatsapp-service"
+    pm2_bin: Path | None = None  # the pm2 executable; unset: `pm2` on PATH
+    pm2_home: Path | None = None  # PM2_HOME of the daemon running the service; unset: PM2's own
     service_dir: Path | None = None  # the service's git work tree (code step runs there)
     service_env: Path | None = None  # its .env (default: <service_dir>/.env)
     auth_dir: Path | None = None  # Baileys directory root (default: <service_dir>/auth_info)
@@ -87,13 +89,14 @@ class Settings(BaseSettings):
     postgres_mode_pattern: str = r"\[auth\] using PostgreSQL auth state for company {company}\b"
     connected_pattern: str = r"connection open"
     verify_timeout: float = Field(120.0, gt=0)
-    # a slow database is not a lost one: connection set-up alone is several round trips
-    db_connect_timeout: float = Field(20.0, gt=0)
 
     # --- snapshots (the fallback when PostgreSQL is already unreachable) ----------------------
     snapshot_dir: Path = Path("snapshots")
     snapshot_keep: int = Field(24, ge=1)
     snapshot_max_age: float = Field(3600.0, gt=0)  # seconds; older needs --force (RPO < 1 h)
+
+    # --- records of operator runs ----------------------------------------------------------------
+    runs_dir: Path = Path("runs")
 
     @field_validator("company_id")
     @classmethod
@@ -102,9 +105,7 @@ class Settings(BaseSettings):
             raise ValueError("must be 1-50 characters of A-Z, a-z, 0-9, '_' or '-'")
         return value
 
-    @field_validator(
-        "toxiproxy_url", "s3_endpoint_moscow", "s3_endpoint_eu", "telegram_api_url", "health_url"
-    )
+    @field_validator("s3_endpoint_moscow", "s3_endpoint_eu", "telegram_api_url", "health_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
@@ -133,30 +134,104 @@ class Settings(BaseSettings):
         return self.service_dir / "auth_info" if self.service_dir else None
 
 
-def _unknown_names(env_file: str | Path | None) -> list[str]:
-    """`RESILIENCE_*` names in the environment or the env file that are no setting.
+class DrillSettings(Settings):
+    """Settings of the drill rig on top of the operator's: which stack drills run on, how the
+    local one is laid out, and, for staging, what only a drill may touch."""
 
-    Other names in the file are left alone: the file may be shared with other tools.
+    backend: Backend = "local"
+    stack_dir: Path = Path(STACK_DIR_DEFAULT)
+    tools_dir: Path = Path(".tools")
+    # Fixed ports for the local stack; 0 picks a free port at start.
+    pg_port: int = Field(0, ge=0, le=65535)
+    toxiproxy_port: int = Field(0, ge=0, le=65535)
+    s3_port: int = Field(0, ge=0, le=65535)
+    receivers_port: int = Field(0, ge=0, le=65535)
+    startup_timeout: float = Field(30.0, gt=0)
+    # fsync on for the stack's PostgreSQL: drills that kill the server, point-in-time recovery
+    pg_durable: bool = False
+
+    # --- external (staging) stack ------------------------------------------------------------
+    admin_dsn: SecretStr | None = None
+    toxiproxy_url: str | None = None
+    toxiproxy_proxy: str = "postgres"
+    drill_target: bool = False
+
+    @field_validator("toxiproxy_url")
+    @classmethod
+    def _toxiproxy_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
+def stack_settings_file(environ: Mapping[str, str] | None = None) -> Path:
+    """Where `stack.up` writes the settings of the embedded stack (and where they are read)."""
+    env = os.environ if environ is None else environ
+    return Path(env.get(ENV_PREFIX + "STACK_DIR") or STACK_DIR_DEFAULT) / STACK_SETTINGS_FILE
+
+
+def _unknown_names(env_files: tuple[Path, ...]) -> list[str]:
+    """`RESILIENCE_*` names in the environment or the env files that are no setting (of the
+    operator's or the rig's: both read the same files).
+
+    Other names in the files are left alone: a file may be shared with other tools.
     """
-    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    known = {ENV_PREFIX + name.upper() for name in DrillSettings.model_fields}
     names = set(os.environ)
-    if env_file is not None and Path(env_file).is_file():
+    for env_file in env_files:
         names |= set(dotenv_values(env_file))
     return sorted(k for k in names if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
 
 
-def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
-    """Read and validate settings; raise ConfigError naming every bad field, never its value."""
-    unknown = _unknown_names(env_file)
+def _env_files(env_file: str | Path | None) -> tuple[Path, ...]:
+    if env_file is None:
+        return ()
+    candidates = [stack_settings_file(), Path(env_file)]
+    return tuple(dict.fromkeys(p for p in candidates if p.is_file()))
+
+
+def _load(cls: type[S], env_file: str | Path | None, overrides: dict[str, Any]) -> S:
+    env_files = _env_files(env_file)
+    unknown = _unknown_names(env_files)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return cls(_env_file=env_files or None, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "?"
-            name = (ENV_PREFIX + field if field in Settings.model_fields else field).upper()
+            name = (ENV_PREFIX + field if field in cls.model_fields else field).upper()
             problems.append(f"{name}: {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """The operator's settings, validated; ConfigError naming every bad field, never its value.
+
+    ``env_file=None`` reads no file at all (neither `.env` nor the stack's settings file)."""
+    return _load(Settings, env_file, overrides)
+
+
+def load_drill_settings(env_file: str | Path | None = ".env", **overrides: Any) -> DrillSettings:
+    """The rig's settings (the operator's plus the stack's), validated the same way."""
+    return _load(DrillSettings, env_file, overrides)
+
+
+def settings_as_env(settings: Settings, names: Iterable[str] | None = None) -> dict[str, str]:
+    """`RESILIENCE_*` variables that load back into ``settings`` (secrets included: for a file
+    of mode 0600 or a child's environment, never for output). Unset fields are left out;
+    ``names`` picks fields by name (default: every field that differs from its default)."""
+    fields = type(settings).model_fields
+    chosen = list(names) if names is not None else list(fields)
+    out: dict[str, str] = {}
+    for name in chosen:
+        value = getattr(settings, name)
+        if value is None or (names is None and value == fields[name].default):
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        out[ENV_PREFIX + name.upper()] = text
+    return out

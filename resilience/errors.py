@@ -5,11 +5,15 @@ Messages are one line, written for an operator, and never contain secrets.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class ResilienceError(Exception):
     """Root of every error this library raises on purpose."""
 
     exit_code = 1
+    #: The record of the operator run that failed (set by :mod:`resilience.runs.record`).
+    record: Path | None = None
 
 
 class ConfigError(ResilienceError):

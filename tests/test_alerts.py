@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -68,17 +67,20 @@ def test_telegram_message_arrives_and_failures_do_not_raise(stack: Stack) -> Non
     assert unreachable.telegram.send("x") is False
 
 
-def test_channels_from_settings_fall_back_to_the_stack(stack: Stack, tmp_path: Path) -> None:
+def test_channels_come_from_settings_alone(stack: Stack) -> None:
+    """The library reads its channels from settings; no stack is asked for its fakes."""
     ep = stack.endpoints
-    plain = load_settings(env_file=None, stack_dir=tmp_path)
-    alerts = Alerts.from_settings(plain, ep)
+    assert not Alerts.from_settings(load_settings(env_file=None)).sentry.enabled
+    assert not Alerts.from_settings(load_settings(env_file=None)).telegram.enabled
+    assert ep.sentry_dsn and ep.telegram_bot_token and ep.telegram_chat_id
+    own = load_settings(
+        env_file=None,
+        sentry_dsn=ep.sentry_dsn,
+        telegram_api_url=ep.telegram_api_url,
+        telegram_bot_token=ep.telegram_bot_token,
+        telegram_chat_id=ep.telegram_chat_id,
+    )
+    alerts = Alerts.from_settings(own)
     assert alerts.sentry.enabled and alerts.telegram.enabled
     assert alerts.telegram.api_url == ep.telegram_api_url
     alerts.close()
-    assert not Alerts.from_settings(plain, None).sentry.enabled
-    own = load_settings(
-        env_file=None, stack_dir=tmp_path, telegram_bot_token="9:own", telegram_chat_id="7"
-    )
-    chosen = Alerts.from_settings(own, ep)
-    assert chosen.telegram.api_url == "https://api.telegram.org"  # settings win over the stack
-    chosen.close()

@@ -3,7 +3,6 @@ flags, every setting is documented, and every setting they name exists."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -11,18 +10,16 @@ from pathlib import Path
 import pytest
 from invoke import Collection
 
-from resilience.config import Settings
+from resilience.config import DrillSettings as Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def _namespace() -> Collection:
-    spec = importlib.util.spec_from_file_location("project_tasks", ROOT / "tasks.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    ns = module.ns
+    import tasks
+
+    ns = tasks.ns
     assert isinstance(ns, Collection)
     return ns
 

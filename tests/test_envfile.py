@@ -12,12 +12,12 @@ from dotenv import dotenv_values
 from resilience.errors import InputError
 from resilience.service import envfile
 from resilience.service.envfile import (
-    FILE_MODE,
     current_mode,
     read_flags,
     restore_values,
     set_values,
 )
+from resilience.service.modes import FILE_MODE_FLAGS
 
 SECRET_DSN = "postgresql://svc:s3cr3t-pw@db.internal:5432/app"
 
@@ -62,7 +62,7 @@ def backups(path: Path) -> list[Path]:
 
 def test_switch_to_file_mode_changes_only_the_three_values(env_path: Path) -> None:
     assert current_mode(env_path) == "postgres"
-    change = set_values(env_path, FILE_MODE)
+    change = set_values(env_path, FILE_MODE_FLAGS)
 
     assert env_path.read_bytes() == EXPECTED_FILE_ENV.encode()
     assert change.changed
@@ -72,12 +72,12 @@ def test_switch_to_file_mode_changes_only_the_three_values(env_path: Path) -> No
         "USE_LEGACY_SUPABASE": "TRUE",
     }
     assert current_mode(env_path) == "file"
-    assert read_flags(env_path) == FILE_MODE
+    assert read_flags(env_path) == FILE_MODE_FLAGS
     assert dotenv_values(env_path)["DATABASE_URL"] == SECRET_DSN
 
 
 def test_backup_holds_the_old_bytes_and_keeps_the_mode(env_path: Path) -> None:
-    change = set_values(env_path, FILE_MODE)
+    change = set_values(env_path, FILE_MODE_FLAGS)
     assert change.backup is not None
     assert change.backup.parent == env_path.parent
     assert change.backup.name.startswith(".env.bak-")
@@ -88,32 +88,32 @@ def test_backup_holds_the_old_bytes_and_keeps_the_mode(env_path: Path) -> None:
 
 def test_file_mode_bits_are_preserved(env_path: Path) -> None:
     env_path.chmod(0o600)
-    set_values(env_path, FILE_MODE)
+    set_values(env_path, FILE_MODE_FLAGS)
     assert stat.S_IMODE(env_path.stat().st_mode) == 0o600
     assert env_path.stat().st_uid == os.getuid()
 
 
 def test_idempotent_second_call_writes_nothing(env_path: Path) -> None:
-    first = set_values(env_path, FILE_MODE)
+    first = set_values(env_path, FILE_MODE_FLAGS)
     inode, mtime = env_path.stat().st_ino, env_path.stat().st_mtime_ns
-    second = set_values(env_path, FILE_MODE)
+    second = set_values(env_path, FILE_MODE_FLAGS)
 
     assert first.changed and not second.changed
     assert second.backup is None
-    assert second.before == FILE_MODE
+    assert second.before == FILE_MODE_FLAGS
     assert (env_path.stat().st_ino, env_path.stat().st_mtime_ns) == (inode, mtime)
     assert backups(env_path) == [first.backup]
     assert env_path.read_bytes() == EXPECTED_FILE_ENV.encode()
 
 
 def test_restore_undoes_the_switch_byte_for_byte(env_path: Path) -> None:
-    change = set_values(env_path, FILE_MODE)
+    change = set_values(env_path, FILE_MODE_FLAGS)
     undo = restore_values(env_path, change.before)
     assert undo.changed
     assert undo.backup is None
     assert env_path.read_bytes() == POSTGRES_ENV.encode()
     assert current_mode(env_path) == "postgres"
-    assert undo.before == FILE_MODE
+    assert undo.before == FILE_MODE_FLAGS
 
 
 def test_missing_keys_are_appended_and_restore_removes_them(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_missing_keys_are_appended_and_restore_removes_them(tmp_path: Path) -> N
     original = "# only the DSN\r\nDATABASE_URL=postgresql://a:b@h/d\r\nUSE_LEGACY_SUPABASE=false"
     path.write_bytes(original.encode())
 
-    change = set_values(path, FILE_MODE)
+    change = set_values(path, FILE_MODE_FLAGS)
     text = path.read_bytes().decode()
     assert text == (
         "# only the DSN\r\nDATABASE_URL=postgresql://a:b@h/d\r\nUSE_LEGACY_SUPABASE=false\r\n"
@@ -172,7 +172,7 @@ def test_last_duplicate_wins_and_is_the_one_rewritten(tmp_path: Path) -> None:
         "USE_REPOSITORY_PATTERN=true\n"
     )
     assert current_mode(path) == "postgres"
-    change = set_values(path, FILE_MODE)
+    change = set_values(path, FILE_MODE_FLAGS)
     assert change.before["USE_REPOSITORY_PATTERN"] == "true"
     assert path.read_text().splitlines() == [
         "USE_REPOSITORY_PATTERN=false",
@@ -221,7 +221,7 @@ def test_symlinked_env_keeps_the_link(tmp_path: Path) -> None:
     link = tmp_path / ".env"
     link.symlink_to(target)
 
-    change = set_values(link, FILE_MODE)
+    change = set_values(link, FILE_MODE_FLAGS)
     assert link.is_symlink()
     assert target.read_text() == EXPECTED_FILE_ENV
     assert change.backup is not None and change.backup.parent == shared
@@ -230,7 +230,7 @@ def test_symlinked_env_keeps_the_link(tmp_path: Path) -> None:
 def test_missing_env_file_is_an_input_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope" / ".env"
     with pytest.raises(InputError, match=r"service env file .*nope/\.env not found"):
-        set_values(missing, FILE_MODE)
+        set_values(missing, FILE_MODE_FLAGS)
     with pytest.raises(InputError, match="not found"):
         current_mode(missing)
     assert not missing.parent.exists()
@@ -259,7 +259,7 @@ def test_failed_write_leaves_the_file_and_no_temp(
 
     monkeypatch.setattr(envfile.os, "replace", boom)
     with pytest.raises(InputError, match="No space left on device"):
-        set_values(env_path, FILE_MODE)
+        set_values(env_path, FILE_MODE_FLAGS)
     assert env_path.read_bytes() == POSTGRES_ENV.encode()
     leftovers = [p.name for p in env_path.parent.iterdir() if ".tmp-" in p.name]
     assert leftovers == []
@@ -268,7 +268,7 @@ def test_failed_write_leaves_the_file_and_no_temp(
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
 def test_owner_is_preserved_when_running_as_root(env_path: Path) -> None:
     os.chown(env_path, 65534, 65534)
-    change = set_values(env_path, FILE_MODE)
+    change = set_values(env_path, FILE_MODE_FLAGS)
     assert (env_path.stat().st_uid, env_path.stat().st_gid) == (65534, 65534)
     assert change.backup is not None
     assert (change.backup.stat().st_uid, change.backup.stat().st_gid) == (65534, 65534)

@@ -1,7 +1,8 @@
 """The Sentry/Telegram receivers, run as the real detached process the stack starts.
 
 Envelopes are built by hand from the spec (and sent by the official `sentry_sdk` when it is
-importable); Telegram calls are plain HTTP like every bot library makes.
+importable); Telegram calls are plain HTTP like every bot library makes. Everything is asserted
+through HTTP against the running fake, framing (chunked bodies) and envelope grammar included.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -27,8 +27,9 @@ import brotli
 import httpx
 import pytest
 
-from resilience.drill.fakes.receivers import ReceiverClient, parse_envelope, serve
-from resilience.errors import ConfigError, InputError, VerificationError
+from resilience.drill.fakes.receivers import ReceiverClient, serve
+from resilience.errors import ConfigError, StackError, VerificationError
+from resilience.infra.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = secrets.token_hex(16)
@@ -70,17 +71,22 @@ def start_receiver(
 
 
 def wait_ready(proc: subprocess.Popen[bytes], ready: Path, log: Path) -> int:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if ready.exists():
-            info = json.loads(ready.read_text())
-            assert info["pid"] == proc.pid
-            return int(info["port"])
+    def ready_info() -> dict[str, int] | None:
+        if ready.exists():  # written atomically: never seen half-written
+            return dict(json.loads(ready.read_text()))
         if proc.poll() is not None:
-            pytest.fail(f"receiver exited with {proc.returncode}: {log.read_text()}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"receiver wrote no ready file within {READY_TIMEOUT} s: {log.read_text()}")
+            raise StackError(f"receiver exited with {proc.returncode}: {log.read_text()}")
+        return None
+
+    def no_ready_file(last: Exception | None) -> StackError:
+        proc.kill()
+        return StackError(
+            f"receiver wrote no ready file within {READY_TIMEOUT} s: {log.read_text()}"
+        )
+
+    info = wait_until(ready_info, READY_TIMEOUT, "receiver", on_timeout=no_ready_file)
+    assert info["pid"] == proc.pid
+    return int(info["port"])
 
 
 def port_closed(port: int) -> bool:
@@ -335,24 +341,134 @@ def test_malformed_envelopes_answer_400_and_record_nothing(
     assert client.sentry_events() == []
 
 
-def test_spec_examples_parse() -> None:
-    two_empty = b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc"}\n'
-    two_empty += b'{"type":"attachment","length":0}\n\n{"type":"attachment","length":0}\n'
-    parsed = parse_envelope(two_empty)
-    assert [(i.type, i.payload) for i in parsed.items] == [("attachment", b"")] * 2
-    assert parse_envelope(two_empty + b"\n").items == parsed.items
+SPEC_ID = "9ec79c33ec9942ab8353589fcb2e04dc"
+TWO_EMPTY = (
+    b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc"}\n'
+    b'{"type":"attachment","length":0}\n\n{"type":"attachment","length":0}\n'
+)
 
-    implicit_eof = b'{}\n{"type":"attachment"}\nhelloworld'
-    assert parse_envelope(implicit_eof).items[0].payload == b"helloworld"
-    assert parse_envelope(implicit_eof + b"\n").items[0].payload == b"helloworld"
-    crlf = b'{}\n{"type":"attachment"}\nhello\r\n'
-    assert parse_envelope(crlf).items[0].payload == b"hello\r"  # \r is payload, per the spec
 
-    header_only = parse_envelope(b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc"}')
-    assert header_only.items == ()
-    assert header_only.headers["event_id"] == "9ec79c33ec9942ab8353589fcb2e04dc"
-    with pytest.raises(InputError, match=r"item header at byte 3 is not valid JSON"):
-        parse_envelope(b"{}\n\n")  # nothing but items may follow the final newline
+@pytest.mark.parametrize(
+    ("body", "items"),
+    [
+        (TWO_EMPTY, [("attachment", 0, "application/octet-stream")] * 2),
+        (TWO_EMPTY + b"\n", [("attachment", 0, "application/octet-stream")] * 2),
+        (
+            b'{}\n{"type":"attachment"}\nhelloworld',
+            [("attachment", 10, "application/octet-stream")],
+        ),
+        (
+            b'{}\n{"type":"attachment"}\nhelloworld\n',
+            [("attachment", 10, "application/octet-stream")],
+        ),
+        (  # \r is payload, per the spec
+            b'{}\n{"type":"attachment","content_type":"text/plain"}\nhello\r\n',
+            [("attachment", 6, "text/plain")],
+        ),
+        (b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc"}', []),
+    ],
+)
+def test_spec_examples_are_recorded_item_by_item(
+    http: httpx.Client, client: ReceiverClient, body: bytes, items: list[tuple[str, int, str]]
+) -> None:
+    response = post_envelope(http, body)
+    assert response.status_code == 200, response.text
+    if body.startswith(b'{"event_id"'):
+        assert response.json() == {"id": SPEC_ID}
+    records = client.sentry_events()
+    assert [(r["item_type"], r["length"], r["content_type"]) for r in records] == items
+
+
+def test_nothing_but_items_may_follow_the_final_newline(
+    http: httpx.Client, client: ReceiverClient
+) -> None:
+    response = post_envelope(http, b"{}\n\n")
+    assert response.status_code == 400
+    assert "item header at byte 3 is not a valid JSON object" in response.json()["detail"]
+    assert client.sentry_events() == []
+
+
+def test_event_length_is_the_payload_size_with_or_without_length(
+    http: httpx.Client, client: ReceiverClient
+) -> None:
+    payload = event_payload(message="sized")
+    with_length = envelope({}, [({"type": "event", "length": len(payload)}, payload)])
+    without = envelope({}, [({"type": "event"}, payload)], final_newline=False)
+    for body in (with_length, without):
+        assert post_envelope(http, body).status_code == 200
+    assert [r["length"] for r in client.sentry_events()] == [len(payload)] * 2
+
+
+# --- HTTP framing -----------------------------------------------------------------------------
+
+
+def test_chunked_envelope_is_recorded(http: httpx.Client, client: ReceiverClient) -> None:
+    event_id = uuid.uuid4().hex
+    body = compress(
+        envelope({"event_id": event_id}, [({"type": "event"}, event_payload(message="chunked"))]),
+        "gzip",
+    )
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: httpx sends Transfer-Encoding: chunked
+        yield from (body[i : i + 7] for i in range(0, len(body), 7))
+
+    response = http.post(
+        "/api/42/envelope/",
+        content=chunks(),
+        headers={"X-Sentry-Auth": f"Sentry sentry_key={KEY}", "Content-Encoding": "gzip"},
+    )
+    assert response.request.headers["Transfer-Encoding"] == "chunked"
+    assert response.status_code == 200, response.text
+    assert response.json() == {"id": event_id}
+    [record] = client.sentry_events()
+    assert (record["event_id"], record["message"]) == (event_id, "chunked")
+
+
+def test_chunked_telegram_form_is_recorded(http: httpx.Client, client: ReceiverClient) -> None:
+    form = f"chat_id={CHAT}&text=chunked+form".encode()
+    response = http.post(
+        f"/bot{TOKEN}/sendMessage",
+        content=iter([form[:5], form[5:]]),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200, response.text
+    assert [m["text"] for m in client.telegram_messages()] == ["chunked form"]
+
+
+def raw_request(port: int, head: bytes, body: bytes = b"") -> tuple[int, dict[str, Any]]:
+    """Send bytes no HTTP client would send; return the status and the JSON body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + body)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def test_badly_chunked_body_is_400_and_records_nothing(
+    receiver: Receiver, client: ReceiverClient
+) -> None:
+    head = (
+        f"POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\nX-Sentry-Auth: Sentry sentry_key={KEY}"
+        "\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    status, body = raw_request(receiver.port, head, b"zz\r\n{}\r\n0\r\n\r\n")
+    assert status == 400
+    assert "detail" in body
+    assert client.sentry_events() == []
+
+
+def test_oversized_body_is_413(receiver: Receiver, client: ReceiverClient) -> None:
+    head = (
+        f"POST /bot{TOKEN}/sendMessage HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Length: {50 * 1024 * 1024}\r\n\r\n"
+    ).encode()
+    status, body = raw_request(receiver.port, head)
+    assert status == 413
+    assert body == {"detail": f"request body over {20 * 1024 * 1024} bytes"}
+    assert client.telegram_messages() == []
 
 
 @pytest.mark.parametrize(

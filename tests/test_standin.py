@@ -8,16 +8,16 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from resilience.authstate.dataset import Dataset, generate
 from resilience.authstate.filestore import FileAuthStore
@@ -40,6 +40,7 @@ from resilience.drill.standin.service import (
 from resilience.drill.standin.traffic import KeyWrite, Traffic
 from resilience.drill.standin.writelog import WRITELOG_FILE, WriteEntry, WriteLog, read_writelog
 from resilience.errors import ConfigError, DataError, InputError
+from resilience.infra.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 60.0
@@ -51,15 +52,14 @@ KeyMap = dict[tuple[str, str], Any]
 
 
 def poll(check: Callable[[], T | None], what: str, timeout: float = DEADLINE) -> T:
-    """Call ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    """Call ``check`` until it returns something truthy, or fail after ``timeout`` seconds.
+
+    Whatever ``check`` raises (a failed assertion, an HTTP error) fails the test at once."""
+
+    def timed_out(last: Exception | None) -> NoReturn:
+        pytest.fail(f"timed out waiting for {what}")
+
+    return wait_until(check, timeout, what, on_timeout=timed_out, fatal=(Exception,))
 
 
 def env_text(mode: str, company: str, **extra: str) -> str:
@@ -387,6 +387,38 @@ def test_file_mode_serves_writes_and_journals_them(tmp_path: Path, standins: lis
     assert final["digest"] == digest_of(creds, current)
 
 
+def check_idle_metrics(standin: Standin, health: dict[str, Any]) -> None:
+    """Every metric of an idle stand-in: name, type, labels and value, as /health reports them."""
+    response = standin.http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    families = list(text_string_to_metric_families(response.text))
+    assert {f.name: f.type for f in families} == {
+        "standin_up": "gauge",
+        "standin_writes_ok": "counter",  # exposed as standin_writes_ok_total
+        "standin_writes_failed": "counter",
+        "standin_keys": "gauge",
+        "standin_last_write_timestamp_seconds": "gauge",
+        "standin_start_time_seconds": "gauge",
+    }
+    company = {"company": health["company"]}
+    samples = [(s.name, s.labels, s.value) for f in families for s in f.samples]
+    started = datetime.fromisoformat(health["started_at"]).timestamp()
+    assert samples == [
+        ("standin_up", {**company, "mode": "file"}, 1.0 if health["mode"] == "file" else 0.0),
+        (
+            "standin_up",
+            {**company, "mode": "postgres"},
+            1.0 if health["mode"] == "postgres" else 0.0,
+        ),
+        ("standin_writes_ok_total", company, 0.0),
+        ("standin_writes_failed_total", company, 0.0),
+        ("standin_keys", company, float(health["key_count"])),
+        ("standin_last_write_timestamp_seconds", company, 0.0),
+        ("standin_start_time_seconds", company, pytest.approx(started, abs=0.001)),
+    ]
+
+
 def test_file_mode_idle_health_digest_equals_directory(
     tmp_path: Path, standins: list[Standin]
 ) -> None:
@@ -401,6 +433,8 @@ def test_file_mode_idle_health_digest_equals_directory(
     assert health["key_count"] == len(initial) and health["writes_ok"] == 0
     assert health["digest"] == digest_of(dataset.creds, initial)
     assert health["last_write_at"] is None
+    check_idle_metrics(standin, health)
+    assert standin.http.post("/health").status_code == 501
     assert standin.stop(signal.SIGINT) == 0
     assert not (tmp_path / WRITELOG_FILE).exists() or read_writelog(tmp_path / WRITELOG_FILE) == []
 

@@ -15,47 +15,44 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import pytest
 
-from resilience.alerting.channels import Alerts
 from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.authstate.view import view_of
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
-from resilience.config import Settings
+from resilience.config import DrillSettings, settings_as_env
 from resilience.drill.fakes.receivers import ReceiverClient
+from resilience.drill.service import ServiceUnderTest
 from resilience.drill.stack import Stack
-from resilience.drill.standin.deploy import DeployedService, standin_on_stack
+from resilience.drill.standin.deploy import standin_on_stack
 from resilience.errors import InputError, VerificationError
-from resilience.infra.pm2 import Pm2
 from resilience.infra.waiting import wait_until
-from resilience.restore import snapshot
+from resilience.restore import commands, snapshot
 from resilience.restore.export import export_company
-from resilience.restore.runner import StepFailed
+from resilience.restore.runner import RunResult, StepFailed, StepResult
+from resilience.restore.state import SwitchState
 from resilience.restore.switch import (
     Direction,
-    Target,
     build_plan,
     preflight,
-    read_state,
     run_switch,
 )
+from resilience.restore.target import Target, make_target
 from resilience.runs.journal import Journal
 from resilience.service import envfile, gitref
 from resilience.service.modes import FILE_MODE_FLAGS, POSTGRES_MODE_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
+INVOKE = str(Path(sys.executable).parent / "invoke")
 KEYS = 60  # plus the dataset's legacy rows
 TO_FILES_STEPS = ["stop-service", "export", "code", "env", "start-service", "verify"]
 
@@ -63,68 +60,46 @@ pytestmark = pytest.mark.stack
 
 
 # --- the service under test ---------------------------------------------------------------------
-@dataclass
-class Service:
-    stack: Stack
-    deployed: DeployedService
-    settings: Settings
-    pm2: Pm2
-    writing: bool  # the stand-in writes keys: its rows move by themselves
+Service = ServiceUnderTest
 
-    @property
-    def company(self) -> str:
-        return self.deployed.company_id
 
-    @property
-    def workdir(self) -> Path:
-        return self.deployed.workdir
+def target_of(service: Service, **update: Any) -> Target:
+    settings = service.settings.model_copy(update=update) if update else service.settings
+    return make_target(settings, service.company)
 
-    @property
-    def auth_root(self) -> Path:
-        root = self.settings.auth_root
-        assert root is not None
-        return root
 
-    def target(self, **update: Any) -> Target:
-        settings = self.settings.model_copy(update=update) if update else self.settings
-        return Target(settings, self.stack.endpoints.service_dsn, self.pm2, self.company)
+def tag_commit(service: Service) -> str:
+    return gitref.require_tag(service.workdir, service.deployed.fallback_tag)
 
-    def health(self) -> dict[str, Any]:
-        body: dict[str, Any] = httpx.get(self.deployed.health_url, timeout=2).json()
-        return body
 
-    def wait_mode(self, mode: str, timeout: float = 30) -> dict[str, Any]:
-        def ok() -> dict[str, Any] | None:
-            body = self.health()
-            return body if body.get("mode") == mode else None
+def observe(service: Service) -> dict[str, Any]:
+    """Everything a refused switch must leave as it was (the rows only when no traffic)."""
+    app = service.pm2.describe(service.deployed.app)
+    creds: Any = None
+    rows: list[Any] | None = None
+    if not service.writing:
+        with connect(service.stack.endpoints.admin_dsn) as conn:
+            store = PgAuthStore(conn)
+            creds = store.load_creds(service.company)
+            rows = sorted(store.records(service.company), key=lambda r: (r.key_type, r.key_id))
+    return {
+        "env": service.deployed.env_file.read_bytes(),
+        "workdir": sorted(os.listdir(service.workdir)),
+        "head": gitref.head_commit(service.workdir),
+        "ref": gitref.current_ref(service.workdir),
+        "dirty": gitref.is_dirty(service.workdir),
+        "pm2": (app.status, app.pid, app.restarts) if app else None,
+        "auth": _tree(service.auth_root),
+        "snapshots": _tree(service.settings.snapshot_dir),
+        "creds": creds,
+        "rows": rows,
+    }
 
-        return wait_until(ok, timeout, f"the stand-in healthy in {mode} mode")
 
-    def tag_commit(self) -> str:
-        return gitref.require_tag(self.workdir, self.deployed.fallback_tag)
-
-    def observe(self) -> dict[str, Any]:
-        """Everything a refused switch must leave as it was (the rows only when no traffic)."""
-        app = self.pm2.describe(self.deployed.app)
-        creds: Any = None
-        rows: list[Any] | None = None
-        if not self.writing:
-            with connect(self.stack.endpoints.admin_dsn) as conn:
-                store = PgAuthStore(conn)
-                creds = store.load_creds(self.company)
-                rows = sorted(store.records(self.company), key=lambda r: (r.key_type, r.key_id))
-        return {
-            "env": self.deployed.env_file.read_bytes(),
-            "workdir": sorted(os.listdir(self.workdir)),
-            "head": gitref.head_commit(self.workdir),
-            "ref": gitref.current_ref(self.workdir),
-            "dirty": gitref.is_dirty(self.workdir),
-            "pm2": (app.status, app.pid, app.restarts) if app else None,
-            "auth": _tree(self.auth_root),
-            "snapshots": _tree(self.settings.snapshot_dir),
-            "creds": creds,
-            "rows": rows,
-        }
+def step_named(result: RunResult, name: str) -> StepResult:
+    found = next((s for s in result.steps if s.name == name), None)
+    assert found is not None, f"no step {name} in {[s.name for s in result.steps]}"
+    return found
 
 
 def _tree(root: Path) -> dict[str, bytes | None] | None:
@@ -142,7 +117,7 @@ def _tree(root: Path) -> dict[str, bytes | None] | None:
 
 
 def _deploy(
-    stack: Stack, settings: Settings, base: Path, *, write_interval_ms: int
+    stack: Stack, settings: DrillSettings, base: Path, *, write_interval_ms: int
 ) -> Iterator[Service]:
     with standin_on_stack(
         stack,
@@ -154,21 +129,23 @@ def _deploy(
         verify_timeout=30.0,
         snapshot_max_age=3600.0,
     ) as s:
-        service = Service(stack, s.deployed, s.settings, s.pm2, write_interval_ms > 0)
+        service = Service(
+            stack, s.deployed, s.settings, s.pm2, s.dataset, writing=write_interval_ms > 0
+        )
         service.wait_mode("postgres")
         yield service
 
 
 @pytest.fixture(scope="module")
 def shared(
-    stack: Stack, settings: Settings, tmp_path_factory: pytest.TempPathFactory
+    stack: Stack, settings: DrillSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
     """One service for the tests that must change nothing: no traffic, so rows stay put."""
     yield from _deploy(stack, settings, tmp_path_factory.mktemp("shared"), write_interval_ms=0)
 
 
 @pytest.fixture
-def service(stack: Stack, settings: Settings, tmp_path: Path) -> Iterator[Service]:
+def service(stack: Stack, settings: DrillSettings, tmp_path: Path) -> Iterator[Service]:
     """A service of its own, writing keys, for the tests that really switch."""
     yield from _deploy(stack, settings, tmp_path, write_interval_ms=100)
 
@@ -181,7 +158,7 @@ def refused(
     **kwargs: Any,
 ) -> str:
     """Run the switch, expect a refusal naming ``phrase``, and prove that nothing changed."""
-    before = service.observe()
+    before = observe(service)
     journal = Journal("refused")
     with pytest.raises(InputError) as info:
         run_switch(target, direction, journal=journal, **kwargs)
@@ -190,7 +167,7 @@ def refused(
     assert phrase in message
     assert "\n" not in message
     assert journal.steps == []  # refused before the first step
-    assert service.observe() == before
+    assert observe(service) == before
     return message
 
 
@@ -206,7 +183,7 @@ def secrets_of(service: Service) -> list[str]:
 # --- preflight refusals -------------------------------------------------------------------------
 def test_unknown_company_is_refused(shared: Service) -> None:
     unknown = f"nokeys_{uuid.uuid4().hex[:8]}"
-    target = Target(shared.settings, shared.stack.endpoints.service_dsn, shared.pm2, unknown)
+    target = Target(shared.settings, shared.stack.endpoints.service_dsn, unknown)
     message = refused(shared, target, f"unknown company {unknown}: no keys in the database")
     assert message.startswith("preflight refused to-files: ")
 
@@ -217,7 +194,7 @@ def test_wrong_password_is_refused_without_showing_it(shared: Service, tmp_path:
     netloc = f"{parts.username}:{wrong}@{parts.hostname}:{parts.port}"
     dsn = urlunsplit(parts._replace(netloc=netloc))
     settings = shared.settings.model_copy(update={"snapshot_dir": tmp_path / "no-snapshots"})
-    target = Target(settings, dsn, shared.pm2, shared.company)
+    target = Target(settings, dsn, shared.company)
 
     facts = preflight(target, "to-files")
     assert not facts.db_reachable
@@ -233,25 +210,25 @@ def test_wrong_password_is_refused_without_showing_it(shared: Service, tmp_path:
 
 def test_missing_env_file_is_refused(shared: Service) -> None:
     missing = shared.workdir / "missing.env"
-    refused(shared, shared.target(service_env=missing), f"service env file {missing} not found")
+    refused(shared, target_of(shared, service_env=missing), f"service env file {missing} not found")
 
 
 def test_missing_fallback_tag_is_refused_naming_the_check(shared: Service) -> None:
     refused(
         shared,
-        shared.target(fallback_tag="no-such-tag-v9"),
+        target_of(shared, fallback_tag="no-such-tag-v9"),
         "git rev-parse --verify refs/tags/no-such-tag-v9",
     )
 
 
 def test_missing_pm2_app_is_refused(shared: Service) -> None:
     absent = f"baileys-absent-{uuid.uuid4().hex[:6]}"
-    refused(shared, shared.target(pm2_app=absent), f"PM2 has no app named {absent!r}")
+    refused(shared, target_of(shared, pm2_app=absent), f"PM2 has no app named {absent!r}")
 
 
 def test_unreachable_postgres_without_snapshot_is_refused(shared: Service, tmp_path: Path) -> None:
     ep = shared.stack.endpoints
-    target = shared.target(snapshot_dir=tmp_path / "no-snapshots")
+    target = target_of(shared, snapshot_dir=tmp_path / "no-snapshots")
     with (
         ToxiproxyClient(ep.toxiproxy_url) as toxiproxy,
         faults.proxy_disabled(toxiproxy, ep.toxiproxy_proxy, allowed=ep.drill_target),
@@ -276,7 +253,7 @@ def test_snapshot_over_the_age_limit_is_refused_unless_forced(
     meta = json.loads(meta_file.read_text())
     meta["taken_at"] = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
     meta_file.write_text(json.dumps(meta))
-    target = shared.target(snapshot_dir=snaps, snapshot_max_age=3600.0)
+    target = target_of(shared, snapshot_dir=snaps, snapshot_max_age=3600.0)
     with (
         ToxiproxyClient(ep.toxiproxy_url) as toxiproxy,
         faults.proxy_disabled(toxiproxy, ep.toxiproxy_proxy, allowed=ep.drill_target),
@@ -285,10 +262,10 @@ def test_snapshot_over_the_age_limit_is_refused_unless_forced(
         assert re.search(r"newest snapshot is 72\d\d s old", message), message
         assert "--force" in message
 
-        before = shared.observe()
+        before = observe(shared)
         journal = Journal("forced")
         outcome = run_switch(target, "to-files", journal=journal, dry_run=True, force=True)
-        assert shared.observe() == before
+        assert observe(shared) == before
     facts = outcome.preflight
     assert facts.problems == []
     assert not facts.db_reachable
@@ -308,7 +285,7 @@ def test_read_only_export_dir_is_refused(shared: Service) -> None:
     if locked.returncode != 0:
         pytest.skip(f"chattr +i is not available here: {locked.stderr.strip()[-120:]}")
     try:
-        refused(shared, shared.target(), f"export dir {root} is not writable")
+        refused(shared, target_of(shared), f"export dir {root} is not writable")
     finally:
         subprocess.run(["chattr", "-i", str(root)], check=True)
 
@@ -321,11 +298,11 @@ def test_unmappable_file_names_are_refused_and_listed(shared: Service) -> None:
         # written in file mode after the export: not in the manifest, and `-` may have been `:`
         (company_dir / "session-a-b__c.json").write_text('{"x": 1}')
         (company_dir / "pre-key-999999.json").write_text('{"x": 2}')  # mappable by its type
-        facts = preflight(shared.target(), "to-postgres")
+        facts = preflight(target_of(shared), "to-postgres")
         assert facts.unmappable == ["session-a-b__c.json"]
         message = refused(
             shared,
-            shared.target(),
+            target_of(shared),
             "file names that cannot be mapped back to key ids without guessing",
             "to-postgres",
         )
@@ -337,10 +314,10 @@ def test_unmappable_file_names_are_refused_and_listed(shared: Service) -> None:
 
 # --- dry run ------------------------------------------------------------------------------------
 def test_dry_run_returns_the_plan_and_changes_nothing(shared: Service) -> None:
-    before = shared.observe()
+    before = observe(shared)
     journal = Journal("dry run")
-    outcome = run_switch(shared.target(), "to-files", journal=journal, dry_run=True)
-    assert shared.observe() == before
+    outcome = run_switch(target_of(shared), "to-files", journal=journal, dry_run=True)
+    assert observe(shared) == before
     assert outcome.result is None
     assert journal.steps == []
     plan = outcome.preflight.plan
@@ -369,36 +346,28 @@ def test_dry_run_returns_the_plan_and_changes_nothing(shared: Service) -> None:
 def test_dirty_tree_is_refused_and_force_discards_it(service: Service) -> None:
     tracked = service.workdir / "AUTH_BACKEND"
     tracked.write_text("edited on the server\n")
-    refused(service, service.target(), f"work tree {service.workdir} has local changes")
+    refused(service, target_of(service), f"work tree {service.workdir} has local changes")
 
-    outcome = run_switch(service.target(), "to-files", journal=Journal("forced"), force=True)
+    outcome = run_switch(target_of(service), "to-files", journal=Journal("forced"), force=True)
     assert outcome.result is not None and outcome.result.ok
-    assert gitref.head_commit(service.workdir) == service.tag_commit()
+    assert gitref.head_commit(service.workdir) == tag_commit(service)
     assert gitref.is_dirty(service.workdir) == []
     assert tracked.read_text() == "files\n"
     assert envfile.current_mode(service.deployed.env_file) == "file"
     health = service.wait_mode("file")
-    export = outcome.result.steps[1]
-    assert export.name == "export"
+    export = step_named(outcome.result, "export")
     assert health["loaded_digest"] == export.details["digest"]
 
 
 def test_failed_verify_is_undone_and_reported_without_secrets(service: Service) -> None:
     ep = service.stack.endpoints
     assert ep.sentry_dsn and ep.receivers_url
-    before = service.observe()
-    target = service.target(
-        file_mode_pattern=r"this line is never logged for {company}", verify_timeout=3.0
-    )
-    journal = Journal("undo")
-    alerts = Alerts.from_endpoints(
-        ep.sentry_dsn, ep.telegram_api_url, ep.telegram_bot_token, ep.telegram_chat_id
-    )
-    try:
-        with pytest.raises(StepFailed) as info:
-            run_switch(target, "to-files", journal=journal, alerts=alerts)
-    finally:
-        alerts.close()
+    before = observe(service)
+    settings = target_of(
+        service, file_mode_pattern=r"this line is never logged for {company}", verify_timeout=3.0
+    ).settings
+    with pytest.raises(StepFailed) as info:
+        commands.switch(settings, "to-files", company_id=service.company)
     failed = info.value
     assert isinstance(failed.cause, VerificationError)
     assert failed.exit_code == VerificationError.exit_code
@@ -414,7 +383,10 @@ def test_failed_verify_is_undone_and_reported_without_secrets(service: Service) 
         ("code", "ok"),
         ("stop-service", "ok"),
     ]
-    assert [(r["name"], r["status"]) for r in journal.to_dict()["rollbacks"]] == [
+    assert failed.record is not None and failed.record.parent == settings.runs_dir
+    journal = json.loads((failed.record / "journal.json").read_text())
+    assert journal["status"] == "failed"
+    assert [(r["name"], r["status"]) for r in journal["rollbacks"]] == [
         ("undo env", "ok"),
         ("undo code", "ok"),
         ("undo stop-service", "ok"),
@@ -465,30 +437,30 @@ def _crash_after(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> Non
 def test_rerun_after_a_crash_converges_and_returns_to_main(
     service: Service, crash: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    before = service.observe()
-    target = service.target()
+    before = observe(service)
+    target = target_of(service)
     facts = preflight(target, "to-files")
     assert facts.problems == []
     steps = build_plan(target, facts, force=False)
     assert [s.name for s in steps] == TO_FILES_STEPS
-    done = {"after-code": 3, "mid-env": 3, "after-env": 4}[crash]
-    for step in steps[:done]:
+    last = {"after-code": "code", "mid-env": "code", "after-env": "env"}[crash]
+    for step in steps[: [s.name for s in steps].index(last) + 1]:
         step.do({})
     if crash == "mid-env":  # the new .env is on disk, the process dies before anything else
         with monkeypatch.context() as patch:
             _crash_after(patch, envfile, "set_values")
             with pytest.raises(Crash):
-                steps[3].do({})
+                next(s for s in steps if s.name == "env").do({})
         assert envfile.current_mode(service.deployed.env_file) == "file"
-    assert gitref.head_commit(service.workdir) == service.tag_commit()
+    assert gitref.head_commit(service.workdir) == tag_commit(service)
     assert service.pm2.require(service.deployed.app).status == "stopped"
 
     there = run_switch(target, "to-files", journal=Journal("re-run"))
     assert there.result is not None and there.result.ok
-    state = read_state(target)
+    state = SwitchState.read(target.state_file)
     assert state is not None
-    assert state["previous_ref"] == "main"  # the original branch, not the tag
-    assert gitref.head_commit(service.workdir) == service.tag_commit()
+    assert state.previous_ref == "main"  # the original branch, not the tag
+    assert gitref.head_commit(service.workdir) == tag_commit(service)
     assert envfile.current_mode(service.deployed.env_file) == "file"
     health = service.wait_mode("file")
     # before the env step the re-run exports again; after it the directory is kept as it is
@@ -503,7 +475,7 @@ def test_rerun_after_a_crash_converges_and_returns_to_main(
     assert gitref.head_commit(service.workdir) == before["head"]
     assert envfile.read_flags(service.deployed.env_file) == POSTGRES_MODE_FLAGS
     assert service.deployed.env_file.read_bytes() == before["env"]
-    assert read_state(target) is None
+    assert SwitchState.read(target.state_file) is None
     service.wait_mode("postgres")
 
 
@@ -518,8 +490,8 @@ def test_to_postgres_without_state_uses_the_default_flags(service: Service) -> N
     envfile.set_values(env_file, FILE_MODE_FLAGS)
     service.pm2.restart(service.deployed.app)
     service.wait_mode("file")
-    target = service.target()
-    assert read_state(target) is None
+    target = target_of(service)
+    assert SwitchState.read(target.state_file) is None
 
     outcome = run_switch(target, "to-postgres", journal=Journal("back by hand"))
     assert outcome.result is not None and outcome.result.ok
@@ -544,19 +516,11 @@ def test_to_postgres_without_state_uses_the_default_flags(service: Service) -> N
 
 # --- the tasks ----------------------------------------------------------------------------------
 def invoke(service: Service, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    s = service.settings
-    assert s.health_url is not None and s.fallback_tag is not None
+    """The task as an operator runs it: configured by the service's settings alone."""
     variables = {
-        **os.environ,
-        "RESILIENCE_BACKEND": s.backend,
-        "RESILIENCE_STACK_DIR": str(s.stack_dir),
-        "RESILIENCE_TOOLS_DIR": str(s.tools_dir),
-        "RESILIENCE_SERVICE_DIR": str(service.workdir),
+        **{k: v for k, v in os.environ.items() if not k.startswith("RESILIENCE_")},
+        **settings_as_env(service.settings),
         "RESILIENCE_COMPANY_ID": service.company,
-        "RESILIENCE_PM2_APP": s.pm2_app,
-        "RESILIENCE_FALLBACK_TAG": s.fallback_tag,
-        "RESILIENCE_HEALTH_URL": s.health_url,
-        "RESILIENCE_SNAPSHOT_DIR": str(s.snapshot_dir),
         **env,
     }
     return subprocess.run(
@@ -572,7 +536,7 @@ def invoke(service: Service, *args: str, **env: str) -> subprocess.CompletedProc
 
 
 def test_task_dry_run_prints_the_plan_as_json(shared: Service) -> None:
-    before = shared.observe()
+    before = observe(shared)
     done = invoke(shared, "restore.to-files", "--dry-run", "--json")
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
@@ -584,20 +548,20 @@ def test_task_dry_run_prints_the_plan_as_json(shared: Service) -> None:
     assert data["preflight"]["plan"][2].startswith(f"git checkout {shared.settings.fallback_tag}")
     for secret in secrets_of(shared):
         assert secret not in done.stdout + done.stderr
-    assert shared.observe() == before
+    assert observe(shared) == before
 
 
 def test_task_without_yes_and_no_terminal_changes_nothing(shared: Service) -> None:
-    before = shared.observe()
+    before = observe(shared)
     done = invoke(shared, "restore.to-files")
     assert done.returncode == InputError.exit_code
     assert "run with --yes" in done.stderr
     assert "Traceback" not in done.stderr
-    assert shared.observe() == before
+    assert observe(shared) == before
 
 
 def test_task_refusal_is_one_line_with_the_input_exit_code(shared: Service) -> None:
-    before = shared.observe()
+    before = observe(shared)
     done = invoke(shared, "restore.to-files", "--yes", RESILIENCE_FALLBACK_TAG="no-such-tag-v9")
     assert done.returncode == InputError.exit_code == 2
     lines = done.stderr.strip().splitlines()
@@ -606,7 +570,7 @@ def test_task_refusal_is_one_line_with_the_input_exit_code(shared: Service) -> N
     assert "git rev-parse --verify refs/tags/no-such-tag-v9" in lines[0]
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
-    assert shared.observe() == before
+    assert observe(shared) == before
 
 
 def test_task_snapshot_writes_a_snapshot(shared: Service) -> None:
@@ -632,21 +596,19 @@ def test_rerun_after_the_switch_keeps_file_mode_writes(service: Service) -> None
     """A second to-files after the service already wrote to its files must not replace them
     with a new export; a second to-postgres must not import the old directory over newer
     database writes."""
-    target = service.target()
+    target = target_of(service)
     first = run_switch(target, "to-files", journal=Journal("first"))
     assert first.result is not None and first.result.ok
     written = service.wait_mode("file")["writes_ok"]
-    deadline = time.monotonic() + 30
-    while service.health()["writes_ok"] < written + 10:  # file-mode writes to keep
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(  # file-mode writes to keep
+        lambda: service.health()["writes_ok"] >= written + 10, 30, "10 writes in file mode"
+    )
 
     again = run_switch(target, "to-files", journal=Journal("again"))
     assert again.result is not None and again.result.ok
-    assert [s.name for s in again.result.steps][1] == "keep-directory"
-    kept = again.result.steps[1].details["digest"]
+    kept = step_named(again.result, "keep-directory").details["digest"]
     assert service.wait_mode("file")["loaded_digest"] == kept
-    export_digest = first.result.steps[1].details["digest"]
+    export_digest = step_named(first.result, "export").details["digest"]
     assert kept != export_digest  # the file-mode writes are still there
 
     back = run_switch(target, "to-postgres", journal=Journal("back"))
@@ -654,8 +616,44 @@ def test_rerun_after_the_switch_keeps_file_mode_writes(service: Service) -> None
     service.wait_mode("postgres")
     again_back = run_switch(target, "to-postgres", journal=Journal("back again"))
     assert again_back.result is not None and again_back.result.ok
-    assert [s.name for s in again_back.result.steps][1] == "keep-database"
-    assert (
-        service.wait_mode("postgres")["loaded_digest"]
-        == again_back.result.steps[1].details["digest"]
+    kept_db = step_named(again_back.result, "keep-database").details["digest"]
+    assert service.wait_mode("postgres")["loaded_digest"] == kept_db
+
+
+def test_the_runbooks_before_an_incident_settings_are_enough(
+    service: Service, tmp_path: Path
+) -> None:
+    """The runbook's settings block, with the values of this deployment and the secrets it
+    tells the operator to set, and nothing else: no `.env`, no stack settings file."""
+    doc = (ROOT / "docs" / "emergency-rollback.md").read_text()
+    section = doc.split("## Before an incident")[1].split("## During the incident")[0]
+    block = section.split("```env\n")[1].split("```")[0]
+    names = [line.split("=")[0] for line in block.splitlines() if line.startswith("RESILIENCE_")]
+    prose = section.split("```")[2]  # the paragraph after the block: secrets and PM2
+    named_after = re.findall(r"`(RESILIENCE_[A-Z0-9_]+)`", prose)
+    assert "RESILIENCE_SERVICE_DSN" in named_after and "RESILIENCE_PM2_HOME" in named_after
+    values = {**settings_as_env(service.settings), "RESILIENCE_COMPANY_ID": service.company}
+    chosen = {name: values[name] for name in [*names, *named_after] if name in values}
+    assert set(names) <= chosen.keys()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESILIENCE_")} | chosen
+    done = subprocess.run(
+        [INVOKE, "--search-root", str(ROOT), "restore.to-files", "--yes", "--json"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["run"]["ok"] is True
+    record = Path(data["record"])
+    assert record.parent == Path(chosen["RESILIENCE_RUNS_DIR"])
+    journal = json.loads((record / "journal.json").read_text())
+    assert journal["status"] == "completed"
+    assert [s["name"] for s in journal["steps"]] == TO_FILES_STEPS
+    assert service.wait_mode("file")["company"] == service.company
+    for secret in secrets_of(service):
+        assert secret not in done.stdout + done.stderr + (record / "journal.html").read_text()

@@ -21,8 +21,6 @@ from resilience.infra.redact import Redactor
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from resilience.drill.stack.base import Endpoints
-
 log = logging.getLogger(__name__)
 
 
@@ -130,20 +128,17 @@ class Alerts:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, endpoints: Endpoints | None = None) -> Alerts:
-        """Channels from settings; where settings name none, those of the stack (its receivers)."""
+    def from_settings(cls, settings: Settings) -> Alerts:
+        """Channels as settings name them; a channel without settings is off (and says so)."""
 
         def secret(value: SecretStr | None) -> str | None:
             return value.get_secret_value() if value else None
 
-        ep = endpoints
         return cls.from_endpoints(
-            secret(settings.sentry_dsn) or (ep.sentry_dsn if ep else None),
-            ep.telegram_api_url
-            if ep and not settings.telegram_bot_token
-            else settings.telegram_api_url,
-            secret(settings.telegram_bot_token) or (ep.telegram_bot_token if ep else None),
-            settings.telegram_chat_id or (ep.telegram_chat_id if ep else None),
+            secret(settings.sentry_dsn),
+            settings.telegram_api_url,
+            secret(settings.telegram_bot_token),
+            settings.telegram_chat_id,
         )
 
     def close(self) -> None:

@@ -172,3 +172,22 @@ def bandwidth(
 
     with _with_toxics(client, proxy, "bandwidth", (stream,), add, allowed) as added:
         yield added[0]
+
+
+@contextmanager
+def server_stopped(
+    stop: Callable[[], None], start: Callable[[], None], what: str, *, allowed: bool = True
+) -> Iterator[None]:
+    """Stop a server (`stop`) for the block and start it again (`start`) on exit, also when
+    the body raises; `what` names it in errors. The stack's own controls do the work, so a
+    backend that cannot stop its server says so before anything happens."""
+    require_drill_target(allowed)
+    stop()
+    body_error: BaseException | None = None
+    try:
+        yield
+    except BaseException as exc:
+        body_error = exc
+        raise
+    finally:
+        _undo(start, body_error, f"start {what} again")

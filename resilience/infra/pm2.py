@@ -8,9 +8,12 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from resilience.errors import StackError
+from resilience.errors import ConfigError, StackError
+
+if TYPE_CHECKING:
+    from resilience.config import Settings
 
 
 def find_pm2(tools_dir: Path) -> Path:
@@ -21,6 +24,20 @@ def find_pm2(tools_dir: Path) -> Path:
     if found:
         return Path(found)
     raise StackError(f"pm2 not found in {local.parent}: run './run' to install it (needs npm)")
+
+
+def pm2_for(settings: Settings) -> Pm2:
+    """The PM2 that runs the service, as settings name it (`RESILIENCE_PM2_BIN`, else `pm2` on
+    PATH; `RESILIENCE_PM2_HOME`, else PM2's own default)."""
+    binary = settings.pm2_bin
+    if binary is None:
+        found = shutil.which("pm2")
+        if found is None:
+            raise ConfigError("pm2 not found on PATH: install it or set RESILIENCE_PM2_BIN")
+        binary = Path(found)
+    elif not binary.is_file():
+        raise ConfigError(f"RESILIENCE_PM2_BIN: {binary} is not a file")
+    return Pm2(binary, home=settings.pm2_home)
 
 
 def daemon_pid(home: Path) -> int | None:

@@ -12,13 +12,13 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from resilience.errors import StackError
-from resilience.infra.waiting import POLL_INTERVAL
+from resilience.infra.fsutil import atomic_write
+from resilience.infra.waiting import wait_until
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -71,10 +71,8 @@ class PidFile:
     path: Path
 
     def write(self, pid: int) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": pid, "start": _start_time(pid)}))
-        os.replace(tmp, self.path)
+        record = json.dumps({"pid": pid, "start": _start_time(pid)}).encode()
+        atomic_write(self.path, record, mode=0o644)
 
     def read(self) -> int | None:
         """The pid if that very process is still alive, else None."""
@@ -130,13 +128,16 @@ def stop(pidfile: PidFile, *, sig: int = signal.SIGTERM, timeout: float = 10.0) 
         pidfile.remove()
         return False
     _signal_group(pid, sig)
-    deadline = time.monotonic() + timeout
-    while pidfile.read() is not None:
-        if time.monotonic() >= deadline:
-            _signal_group(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5
+
+    def gone() -> bool:
         _reap(pid)
-        time.sleep(POLL_INTERVAL)
+        return pidfile.read() is None
+
+    try:
+        wait_until(gone, timeout, f"exit of process {pid}")
+    except StackError:
+        _signal_group(pid, signal.SIGKILL)
+        wait_until(gone, 5.0, f"exit of process {pid} after SIGKILL")
     pidfile.remove()
     return True
 

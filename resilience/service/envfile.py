@@ -15,11 +15,9 @@ value or puts one in an error message; only key names appear.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,7 +27,7 @@ from typing import Literal
 from dotenv.parser import Binding, parse_stream
 
 from resilience.errors import DataError, InputError
-from resilience.infra.fsutil import fsync_dir
+from resilience.infra.fsutil import OwnershipError, atomic_write
 from resilience.service.modes import FLAG_NAMES, Mode, mode_of
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -246,38 +244,23 @@ def _write_like(target: Path, data: bytes, like: os.stat_result, *, replace: boo
 
     ``replace=False`` never overwrites an existing ``target`` (hard link, then unlink the temp).
     """
-    directory = target.parent
-    temp = directory / f".{target.name}.tmp-{secrets.token_hex(6)}"
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        atomic_write(
+            target,
+            data,
+            mode=like.st_mode & 0o7777,
+            temp_prefix=f".{target.name}.tmp-",
+            owner=(like.st_uid, like.st_gid),
+            replace=replace,
+        )
+    except OwnershipError:
+        raise InputError(
+            f"cannot keep the owner of {target} (uid {like.st_uid}, "
+            f"gid {like.st_gid}): run as that user or as root"
+        ) from None
     except OSError as exc:
-        raise InputError(f"cannot write in {directory}: {exc.strerror}") from None
-    try:
-        try:
-            if (like.st_uid, like.st_gid) != (os.getuid(), os.getgid()):
-                try:
-                    os.fchown(fd, like.st_uid, like.st_gid)
-                except PermissionError:
-                    raise InputError(
-                        f"cannot keep the owner of {target} (uid {like.st_uid}, "
-                        f"gid {like.st_gid}): run as that user or as root"
-                    ) from None
-            os.fchmod(fd, like.st_mode & 0o7777)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if replace:
-            os.replace(temp, target)
-        else:
-            os.link(temp, target)
-            os.unlink(temp)
-        fsync_dir(directory)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+        if exc.filename and ".tmp-" in str(exc.filename):  # the temp file: no write access
+            raise InputError(f"cannot write in {target.parent}: {exc.strerror}") from None
         raise
 
 

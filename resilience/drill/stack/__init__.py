@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from resilience.config import Settings
+from resilience.config import DrillSettings
 from resilience.drill.stack.base import Endpoints, S3Region, Stack
 
 __all__ = ["Endpoints", "S3Region", "Stack", "make_stack"]
 
 
-def make_stack(settings: Settings) -> Stack:
+def make_stack(settings: DrillSettings) -> Stack:
     """The stack the settings name (RESILIENCE_BACKEND)."""
     if settings.backend == "local":
         from resilience.drill.stack.local import LocalStack

@@ -13,7 +13,7 @@ import secrets
 from typing import Any
 
 from resilience.chaos.toxiproxy import ToxiproxyClient
-from resilience.config import Settings
+from resilience.config import DrillSettings
 from resilience.drill.stack.base import Endpoints, S3Region, Stack
 from resilience.drill.stack.local import spawn_receivers
 from resilience.drill.stack.s3 import REGIONS, create_buckets
@@ -46,7 +46,7 @@ class DockerStack(Stack):
     name = "docker"
     controls_postgres = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: DrillSettings) -> None:
         self.settings = settings
         self.dir = settings.stack_dir.resolve() / "docker"
         self._containers: list[Any] = []

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from resilience.config import Settings
+from resilience.config import DrillSettings
 from resilience.drill.stack.base import Endpoints, S3Region, Stack
 from resilience.drill.stack.s3 import REGIONS
 from resilience.errors import ConfigError, StackError
@@ -22,7 +22,7 @@ REQUIRED = ("admin_dsn", "service_dsn", "toxiproxy_url")
 class ExternalStack(Stack):
     name = "external"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: DrillSettings) -> None:
         self.settings = settings
         self._endpoints: Endpoints | None = None
 

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from resilience.chaos.toxiproxy import ToxiproxyClient
-from resilience.config import Settings
+from resilience.config import DrillSettings
 from resilience.drill.stack.base import Endpoints, S3Region, Stack
 from resilience.drill.stack.postgres import PostgresCluster
 from resilience.drill.stack.s3 import REGIONS, create_buckets, s3_environment
@@ -60,7 +60,7 @@ class LocalStack(Stack):
     name = "local"
     controls_postgres = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: DrillSettings) -> None:
         self.settings = settings
         self.dir = settings.stack_dir.resolve()
         self.tools = settings.tools_dir.resolve()
@@ -102,6 +102,7 @@ class LocalStack(Stack):
             data_root=Path(pg["data_root"]),
             admin_password=pg["admin_password"],
             service_password=pg["service_password"],
+            durable=bool(pg.get("durable", False)),
         )
 
     # --- interface ------------------------------------------------------------------------
@@ -145,7 +146,7 @@ class LocalStack(Stack):
         for sub in ("pids", "logs", "receivers", "pm2"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
-        cluster = PostgresCluster.create(self.dir, ports["pg"])
+        cluster = PostgresCluster.create(self.dir, ports["pg"], durable=s.pg_durable)
         # known to `down` even if a crash loses state.json: the data dir may live outside
         self._pg_root_file.write_text(str(cluster.data_root))
         sentry_key = secrets.token_hex(16)
@@ -155,6 +156,7 @@ class LocalStack(Stack):
             "postgres": {
                 "port": ports["pg"],
                 "data_root": str(cluster.data_root),
+                "durable": cluster.durable,
                 "admin_password": cluster.admin_password,
                 "service_password": cluster.service_password,
             }

@@ -25,7 +25,7 @@ from resilience.service.modes import POSTGRES_MODE_FLAGS
 
 if TYPE_CHECKING:
     from resilience.authstate.dataset import Dataset
-    from resilience.config import Settings
+    from resilience.config import DrillSettings, Settings
     from resilience.drill.stack.base import Stack
 
 FALLBACK_TAG = "emergency-file-fallback-v1"
@@ -133,6 +133,36 @@ def deploy_standin(
     )
 
 
+def operator_settings(stack: Stack, settings: DrillSettings, pm2: Pm2) -> Settings:
+    """The operator's settings for this stack, as `stack.up` writes them: the service DSN, the
+    alert channels (the stack's fakes), the PM2 running the service, S3 (nothing about the
+    stack itself)."""
+    from resilience.config import Settings
+
+    ep = stack.endpoints
+    operator = {name: getattr(settings, name) for name in Settings.model_fields}
+    regions = ep.s3
+    operator.update(
+        service_dsn=ep.service_dsn,
+        sentry_dsn=ep.sentry_dsn,
+        telegram_api_url=ep.telegram_api_url or settings.telegram_api_url,
+        telegram_bot_token=ep.telegram_bot_token,
+        telegram_chat_id=ep.telegram_chat_id,
+        pm2_bin=pm2.binary,
+        pm2_home=pm2.home,
+    )
+    if "moscow" in regions and "eu" in regions:
+        operator.update(
+            s3_endpoint_moscow=regions["moscow"].endpoint_url,
+            s3_endpoint_eu=regions["eu"].endpoint_url,
+            s3_bucket_moscow=regions["moscow"].bucket,
+            s3_bucket_eu=regions["eu"].bucket,
+            s3_access_key_id=ep.s3_access_key_id or None,
+            s3_secret_access_key=ep.s3_secret_access_key or None,
+        )
+    return Settings.model_validate(operator)
+
+
 @dataclass(frozen=True)
 class StandinOnStack:
     """A seeded company and the stand-in serving it, with the settings a switch needs."""
@@ -146,7 +176,7 @@ class StandinOnStack:
 @contextmanager
 def standin_on_stack(
     stack: Stack,
-    settings: Settings,
+    settings: DrillSettings,
     base: Path,
     *,
     prefix: str,
@@ -179,7 +209,7 @@ def standin_on_stack(
             app=app,
             write_interval_ms=write_interval_ms,
         )
-        switch_settings = settings.model_copy(
+        switch_settings = operator_settings(stack, settings, pm2).model_copy(
             update={
                 "company_id": company,
                 "pm2_app": app,
@@ -187,6 +217,7 @@ def standin_on_stack(
                 "fallback_tag": deployed.fallback_tag,
                 "health_url": deployed.health_url,
                 "snapshot_dir": base / "snapshots",
+                "runs_dir": base / "runs",
                 "snapshot_max_age": snapshot_max_age,
                 "verify_timeout": verify_timeout,
             }

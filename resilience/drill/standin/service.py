@@ -3,7 +3,8 @@
 Seen from outside it behaves like the real service (brief §4):
 
 - reads ``.env`` in its working directory; file mode iff ``USE_REPOSITORY_PATTERN``,
-  ``USE_DATABASE_AUTH_STATE`` and ``USE_LEGACY_SUPABASE`` are all ``false``, else PostgreSQL mode;
+  ``USE_DATABASE_AUTH_STATE`` and ``USE_LEGACY_SUPABASE`` are all ``false``, else PostgreSQL mode
+  (:mod:`resilience.service.modes`);
 - logs one line per mode at start (:data:`FILE_MODE_LINE`, :data:`POSTGRES_MODE_LINE`), then
   :data:`CONNECTION_OPEN_LINE` once the auth state is loaded; no creds: :data:`MISSING_CREDS_LINE`
   and a non-zero exit (the real service would need a QR re-pair);
@@ -11,6 +12,8 @@ Seen from outside it behaves like the real service (brief §4):
   journals each acknowledged write (:mod:`resilience.drill.standin.writelog`) and applies it to
   its in-memory state only then; a failed write is logged, counted and retried on the next tick;
 - serves ``GET /health`` (JSON) and ``GET /metrics`` (Prometheus text) on ``127.0.0.1:PORT``;
+  Werkzeug serves them and prometheus-client writes the metrics text (a private registry), so
+  neither the HTTP handling nor the exposition format is hand-written here;
 - SIGTERM / SIGINT: stops writing, lets the in-flight write finish (up to ``SHUTDOWN_GRACE_MS``),
   logs :data:`STOPPED_LINE` with the final digest and exits 0.
 
@@ -28,22 +31,28 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 from dotenv import dotenv_values
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from werkzeug.exceptions import NotImplemented as MethodNotImplemented
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
 
 from resilience.authstate.filestore import FileAuthStore
 from resilience.authstate.fingerprint import set_digest
@@ -53,17 +62,21 @@ from resilience.config import validate_company_id
 from resilience.drill.standin.traffic import KeyWrite, Traffic
 from resilience.drill.standin.writelog import WRITELOG_FILE, WriteLog
 from resilience.errors import ConfigError, DataError, ResilienceError, StackError
+from resilience.infra.waiting import wait_until
+from resilience.service.modes import Mode, mode_of
 
-Mode = Literal["file", "postgres"]
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
 
 ENV_FILE = ".env"
-FLAG_NAMES = ("USE_REPOSITORY_PATTERN", "USE_DATABASE_AUTH_STATE", "USE_LEGACY_SUPABASE")
 DEFAULT_AUTH_DIR = "auth_info"
 DEFAULT_INTERVAL_MS = 200
 DEFAULT_SEED = "standin"
 DEFAULT_GRACE_MS = 10000
 DEFAULT_CONNECT_TIMEOUT_MS = 10000
 HOST = "127.0.0.1"
+SIGNAL_WAIT = 0.25  # seconds between two looks at the stop flag while waiting for a signal
 FATAL = "fatal error"
 
 # --- log lines (format strings) and the patterns that find them in a log ------------------------
@@ -104,12 +117,8 @@ def mode_pattern(mode: Mode) -> re.Pattern[str]:
 
 
 def mode_from_flags(values: Mapping[str, str | None]) -> Mode:
-    """``"file"`` iff all three flags are ``false`` (case-insensitive); otherwise ``"postgres"``.
-
-    A missing flag is not ``false``: setting only one or two of them leaves PostgreSQL mode.
-    """
-    falses = [(values.get(name) or "").strip().lower() == "false" for name in FLAG_NAMES]
-    return "file" if all(falses) else "postgres"
+    """The mode the three flags choose (:func:`resilience.service.modes.mode_of`)."""
+    return mode_of(values)
 
 
 # --- configuration -------------------------------------------------------------------------------
@@ -397,65 +406,118 @@ class ServiceState:
         return report
 
 
-def render_metrics(report: Mapping[str, Any]) -> str:
-    """Prometheus text exposition (format 0.0.4) of a :meth:`ServiceState.snapshot`."""
-    company = report["company"]
-    last = report["last_write_at"]
-    last_ts = datetime.fromisoformat(last).timestamp() if last else 0.0
-    started = datetime.fromisoformat(report["started_at"]).timestamp()
-    label = f'company="{company}"'
-    lines = [
-        "# HELP standin_up 1 for the auth-state mode the service runs in, 0 for the other.",
-        "# TYPE standin_up gauge",
-        *(
-            f'standin_up{{{label},mode="{mode}"}} {1 if report["mode"] == mode else 0}'
-            for mode in ("file", "postgres")
-        ),
-        "# HELP standin_writes_ok_total Key writes acknowledged by the auth-state backend.",
-        "# TYPE standin_writes_ok_total counter",
-        f"standin_writes_ok_total{{{label}}} {report['writes_ok']}",
-        "# HELP standin_writes_failed_total Write attempts the backend did not acknowledge.",
-        "# TYPE standin_writes_failed_total counter",
-        f"standin_writes_failed_total{{{label}}} {report['writes_failed']}",
-        "# HELP standin_keys Keys currently held (creds not counted).",
-        "# TYPE standin_keys gauge",
-        f"standin_keys{{{label}}} {report['key_count']}",
-        "# HELP standin_last_write_timestamp_seconds Time of the last acknowledged write.",
-        "# TYPE standin_last_write_timestamp_seconds gauge",
-        f"standin_last_write_timestamp_seconds{{{label}}} {last_ts:.3f}",
-        "# HELP standin_start_time_seconds Start time of the process.",
-        "# TYPE standin_start_time_seconds gauge",
-        f"standin_start_time_seconds{{{label}}} {started:.3f}",
-    ]
-    return "\n".join(lines) + "\n"
+# --- HTTP: /health and /metrics -----------------------------------------------------------------
+
+# generate_latest writes the 0.0.4 text format for these names; its CONTENT_TYPE_LATEST says
+# version=1.0.0 since prometheus-client 0.22: the header the service always sent is kept.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SERVER_NAME = "baileys-standin"
 
 
-def _handler_for(state: ServiceState) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "baileys-standin"
+def _family(
+    kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
+    name: str,
+    text: str,
+    company: str,
+    value: float,
+) -> Metric:
+    family = kind(name, text, labels=["company"])
+    family.add_metric([company], value)
+    return family
 
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/health":
-                body = json.dumps(state.snapshot()).encode("utf-8")
-                self._send(HTTPStatus.OK, "application/json", body)
-            elif path == "/metrics":
-                body = render_metrics(state.snapshot()).encode("utf-8")
-                self._send(HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8", body)
-            else:
-                self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
 
-        def _send(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+class StandinCollector:
+    """The ``standin_*`` metrics, read from one :meth:`ServiceState.snapshot` per scrape."""
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("[http] " + format, *args)
+    def __init__(self, report: Callable[[], Mapping[str, Any]]) -> None:
+        self.report = report
 
-    return Handler
+    def collect(self) -> Iterator[Metric]:
+        report = self.report()
+        company = report["company"]
+        last = report["last_write_at"]
+        last_ts = datetime.fromisoformat(last).timestamp() if last else 0.0
+        started = datetime.fromisoformat(report["started_at"]).timestamp()
+        up = GaugeMetricFamily(
+            "standin_up",
+            "1 for the auth-state mode the service runs in, 0 for the other.",
+            labels=["company", "mode"],
+        )
+        for mode in ("file", "postgres"):
+            up.add_metric([company, mode], 1 if report["mode"] == mode else 0)
+        yield up
+        # A counter family is named without _total: the exposition writes the suffix back.
+        yield _family(
+            CounterMetricFamily,
+            "standin_writes_ok",
+            "Key writes acknowledged by the auth-state backend.",
+            company,
+            report["writes_ok"],
+        )
+        yield _family(
+            CounterMetricFamily,
+            "standin_writes_failed",
+            "Write attempts the backend did not acknowledge.",
+            company,
+            report["writes_failed"],
+        )
+        yield _family(
+            GaugeMetricFamily,
+            "standin_keys",
+            "Keys currently held (creds not counted).",
+            company,
+            report["key_count"],
+        )
+        yield _family(
+            GaugeMetricFamily,
+            "standin_last_write_timestamp_seconds",
+            "Time of the last acknowledged write.",
+            company,
+            round(last_ts, 3),
+        )
+        yield _family(
+            GaugeMetricFamily,
+            "standin_start_time_seconds",
+            "Start time of the process.",
+            company,
+            round(started, 3),
+        )
+
+
+def metrics_registry(report: Callable[[], Mapping[str, Any]]) -> CollectorRegistry:
+    """A private registry (not prometheus-client's global one) holding only the stand-in's
+    metrics, computed from ``report()`` on each scrape."""
+    registry = CollectorRegistry()
+    registry.register(StandinCollector(report))
+    return registry
+
+
+def make_app(state: ServiceState) -> WSGIApplication:
+    """The WSGI app: ``GET /health`` (JSON), ``GET /metrics``, 404 elsewhere, 501 for other
+    methods (as :mod:`http.server` answered before)."""
+    registry = metrics_registry(state.snapshot)
+
+    @Request.application
+    def app(request: Request) -> Response:
+        if request.method != "GET":
+            raise MethodNotImplemented(f"Unsupported method ({request.method!r}).")
+        if request.path == "/health":
+            return Response(json.dumps(state.snapshot()), content_type="application/json")
+        if request.path == "/metrics":
+            return Response(generate_latest(registry), content_type=METRICS_CONTENT_TYPE)
+        return Response("not found\n", status=HTTPStatus.NOT_FOUND, content_type="text/plain")
+
+    return app
+
+
+class _RequestHandler(WSGIRequestHandler):
+    """Werkzeug's handler, named like the service and logging requests at debug level only
+    (Werkzeug's own logger would print one line per health poll)."""
+
+    server_version = SERVER_NAME
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        log.debug("[http] " + message, *args)
 
 
 # --- the service ---------------------------------------------------------------------------------
@@ -473,7 +535,7 @@ class Service:
         self.journal = journal
         self.stop = threading.Event()
         self.fatal: str | None = None
-        self.http: ThreadingHTTPServer | None = None
+        self.http: BaseWSGIServer | None = None
         self.writer: threading.Thread | None = None
         self._fail_streak = 0
         self._last_warning = 0.0
@@ -481,14 +543,22 @@ class Service:
     def start_http(self) -> None:
         if self.config.port is None:
             return
+        # Bound here, not by make_server: Werkzeug would print the error and sys.exit(1).
         try:
-            self.http = ThreadingHTTPServer((HOST, self.config.port), _handler_for(self.state))
-        except OSError as exc:
-            raise StackError(
-                f"cannot listen on {HOST}:{self.config.port}: {exc.strerror}"
-            ) from None
-        self.http.daemon_threads = True
-        port = self.http.server_address[1]
+            listener = socket.create_server((HOST, self.config.port))
+        except OSError as exc:  # its strerror also names the address: keep the bare reason
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise StackError(f"cannot listen on {HOST}:{self.config.port}: {reason}") from None
+        with listener:  # make_server works on a duplicate of the descriptor
+            self.http = make_server(
+                HOST,
+                self.config.port,
+                make_app(self.state),
+                threaded=True,
+                request_handler=_RequestHandler,
+                fd=listener.fileno(),
+            )
+        port = self.http.port
         threading.Thread(
             target=self.http.serve_forever, args=(0.1,), name="http", daemon=True
         ).start()
@@ -565,12 +635,15 @@ class Service:
 
     def wait_for_signal(self, signals: set[signal.Signals]) -> str:
         """Block until a stop signal (blocked in every thread) or a fatal traffic error."""
-        while True:
-            info = signal.sigtimedwait(signals, 0.25)
+
+        def stopped() -> str | None:
+            info = signal.sigtimedwait(signals, SIGNAL_WAIT)  # the wait between checks
             if info is not None:
                 return signal.Signals(info.si_signo).name
-            if self.stop.is_set():
-                return FATAL
+            return FATAL if self.stop.is_set() else None
+
+        # No deadline: the service runs until stopped. Nothing raised here is "not yet".
+        return wait_until(stopped, math.inf, "a stop signal", interval=0, fatal=(Exception,))
 
     def shutdown(self) -> None:
         self.stop.set()

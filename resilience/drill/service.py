@@ -1,0 +1,105 @@
+"""The service under test or drill: one helper for tests and drills alike.
+
+On the local and docker stacks it is the stand-in (seeded, writing keys, keeping a log of every
+acknowledged write); on the external backend it is the real service the settings name. Its mode
+and digest always come from the service itself: its health endpoint, or, without one, the mode
+line it logged last. Never from a file the switch wrote.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from resilience.authstate.dataset import Dataset
+from resilience.config import Settings
+from resilience.drill.stack.base import Stack
+from resilience.drill.standin.deploy import DeployedService
+from resilience.drill.standin.writelog import WRITELOG_FILE, WriteEntry, read_writelog
+from resilience.errors import ConfigError
+from resilience.infra.pm2 import Pm2
+from resilience.infra.waiting import wait_until
+from resilience.restore import commands
+from resilience.restore.preflight import Direction
+from resilience.restore.verify import mode_patterns
+
+
+@dataclass
+class ServiceUnderTest:
+    stack: Stack
+    deployed: DeployedService
+    settings: Settings  # the operator's settings naming this service
+    pm2: Pm2
+    dataset: Dataset | None = None
+    standin: bool = True  # the stand-in (keeps a write log), or a real service
+    writing: bool = True  # it writes keys by itself: its rows move
+
+    @property
+    def company(self) -> str:
+        return self.deployed.company_id
+
+    @property
+    def workdir(self) -> Path:
+        return self.deployed.workdir
+
+    @property
+    def auth_root(self) -> Path:
+        root = self.settings.auth_root
+        if root is None:
+            raise ConfigError("the service has no auth dir in its settings")
+        return root
+
+    def health(self) -> dict[str, Any]:
+        """The service's own view: its health endpoint, else the mode line it logged last."""
+        if self.settings.health_url:
+            body: dict[str, Any] = httpx.get(self.settings.health_url, timeout=2).json()
+            return body
+        return self._mode_from_log()
+
+    def _mode_from_log(self) -> dict[str, Any]:
+        app = self.pm2.require(self.settings.pm2_app)
+        if app.out_log is None or not app.out_log.exists():
+            raise ConfigError(
+                f"no health URL and no PM2 log for {self.settings.pm2_app}: set "
+                "RESILIENCE_HEALTH_URL or make the service log its mode line"
+            )
+        text = app.out_log.read_text(errors="replace")
+        last: tuple[int, str] | None = None
+        for mode in ("file", "postgres"):
+            pattern: re.Pattern[str] = mode_patterns(self.settings, mode, self.company)[0]
+            for match in pattern.finditer(text):
+                if last is None or match.start() > last[0]:
+                    last = (match.start(), mode)
+        if last is None:
+            raise ConfigError(
+                "no health URL, and the service's log has no mode line for company "
+                f"{self.company}: set RESILIENCE_HEALTH_URL or RESILIENCE_*_MODE_PATTERN"
+            )
+        return {"mode": last[1], "company": self.company, "source": "log"}
+
+    def wait_mode(self, mode: str, timeout: float = 30) -> dict[str, Any]:
+        """Wait until PM2 runs the app and the service reports `mode` (the stand-in, while
+        writing, also its first acknowledged write)."""
+
+        def ok() -> dict[str, Any] | None:
+            if self.pm2.require(self.deployed.app).status != "online":
+                return None
+            body = self.health()
+            if body.get("mode") != mode:
+                return None
+            started = body.get("writes_ok", 0) > 0 or not (self.standin and self.writing)
+            return body if started else None
+
+        return wait_until(ok, timeout, f"the service healthy in {mode} mode")
+
+    def acknowledged_writes(self) -> list[WriteEntry] | None:
+        """Every write the stand-in acknowledged; None for a real service (it keeps none)."""
+        return read_writelog(self.workdir / WRITELOG_FILE) if self.standin else None
+
+    def switch(self, direction: Direction, **options: Any) -> commands.SwitchRun:
+        """The switch exactly as the operator runs it: the same command, on these settings."""
+        return commands.switch(self.settings, direction, company_id=self.company, **options)

@@ -1,0 +1,166 @@
+"""The operator's restore commands: what `restore.*` tasks run, and what drills run too.
+
+Each takes the operator's settings (nothing about stacks), records the run under the runs dir
+(:mod:`resilience.runs.record`), and returns plain results with the record's path; errors carry
+the path as `record`. Tasks only parse flags and format what these return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resilience.alerting.channels import Alerts
+from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.config import Settings, validate_company_id
+from resilience.errors import ConfigError
+from resilience.infra.redact import redact_dsn
+from resilience.restore.export import ExportResult, export_all
+from resilience.restore.preflight import Direction, Preflight
+from resilience.restore.runner import StepFailed
+from resilience.restore.snapshot import Snapshot, take_snapshot
+from resilience.restore.switch import SwitchOutcome, run_switch
+from resilience.restore.target import make_target, service_dsn
+from resilience.runs.record import recorded_run
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class SwitchRun:
+    outcome: SwitchOutcome
+    record: Path | None
+    journal: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.outcome.to_dict(), "record": str(self.record) if self.record else None}
+
+
+def switch(
+    settings: Settings,
+    direction: Direction,
+    *,
+    company_id: str | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    confirm: Callable[[Preflight], bool] | None = None,
+    progress: Progress | None = None,
+) -> SwitchRun:
+    """The emergency switch in `direction`, recorded; on a failed step the done steps are
+    undone, a Sentry event (no secrets) is sent, and :class:`StepFailed` is raised."""
+    target = make_target(settings, company_id)
+    with recorded_run(settings, f"restore.{direction}", target.company_id) as record:
+        try:
+            outcome = run_switch(
+                target,
+                direction,
+                journal=record.journal,
+                dry_run=dry_run,
+                force=force,
+                confirm=confirm,
+                progress=progress,
+            )
+        except StepFailed as failed:
+            _alert_failed_switch(settings, direction, target.company_id, failed)
+            raise
+        record.journal.measurements.update(
+            {"rto_s": round(outcome.result.duration_s, 3)} if outcome.result else {}
+        )
+    return SwitchRun(outcome, record.path, record.journal.to_dict())
+
+
+def _alert_failed_switch(
+    settings: Settings, direction: str, company_id: str, failed: StepFailed
+) -> None:
+    alerts = Alerts.from_settings(settings)
+    alerts.redactor.register(service_dsn(settings))
+    try:
+        alerts.sentry.event(
+            f"emergency switch {direction} failed at a step and was undone: {failed}",
+            level="error",
+            tags={"direction": direction, "company": company_id},
+            extra={"run": failed.result.to_dict()},
+        )
+    finally:
+        alerts.close()
+
+
+@dataclass
+class ExportRun:
+    exports: list[ExportResult]
+    record: Path | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "exports": [r.to_dict() for r in self.exports],
+            "record": str(self.record) if self.record else None,
+        }
+
+
+def export(
+    settings: Settings,
+    *,
+    company_id: str | None = None,
+    directory: Path | None = None,
+    progress: Progress | None = None,
+) -> ExportRun:
+    """Export one company (or every company) to Baileys files, without switching anything."""
+    root = directory or settings.auth_root
+    if root is None:
+        raise ConfigError("give --dir, or set RESILIENCE_AUTH_DIR or RESILIENCE_SERVICE_DIR")
+    if company_id is not None:
+        validate_company_id(company_id)
+    dsn = service_dsn(settings)
+    with recorded_run(settings, "restore.export", company_id) as record:
+        with connect(dsn, timeout=settings.db_connect_timeout) as conn:
+            results = export_all(
+                PgAuthStore(conn),
+                root,
+                [company_id] if company_id else None,
+                source=redact_dsn(dsn),
+                progress=progress,
+            )
+        record.journal.measurements["exports"] = [
+            {"company_id": r.company_id, "key_count": r.key_count, "digest": r.digest}
+            for r in results
+        ]
+    return ExportRun(results, record.path)
+
+
+@dataclass
+class SnapshotRun:
+    snapshot: Snapshot
+    record: Path | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.snapshot.path),
+            "taken_at": self.snapshot.taken_at.isoformat(),
+            "companies": self.snapshot.companies,
+            "record": str(self.record) if self.record else None,
+        }
+
+
+def snapshot(
+    settings: Settings,
+    *,
+    company_id: str | None = None,
+    keep: int | None = None,
+) -> SnapshotRun:
+    """A new timestamped snapshot of one company (or all), keeping the newest `keep`."""
+    if company_id is not None:
+        validate_company_id(company_id)
+    dsn = service_dsn(settings)
+    with recorded_run(settings, "restore.snapshot", company_id) as record:
+        with connect(dsn, timeout=settings.db_connect_timeout) as conn:
+            taken = take_snapshot(
+                PgAuthStore(conn),
+                settings.snapshot_dir,
+                [company_id] if company_id else None,
+                keep=keep or settings.snapshot_keep,
+                source=redact_dsn(dsn),
+            )
+        record.journal.measurements.update(path=str(taken.path), companies=taken.companies)
+    return SnapshotRun(taken, record.path)

@@ -1,0 +1,160 @@
+"""Preflight of the emergency switch: facts gathered before anything changes.
+
+Is the database reachable (a slow one is not a lost one)? Is the tag there and the work tree
+clean? Is the PM2 app there? Is there disk for the export, or a snapshot young enough when the
+database is gone? Can every file name be mapped back? `problems` block the run; the plan built
+from these facts is what the operator confirms.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.config import validate_company_id
+from resilience.errors import DatabaseError, ResilienceError, StackError
+from resilience.restore import export as export_mod
+from resilience.restore import importer, snapshot
+from resilience.restore.state import SwitchState
+from resilience.restore.target import Target
+from resilience.service import envfile, gitref
+
+Direction = Literal["to-files", "to-postgres"]
+
+
+@dataclass
+class Preflight:
+    """Facts gathered before anything changes; `problems` block the run."""
+
+    direction: Direction
+    company_id: str
+    db_reachable: bool = False
+    db_error: str | None = None
+    key_count: int | None = None
+    snapshot_path: str | None = None
+    snapshot_age_s: float | None = None
+    tag: str | None = None
+    tag_commit: str | None = None
+    current_ref: str | None = None
+    dirty: list[str] = field(default_factory=list)
+    pm2_status: str | None = None
+    env_mode: str | None = None
+    disk_free: int | None = None
+    disk_needed: int | None = None
+    unmappable: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    plan: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def preflight(target: Target, direction: Direction, *, force: bool = False) -> Preflight:
+    validate_company_id(target.company_id)
+    s = target.settings
+    facts = Preflight(direction, target.company_id)
+    try:
+        with connect(target.service_dsn, timeout=s.db_connect_timeout) as conn:
+            store = PgAuthStore(conn)
+            facts.key_count = store.count_keys(target.company_id)
+            if direction == "to-files":
+                facts.disk_needed = export_mod.estimate_export_bytes(store, target.company_id)
+        facts.db_reachable = True
+    except DatabaseError as exc:
+        facts.db_error = str(exc)
+    try:
+        mode = envfile.current_mode(target.env_file)
+        facts.env_mode = mode
+    except ResilienceError as exc:
+        facts.problems.append(str(exc))
+    try:
+        facts.pm2_status = target.pm2.require(s.pm2_app).status
+    except StackError as exc:
+        facts.problems.append(str(exc))
+
+    if direction == "to-files":
+        _preflight_to_files(target, facts, force)
+    else:
+        _preflight_to_postgres(target, facts)
+    return facts
+
+
+def _preflight_code(target: Target, facts: Preflight, force: bool) -> None:
+    s = target.settings
+    if not s.fallback_tag:
+        return
+    if s.service_dir is None:
+        facts.problems.append("RESILIENCE_FALLBACK_TAG needs RESILIENCE_SERVICE_DIR (the git tree)")
+        return
+    facts.tag = s.fallback_tag
+    try:
+        facts.tag_commit = gitref.require_tag(s.service_dir, s.fallback_tag)
+        facts.current_ref = gitref.current_ref(s.service_dir)
+        facts.dirty = gitref.is_dirty(s.service_dir)
+    except ResilienceError as exc:
+        facts.problems.append(str(exc))
+        return
+    if facts.dirty and not force:
+        shown = ", ".join(facts.dirty[:5])
+        facts.problems.append(
+            f"work tree {s.service_dir} has local changes ({shown}): commit them, or --force "
+            "(discards them)"
+        )
+
+
+def _preflight_to_files(target: Target, facts: Preflight, force: bool) -> None:
+    s = target.settings
+    _preflight_code(target, facts, force)
+    if facts.db_reachable:
+        if facts.key_count == 0:
+            facts.problems.append(f"unknown company {target.company_id}: no keys in the database")
+        root = target.auth_root
+        probe = root if root.exists() else root.parent
+        if not probe.exists():
+            facts.problems.append(f"export dir {root} does not exist and neither does its parent")
+        else:
+            facts.disk_free = shutil.disk_usage(probe).free
+            if facts.disk_needed and facts.disk_free < facts.disk_needed:
+                facts.problems.append(
+                    f"not enough disk for the export: {facts.disk_free} bytes free in {probe}, "
+                    f"about {facts.disk_needed} needed"
+                )
+            if not os.access(probe, os.W_OK):
+                facts.problems.append(f"export dir {probe} is not writable")
+    else:
+        found = snapshot.newest_snapshot(s.snapshot_dir, target.company_id)
+        if found is None:
+            facts.problems.append(
+                f"PostgreSQL is unreachable ({facts.db_error}) and there is no snapshot of "
+                f"company {target.company_id} in {s.snapshot_dir}"
+            )
+        else:
+            facts.snapshot_path = str(found.path)
+            facts.snapshot_age_s = round(found.age_s(), 1)
+            if found.age_s() > s.snapshot_max_age and not force:
+                facts.problems.append(
+                    f"newest snapshot is {found.age_s():.0f} s old, over the limit of "
+                    f"{s.snapshot_max_age:.0f} s (RESILIENCE_SNAPSHOT_MAX_AGE): --force to use it"
+                )
+
+
+def _preflight_to_postgres(target: Target, facts: Preflight) -> None:
+    if not facts.db_reachable:
+        facts.problems.append(f"PostgreSQL must be reachable to switch back: {facts.db_error}")
+    if not target.company_dir.is_dir():
+        facts.problems.append(f"no Baileys directory {target.company_dir} to import")
+    else:
+        _, facts.unmappable = importer.map_directory(target.company_dir)
+        if facts.unmappable:
+            shown = ", ".join(facts.unmappable[:10])
+            more = f" and {len(facts.unmappable) - 10} more" if len(facts.unmappable) > 10 else ""
+            facts.problems.append(
+                f"file names that cannot be mapped back to key ids without guessing: {shown}{more}"
+            )
+    state = SwitchState.read(target.state_file)
+    if state and target.settings.service_dir and state.previous_ref:
+        facts.current_ref = gitref.current_ref(target.settings.service_dir)
+        facts.tag = state.previous_ref

@@ -1,0 +1,69 @@
+"""What an emergency switch acts on, resolved from the operator's settings alone.
+
+The service's DSN, its PM2 app (and the PM2 running it), its `.env`, its Baileys directory and
+the company: nothing about test stacks. The embedded stack is just one more deployment: its
+`stack.up` writes a settings file that names these like any production deployment would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resilience.authstate.naming import company_dir_name
+from resilience.config import Settings, validate_company_id
+from resilience.errors import ConfigError
+from resilience.infra.pm2 import Pm2, pm2_for
+
+STATE_FILE = ".restore-state.json"
+
+
+def service_dsn(settings: Settings) -> str:
+    """The DSN the service uses (a secret: redact before showing)."""
+    if settings.service_dsn is None:
+        raise ConfigError("set RESILIENCE_SERVICE_DSN (the DSN the service uses)")
+    return settings.service_dsn.get_secret_value()
+
+
+@dataclass
+class Target:
+    """Everything a switch acts on. PM2 is looked up only when a step needs it."""
+
+    settings: Settings
+    service_dsn: str
+    company_id: str
+    _pm2: Pm2 | None = field(default=None, repr=False)
+
+    @property
+    def pm2(self) -> Pm2:
+        if self._pm2 is None:
+            self._pm2 = pm2_for(self.settings)
+        return self._pm2
+
+    @property
+    def env_file(self) -> Path:
+        path = self.settings.env_path
+        if path is None:
+            raise ConfigError("set RESILIENCE_SERVICE_DIR or RESILIENCE_SERVICE_ENV (the .env)")
+        return path
+
+    @property
+    def auth_root(self) -> Path:
+        path = self.settings.auth_root
+        if path is None:
+            raise ConfigError("set RESILIENCE_SERVICE_DIR or RESILIENCE_AUTH_DIR")
+        return path
+
+    @property
+    def company_dir(self) -> Path:
+        return self.auth_root / company_dir_name(self.company_id)
+
+    @property
+    def state_file(self) -> Path:
+        return self.auth_root / STATE_FILE
+
+
+def make_target(settings: Settings, company_id: str | None = None) -> Target:
+    """The target the settings describe; `company_id` overrides RESILIENCE_COMPANY_ID."""
+    company = validate_company_id(company_id or settings.company_id)
+    return Target(settings, service_dsn(settings), company)

@@ -1,0 +1,16 @@
+"""Runbook index: `invoke --list`. Thin tasks over the `resilience` library, one module per
+namespace: each parses flags, calls one library command, formats the result (human or --json)
+and maps library errors to exit codes with a one-line message (:mod:`tasks._run`)."""
+
+from invoke.collection import Collection
+
+from tasks import dev, drill, restore, stack
+
+ns = Collection(
+    Collection.from_module(stack),
+    Collection.from_module(restore),
+    Collection.from_module(drill),
+    dev.lint,
+    dev.test,
+    dev.bench,
+)

@@ -1,0 +1,31 @@
+"""`drill.*`: chaos drills on a stack (local by default), each writing its report."""
+
+from __future__ import annotations
+
+from invoke.context import Context
+from invoke.tasks import task
+
+from tasks._run import ROOT, venv_bin
+
+BACKEND_HELP = "local (default), docker or external"
+
+
+def _pytest(c: Context, args: list[str], backend: str | None) -> None:
+    env = {"RESILIENCE_BACKEND": backend} if backend else {}
+    with c.cd(str(ROOT)):
+        c.run(" ".join([venv_bin("pytest"), *args]), env=env, pty=False)
+
+
+@task(help={"backend": BACKEND_HELP, "k": "only scenarios matching"})
+def rollback(c: Context, backend: str | None = None, k: str = "") -> None:
+    """Emergency rollback drill, all four scenarios: reports/drill-rollback.{html,json}."""
+    args = ["drills/test_rollback.py", "-p", "no:cacheprovider"]
+    if k:
+        args += ["-k", repr(k)]
+    _pytest(c, args, backend)
+
+
+@task(name="all", help={"backend": BACKEND_HELP})
+def all_drills(c: Context, backend: str | None = None) -> None:
+    """Every drill, slow ones included (the nightly chaos run)."""
+    _pytest(c, ["drills", "-p", "no:cacheprovider"], backend)

@@ -1,0 +1,165 @@
+"""`restore.*`: the emergency switch to files and back, exports and snapshots.
+
+Configured by the operator's settings alone (`.env`, the environment, or the settings file the
+embedded stack wrote); every run leaves a record under `RESILIENCE_RUNS_DIR`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from invoke.context import Context
+from invoke.tasks import task
+
+from tasks._run import confirm_on_terminal, operator_task
+
+SWITCH_HELP = {
+    "company": "company id (default: RESILIENCE_COMPANY_ID)",
+    "dry_run": "run the preflight and print the plan; change nothing",
+    "yes": "do not ask for confirmation (unattended runs)",
+    "force": "use a snapshot older than the limit / discard local changes in the work tree",
+    "json": "print the result as JSON",
+}
+
+
+def _render_switch(console: Any, data: dict[str, Any]) -> None:
+    from resilience.infra.output import table
+
+    pre = data["preflight"]
+    console.print(f"{pre['direction']} for company {pre['company_id']}")
+    for number, line in enumerate(pre["plan"], 1):
+        console.print(f"  {number}. {line}")
+    run = data.get("run")
+    if run is None:
+        console.print("dry run: nothing changed")
+    else:
+        rows = [[s["name"], s["status"], f"{s['duration_s']:.3f} s"] for s in run["steps"]]
+        console.print(table("steps", ["step", "status", "duration"], rows))
+        console.print(f"RTO: {data['rto_s']:.3f} s")
+    if data.get("record"):
+        console.print(f"run record: {data['record']}")
+
+
+def _switch(
+    direction: str, company: str | None, dry_run: bool, yes: bool, force: bool, json: bool
+) -> None:
+    from resilience.config import load_settings
+    from resilience.infra.output import Output
+    from resilience.restore import commands
+    from resilience.restore.runner import StepFailed
+
+    out = Output(json)
+    try:
+        run = commands.switch(
+            load_settings(),
+            direction,  # type: ignore[arg-type]
+            company_id=company,
+            dry_run=dry_run,
+            force=force,
+            confirm=confirm_on_terminal(out, yes),
+            progress=out.progress,
+        )
+    except StepFailed as failed:
+        if json:
+            record = str(failed.record) if failed.record else None
+            out.result(
+                {
+                    "ok": False,
+                    "error": str(failed),
+                    "run": failed.result.to_dict(),
+                    "record": record,
+                }
+            )
+        raise
+    out.result(run.to_dict(), _render_switch)
+
+
+@task(help=SWITCH_HELP)
+@operator_task
+def to_files(
+    c: Context,
+    company: str | None = None,
+    dry_run: bool = False,
+    yes: bool = False,
+    force: bool = False,
+    json: bool = False,
+) -> None:
+    """Emergency switch to files: export (or newest snapshot), code, env, restart, verify."""
+    _switch("to-files", company, dry_run, yes, force, json)
+
+
+@task(help=SWITCH_HELP)
+@operator_task
+def to_postgres(
+    c: Context,
+    company: str | None = None,
+    dry_run: bool = False,
+    yes: bool = False,
+    force: bool = False,
+    json: bool = False,
+) -> None:
+    """Switch back: import the directory in one transaction, verify digests, env, code, restart."""
+    _switch("to-postgres", company, dry_run, yes, force, json)
+
+
+@task(
+    help={
+        "company": "one company (default: all)",
+        "keep": "how many snapshots to keep",
+        "json": "print the result as JSON",
+    }
+)
+@operator_task
+def snapshot(
+    c: Context, company: str | None = None, keep: int | None = None, json: bool = False
+) -> None:
+    """Export every company to a new timestamped snapshot dir, keeping the newest N (cron)."""
+    from resilience.config import load_settings
+    from resilience.infra.output import Output
+    from resilience.restore import commands
+
+    run = commands.snapshot(load_settings(), company_id=company, keep=keep)
+
+    def human(con: Any, d: dict[str, Any]) -> None:
+        companies = ", ".join(f"{k} ({v['key_count']} keys)" for k, v in d["companies"].items())
+        con.print(f"snapshot {d['path']}: {companies}")
+        con.print(f"run record: {d['record']}")
+
+    Output(json).result(run.to_dict(), human)
+
+
+@task(
+    name="export",
+    help={
+        "company": "one company (default: every company in the database)",
+        "dir": "Baileys directory root to export into (default: RESILIENCE_AUTH_DIR)",
+        "json": "print the result as JSON",
+    },
+)
+@operator_task
+def export_files(
+    c: Context, company: str | None = None, dir: str | None = None, json: bool = False
+) -> None:
+    """Export PostgreSQL to Baileys files (no switch): atomic, 0600/0700, with manifest.json."""
+    from resilience.config import load_settings
+    from resilience.infra.output import Output
+    from resilience.restore import commands
+
+    out = Output(json)
+    run = commands.export(
+        load_settings(),
+        company_id=company,
+        directory=Path(dir) if dir else None,
+        progress=out.progress,
+    )
+
+    def human(con: Any, d: dict[str, Any]) -> None:
+        for r in d["exports"]:
+            con.print(
+                f"{r['company_id']}: {r['key_count']} keys -> {r['directory']} "
+                f"({len(r['collisions'])} legacy collisions resolved, digest {r['digest'][:12]})"
+            )
+        con.print(f"run record: {d['record']}")
+
+    out.result(run.to_dict(), human)

@@ -1,0 +1,79 @@
+"""The shape of the house: the rig depends on the library, never back; one home per block.
+
+Read from the source with `ast`, so a late import inside a function counts too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = ROOT / "resilience"
+RIG = LIBRARY / "drill"
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def _library_files() -> list[Path]:
+    return [p for p in LIBRARY.rglob("*.py") if RIG not in p.parents]
+
+
+def test_the_library_never_imports_the_rig() -> None:
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(m for m in _imports(p) if m.startswith("resilience.drill"))
+        for p in _library_files()
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_tasks_call_the_library_not_the_rig_for_operator_commands() -> None:
+    restore = _imports(ROOT / "tasks" / "restore.py")
+    assert not any(m.startswith("resilience.drill") for m in restore)
+
+
+def _defined(name: str) -> list[str]:
+    hits = []
+    for path in [*LIBRARY.rglob("*.py"), *(ROOT / "tasks").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name == name:
+                hits.append(str(path.relative_to(ROOT)))
+    return hits
+
+
+def test_one_home_per_building_block() -> None:
+    assert _defined("Redactor") == ["resilience/infra/redact.py"]
+    assert _defined("redact_dsn") == ["resilience/infra/redact.py"]
+    assert _defined("wait_until") == ["resilience/infra/waiting.py"]
+    assert _defined("atomic_write") == ["resilience/infra/fsutil.py"]
+    assert _defined("Journal") == ["resilience/runs/journal.py"]
+    assert _defined("Manifest") == ["resilience/restore/manifest.py"]
+    assert _defined("stage_and_swap") == ["resilience/restore/staging.py"]
+    assert _defined("read_transaction") == ["resilience/authstate/pgstore.py"]
+
+
+def test_the_mode_flags_are_named_in_one_module() -> None:
+    named = [
+        str(p.relative_to(ROOT))
+        for p in LIBRARY.rglob("*.py")
+        if '"USE_DATABASE_AUTH_STATE"' in p.read_text()
+    ]
+    assert named == ["resilience/service/modes.py"]
+
+
+def test_no_bare_sleep_loops_in_the_library() -> None:
+    """Waiting goes through the one helper; `time.sleep` appears nowhere else."""
+    sleepers = [
+        str(p.relative_to(ROOT))
+        for p in LIBRARY.rglob("*.py")
+        if "time.sleep(" in p.read_text() and p.name != "waiting.py"
+    ]
+    assert sleepers == []

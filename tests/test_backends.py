@@ -8,7 +8,7 @@ import pytest
 
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
-from resilience.config import load_settings
+from resilience.config import load_drill_settings
 from resilience.drill.stack import Stack, make_stack
 from resilience.drill.stack.docker import DockerStack, engine_available
 from resilience.drill.stack.external import ExternalStack
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_docker_backend_without_an_engine_says_so(tmp_path: Path) -> None:
     reason = engine_available()
-    settings = load_settings(env_file=None, backend="docker", stack_dir=tmp_path)
+    settings = load_drill_settings(env_file=None, backend="docker", stack_dir=tmp_path)
     stack = make_stack(settings)
     assert isinstance(stack, DockerStack)
     if reason is None:
@@ -35,7 +35,7 @@ def test_docker_backend_up_and_down(tmp_path: Path) -> None:
     reason = engine_available()
     if reason:
         pytest.skip(f"docker backend: {reason}")
-    settings = load_settings(
+    settings = load_drill_settings(
         env_file=None, backend="docker", stack_dir=tmp_path, tools_dir=ROOT / ".tools"
     )
     with make_stack(settings) as stack:
@@ -45,7 +45,7 @@ def test_docker_backend_up_and_down(tmp_path: Path) -> None:
 
 
 def test_external_backend_names_missing_settings(tmp_path: Path) -> None:
-    settings = load_settings(env_file=None, backend="external", stack_dir=tmp_path)
+    settings = load_drill_settings(env_file=None, backend="external", stack_dir=tmp_path)
     with pytest.raises(ConfigError, match="RESILIENCE_ADMIN_DSN.*RESILIENCE_TOXIPROXY_URL"):
         make_stack(settings).up()
     assert make_stack(settings).status()["up"] is False
@@ -64,7 +64,7 @@ def test_external_backend_attaches_and_refuses_faults_unless_drill_target(
         "service_dsn": ep.service_dsn,
         "toxiproxy_url": ep.toxiproxy_url,
     }
-    external = make_stack(load_settings(**common))
+    external = make_stack(load_drill_settings(**common))
     assert isinstance(external, ExternalStack)
     endpoints = external.up()
     assert endpoints.service_dsn == ep.service_dsn
@@ -81,12 +81,12 @@ def test_external_backend_attaches_and_refuses_faults_unless_drill_target(
         assert client.get_proxy(endpoints.toxiproxy_proxy).enabled
     external.down()  # starts nothing, so stops nothing
     assert stack.status()["up"] is True
-    allowed = make_stack(load_settings(**common, drill_target=True)).up()
+    allowed = make_stack(load_drill_settings(**common, drill_target=True)).up()
     assert allowed.drill_target is True
 
 
 def test_external_backend_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
-    settings = load_settings(
+    settings = load_drill_settings(
         env_file=None,
         backend="external",
         stack_dir=tmp_path,

@@ -15,7 +15,7 @@ import pytest
 
 from resilience.authstate.pgstore import connect
 from resilience.chaos.toxiproxy import ToxiproxyClient
-from resilience.config import load_settings
+from resilience.config import load_drill_settings
 from resilience.drill.stack import Stack
 from resilience.drill.stack.local import LocalStack
 from resilience.drill.stack.s3 import client as s3_client
@@ -87,7 +87,9 @@ def test_cli_up_status_down_leaves_nothing_running(tmp_path: Path) -> None:
 @pytest.mark.stack
 def test_down_cleans_up_after_a_crashed_run(tmp_path: Path) -> None:
     """A run that died without `down` (state file gone too) is cleaned by the next `down`."""
-    settings = load_settings(env_file=None, stack_dir=tmp_path / "s", tools_dir=ROOT / ".tools")
+    settings = load_drill_settings(
+        env_file=None, stack_dir=tmp_path / "s", tools_dir=ROOT / ".tools"
+    )
     stack = LocalStack(settings)
     stack.up()
     pids = [c["pid"] for c in stack.status()["components"].values()]
@@ -102,7 +104,9 @@ def test_down_cleans_up_after_a_crashed_run(tmp_path: Path) -> None:
 
 @pytest.mark.stack
 def test_up_replaces_a_half_dead_stack(tmp_path: Path) -> None:
-    settings = load_settings(env_file=None, stack_dir=tmp_path / "s", tools_dir=ROOT / ".tools")
+    settings = load_drill_settings(
+        env_file=None, stack_dir=tmp_path / "s", tools_dir=ROOT / ".tools"
+    )
     stack = LocalStack(settings)
     try:
         stack.up()
@@ -121,7 +125,7 @@ def test_port_already_taken_is_one_clear_error(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        settings = load_settings(
+        settings = load_drill_settings(
             env_file=None, stack_dir=tmp_path / "s", tools_dir=ROOT / ".tools", pg_port=port
         )
         with pytest.raises(StackError, match=f"port {port} .*RESILIENCE_PG_PORT") as info:
@@ -153,7 +157,9 @@ def test_missing_toxiproxy_binary_says_how_to_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    settings = load_settings(env_file=None, stack_dir=tmp_path / "s", tools_dir=tmp_path / "none")
+    settings = load_drill_settings(
+        env_file=None, stack_dir=tmp_path / "s", tools_dir=tmp_path / "none"
+    )
     with pytest.raises(StackError, match="toxiproxy-server not found.*go"):
         LocalStack(settings).up()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -21,6 +23,7 @@ from resilience.drill.stack.local import LocalStack
 from resilience.drill.stack.s3 import client as s3_client
 from resilience.errors import DatabaseError, StackError
 from resilience.infra.processes import accepts_connections
+from resilience.infra.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 INVOKE = str(Path(sys.executable).parent / "invoke")
@@ -35,12 +38,8 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = [p for p in pids if _alive(p)]
-        if not alive:
-            return []
-        time.sleep(0.05)
+    with contextlib.suppress(StackError):
+        wait_until(lambda: not any(_alive(p) for p in pids), timeout, "processes gone")
     return [p for p in pids if _alive(p)]
 
 
@@ -49,6 +48,59 @@ def _cli(stack_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [INVOKE, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
+
+
+def _in(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """A task run in `workdir` with no RESILIENCE_* variable but those given."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RESILIENCE_")}
+    return subprocess.run(
+        [INVOKE, "--search-root", str(ROOT), *args],
+        cwd=workdir,
+        env={**clean, **env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.mark.stack
+def test_stack_up_is_a_deployment_the_operators_commands_run_on(tmp_path: Path) -> None:
+    """`stack.up` writes the settings of what it runs; the switch, configured by that file
+    alone, works against the embedded stack and leaves its journal under runs/."""
+    tools = {"RESILIENCE_TOOLS_DIR": str(ROOT / ".tools")}
+    up = _in(tmp_path, "stack.up", "--json", **tools)
+    try:
+        assert up.returncode == 0, up.stderr
+        settings_file = tmp_path / ".stack" / "resilience.env"
+        assert json.loads(up.stdout)["settings_file"] == ".stack/resilience.env"
+        assert settings_file.stat().st_mode & 0o777 == 0o600
+        named = {line.split("=")[0] for line in settings_file.read_text().splitlines()}
+        assert "RESILIENCE_BACKEND" not in named and "RESILIENCE_ADMIN_DSN" not in named
+        assert "RESILIENCE_SERVICE_DSN" in named
+
+        switched = _in(tmp_path, "restore.to-files", "--yes", "--json")
+        assert switched.returncode == 0, switched.stderr
+        data = json.loads(switched.stdout)
+        assert [s["name"] for s in data["run"]["steps"]][-1] == "verify"
+        record = Path(data["record"])
+        assert record.parent == tmp_path / "runs"
+        journal = json.loads((record / "journal.json").read_text())
+        assert (journal["status"], journal["measurements"]["rto_s"]) == ("completed", data["rto_s"])
+        health = httpx.get(_health_url(settings_file), timeout=5).json()
+        assert health["mode"] == "file" and health["company"] == "demo"
+        snapshot = _in(tmp_path, "restore.snapshot", "--json")
+        assert snapshot.returncode == 0, snapshot.stderr
+        assert "demo" in json.loads(snapshot.stdout)["companies"]
+    finally:
+        down = _in(tmp_path, "stack.down", **tools)
+    assert down.returncode == 0, down.stderr
+    assert not (tmp_path / ".stack" / "resilience.env").exists()
+
+
+def _health_url(settings_file: Path) -> str:
+    line = next(x for x in settings_file.read_text().splitlines() if "HEALTH_URL=" in x)
+    return line.split("=", 1)[1]
 
 
 @pytest.mark.stack

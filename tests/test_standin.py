@@ -25,6 +25,7 @@ from resilience.authstate.fingerprint import KeyFingerprint, set_digest
 from resilience.authstate.naming import file_name_for, parse_file_name
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect
 from resilience.authstate.view import view_of
+from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.drill.stack import Stack
 from resilience.drill.standin.service import (
@@ -593,19 +594,17 @@ def test_database_outage_counts_failures_and_resumes(
     standin = Standin(tmp_path)
     standins.append(standin)
     standin.wait_health(lambda h: h["writes_ok"] >= 10, "writes before the outage")
-    toxiproxy = ToxiproxyClient(stack.endpoints.toxiproxy_url)
-    proxy = stack.endpoints.toxiproxy_proxy
-    try:
-        toxiproxy.disable(proxy)
+    ep = stack.endpoints
+    with (
+        ToxiproxyClient(ep.toxiproxy_url) as toxiproxy,
+        faults.proxy_disabled(toxiproxy, ep.toxiproxy_proxy, allowed=ep.drill_target),
+    ):
         during = standin.wait_health(lambda h: h["writes_failed"] >= 3, "failed writes")
         later = standin.wait_health(
             lambda h: h["writes_failed"] >= during["writes_failed"] + 3, "more failed writes"
         )
         assert later["writes_ok"] == during["writes_ok"]  # nothing acknowledged while down
         assert later["mode"] == "postgres" and later["pid"] == standin.proc.pid
-    finally:
-        toxiproxy.enable(proxy)
-        toxiproxy.close()
     standin.wait_health(lambda h: h["writes_ok"] >= later["writes_ok"] + 10, "writes resumed")
     assert standin.stop() == 0
     output = standin.output()

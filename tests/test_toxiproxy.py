@@ -28,7 +28,8 @@ from resilience.chaos.toxiproxy import (
     ToxiproxyAPIError,
     ToxiproxyClient,
 )
-from resilience.errors import ChaosError, ConfigError, InputError
+from resilience.errors import ChaosError, ConfigError, InputError, StackError
+from resilience.infra.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_DEADLINE_S = 15.0
@@ -50,17 +51,18 @@ def _toxiproxy_binary() -> str | None:
     return shutil.which("toxiproxy-server")
 
 
-def _wait_for_version(url: str, proc: subprocess.Popen[bytes], deadline: float) -> bool:
-    while time.monotonic() < deadline:
+def _wait_for_version(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether the server answers /version before `timeout` (False at once if it exited)."""
+
+    def answers() -> bool:
         if proc.poll() is not None:
-            return False
-        try:
-            if httpx.get(f"{url}/version", timeout=0.5).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    return False
+            raise StackError("toxiproxy-server exited")
+        return httpx.get(f"{url}/version", timeout=0.5).status_code == 200
+
+    try:
+        return wait_until(answers, timeout, "toxiproxy-server /version")
+    except StackError:
+        return False
 
 
 class _EchoHandler(socketserver.BaseRequestHandler):
@@ -119,7 +121,7 @@ def toxiproxy_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-            if _wait_for_version(url, proc, time.monotonic() + STARTUP_DEADLINE_S):
+            if _wait_for_version(url, proc, STARTUP_DEADLINE_S):
                 break
             proc.kill()
             proc.wait(timeout=10)

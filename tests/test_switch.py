@@ -515,24 +515,27 @@ def test_to_postgres_without_state_uses_the_default_flags(service: Service) -> N
 
 
 # --- the tasks ----------------------------------------------------------------------------------
-def invoke(service: Service, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """The task as an operator runs it: configured by the service's settings alone."""
-    variables = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("RESILIENCE_")},
-        **settings_as_env(service.settings),
-        "RESILIENCE_COMPANY_ID": service.company,
-        **env,
-    }
+def run_task(
+    args: list[str], settings: dict[str, str], cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """A task run in `cwd` with these RESILIENCE_* variables and no other."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RESILIENCE_")}
     return subprocess.run(
-        [str(Path(sys.executable).parent / "invoke"), *args],
-        cwd=ROOT,
-        env=variables,
+        [INVOKE, "--search-root", str(ROOT), *args],
+        cwd=cwd,
+        env=clean | settings,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def invoke(service: Service, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The task as an operator runs it: configured by the service's settings alone."""
+    settings = settings_as_env(service.settings) | {"RESILIENCE_COMPANY_ID": service.company}
+    return run_task(list(args), settings | env)
 
 
 def test_task_dry_run_prints_the_plan_as_json(shared: Service) -> None:
@@ -635,17 +638,7 @@ def test_the_runbooks_before_an_incident_settings_are_enough(
     values = {**settings_as_env(service.settings), "RESILIENCE_COMPANY_ID": service.company}
     chosen = {name: values[name] for name in [*names, *named_after] if name in values}
     assert set(names) <= chosen.keys()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESILIENCE_")} | chosen
-    done = subprocess.run(
-        [INVOKE, "--search-root", str(ROOT), "restore.to-files", "--yes", "--json"],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_task(["restore.to-files", "--yes", "--json"], chosen, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert data["run"]["ok"] is True

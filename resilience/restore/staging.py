@@ -16,7 +16,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -122,6 +122,22 @@ def _swap(root: Path, staged: Path, final: Path) -> None:
         shutil.rmtree(previous, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _staging_dir(parent: Path, what: str) -> Iterator[Path]:
+    """A fresh staging directory (0700) in ``parent``, removed afterwards whatever happens;
+    OSErrors of the body become one-line :class:`InputError`\\ s naming ``what``."""
+    try:
+        ensure_root(parent)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
+        try:
+            os.chmod(staging, DIR_MODE)
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        raise os_error(exc, parent, what) from None
+
+
 def stage_and_swap(root: Path, company_id: str, fill: Callable[[Path], T]) -> tuple[Path, T]:
     """Build ``company_<id>`` in a fresh staging directory of ``root`` and swap it into place.
 
@@ -133,24 +149,16 @@ def stage_and_swap(root: Path, company_id: str, fill: Callable[[Path], T]) -> tu
     """
     name = company_dir_name(company_id)
     root = Path(root)
-    try:
-        ensure_root(root)
+    with _staging_dir(root, f"company {company_id}") as staging:
         final = safe_path(root, name)
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
-        try:
-            os.chmod(staging, DIR_MODE)
-            out = fill(staging)
-            staged = staging / name
-            if not staged.is_dir():
-                raise InputError(f"nothing was staged for company {company_id!r} in {staging}")
-            os.chmod(staged, DIR_MODE)
-            fsync_dir(staged)
-            _swap(root, staged, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        sweep_stale(root, name)
-    except OSError as exc:
-        raise os_error(exc, root, f"company {company_id}") from None
+        out = fill(staging)
+        staged = staging / name
+        if not staged.is_dir():
+            raise InputError(f"nothing was staged for company {company_id!r} in {staging}")
+        os.chmod(staged, DIR_MODE)
+        fsync_dir(staged)
+        _swap(root, staged, final)
+    sweep_stale(root, name)
     return final, out
 
 
@@ -158,20 +166,12 @@ def stage_new(parent: Path, name: str, fill: Callable[[Path], T], *, what: str) 
     """Build a new directory ``parent/name`` (which must not exist yet) in a fresh staging
     directory and rename it into place once ``fill(staging)`` has filled it and it is durable.
     On any failure nothing appears under ``name``. ``what`` names it in errors."""
-    try:
-        ensure_root(parent)
+    with _staging_dir(parent, what) as staging:
         final = safe_path(parent, name)
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
-        try:
-            os.chmod(staging, DIR_MODE)
-            out = fill(staging)
-            fsync_dir(staging)
-            if final.exists():
-                raise InputError(f"{what} {final} already exists")
-            os.rename(staging, final)
-            fsync_dir(parent)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    except OSError as exc:
-        raise os_error(exc, parent, what) from None
+        out = fill(staging)
+        fsync_dir(staging)
+        if final.exists():
+            raise InputError(f"{what} {final} already exists")
+        os.rename(staging, final)
+        fsync_dir(parent)
     return final, out

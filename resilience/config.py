@@ -25,6 +25,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from resilience.errors import ConfigError, InputError
+from resilience.infra.redact import dsn_problems
 
 ENV_PREFIX = "RESILIENCE_"
 COMPANY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
@@ -42,6 +43,16 @@ def validate_company_id(company_id: str) -> str:
             f"invalid company id {shown!r}: use 1-50 characters of A-Z, a-z, 0-9, '_' or '-'"
         )
     return company_id
+
+
+def _checked_dsn(value: SecretStr | None) -> SecretStr | None:
+    """A DSN that means what it says: a typo in it must read as a typo, never as an outage.
+    The message names the problem, never a character of the DSN."""
+    if value is not None:
+        problems = dsn_problems(value.get_secret_value())
+        if problems:
+            raise ValueError("the DSN is wrong: " + "; ".join(problems))
+    return value
 
 
 class Settings(BaseSettings):
@@ -85,6 +96,7 @@ class Settings(BaseSettings):
     auth_dir: Path | None = None  # Baileys directory root (default: <service_dir>/auth_info)
     fallback_tag: str | None = None  # e.g. emergency-file-fallback-v1; unset: no code step
     health_url: str | None = None  # the service's health endpoint, if it has one
+    service_company_var: str = "COMPANY_ID"  # the .env variable naming the company it serves
     file_mode_pattern: str = r"\[auth\] using file auth state .* for company {company}\b"
     postgres_mode_pattern: str = r"\[auth\] using PostgreSQL auth state for company {company}\b"
     connected_pattern: str = r"connection open"
@@ -97,6 +109,11 @@ class Settings(BaseSettings):
 
     # --- records of operator runs ----------------------------------------------------------------
     runs_dir: Path = Path("runs")
+
+    @field_validator("service_dsn")
+    @classmethod
+    def _dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        return _checked_dsn(value)
 
     @field_validator("company_id")
     @classmethod
@@ -156,6 +173,11 @@ class DrillSettings(Settings):
     toxiproxy_proxy: str = "postgres"
     drill_target: bool = False
 
+    @field_validator("admin_dsn")
+    @classmethod
+    def _admin_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        return _checked_dsn(value)
+
     @field_validator("toxiproxy_url")
     @classmethod
     def _toxiproxy_url(cls, value: str | None) -> str | None:
@@ -203,7 +225,8 @@ def _load(cls: type[S], env_file: str | Path | None, overrides: dict[str, Any]) 
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "?"
             name = (ENV_PREFIX + field if field in cls.model_fields else field).upper()
-            problems.append(f"{name}: {err['msg']}")
+            message = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{name}: {message}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 

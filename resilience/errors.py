@@ -6,6 +6,7 @@ Messages are one line, written for an operator, and never contain secrets.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class ResilienceError(Exception):
@@ -14,6 +15,8 @@ class ResilienceError(Exception):
     exit_code = 1
     #: The record of the operator run that failed (set by :mod:`resilience.runs.record`).
     record: Path | None = None
+    #: JSON-ready facts a script may want beside the message (no secrets).
+    details: dict[str, Any] | None = None
 
 
 class ConfigError(ResilienceError):
@@ -56,3 +59,18 @@ class DatabaseError(ResilienceError):
     """PostgreSQL is unreachable, refuses our credentials, or a statement failed."""
 
     exit_code = 6
+
+
+class DatabaseUnreachable(DatabaseError):
+    """The server cannot be reached at all (refused, reset, timed out, shutting down, TLS):
+    an outage, the one case that allows falling back to a snapshot."""
+
+
+class PartialFailure(ResilienceError):
+    """A run over several companies wrote every good one and failed for some: the message
+    names each failed company and why; the exit code is that of the first failure."""
+
+    def __init__(self, message: str, exit_code: int, details: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.details = details

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,8 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Set by `./run` to the directory it was called from, before it changes into the project.
+CALLER_DIR_VARIABLE = "BAILEYS_RESILIENCE_CALLER_DIR"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -30,6 +33,8 @@ def operator_task(fn: F) -> F:
             return fn(c, *args, **kwargs)
         except ResilienceError as exc:
             record = f" (run record: {exc.record})" if exc.record else ""
+            if kwargs.get("json"):  # every outcome is one JSON document on stdout
+                Output(True).result(error_document(exc))
             Output().error(f"{exc}{record}")
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
@@ -37,6 +42,46 @@ def operator_task(fn: F) -> F:
             raise Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def error_document(exc: Any) -> dict[str, Any]:
+    """The JSON of a failed run: ok, error, exit_code, record, and the facts it carries."""
+    from resilience.restore.runner import StepFailed
+
+    doc: dict[str, Any] = {
+        "ok": False,
+        "error": str(exc),
+        "exit_code": exc.exit_code,
+        "record": str(exc.record) if exc.record else None,
+    }
+    if isinstance(exc, StepFailed):
+        doc["run"] = exc.result.to_dict()
+    doc.update(exc.details or {})
+    return doc
+
+
+def caller_path(value: str) -> Path:
+    """A path flag as the operator meant it: relative to the directory `./run` was called
+    from (`./run` changes into the project), else to the working directory."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    return Path(os.environ.get(CALLER_DIR_VARIABLE) or os.getcwd()) / path
+
+
+def positive_int(flag: str, value: Any) -> int | None:
+    """A whole number >= 1 from a flag, or InputError naming the flag."""
+    if value is None:
+        return None
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if number < 1:
+        from resilience.errors import InputError
+
+        raise InputError(f"{flag} must be a whole number of at least 1, not {str(value)[:20]!r}")
+    return number
 
 
 def venv_bin(name: str) -> str:

@@ -13,7 +13,7 @@ from invoke.tasks import task
 from tasks._run import ROOT, operator_task, venv_bin
 
 
-@task
+@task(auto_shortflags=False)
 def lint(c: Context) -> None:
     """ruff (lint and format check) on everything, mypy --strict on resilience/ and tasks/."""
     with c.cd(str(ROOT)):
@@ -23,11 +23,12 @@ def lint(c: Context) -> None:
 
 
 @task(
+    auto_shortflags=False,
     help={
         "k": "only tests matching this expression",
         "slow": "also run drills marked slow (nightly)",
         "path": "test paths (default: tests and drills)",
-    }
+    },
 )
 def test(c: Context, k: str = "", slow: bool = False, path: str = "") -> None:
     """Lint, type-check, then every test (slow drills only with --slow)."""
@@ -43,10 +44,11 @@ def test(c: Context, k: str = "", slow: bool = False, path: str = "") -> None:
 
 
 @task(
+    auto_shortflags=False,
     help={
         "sizes": "comma-separated key counts (default 1313,10000,100000)",
         "repeat": "measurements per size (median and min are reported)",
-    }
+    },
 )
 @operator_task
 def bench(c: Context, sizes: str = "1313,10000,100000", repeat: int = 3) -> None:

@@ -16,7 +16,7 @@ def _pytest(c: Context, args: list[str], backend: str | None) -> None:
         c.run(" ".join([venv_bin("pytest"), *args]), env=env, pty=False)
 
 
-@task(help={"backend": BACKEND_HELP, "k": "only scenarios matching"})
+@task(auto_shortflags=False, help={"backend": BACKEND_HELP, "k": "only scenarios matching"})
 def rollback(c: Context, backend: str | None = None, k: str = "") -> None:
     """Emergency rollback drill, all four scenarios: reports/drill-rollback.{html,json}."""
     args = ["drills/test_rollback.py", "-p", "no:cacheprovider"]
@@ -25,7 +25,7 @@ def rollback(c: Context, backend: str | None = None, k: str = "") -> None:
     _pytest(c, args, backend)
 
 
-@task(name="all", help={"backend": BACKEND_HELP})
+@task(auto_shortflags=False, name="all", help={"backend": BACKEND_HELP})
 def all_drills(c: Context, backend: str | None = None) -> None:
     """Every drill, slow ones included (the nightly chaos run)."""
     _pytest(c, ["drills", "-p", "no:cacheprovider"], backend)

@@ -6,13 +6,12 @@ embedded stack wrote); every run leaves a record under `RESILIENCE_RUNS_DIR`.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from invoke.context import Context
 from invoke.tasks import task
 
-from tasks._run import confirm_on_terminal, operator_task
+from tasks._run import caller_path, confirm_on_terminal, operator_task, positive_int
 
 SWITCH_HELP = {
     "company": "company id (default: RESILIENCE_COMPANY_ID)",
@@ -47,35 +46,21 @@ def _switch(
     from resilience.config import load_settings
     from resilience.infra.output import Output
     from resilience.restore import commands
-    from resilience.restore.runner import StepFailed
 
     out = Output(json)
-    try:
-        run = commands.switch(
-            load_settings(),
-            direction,  # type: ignore[arg-type]
-            company_id=company,
-            dry_run=dry_run,
-            force=force,
-            confirm=confirm_on_terminal(out, yes),
-            progress=out.progress,
-        )
-    except StepFailed as failed:
-        if json:
-            record = str(failed.record) if failed.record else None
-            out.result(
-                {
-                    "ok": False,
-                    "error": str(failed),
-                    "run": failed.result.to_dict(),
-                    "record": record,
-                }
-            )
-        raise
-    out.result(run.to_dict(), _render_switch)
+    run = commands.switch(
+        load_settings(),
+        direction,  # type: ignore[arg-type]
+        company_id=company,
+        dry_run=dry_run,
+        force=force,
+        confirm=confirm_on_terminal(out, yes),
+        progress=out.progress,
+    )
+    out.result({"ok": True, **run.to_dict()}, _render_switch)
 
 
-@task(help=SWITCH_HELP)
+@task(auto_shortflags=False, help=SWITCH_HELP)
 @operator_task
 def to_files(
     c: Context,
@@ -89,7 +74,7 @@ def to_files(
     _switch("to-files", company, dry_run, yes, force, json)
 
 
-@task(help=SWITCH_HELP)
+@task(auto_shortflags=False, help=SWITCH_HELP)
 @operator_task
 def to_postgres(
     c: Context,
@@ -104,11 +89,12 @@ def to_postgres(
 
 
 @task(
+    auto_shortflags=False,
     help={
         "company": "one company (default: all)",
         "keep": "how many snapshots to keep",
         "json": "print the result as JSON",
-    }
+    },
 )
 @operator_task
 def snapshot(
@@ -119,17 +105,18 @@ def snapshot(
     from resilience.infra.output import Output
     from resilience.restore import commands
 
-    run = commands.snapshot(load_settings(), company_id=company, keep=keep)
+    run = commands.snapshot(load_settings(), company_id=company, keep=positive_int("--keep", keep))
 
     def human(con: Any, d: dict[str, Any]) -> None:
         companies = ", ".join(f"{k} ({v['key_count']} keys)" for k, v in d["companies"].items())
         con.print(f"snapshot {d['path']}: {companies}")
         con.print(f"run record: {d['record']}")
 
-    Output(json).result(run.to_dict(), human)
+    Output(json).result({"ok": True, **run.to_dict()}, human)
 
 
 @task(
+    auto_shortflags=False,
     name="export",
     help={
         "company": "one company (default: every company in the database)",
@@ -150,7 +137,7 @@ def export_files(
     run = commands.export(
         load_settings(),
         company_id=company,
-        directory=Path(dir) if dir else None,
+        directory=caller_path(dir) if dir else None,
         progress=out.progress,
     )
 
@@ -162,4 +149,4 @@ def export_files(
             )
         con.print(f"run record: {d['record']}")
 
-    out.result(run.to_dict(), human)
+    out.result({"ok": True, **run.to_dict()}, human)

@@ -35,11 +35,12 @@ def _render_status(console: Any, data: dict[str, Any]) -> None:
 
 
 @task(
+    auto_shortflags=False,
     help={
         "backend": BACKEND_HELP,
         "json": "print JSON",
         "no_service": "do not seed the demo company nor start the stand-in service",
-    }
+    },
 )
 @operator_task
 def up(
@@ -65,7 +66,7 @@ def up(
     out.result(data, _render_status)
 
 
-@task(help={"backend": BACKEND_HELP, "json": "print JSON"})
+@task(auto_shortflags=False, help={"backend": BACKEND_HELP, "json": "print JSON"})
 @operator_task
 def status(c: Context, backend: str | None = None, json: bool = False) -> None:
     """Show each component of the stack: running or not, pid, port, endpoints (no secrets)."""
@@ -79,7 +80,7 @@ def status(c: Context, backend: str | None = None, json: bool = False) -> None:
         raise Exit(code=3)
 
 
-@task(help={"backend": BACKEND_HELP})
+@task(auto_shortflags=False, help={"backend": BACKEND_HELP})
 @operator_task
 def down(c: Context, backend: str | None = None) -> None:
     """Stop every process of the stack, also leftovers of a crashed run; remove its data."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,9 @@ from resilience.authstate.pgstore import Conn, PgAuthStore, connect
 from resilience.authstate.view import digest_of_keys, view_of
 from resilience.drill.stack import Stack
 from resilience.errors import DataError, InputError, VerificationError
+from resilience.restore import export as export_module
 from resilience.restore.export import (
+    CompanyFailure,
     estimate_export_bytes,
     export_all,
     export_company,
@@ -306,7 +310,9 @@ def test_export_all_estimate_and_free_space(store: PgAuthStore, root: Path) -> N
     try:
         for cid in companies:
             _seed_small(store, cid)
-        results = export_all(store, root, companies, source=SOURCE)
+        batch = export_all(store, root, companies, source=SOURCE)
+        assert batch.ok and batch.failures == [] and batch.exit_code == 0
+        results = batch.results
         assert [r.company_id for r in results] == companies
         assert sorted(os.listdir(root)) == sorted(company_dir_name(c) for c in companies)
         for result in results:
@@ -318,6 +324,147 @@ def test_export_all_estimate_and_free_space(store: PgAuthStore, root: Path) -> N
     finally:
         for cid in companies:
             store.delete_company(cid)
+
+
+def _make_undecodable(conn: Conn, company: str) -> None:
+    """One key row whose value is a Buffer that does not decode: the company cannot be exported."""
+    conn.execute(
+        "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) VALUES "
+        '(%s, \'session\', \'79001.0\', \'{"type": "Buffer", "data": "!!not base64"}\')',
+        (company,),
+    )
+
+
+@pytest.fixture
+def new_company(store: PgAuthStore) -> Iterator[Callable[[], str]]:
+    """Fresh company ids on demand; their rows are deleted afterwards."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(f"t_{uuid.uuid4().hex[:12]}")
+        return made[-1]
+
+    yield make
+    for cid in made:
+        store.delete_company(cid)
+
+
+def test_export_all_exports_every_good_company_past_a_bad_one(
+    store: PgAuthStore, conn: Conn, root: Path, new_company: Callable[[], str]
+) -> None:
+    first, bad, last = new_company(), new_company(), new_company()
+    for cid in (first, bad, last):
+        _seed_small(store, cid)
+    store.set_keys(last, {"session": {"79000000009.0": b"last"}})
+    export_company(store, root, bad, source=SOURCE)
+    bad_before = _tree(root / company_dir_name(bad))
+    _make_undecodable(conn, bad)
+    messages: list[str] = []
+
+    batch = export_all(store, root, [first, bad, last], source=SOURCE, progress=messages.append)
+
+    assert [r.company_id for r in batch.results] == [first, last]
+    for result in batch.results:
+        expected = view_of(
+            result.company_id,
+            store.load_creds(result.company_id),
+            store.records(result.company_id),
+        ).digest()
+        assert result.digest == expected.digest
+        assert _directory_digest(result.directory, result.company_id) == expected.digest
+        assert result.directory == root / company_dir_name(result.company_id)
+    # the bad company failed alone, named with its reason; its previous export is kept
+    (failure,) = batch.failures
+    assert failure.company_id == bad
+    assert failure.error == "DataError"
+    assert failure.exit_code == DataError.exit_code == 4
+    assert "\n" not in failure.message
+    assert re.search(rf"company {bad}\b.*session/79001\.0.*not valid base64", failure.message)
+    assert not batch.ok and batch.exit_code == DataError.exit_code
+    assert _tree(root / company_dir_name(bad)) == bad_before
+    assert sorted(os.listdir(root)) == sorted(company_dir_name(c) for c in (first, bad, last))
+    # JSON-ready, and the progress names the failing company and why
+    as_json = json.loads(json.dumps(batch.to_dict()))
+    assert as_json["ok"] is False
+    assert [e["company_id"] for e in as_json["exports"]] == [first, last]
+    assert as_json["failures"] == [
+        {
+            "company_id": bad,
+            "error": "DataError",
+            "message": failure.message,
+            "exit_code": 4,
+        }
+    ]
+    failed_lines = [m for m in messages if "FAILED" in m]
+    assert len(failed_lines) == 1
+    assert bad in failed_lines[0] and "DataError" in failed_lines[0]
+    assert "not valid base64" in failed_lines[0]
+    assert any(m.startswith("2 company(ies) exported, 1 failed") and bad in m for m in messages)
+    assert any(f"company {last}: " in m and "in place" in m for m in messages)
+    # something was written: no message may claim otherwise
+    assert not any("nothing was exported" in m for m in [*messages, failure.message])
+
+
+def test_export_all_records_a_listed_company_with_an_invalid_id(
+    store: PgAuthStore, root: Path, company: str
+) -> None:
+    _seed_small(store, company)
+
+    class Listing(PgAuthStore):
+        def companies(self) -> list[str]:
+            return ["../evil", company]
+
+    batch = export_all(Listing(store.conn), root, None, source=SOURCE)
+    assert [r.company_id for r in batch.results] == [company]
+    assert batch.failures == [
+        CompanyFailure(
+            "../evil",
+            "InputError",
+            batch.failures[0].message,
+            InputError.exit_code,
+        )
+    ]
+    assert "invalid company id '../evil'" in batch.failures[0].message
+    assert sorted(os.listdir(root)) == [company_dir_name(company)]
+
+
+def test_export_all_refuses_named_unknown_companies_before_writing(
+    store: PgAuthStore, root: Path, company: str
+) -> None:
+    _seed_small(store, company)
+    with pytest.raises(InputError, match="unknown company t_nobody_here: no creds and no keys"):
+        export_all(store, root, [company, "t_nobody_here"], source=SOURCE)
+    with pytest.raises(InputError, match="invalid company id"):
+        export_all(store, root, [company, "../evil"], source=SOURCE)
+    assert not root.exists()
+    assert export_all(store, root, [], source=SOURCE).to_dict() == {
+        "ok": True,
+        "exports": [],
+        "failures": [],
+    }
+
+
+def test_export_all_lets_other_exceptions_through(
+    store: PgAuthStore,
+    root: Path,
+    new_company: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, broken = new_company(), new_company()
+    for cid in (first, broken):
+        _seed_small(store, cid)
+    real = export_module.export_company
+
+    def export_or_crash(
+        store: PgAuthStore, root: Path, company_id: str, **kwargs: Any
+    ) -> export_module.ExportResult:
+        if company_id == broken:
+            raise RuntimeError("a bug, not a bad tenant")
+        return real(store, root, company_id, **kwargs)
+
+    monkeypatch.setattr(export_module, "export_company", export_or_crash)
+    with pytest.raises(RuntimeError, match="a bug"):
+        export_all(store, root, [first, broken], source=SOURCE)
 
 
 def test_export_leaves_a_non_autocommit_connection_idle(

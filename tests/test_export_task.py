@@ -94,7 +94,7 @@ def test_invalid_company_id_is_exit_2(stack: Stack, tmp_path: Path) -> None:
     assert "invalid company id" in result.stderr
 
 
-def test_wrong_password_is_exit_6_without_the_password(
+def test_wrong_password_is_exit_2_without_the_password(
     stack: Stack, company: str, tmp_path: Path
 ) -> None:
     bad = stack.endpoints.service_dsn.replace("baileys_service:", "baileys_service:Wr0ngPw")
@@ -107,7 +107,8 @@ def test_wrong_password_is_exit_6_without_the_password(
         str(tmp_path),
         RESILIENCE_SERVICE_DSN=bad,
     )
-    assert result.returncode == 6
+    assert result.returncode == 2  # a wrong DSN is a configuration error, not an outage
+    assert "the DSN is wrong (check its password)" in result.stderr
     assert "password authentication failed" in result.stderr
     assert "Wr0ngPw" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

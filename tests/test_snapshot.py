@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from resilience.restore.importer import read_directory
 from resilience.restore.manifest import MANIFEST_FILE
 from resilience.restore.snapshot import (
     SNAPSHOT_FILE,
+    Snapshot,
     install_snapshot,
     list_snapshots,
     newest_snapshot,
@@ -175,3 +177,163 @@ def test_corrupt_snapshot_is_refused(store: PgAuthStore, company: str, tmp_path:
         install_snapshot(snap, company, root)
     assert _files(root / company_dir_name(company)) == before
     assert sorted(os.listdir(root)) == [company_dir_name(company)]
+
+
+# --- one bad tenant -----------------------------------------------------------------------------
+
+BAD_KEY = "79001.0"
+
+
+@pytest.fixture
+def new_company(store: PgAuthStore) -> Iterator[Callable[[int], str]]:
+    """Fresh companies of ``n`` generated keys on demand; their rows are deleted afterwards."""
+    made: list[str] = []
+
+    def make(n: int) -> str:
+        cid = f"t_{uuid.uuid4().hex[:12]}"
+        made.append(cid)
+        data = generate(cid, n)
+        store.insert_raw(cid, data.creds, data.rows())
+        return cid
+
+    yield make
+    for cid in made:
+        store.delete_company(cid)
+
+
+def _corrupt(store: PgAuthStore, company: str) -> None:
+    """One key row whose value is a Buffer that does not decode: the company cannot be exported."""
+    store.conn.execute(
+        "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) VALUES "
+        '(%s, \'session\', %s, \'{"type": "Buffer", "data": "!!not base64"}\')',
+        (company, BAD_KEY),
+    )
+
+
+def _repair(store: PgAuthStore, company: str) -> None:
+    store.conn.execute(
+        "DELETE FROM whatsapp_keys WHERE company_id = %s AND key_type = 'session' AND key_id = %s",
+        (company, BAD_KEY),
+    )
+
+
+def _assert_holds(snap: Snapshot, store: PgAuthStore, companies: list[str]) -> None:
+    """``snap`` holds exactly ``companies``, each with the database's digest, files and all."""
+    assert sorted(snap.companies) == sorted(companies)
+    assert sorted(p.name for p in snap.path.iterdir() if p.is_dir()) == sorted(
+        company_dir_name(c) for c in companies
+    )
+    for cid in companies:
+        digest = _db_digest(store, cid)
+        assert snap.companies[cid]["digest"] == digest
+        assert read_directory(snap.company_dir(cid), cid).digest().digest == digest
+
+
+def test_a_bad_company_is_left_out_and_the_others_snapshotted(
+    store: PgAuthStore, company: str, new_company: Callable[[int], str], tmp_path: Path
+) -> None:
+    snaps, root = tmp_path / "snapshots", tmp_path / "auth"
+    other, bad = new_company(40), new_company(30)
+    everyone = [company, bad, other]
+    before = take_snapshot(store, snaps, everyone, keep=5, source=SOURCE)
+    _assert_holds(before, store, everyone)
+    assert before.failed == {}
+    bad_digest = _db_digest(store, bad)
+    _corrupt(store, bad)
+    store.set_keys(company, {"session": {"79000000001.0": b"after the first snapshot"}})
+
+    snap = take_snapshot(store, snaps, everyone, keep=5, source=SOURCE)
+
+    _assert_holds(snap, store, [company, other])
+    assert list(snap.failed) == [bad]
+    assert snap.failed[bad]["error"] == "DataError"
+    message = snap.failed[bad]["message"]
+    assert re.search(rf"company {bad}\b.*session/{BAD_KEY}.*not valid base64", message)
+    assert "nothing was exported" not in message
+    meta = json.loads((snap.path / SNAPSHOT_FILE).read_text())
+    assert meta["failed"] == {bad: {"error": "DataError", "message": message}}
+    assert sorted(meta["companies"]) == sorted([company, other])
+    assert snap.to_dict()["failed"] == meta["failed"]
+    assert [n for n in os.listdir(snaps) if n.startswith(".staging-")] == []
+    # as listed from disk: the same companies and failures
+    listed = list_snapshots(snaps)
+    assert [s.path for s in listed] == [snap.path, before.path]
+    assert listed[0].companies == snap.companies and listed[0].failed == snap.failed
+
+    # the good companies fall back to the new snapshot, the bad one to the older one holding it
+    for cid in (company, other):
+        found = newest_snapshot(snaps, cid)
+        assert found is not None and found.path == snap.path
+        assert found.companies[cid]["digest"] == _db_digest(store, cid)
+    fallback = newest_snapshot(snaps, bad)
+    assert fallback is not None and fallback.path == before.path
+    assert fallback.companies[bad]["digest"] == bad_digest
+    installed = install_snapshot(fallback, bad, root)
+    assert installed.digest == bad_digest
+
+
+def test_a_company_bad_for_keep_runs_keeps_its_last_good_snapshot(
+    store: PgAuthStore, company: str, new_company: Callable[[int], str], tmp_path: Path
+) -> None:
+    snaps = tmp_path / "snapshots"
+    bad = new_company(20)
+    good = take_snapshot(store, snaps, [company, bad], keep=2, source=SOURCE)
+    _corrupt(store, bad)
+    failed = [take_snapshot(store, snaps, [company, bad], keep=2, source=SOURCE) for _ in range(3)]
+    assert all(list(s.failed) == [bad] for s in failed)
+    # the newest two, plus the newest one that still holds the bad company
+    assert [s.path for s in list_snapshots(snaps)] == [failed[2].path, failed[1].path, good.path]
+    found = newest_snapshot(snaps, bad)
+    assert found is not None and found.path == good.path
+    found = newest_snapshot(snaps, company)
+    assert found is not None and found.path == failed[2].path
+
+    _repair(store, bad)
+    fixed = take_snapshot(store, snaps, [company, bad], keep=2, source=SOURCE)
+    _assert_holds(fixed, store, [company, bad])
+    assert fixed.failed == {}
+    assert [s.path for s in list_snapshots(snaps)] == [fixed.path, failed[2].path]
+    found = newest_snapshot(snaps, bad)
+    assert found is not None and found.path == fixed.path
+
+
+def test_when_every_company_fails_nothing_is_written(
+    store: PgAuthStore, company: str, new_company: Callable[[int], str], tmp_path: Path
+) -> None:
+    snaps = tmp_path / "snapshots"
+    bad = new_company(10)
+    first = take_snapshot(store, snaps, [company], keep=1, source=SOURCE)
+    for cid in (company, bad):
+        _corrupt(store, cid)
+    with pytest.raises(DataError) as info:
+        take_snapshot(store, snaps, [company, bad], keep=1, source=SOURCE)
+    text = str(info.value)
+    assert text.startswith("no snapshot taken, every company failed (2): ")
+    for cid in (company, bad):
+        assert re.search(rf"{cid} \(DataError: company {cid}\b.*not valid base64", text)
+    assert "\n" not in text
+    with pytest.raises(DataError, match=rf"failed \(1\): {bad} \(DataError: .*base64"):
+        take_snapshot(store, snaps, [bad], keep=1, source=SOURCE)
+    # nothing written, nothing pruned, no staging left behind
+    assert os.listdir(snaps) == [first.path.name]
+    found = newest_snapshot(snaps, company)
+    assert found is not None and found.path == first.path
+
+
+def test_snapshot_json_without_failed_still_loads(
+    store: PgAuthStore, company: str, tmp_path: Path
+) -> None:
+    snaps = tmp_path / "snapshots"
+    snap = take_snapshot(store, snaps, [company], keep=3, source=SOURCE)
+    path = snap.path / SNAPSHOT_FILE
+    meta = json.loads(path.read_text())
+    assert meta["format"] == 1 and meta["failed"] == {}
+    del meta["failed"]
+    path.write_text(json.dumps(meta))
+    (loaded,) = list_snapshots(snaps)
+    assert loaded.companies == snap.companies and loaded.failed == {}
+    found = newest_snapshot(snaps, company)
+    assert found is not None and found.path == snap.path
+    # a malformed "failed" makes the snapshot unreadable, like any other bad field
+    path.write_text(json.dumps({**meta, "failed": {"t_x": {"error": 1}}}))
+    assert list_snapshots(snaps) == []

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from resilience.authstate.fingerprint import KeyFingerprint
 from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.authstate.view import view_of
@@ -34,6 +35,7 @@ from resilience.drill.fakes.receivers import ReceiverClient
 from resilience.drill.service import ServiceUnderTest
 from resilience.drill.stack import Stack
 from resilience.drill.standin.deploy import standin_on_stack
+from resilience.drill.standin.writelog import WriteEntry
 from resilience.errors import InputError, VerificationError
 from resilience.infra.waiting import wait_until
 from resilience.restore import commands, snapshot
@@ -94,6 +96,35 @@ def observe(service: Service) -> dict[str, Any]:
         "creds": creds,
         "rows": rows,
     }
+
+
+Prints = dict[tuple[str, str], str]
+
+
+def seeded(service: Service) -> Prints:
+    assert service.dataset is not None
+    view = view_of(service.company, service.dataset.creds, service.dataset.keys)
+    return {(t, i): KeyFingerprint.of(t, i, v) for t, i, v in view.key_values()}
+
+
+def db_fingerprints(service: Service) -> Prints:
+    with connect(service.stack.endpoints.admin_dsn) as conn:
+        store = PgAuthStore(conn)
+        view = view_of(
+            service.company, store.load_creds(service.company), store.records(service.company)
+        )
+    return {(t, i): KeyFingerprint.of(t, i, v) for t, i, v in view.key_values()}
+
+
+def replay_writes(base: Prints, entries: list[WriteEntry]) -> Prints:
+    state = dict(base)
+    for entry in entries:
+        if entry.deleted:
+            state.pop((entry.type, entry.id), None)
+        else:
+            assert entry.fingerprint is not None
+            state[(entry.type, entry.id)] = entry.fingerprint
+    return state
 
 
 def step_named(result: RunResult, name: str) -> StepResult:
@@ -198,14 +229,46 @@ def test_wrong_password_is_refused_without_showing_it(shared: Service, tmp_path:
 
     facts = preflight(target, "to-files")
     assert not facts.db_reachable
+    assert facts.db_verdict == "misconfigured"  # a typo is never read as an outage
     assert facts.db_error is not None
     assert "password authentication failed" in facts.db_error
     assert wrong not in facts.db_error
-    message = refused(shared, target, "PostgreSQL is unreachable")
-    assert "password authentication failed" in message
-    assert "no snapshot of company" in message
+    assert facts.snapshot_path is None
+    message = refused(shared, target, "PostgreSQL is not down, the configuration is wrong")
+    assert "check its password" in message
+    assert "snapshot of company" not in message
     for secret in [wrong, *secrets_of(shared)]:
         assert secret not in message
+
+
+@pytest.mark.parametrize(
+    ("password", "problem"),
+    [
+        ("Xq#7zK-9vT", "it holds a '#'"),
+        ("Xq@7zK-9vT", "the password holds an '@'"),
+        ("Xq/7zK-9vT", "the password holds a '/'"),
+    ],
+)
+def test_unescaped_password_in_the_dsn_is_a_configuration_error(
+    shared: Service, tmp_path: Path, password: str, problem: str
+) -> None:
+    """The seed's 3 a.m. typo: the database is healthy, the DSN says something else. Exit 2,
+    the DSN named as wrong, no part of the password shown, no snapshot considered."""
+    parts = urlsplit(shared.stack.endpoints.service_dsn)
+    dsn = f"postgresql://{parts.username}:{password}@{parts.hostname}:{parts.port}{parts.path}"
+    done = run_task(
+        ["restore.to-files", "--dry-run", "--json"],
+        {**settings_as_env(shared.settings), "RESILIENCE_SERVICE_DSN": dsn},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "RESILIENCE_SERVICE_DSN" in done.stderr and problem in done.stderr
+    assert "the DSN is wrong" in done.stderr
+    document = json.loads(done.stdout)
+    assert (document["ok"], document["exit_code"]) == (False, 2)
+    shown = done.stdout + done.stderr
+    assert not [
+        password[i : i + 4] for i in range(len(password) - 3) if password[i : i + 4] in shown
+    ]
 
 
 def test_missing_env_file_is_refused(shared: Service) -> None:
@@ -233,7 +296,7 @@ def test_unreachable_postgres_without_snapshot_is_refused(shared: Service, tmp_p
         ToxiproxyClient(ep.toxiproxy_url) as toxiproxy,
         faults.proxy_disabled(toxiproxy, ep.toxiproxy_proxy, allowed=ep.drill_target),
     ):
-        message = refused(shared, target, "PostgreSQL is unreachable (cannot connect")
+        message = refused(shared, target, "PostgreSQL unreachable at postgresql://")
     assert f"there is no snapshot of company {shared.company} in {tmp_path / 'no-snapshots'}" in (
         message
     )
@@ -377,20 +440,25 @@ def test_failed_verify_is_undone_and_reported_without_secrets(service: Service) 
         *((name, "ok") for name in TO_FILES_STEPS[:-1]),
         ("verify", "failed"),
     ]
-    # undone in reverse order; start-service and export have nothing to undo
+    # undone in reverse order, file-mode writes carried back first; export has no undo
     assert [(r.name, r.status) for r in result.rollbacks] == [
+        ("start-service", "ok"),
         ("env", "ok"),
         ("code", "ok"),
         ("stop-service", "ok"),
     ]
+    assert result.halted is None
     assert failed.record is not None and failed.record.parent == settings.runs_dir
     journal = json.loads((failed.record / "journal.json").read_text())
     assert journal["status"] == "failed"
     assert [(r["name"], r["status"]) for r in journal["rollbacks"]] == [
+        ("undo start-service", "ok"),
         ("undo env", "ok"),
         ("undo code", "ok"),
         ("undo stop-service", "ok"),
     ]
+    carried = journal["rollbacks"][0]["details"]["carried_back"]
+    assert carried["digest_db"] == carried["digest_dir"]
 
     # the service is back where it was: PostgreSQL mode, main, the same .env bytes
     assert service.deployed.env_file.read_bytes() == before["env"]
@@ -417,6 +485,12 @@ def test_failed_verify_is_undone_and_reported_without_secrets(service: Service) 
     recorded = json.dumps(event)
     for secret in secrets_of(service):
         assert secret not in recorded
+
+    # no acknowledged write is lost: every one, of both modes, is in PostgreSQL by fingerprint
+    service.pm2.stop(service.deployed.app)
+    entries = service.acknowledged_writes()
+    assert entries is not None and any(e.mode == "file" for e in entries)
+    assert db_fingerprints(service) == replay_writes(seeded(service), entries)
 
 
 class Crash(Exception):

@@ -28,14 +28,22 @@ class SentryChannel:
     def __init__(self, dsn: str | None, redactor: Redactor, environment: str = "drill") -> None:
         self.redactor = redactor
         self.enabled = bool(dsn)
+        self.problem: str | None = None  # why a configured channel is off
         self._client: sentry_sdk.Client | None = None
         if dsn:
             redactor.register(dsn)
-            self._client = sentry_sdk.Client(
-                dsn=dsn,
-                default_integrations=False,
-                environment=environment,
-            )
+            try:
+                self._client = sentry_sdk.Client(
+                    dsn=dsn,
+                    default_integrations=False,
+                    environment=environment,
+                )
+            except Exception as exc:  # an alert channel never stands between operator and exit
+                self.enabled = False
+                self.problem = (
+                    f"RESILIENCE_SENTRY_DSN is not a valid Sentry DSN ({type(exc).__name__})"
+                )
+                log.warning("%s: Sentry events will not be sent", self.problem)
 
     def event(
         self,
@@ -76,6 +84,11 @@ class TelegramChannel:
     ) -> None:
         self.redactor = redactor
         self.enabled = bool(token and chat_id)
+        self.problem: str | None = None
+        if bool(token) != bool(chat_id):
+            self.problem = (
+                "Telegram needs both RESILIENCE_TELEGRAM_BOT_TOKEN and RESILIENCE_TELEGRAM_CHAT_ID"
+            )
         self.api_url = api_url.rstrip("/")
         self._token = token
         self._chat_id = chat_id
@@ -143,3 +156,13 @@ class Alerts:
 
     def close(self) -> None:
         self.sentry.close()
+
+
+def alert_warnings(settings: Settings) -> list[str]:
+    """What is wrong with the configured alert channels, as warnings: an emergency proceeds
+    without alerts rather than not at all."""
+    alerts = Alerts.from_settings(settings)
+    try:
+        return [p for p in (alerts.sentry.problem, alerts.telegram.problem) if p]
+    finally:
+        alerts.close()

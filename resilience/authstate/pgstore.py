@@ -7,6 +7,7 @@ Values are written in the encoding the service writes ("array"); both encodings 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -21,8 +22,8 @@ from psycopg.types.json import Jsonb
 from resilience.authstate.codec import Style, decode, encode
 from resilience.authstate.model import KeyRecord, ttl_for
 from resilience.config import validate_company_id
-from resilience.errors import DatabaseError
-from resilience.infra.redact import redact_dsn
+from resilience.errors import ConfigError, DatabaseError, DatabaseUnreachable
+from resilience.infra.redact import Redactor, dsn_problems, redact_dsn
 
 BATCH_SIZE = 100
 DB_STYLE: Style = "array"
@@ -42,14 +43,63 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+#: What a failed connection says when the server cannot be reached (an outage), as libpq and
+#: psycopg word it; SQLSTATE classes 08 and 57P0x where the error carries one.
+_OUTAGE_RE = re.compile(
+    r"connection refused|timeout expired|timed out|connection reset|server closed the connection"
+    r"|could not receive data|could not send data|no route to host|network is unreachable"
+    r"|the database system is (?:shutting down|starting up|in recovery mode|not yet accepting)"
+    r"|terminating connection|SSL (?:SYSCALL )?error|SSL connection has been closed|EOF detected",
+    re.IGNORECASE,
+)
+#: What it says when the DSN is wrong: the server answered, or the DSN named nothing reachable.
+_CONFIG_RE = (
+    (re.compile(r"password authentication failed|no password supplied", re.I), "password"),
+    (re.compile(r'role "[^"]*" does not exist', re.I), "user"),
+    (re.compile(r'database "[^"]*" does not exist', re.I), "database name"),
+    (re.compile(r"failed to resolve host|could not translate host name", re.I), "host"),
+    (re.compile(r"invalid integer value .* port|invalid port", re.I), "port"),
+    (re.compile(r"pg_hba\.conf", re.I), "user, database or client address (pg_hba.conf)"),
+    (re.compile(r"invalid connection option|missing \"=\"|invalid URI", re.I), "syntax"),
+)
+
+
+def classify_connect_error(exc: BaseException) -> tuple[str, str | None]:
+    """("outage", None), ("config", the part of the DSN to check) or ("unknown", None)."""
+    state = getattr(exc, "sqlstate", None) or ""
+    text = str(exc)
+    if state.startswith("08") or state.startswith("57P0") or _OUTAGE_RE.search(text):
+        return "outage", None
+    if isinstance(exc, psycopg.ProgrammingError):
+        return "config", "syntax"
+    for pattern, part in _CONFIG_RE:
+        if pattern.search(text):
+            return "config", part
+    return "unknown", None
+
+
 def connect(dsn: str, *, timeout: float = 5.0, autocommit: bool = False) -> Conn:
-    """Open a connection; failures become one-line DatabaseErrors without the password."""
+    """Open a connection. An outage raises :class:`DatabaseUnreachable`; a wrong DSN (bad
+    password, unknown role or database, unresolvable host, bad syntax) raises
+    :class:`ConfigError` naming the part to check; anything else :class:`DatabaseError`.
+    Every message passes the redactor with this DSN's secrets registered."""
+    redactor = Redactor([dsn])
+    problems = dsn_problems(dsn)
+    if problems:
+        raise ConfigError("the DSN is wrong: " + "; ".join(problems))
     try:
         return psycopg.connect(dsn, connect_timeout=max(1, int(timeout)), autocommit=autocommit)
     except psycopg.Error as exc:
-        raise DatabaseError(
-            f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {_first_line(exc)}"
-        ) from None
+        kind, part = classify_connect_error(exc)
+        where = redactor.text(redact_dsn(dsn))
+        reason = redactor.text(_first_line(exc))
+        if kind == "outage":
+            raise DatabaseUnreachable(f"PostgreSQL unreachable at {where}: {reason}") from None
+        if kind == "config":
+            raise ConfigError(
+                f"the DSN is wrong (check its {part}): {reason} (at {where})"
+            ) from None
+        raise DatabaseError(f"cannot connect to PostgreSQL at {where}: {reason}") from None
 
 
 @contextmanager

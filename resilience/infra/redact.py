@@ -59,12 +59,70 @@ def redact_dsn(dsn: str) -> str:
     return f"{scheme}{user}:{REDACTED}@{tail}"
 
 
-def dsn_password(dsn: str) -> str | None:
-    """The password of a URL-style DSN (decoded), if it has one."""
+_QUERY_PASSWORD_RE = re.compile(r"(?i)[?&]password=([^&]*)")
+_KV_PASSWORD_RE = re.compile(r"(?i)\bpassword\s*=\s*('(?:\\.|[^'\\])*'|\S+)")
+
+
+def dsn_passwords(dsn: str) -> list[str]:
+    """Every password a DSN may carry, as written and decoded: the URL's userinfo (everything
+    between `user:` and the last `@`), a `password=` query parameter, a `password=` keyword."""
+    found: list[str] = []
     parts = _split_userinfo(dsn)
-    if parts is None or not parts[2]:
-        return None
-    return unquote(parts[2])
+    if parts is not None and parts[2]:
+        found.append(parts[2])
+    if _SCHEME_RE.match(dsn):
+        found += [m.group(1) for m in _QUERY_PASSWORD_RE.finditer(dsn)]
+    else:
+        for m in _KV_PASSWORD_RE.finditer(dsn):
+            value = m.group(1)
+            if value.startswith("'") and value.endswith("'") and len(value) >= 2:
+                value = value[1:-1].replace("\\'", "'").replace("\\\\", "\\")
+            found.append(value)
+    decoded = [unquote(p) for p in found] + [unquote(p.replace("+", " ")) for p in found]
+    return [p for p in dict.fromkeys(found + decoded) if p]
+
+
+def dsn_password(dsn: str) -> str | None:
+    """The password of a DSN, if it has one (the first of :func:`dsn_passwords`)."""
+    found = dsn_passwords(dsn)
+    return found[0] if found else None
+
+
+def dsn_problems(dsn: str) -> list[str]:
+    """What makes a URL-style DSN mean something else than it says, without showing any part
+    of it: characters of the password that must be percent-encoded, a port that is no number.
+    Keyword DSNs (`host=... password='...'`) are left to libpq. Empty: nothing wrong found."""
+    match = _SCHEME_RE.match(dsn)
+    if match is None:
+        if "=" not in dsn:
+            return ["it is neither a URL (postgresql://...) nor key=value pairs"]
+        return []
+    scheme, rest = match.groups()
+    problems: list[str] = []
+    if not scheme.lower().startswith(("postgresql://", "postgres://")):
+        problems.append("its scheme is not postgresql://")
+    if "#" in rest:
+        problems.append("it holds a '#': in a password write it as %23")
+    at = rest.rfind("@")
+    userinfo = rest[:at] if at >= 0 else ""
+    if userinfo.count("@"):
+        problems.append("the password holds an '@': write it as %40")
+    for char, code in (("/", "%2F"), ("?", "%3F")):
+        if char in userinfo:
+            problems.append(f"the password holds a '{char}': write it as {code}")
+    if any(c.isspace() for c in rest):
+        problems.append("it holds white space: in a password write a space as %20")
+    host = rest[at + 1 :] if at >= 0 else rest
+    hostport = re.split(r"[/?#]", host, maxsplit=1)[0]
+    for part in hostport.split(","):
+        if part.startswith("["):
+            port = part.rpartition("]:")[2] if "]:" in part else ""
+        else:
+            port = part.rpartition(":")[2] if ":" in part else ""
+        if port and not port.isdigit():
+            problems.append("its port is not a number")
+            break
+    return problems
 
 
 class Redactor:
@@ -80,8 +138,7 @@ class Redactor:
             if not isinstance(value, str) or not value:
                 continue
             candidates = {value, quote(value, safe="")}
-            password = dsn_password(value)
-            if password:
+            for password in dsn_passwords(value):
                 candidates |= {password, quote(password, safe="")}
             self._secrets |= {c for c in candidates if len(c) >= MIN_SECRET_LENGTH}
 

@@ -15,9 +15,9 @@ from typing import Any
 from resilience.alerting.channels import Alerts
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.config import Settings, validate_company_id
-from resilience.errors import ConfigError
+from resilience.errors import ConfigError, DataError, PartialFailure
 from resilience.infra.redact import redact_dsn
-from resilience.restore.export import ExportResult, export_all
+from resilience.restore.export import ExportBatch, ExportResult, export_all
 from resilience.restore.preflight import Direction, Preflight
 from resilience.restore.runner import StepFailed
 from resilience.restore.snapshot import Snapshot, take_snapshot
@@ -76,27 +76,52 @@ def _alert_failed_switch(
 ) -> None:
     alerts = Alerts.from_settings(settings)
     alerts.redactor.register(service_dsn(settings))
+    halted = failed.result.halted
     try:
-        alerts.sentry.event(
-            f"emergency switch {direction} failed at a step and was undone: {failed}",
-            level="error",
-            tags={"direction": direction, "company": company_id},
-            extra={"run": failed.result.to_dict()},
-        )
+        if halted:
+            message = (
+                f"CRITICAL: emergency switch {direction} for company {company_id} failed and "
+                f"its undo stopped to keep data: {halted}"
+            )
+            alerts.sentry.event(
+                message,
+                level="fatal",
+                tags={"direction": direction, "company": company_id},
+                extra={"run": failed.result.to_dict()},
+            )
+            alerts.telegram.send(message)
+        else:
+            alerts.sentry.event(
+                f"emergency switch {direction} failed at a step and was undone: {failed}",
+                level="error",
+                tags={"direction": direction, "company": company_id},
+                extra={"run": failed.result.to_dict()},
+            )
     finally:
         alerts.close()
 
 
 @dataclass
 class ExportRun:
-    exports: list[ExportResult]
+    batch: ExportBatch
     record: Path | None
 
+    @property
+    def exports(self) -> list[ExportResult]:
+        return self.batch.results
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "exports": [r.to_dict() for r in self.exports],
-            "record": str(self.record) if self.record else None,
-        }
+        return {**self.batch.to_dict(), "record": str(self.record) if self.record else None}
+
+
+def _failed_companies(what: str, failures: dict[str, str], exit_code: int, details: Any) -> None:
+    if failures:
+        listed = "; ".join(f"company {c}: {why}" for c, why in failures.items())
+        raise PartialFailure(
+            f"{what} failed for {len(failures)} company(ies), the others were written: {listed}",
+            exit_code,
+            details,
+        )
 
 
 def export(
@@ -115,18 +140,25 @@ def export(
     dsn = service_dsn(settings)
     with recorded_run(settings, "restore.export", company_id) as record:
         with connect(dsn, timeout=settings.db_connect_timeout) as conn:
-            results = export_all(
+            batch = export_all(
                 PgAuthStore(conn),
                 root,
-                [company_id] if company_id else None,
+                [company_id] if company_id is not None else None,
                 source=redact_dsn(dsn),
                 progress=progress,
             )
         record.journal.measurements["exports"] = [
             {"company_id": r.company_id, "key_count": r.key_count, "digest": r.digest}
-            for r in results
+            for r in batch.results
         ]
-    return ExportRun(results, record.path)
+        record.journal.measurements["failures"] = [f.to_dict() for f in batch.failures]
+        _failed_companies(
+            "the export",
+            {f.company_id: f.message for f in batch.failures},
+            batch.exit_code,
+            batch.to_dict(),
+        )
+    return ExportRun(batch, record.path)
 
 
 @dataclass
@@ -139,6 +171,7 @@ class SnapshotRun:
             "path": str(self.snapshot.path),
             "taken_at": self.snapshot.taken_at.isoformat(),
             "companies": self.snapshot.companies,
+            "failed": {c: dict(e) for c, e in self.snapshot.failed.items()},
             "record": str(self.record) if self.record else None,
         }
 
@@ -158,9 +191,17 @@ def snapshot(
             taken = take_snapshot(
                 PgAuthStore(conn),
                 settings.snapshot_dir,
-                [company_id] if company_id else None,
+                [company_id] if company_id is not None else None,
                 keep=keep or settings.snapshot_keep,
                 source=redact_dsn(dsn),
             )
-        record.journal.measurements.update(path=str(taken.path), companies=taken.companies)
+        record.journal.measurements.update(
+            path=str(taken.path), companies=taken.companies, failed=taken.failed
+        )
+        _failed_companies(
+            "the snapshot",
+            {c: e["message"] for c, e in taken.failed.items()},
+            DataError.exit_code,
+            SnapshotRun(taken, None).to_dict(),
+        )
     return SnapshotRun(taken, record.path)

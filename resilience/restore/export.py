@@ -18,6 +18,13 @@ previous directory until the new one is complete:
 
 Any failure removes the staging directory and leaves the previous ``company_X`` as it was.
 :func:`stage_and_swap` is that staging-and-swap step on its own; snapshots install through it too.
+
+:func:`export_all` exports several companies, each on its own: a company that fails (a row that
+does not decode, keys without creds, a failed read-back, ...) is recorded as a
+:class:`CompanyFailure` and the next company is exported, so one bad tenant never blocks the
+others. It returns an :class:`ExportBatch` of what was put in place and what failed. Companies
+named by the operator are checked first (valid ids, present in the database): a typo is refused
+before anything is written.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +44,7 @@ from resilience.authstate.naming import CREDS_FILE, MANIFEST_FILE, Collision, co
 from resilience.authstate.pgstore import PgAuthStore, read_transaction
 from resilience.authstate.view import view_of
 from resilience.config import validate_company_id
-from resilience.errors import DataError, InputError, VerificationError
+from resilience.errors import DataError, InputError, ResilienceError, VerificationError
 from resilience.infra.redact import redact_dsn
 from resilience.restore.manifest import Manifest, collision_to_dict
 from resilience.restore.staging import stage_and_swap, write_private
@@ -81,6 +88,70 @@ class ExportResult:
             "files_written": self.files_written,
             "bytes_written": self.bytes_written,
             "duration_s": round(self.duration_s, 6),
+        }
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line (line breaks become spaces)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def shown_company(company_id: str) -> str:
+    """The company id as put in a message: as is when valid, else quoted and cut short (an id
+    listed by the database is not checked yet when a failure names it)."""
+    try:
+        return validate_company_id(company_id)
+    except InputError:
+        return repr(company_id[:60])
+
+
+@dataclass(frozen=True)
+class CompanyFailure:
+    """One company a batch (an export of several, a snapshot) could not write, and why."""
+
+    company_id: str
+    #: Class name of the error, e.g. ``DataError``.
+    error: str
+    #: The error's message, on one line.
+    message: str
+    #: The exit code of that error class (see :mod:`resilience.errors`).
+    exit_code: int
+
+    @classmethod
+    def of(cls, company_id: str, exc: ResilienceError) -> CompanyFailure:
+        return cls(company_id, type(exc).__name__, one_line(str(exc)), exc.exit_code)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "company_id": self.company_id,
+            "error": self.error,
+            "message": self.message,
+            "exit_code": self.exit_code,
+        }
+
+
+@dataclass
+class ExportBatch:
+    """What :func:`export_all` put in place (``results``) and which companies failed."""
+
+    results: list[ExportResult] = field(default_factory=list)
+    failures: list[CompanyFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no company failed."""
+        return not self.failures
+
+    @property
+    def exit_code(self) -> int:
+        """0 when no company failed, else the exit code of the first failure."""
+        return self.failures[0].exit_code if self.failures else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "exports": [r.to_dict() for r in self.results],
+            "failures": [f.to_dict() for f in self.failures],
         }
 
 
@@ -162,7 +233,7 @@ def export_company(
             creds = store.load_creds(company_id)
             records = store.records(company_id)
     except DataError as exc:
-        raise DataError(f"company {company_id}: {exc}; nothing was exported") from None
+        raise DataError(f"company {company_id} was not exported: {exc}") from None
     report(f"company {company_id}: read creds and {len(records)} key rows")
     if creds is None and not records:
         raise InputError(f"unknown company {company_id}: no creds and no keys in the database")
@@ -219,6 +290,28 @@ def export_company(
     )
 
 
+def companies_to_export(store: PgAuthStore, companies: list[str] | None) -> list[str]:
+    """The companies a batch works on: every company in the database when ``companies`` is None
+    (ids checked later, one company at a time), else ``companies`` in order without repeats,
+    each a valid id present in the database. An operator's typo is an :class:`InputError`
+    raised before anything is written, not a failure of one company."""
+    if companies is None:
+        with read_transaction(store.conn):
+            return store.companies()
+    wanted = list(dict.fromkeys(validate_company_id(c) for c in companies))
+    if not wanted:
+        return []
+    with read_transaction(store.conn):
+        present = set(store.companies())
+    unknown = [c for c in wanted if c not in present]
+    if unknown:
+        raise InputError(
+            f"unknown company {', '.join(unknown)}: no creds and no keys in the database; "
+            "nothing was exported"
+        )
+    return wanted
+
+
 def export_all(
     store: PgAuthStore,
     root: Path,
@@ -226,15 +319,32 @@ def export_all(
     *,
     source: str,
     progress: Progress | None = None,
-) -> list[ExportResult]:
+) -> ExportBatch:
     """Export each company (every company in the database when ``companies`` is None), one after
-    another; each company directory is replaced atomically. Stops at the first failure."""
-    if companies is None:
-        with read_transaction(store.conn):
-            companies = store.companies()
-    for company_id in companies:
-        validate_company_id(company_id)
-    return [
-        export_company(store, root, company_id, source=source, progress=progress)
-        for company_id in companies
-    ]
+    another; each company directory is replaced atomically.
+
+    A :class:`~resilience.errors.ResilienceError` of one company is recorded in the batch's
+    ``failures`` (its previous directory is left as it was) and the next company is exported;
+    other exceptions propagate. Raises :class:`InputError` before writing anything when a
+    company named in ``companies`` is not a valid id or not in the database.
+    """
+    report = progress or _no_progress
+    batch = ExportBatch()
+    for company_id in companies_to_export(store, companies):
+        try:
+            result = export_company(store, root, company_id, source=source, progress=progress)
+        except ResilienceError as exc:
+            failure = CompanyFailure.of(company_id, exc)
+            batch.failures.append(failure)
+            report(
+                f"company {shown_company(company_id)}: FAILED, not exported "
+                f"({failure.error}): {failure.message}"
+            )
+        else:
+            batch.results.append(result)
+    if batch.failures:
+        failed = ", ".join(shown_company(f.company_id) for f in batch.failures)
+        report(
+            f"{len(batch.results)} company(ies) exported, {len(batch.failures)} failed: {failed}"
+        )
+    return batch

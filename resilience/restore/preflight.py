@@ -13,9 +13,18 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import httpx
+
+from resilience.alerting.channels import alert_warnings
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.config import validate_company_id
-from resilience.errors import DatabaseError, ResilienceError, StackError
+from resilience.errors import (
+    ConfigError,
+    DatabaseError,
+    DatabaseUnreachable,
+    ResilienceError,
+    StackError,
+)
 from resilience.restore import export as export_mod
 from resilience.restore import importer, snapshot
 from resilience.restore.state import SwitchState
@@ -32,7 +41,11 @@ class Preflight:
     direction: Direction
     company_id: str
     db_reachable: bool = False
+    # "reachable", "outage" (the only verdict that allows a snapshot), "misconfigured" (the
+    # DSN is wrong: a typo is never read as an outage) or "unknown"
+    db_verdict: str = "unknown"
     db_error: str | None = None
+    service_company: str | None = None  # the company the service says it serves
     key_count: int | None = None
     snapshot_path: str | None = None
     snapshot_age_s: float | None = None
@@ -46,6 +59,7 @@ class Preflight:
     disk_needed: int | None = None
     unmappable: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # said, but they do not block the run
     plan: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,8 +77,22 @@ def preflight(target: Target, direction: Direction, *, force: bool = False) -> P
             if direction == "to-files":
                 facts.disk_needed = export_mod.estimate_export_bytes(store, target.company_id)
         facts.db_reachable = True
+        facts.db_verdict = "reachable"
+    except DatabaseUnreachable as exc:
+        facts.db_verdict, facts.db_error = "outage", str(exc)
+    except ConfigError as exc:
+        facts.db_verdict, facts.db_error = "misconfigured", str(exc)
+        facts.problems.append(
+            f"PostgreSQL is not down, the configuration is wrong (RESILIENCE_SERVICE_DSN): {exc}; "
+            "fix it, no snapshot is used for a typo"
+        )
     except DatabaseError as exc:
         facts.db_error = str(exc)
+        facts.problems.append(
+            f"cannot tell whether PostgreSQL is down ({exc}): not falling back to a snapshot"
+        )
+    _check_company(target, facts)
+    facts.warnings += alert_warnings(s)
     try:
         mode = envfile.current_mode(target.env_file)
         facts.env_mode = mode
@@ -108,6 +136,8 @@ def _preflight_code(target: Target, facts: Preflight, force: bool) -> None:
 def _preflight_to_files(target: Target, facts: Preflight, force: bool) -> None:
     s = target.settings
     _preflight_code(target, facts, force)
+    if facts.db_verdict not in ("reachable", "outage"):
+        return  # the problem is said already; neither an export nor a snapshot
     if facts.db_reachable:
         if facts.key_count == 0:
             facts.problems.append(f"unknown company {target.company_id}: no keys in the database")
@@ -128,7 +158,7 @@ def _preflight_to_files(target: Target, facts: Preflight, force: bool) -> None:
         found = snapshot.newest_snapshot(s.snapshot_dir, target.company_id)
         if found is None:
             facts.problems.append(
-                f"PostgreSQL is unreachable ({facts.db_error}) and there is no snapshot of "
+                f"{facts.db_error}, and there is no snapshot of "
                 f"company {target.company_id} in {s.snapshot_dir}"
             )
         else:
@@ -142,7 +172,7 @@ def _preflight_to_files(target: Target, facts: Preflight, force: bool) -> None:
 
 
 def _preflight_to_postgres(target: Target, facts: Preflight) -> None:
-    if not facts.db_reachable:
+    if facts.db_verdict == "outage":
         facts.problems.append(f"PostgreSQL must be reachable to switch back: {facts.db_error}")
     if not target.company_dir.is_dir():
         facts.problems.append(f"no Baileys directory {target.company_dir} to import")
@@ -158,3 +188,38 @@ def _preflight_to_postgres(target: Target, facts: Preflight) -> None:
     if state and target.settings.service_dir and state.previous_ref:
         facts.current_ref = gitref.current_ref(target.settings.service_dir)
         facts.tag = state.previous_ref
+
+
+def _check_company(target: Target, facts: Preflight) -> None:
+    """Refuse to switch a company the service does not serve: its files would be stale and
+    the writes it acknowledged in file mode would be lost on the way back."""
+    served = service_company(target)
+    facts.service_company = served
+    if served is None:
+        facts.warnings.append(
+            "could not tell which company the service serves (no health URL answering with "
+            f"'company', no {target.settings.service_company_var} in its .env)"
+        )
+    elif served != target.company_id:
+        facts.problems.append(
+            f"the service serves company {served}, not {target.company_id}: switch "
+            f"--company {served}, or fix RESILIENCE_COMPANY_ID"
+        )
+
+
+def service_company(target: Target) -> str | None:
+    """The company the service says it serves: its health endpoint's `company`, else the
+    variable named by RESILIENCE_SERVICE_COMPANY_VAR in its .env."""
+    s = target.settings
+    if s.health_url:
+        try:
+            body = httpx.get(s.health_url, timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("company"), str):
+            return str(body["company"])
+    try:
+        value = envfile.read_values(target.env_file).get(s.service_company_var)
+    except ResilienceError:
+        return None
+    return value or None

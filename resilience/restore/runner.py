@@ -22,7 +22,7 @@ class Step:
     name: str
     description: str  # one line for the plan an operator confirms
     do: Callable[[Details], None]  # fills the details it wants journaled
-    undo: Callable[[], None] | None = None
+    undo: Callable[[], Details | None] | None = None  # may return details to journal
 
 
 @dataclass
@@ -41,6 +41,7 @@ class RunResult:
     steps: list[StepResult]
     rollbacks: list[StepResult]
     error: str | None = None
+    halted: str | None = None  # why the undo stopped before the first step (UndoHalted)
 
     def to_dict(self) -> dict[str, Any]:
         def one(r: StepResult) -> dict[str, Any]:
@@ -58,7 +59,13 @@ class RunResult:
             "steps": [one(s) for s in self.steps],
             "rollbacks": [one(r) for r in self.rollbacks],
             "error": self.error,
+            "halted": self.halted,
         }
+
+
+class UndoHalted(ResilienceError):
+    """An undo found that going on would lose data; the steps before it are left as they are
+    (the message says what state that is and what to do)."""
 
 
 class StepFailed(ResilienceError):
@@ -92,25 +99,35 @@ class Runner:
                 message = str(exc) or type(exc).__name__
                 results.append(StepResult(step.name, "failed", time.monotonic() - t0, {}, message))
                 self.progress(f"step {step.name} failed: {message}; undoing {len(done)} step(s)")
-                rollbacks = self._undo(done)
-                result = RunResult(False, time.monotonic() - started, results, rollbacks, message)
+                rollbacks, halted = self._undo(done)
+                result = RunResult(
+                    False, time.monotonic() - started, results, rollbacks, message, halted
+                )
                 raise StepFailed(exc, result) from exc
             results.append(StepResult(step.name, status, time.monotonic() - t0, dict(details)))
             done.append(step)
         return RunResult(True, time.monotonic() - started, results, [])
 
-    def _undo(self, done: list[Step]) -> list[StepResult]:
+    def _undo(self, done: list[Step]) -> tuple[list[StepResult], str | None]:
+        """Undo in reverse; an undo that fails is reported and the rest still run, except
+        :class:`UndoHalted`, which stops here: going on would lose data."""
         rollbacks: list[StepResult] = []
         for step in reversed(done):
             if step.undo is None:
                 continue
             t0 = time.monotonic()
             try:
-                with self.journal.rollback(f"undo {step.name}"):
-                    step.undo()
+                with self.journal.rollback(f"undo {step.name}") as record:
+                    record.details.update(step.undo() or {})
                 rollbacks.append(StepResult(step.name, "ok", time.monotonic() - t0))
+            except UndoHalted as exc:
+                rollbacks.append(
+                    StepResult(step.name, "halted", time.monotonic() - t0, {}, str(exc))
+                )
+                self.progress(f"undo stopped at {step.name}: {exc}")
+                return rollbacks, str(exc)
             except Exception as exc:  # keep undoing the rest; report every failure
                 rollbacks.append(
                     StepResult(step.name, "failed", time.monotonic() - t0, {}, str(exc))
                 )
-        return rollbacks
+        return rollbacks, None

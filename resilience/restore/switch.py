@@ -19,12 +19,12 @@ from typing import Any
 
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.authstate.view import view_of
-from resilience.errors import InputError
+from resilience.errors import InputError, ResilienceError
 from resilience.infra.redact import redact_dsn
 from resilience.restore import export as export_mod
 from resilience.restore import importer, snapshot
 from resilience.restore.preflight import Direction, Preflight, preflight
-from resilience.restore.runner import Details, Runner, RunResult, Step
+from resilience.restore.runner import Details, Runner, RunResult, Step, UndoHalted
 from resilience.restore.state import SwitchState
 from resilience.restore.target import Target
 from resilience.restore.verify import LogWatch, verify_service
@@ -98,6 +98,10 @@ class _Plan:
             )
         )
 
+    def after_start_undo(self) -> Details | None:
+        """What undoing the start means; a direction that must carry writes back overrides it."""
+        return None
+
     def start_and_verify(self) -> list[Step]:
         app = self.settings.pm2_app
         return [
@@ -105,6 +109,7 @@ class _Plan:
                 "start-service",
                 f"restart PM2 app {app} (it reads the new .env)",
                 self.start_service,
+                self.after_start_undo,
             ),
             Step(
                 "verify",
@@ -117,10 +122,44 @@ class _Plan:
 class ToFiles(_Plan):
     mode: Mode = "file"
 
+    def __init__(self, target: Target, facts: Preflight, force: bool) -> None:
+        super().__init__(target, facts, force)
+        self.source: str | None = None  # "export", "keep-directory" or "install-snapshot"
+
+    def after_start_undo(self) -> Details | None:
+        """The service ran in file mode, if only briefly, and may have acknowledged writes
+        there: carry them back into PostgreSQL (the import of `restore.to-postgres`) before
+        flags, code and service are reverted. When that cannot be done safely, stop the undo
+        and leave the service in file mode: reverting would lose those writes."""
+        t, app = self.target, self.settings.pm2_app
+        t.pm2.stop(app)  # no more writes while they are carried back
+        if self.source == "install-snapshot":
+            t.pm2.restart(app)
+            raise UndoHalted(
+                f"the service ran in file mode on a snapshot in {t.company_dir}: reverting "
+                "would lose its writes and importing could undo newer database writes; it "
+                "stays in file mode: run restore.to-postgres once the database is back"
+            )
+        try:
+            with self._connect() as conn:
+                result = importer.import_company(PgAuthStore(conn), t.auth_root, t.company_id)
+        except ResilienceError as exc:
+            t.pm2.restart(app)
+            raise UndoHalted(
+                f"the writes the service made in file mode in {t.company_dir} could not be "
+                f"carried back to PostgreSQL ({exc}); it stays in file mode: run "
+                "restore.to-postgres once the database is back"
+            ) from None
+        return {"carried_back": result.to_dict()}
+
     def steps(self) -> list[Step]:
         t, facts = self.target, self.facts
         steps = [self.stop_step()]
-        if facts.env_mode == "file" and t.company_dir.is_dir():
+        if (
+            facts.env_mode == "file"
+            and t.company_dir.is_dir()
+            and self.state.company_id in (None, t.company_id)
+        ):
             # A re-run after the env step: the service may already have written to these files,
             # so they are never replaced; the service is stopped, so their digest is stable.
             steps.append(
@@ -167,6 +206,7 @@ class ToFiles(_Plan):
         t = self.target
         state = importer.read_directory(t.company_dir, t.company_id)
         self.expected_digest = state.digest().digest
+        self.source = "keep-directory"
         details.update(kept=str(t.company_dir), digest=self.expected_digest)
 
     def export(self, details: Details) -> None:
@@ -176,6 +216,7 @@ class ToFiles(_Plan):
                 PgAuthStore(conn), t.auth_root, t.company_id, source=redact_dsn(t.service_dsn)
             )
         self.expected_digest = result.digest
+        self.source = "export"
         details.update(result.to_dict())
 
     def install_snapshot(self, details: Details) -> None:
@@ -188,6 +229,7 @@ class ToFiles(_Plan):
             raise InputError(f"newest snapshot is {age:.0f} s old: --force to use it")
         result = snapshot.install_snapshot(found, t.company_id, t.auth_root)
         self.expected_digest = result.digest
+        self.source = "install-snapshot"
         details.update(result.to_dict())
         details["snapshot"] = str(found.path)
         details["snapshot_age_s"] = round(age, 1)
@@ -281,6 +323,24 @@ class ToPostgres(_Plan):
         )
         return steps
 
+    def after_start_undo(self) -> Details | None:
+        """The service ran in PostgreSQL mode and may have acknowledged writes there: export
+        them into its directory before it goes back to file mode, or stay in PostgreSQL."""
+        t, app = self.target, self.settings.pm2_app
+        t.pm2.stop(app)
+        try:
+            with self._connect() as conn:
+                result = export_mod.export_company(
+                    PgAuthStore(conn), t.auth_root, t.company_id, source=redact_dsn(t.service_dsn)
+                )
+        except ResilienceError as exc:
+            t.pm2.restart(app)
+            raise UndoHalted(
+                f"the writes the service made in PostgreSQL mode could not be exported to "
+                f"{t.company_dir} ({exc}); it stays in PostgreSQL mode"
+            ) from None
+        return {"carried_back": result.to_dict()}
+
     def keep_database(self, details: Details) -> None:
         company = self.target.company_id
         with self._connect() as conn:
@@ -356,7 +416,9 @@ def run_switch(
     facts.plan = [step.description for step in build_plan(target, facts, force=False)]
     journal.event("preflight", f"{direction} preflight", **facts.to_dict())
     if facts.problems:
-        raise InputError(f"preflight refused {direction}: " + "; ".join(facts.problems))
+        refused = InputError(f"preflight refused {direction}: " + "; ".join(facts.problems))
+        refused.details = {"preflight": facts.to_dict()}
+        raise refused
     if dry_run:
         journal.event("dry-run", "dry run: nothing changed")
         return SwitchOutcome(facts, None)

@@ -30,7 +30,7 @@ class Target:
     """Everything a switch acts on. PM2 is looked up only when a step needs it."""
 
     settings: Settings
-    service_dsn: str
+    service_dsn: str = field(repr=False)  # a secret
     company_id: str
     _pm2: Pm2 | None = field(default=None, repr=False)
 
@@ -65,5 +65,5 @@ class Target:
 
 def make_target(settings: Settings, company_id: str | None = None) -> Target:
     """The target the settings describe; `company_id` overrides RESILIENCE_COMPANY_ID."""
-    company = validate_company_id(company_id or settings.company_id)
+    company = validate_company_id(settings.company_id if company_id is None else company_id)
     return Target(settings, service_dsn(settings), company)

@@ -29,7 +29,8 @@ from resilience.drill.report import DrillReport
 from resilience.drill.service import ServiceUnderTest
 from resilience.drill.standin.writelog import WriteEntry
 from resilience.infra.waiting import wait_until
-from resilience.restore import importer, snapshot
+from resilience.restore import commands, importer, snapshot
+from resilience.restore.runner import StepFailed
 from resilience.restore.state import SwitchState
 from resilience.restore.target import make_target
 from resilience.runs.journal import Journal
@@ -390,5 +391,55 @@ def test_d_round_trip_back_to_postgres_keeps_file_mode_writes(
                 "health_loaded_digest_after_return": loaded,
                 "ids_with_colons_slashes_or_domains_round_tripped": len(odd),
                 "checked_at": datetime.now(UTC).isoformat(),
+            },
+        )
+
+
+def test_e_failed_verification_carries_file_mode_writes_back(
+    drill_service: ServiceUnderTest, rollback_report: DrillReport
+) -> None:
+    """The service runs in file mode and acknowledges writes, then verification fails (here:
+    a mode line that is never logged). The undo must carry every one of those writes back to
+    PostgreSQL before it reverts flags, code and service."""
+    service = drill_service
+    with scenario(
+        rollback_report, "e) verification fails after file-mode writes: undo keeps them", service
+    ) as journal:
+        journal.steady_state("before", steady_state(service))
+        broken = service.settings.model_copy(
+            update={
+                "file_mode_pattern": r"this line is never logged for {company}",
+                "verify_timeout": 5.0,
+            }
+        )
+        journal.event("fault", "verification cannot succeed: the file-mode line is never seen")
+        with pytest.raises(StepFailed) as info:
+            commands.switch(broken, "to-files", company_id=service.company)
+        failed = info.value
+        assert failed.result.halted is None
+        undone = [(r.name, r.status) for r in failed.result.rollbacks]
+        assert undone[0] == ("start-service", "ok")
+        health = service.wait_mode("postgres")
+        journal.steady_state("after", steady_state(service))
+        service.pm2.stop(service.deployed.app)
+
+        _, db_prints, db_digest = db_state(service)
+        entries = service.acknowledged_writes()
+        file_writes = [e for e in entries or [] if e.mode == "file"]
+        if entries is not None:
+            assert file_writes, "the service acknowledged no write in file mode"
+            assert differences(db_prints, replay(seeded_prints(service), entries)) == []
+        journal.finish(
+            "completed",
+            deviated=False,
+            measurements={
+                "run_record": str(failed.record),
+                "undone": undone,
+                "writes_in_file_mode_carried_back": _count(
+                    file_writes if entries is not None else None
+                ),
+                "keys_in_db_after": len(db_prints),
+                "db_digest_after": db_digest,
+                "mode_after": health.get("mode"),
             },
         )

@@ -21,7 +21,7 @@ from resilience.config import load_drill_settings
 from resilience.drill.stack import Stack
 from resilience.drill.stack.local import LocalStack
 from resilience.drill.stack.s3 import client as s3_client
-from resilience.errors import DatabaseError, StackError
+from resilience.errors import ConfigError, DatabaseError, DatabaseUnreachable, StackError
 from resilience.infra.processes import accepts_connections
 from resilience.infra.waiting import wait_until
 
@@ -273,8 +273,8 @@ def test_service_dsn_goes_through_the_proxy_with_the_schema(stack: Stack) -> Non
 @pytest.mark.stack
 def test_wrong_password_is_a_clear_error_without_the_password(stack: Stack) -> None:
     bad = stack.endpoints.service_dsn.replace("baileys_service:", "baileys_service:WRONGpw")
-    with pytest.raises(DatabaseError, match="password authentication failed") as info:
-        connect(bad)
+    with pytest.raises(ConfigError, match="password authentication failed") as info:
+        connect(bad)  # a wrong password is a configuration error, never read as an outage
     assert "WRONGpw" not in str(info.value)
 
 
@@ -309,7 +309,7 @@ def test_disabled_proxy_refuses_and_reset_restores(stack: Stack) -> None:
     with ToxiproxyClient(ep.toxiproxy_url) as toxiproxy:
         toxiproxy.disable(ep.toxiproxy_proxy)
         try:
-            with pytest.raises(DatabaseError, match="cannot connect"):
+            with pytest.raises(DatabaseUnreachable, match="PostgreSQL unreachable at"):
                 connect(ep.service_dsn, timeout=2)
         finally:
             toxiproxy.reset()

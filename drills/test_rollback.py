@@ -22,9 +22,15 @@ from resilience.authstate.filestore import FileAuthStore
 from resilience.authstate.fingerprint import KeyFingerprint
 from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgstore import PgAuthStore, connect
-from resilience.authstate.view import view_of
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
+from resilience.drill.evidence import (
+    Fingerprints,
+    database_state,
+    differences,
+    replay,
+    seeded,
+)
 from resilience.drill.report import DrillReport
 from resilience.drill.service import ServiceUnderTest
 from resilience.drill.standin.writelog import WriteEntry
@@ -38,7 +44,6 @@ from resilience.runs.journal import Journal
 from .conftest import SEEDED_KEYS
 
 RTO_LIMIT_S = 600.0
-Fingerprints = dict[tuple[str, str], str]
 
 pytestmark = pytest.mark.stack
 
@@ -46,13 +51,7 @@ pytestmark = pytest.mark.stack
 # --- measuring --------------------------------------------------------------------------------
 def db_state(service: ServiceUnderTest) -> tuple[str, Fingerprints, str]:
     """(creds fingerprint, key fingerprints, digest) of the database, read directly."""
-    with connect(service.stack.endpoints.admin_dsn) as conn:
-        store = PgAuthStore(conn)
-        view = view_of(
-            service.company, store.load_creds(service.company), store.records(service.company)
-        )
-    prints = {(t, i): KeyFingerprint.of(t, i, v) for t, i, v in view.key_values()}
-    return KeyFingerprint.of("creds", "", view.creds), prints, view.digest().digest
+    return database_state(service.stack.endpoints.admin_dsn, service.company)
 
 
 def dir_state(service: ServiceUnderTest) -> tuple[str, Fingerprints]:
@@ -70,23 +69,7 @@ def dir_state(service: ServiceUnderTest) -> tuple[str, Fingerprints]:
 
 def seeded_prints(service: ServiceUnderTest) -> Fingerprints:
     assert service.dataset is not None
-    view = view_of(service.company, service.dataset.creds, service.dataset.keys)
-    return {(t, i): KeyFingerprint.of(t, i, v) for t, i, v in view.key_values()}
-
-
-def replay(base: Fingerprints, entries: list[WriteEntry]) -> Fingerprints:
-    state = dict(base)
-    for entry in entries:
-        if entry.deleted:
-            state.pop((entry.type, entry.id), None)
-        else:
-            assert entry.fingerprint is not None
-            state[(entry.type, entry.id)] = entry.fingerprint
-    return state
-
-
-def differences(a: Fingerprints, b: Fingerprints) -> list[tuple[str, str]]:
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return seeded(service.dataset, service.company)
 
 
 def wait_for_writes(service: ServiceUnderTest, more: int, timeout: float = 30) -> int | None:

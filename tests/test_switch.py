@@ -24,18 +24,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from resilience.authstate.fingerprint import KeyFingerprint
 from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.authstate.view import view_of
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import DrillSettings, settings_as_env
+from resilience.drill.evidence import database_state, differences, replay, seeded
 from resilience.drill.fakes.receivers import ReceiverClient
 from resilience.drill.service import ServiceUnderTest
 from resilience.drill.stack import Stack
 from resilience.drill.standin.deploy import standin_on_stack
-from resilience.drill.standin.writelog import WriteEntry
 from resilience.errors import InputError, VerificationError
 from resilience.infra.waiting import wait_until
 from resilience.restore import commands, snapshot
@@ -96,35 +95,6 @@ def observe(service: Service) -> dict[str, Any]:
         "creds": creds,
         "rows": rows,
     }
-
-
-Prints = dict[tuple[str, str], str]
-
-
-def seeded(service: Service) -> Prints:
-    assert service.dataset is not None
-    view = view_of(service.company, service.dataset.creds, service.dataset.keys)
-    return {(t, i): KeyFingerprint.of(t, i, v) for t, i, v in view.key_values()}
-
-
-def db_fingerprints(service: Service) -> Prints:
-    with connect(service.stack.endpoints.admin_dsn) as conn:
-        store = PgAuthStore(conn)
-        view = view_of(
-            service.company, store.load_creds(service.company), store.records(service.company)
-        )
-    return {(t, i): KeyFingerprint.of(t, i, v) for t, i, v in view.key_values()}
-
-
-def replay_writes(base: Prints, entries: list[WriteEntry]) -> Prints:
-    state = dict(base)
-    for entry in entries:
-        if entry.deleted:
-            state.pop((entry.type, entry.id), None)
-        else:
-            assert entry.fingerprint is not None
-            state[(entry.type, entry.id)] = entry.fingerprint
-    return state
 
 
 def step_named(result: RunResult, name: str) -> StepResult:
@@ -490,7 +460,9 @@ def test_failed_verify_is_undone_and_reported_without_secrets(service: Service) 
     service.pm2.stop(service.deployed.app)
     entries = service.acknowledged_writes()
     assert entries is not None and any(e.mode == "file" for e in entries)
-    assert db_fingerprints(service) == replay_writes(seeded(service), entries)
+    assert service.dataset is not None
+    _, in_db, _ = database_state(service.stack.endpoints.admin_dsn, service.company)
+    assert differences(in_db, replay(seeded(service.dataset, service.company), entries)) == []
 
 
 class Crash(Exception):

@@ -1,0 +1,87 @@
+"""`schedule.install` / `schedule.remove` against a scratch crontab file: idempotent, other
+lines kept, every entry a real task, and a clear message where cron is missing."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resilience.errors import ConfigError
+from resilience.maintenance import schedule
+from tasks import ns
+
+ROOT = Path(__file__).resolve().parents[1]
+INVOKE = str(Path(sys.executable).parent / "invoke")
+OTHER = "# the operator's own lines\nMAILTO=ops@example.org\n0 1 * * * /usr/local/bin/rotate-logs\n"
+
+
+def _task(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [INVOKE, "--search-root", str(ROOT), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_install_is_idempotent_keeps_other_lines_and_names_real_tasks(tmp_path: Path) -> None:
+    crontab = tmp_path / "crontab"
+    crontab.write_text(OTHER)
+    eco = tmp_path / "eco.json"
+    flags = ["--crontab-file", str(crontab), "--ecosystem-file", str(eco)]
+    flags += ["--log-dir", str(tmp_path / "logs")]
+    for _ in range(2):
+        done = _task("schedule.install", *flags, "--json")
+        assert done.returncode == 0, done.stderr
+    text = crontab.read_text()
+    assert text.startswith(OTHER)
+    assert text.count(schedule.BEGIN) == 1 and text.count(schedule.END) == 1
+    entries = [line for line in text.splitlines() if re.match(r"^[\d*/,-]+ ", line)]
+    managed = [e for e in entries if "./run " in e]
+    assert managed, text
+    for entry in managed:
+        words = shlex.split(entry.split(" && ", 1)[1].split(" >> ")[0])
+        assert words[0] == "./run" and words[1] in ns.task_names, entry
+        task = ns[words[1]]
+        accepted = {"--" + n for a in task.get_arguments() for n in a.names if len(n) > 1}
+        assert {w for w in words[2:] if w.startswith("--")} <= accepted, entry
+    snapshot = next(e for e in managed if "restore.snapshot" in e)
+    assert snapshot.startswith("*/15 * * * * ")
+    apps = json.loads(eco.read_text())["apps"]
+    assert [a["args"][0] for a in apps] == [shlex.split(e.split(" && ")[1])[1] for e in managed]
+    assert all(a["autorestart"] is False and a["cron_restart"] for a in apps)
+
+    removed = _task("schedule.remove", "--crontab-file", str(crontab))
+    assert removed.returncode == 0, removed.stderr
+    assert crontab.read_text() == OTHER
+
+
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    crontab = tmp_path / "crontab"
+    crontab.write_text(OTHER)
+    eco = tmp_path / "eco.json"
+    done = _task(
+        "schedule.install", "--dry-run", "--crontab-file", str(crontab),
+        "--ecosystem-file", str(eco),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "restore.snapshot" in done.stdout and "cron_restart" in done.stdout
+    assert crontab.read_text() == OTHER and not eco.exists()
+
+
+def test_a_half_block_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="without"):
+        schedule.merge_block(f"{OTHER}{schedule.BEGIN}\n* * * * * x\n", "block\n")
+
+
+def test_missing_crontab_says_how_to_install_cron(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(schedule.shutil, "which", lambda _name: None)
+    with pytest.raises(ConfigError, match="apt-get install cron"):
+        schedule.read_crontab()

@@ -79,6 +79,16 @@ class Settings(BaseSettings):
     s3_bucket_eu: str = "baileys-backups-eu"
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
+    # a role that may create databases, where restores are verified in a scratch database
+    restore_dsn: SecretStr | None = None
+    backup_whole_database: bool = False  # dump the whole database, not only the auth tables
+    backup_spool_dir: Path = Path("backups")  # dumps kept until every region has them
+    backup_validation_log: Path = Path("backups/validation.jsonl")
+    backup_size_alert_bytes: int = Field(1024**3, ge=1)
+    backup_drop_alert_pct: float = Field(20.0, gt=0, le=100)
+    backup_keep_hourly: int = Field(48, ge=0)
+    backup_keep_daily: int = Field(30, ge=0)
+    backup_keep_monthly: int = Field(12, ge=0)
 
     # --- alerts ------------------------------------------------------------------------------
     sentry_dsn: SecretStr | None = None
@@ -110,7 +120,7 @@ class Settings(BaseSettings):
     # --- records of operator runs ----------------------------------------------------------------
     runs_dir: Path = Path("runs")
 
-    @field_validator("service_dsn")
+    @field_validator("service_dsn", "restore_dsn")
     @classmethod
     def _dsn(cls, value: SecretStr | None) -> SecretStr | None:
         return _checked_dsn(value)

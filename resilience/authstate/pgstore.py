@@ -289,6 +289,48 @@ class PgAuthStore:
                     count += 1
         return count
 
+    def raw_company(self, company_id: str) -> tuple[tuple[Any, ...] | None, list[tuple[Any, ...]]]:
+        """A company's creds row and key rows exactly as stored (JSON text, times): what a
+        per-company restore copies from a restored backup into the live database."""
+        validate_company_id(company_id)
+        with database_errors("reading the company's rows"):
+            creds = self.conn.execute(
+                "SELECT creds::text, created_at, updated_at FROM whatsapp_auth "
+                "WHERE company_id = %s",
+                (company_id,),
+            ).fetchone()
+            keys = self.conn.execute(
+                "SELECT key_type, key_id, value::text, created_at, updated_at, expires_at "
+                "FROM whatsapp_keys WHERE company_id = %s ORDER BY key_type, key_id",
+                (company_id,),
+            ).fetchall()
+        return (tuple(creds) if creds else None), [tuple(k) for k in keys]
+
+    def replace_company_raw(
+        self,
+        company_id: str,
+        creds: tuple[Any, ...] | None,
+        keys: list[tuple[Any, ...]],
+    ) -> None:
+        """Replace a company's rows by these (from :meth:`raw_company`) inside the caller's
+        transaction; other companies are not touched."""
+        validate_company_id(company_id)
+        with database_errors("replacing the company's rows"):
+            self.conn.execute("DELETE FROM whatsapp_keys WHERE company_id = %s", (company_id,))
+            self.conn.execute("DELETE FROM whatsapp_auth WHERE company_id = %s", (company_id,))
+            if creds is not None:
+                self.conn.execute(
+                    "INSERT INTO whatsapp_auth (company_id, creds, created_at, updated_at) "
+                    "VALUES (%s, %s::jsonb, %s, %s)",
+                    (company_id, *creds),
+                )
+            with self.conn.cursor().copy(
+                "COPY whatsapp_keys (company_id, key_type, key_id, value, created_at, "
+                "updated_at, expires_at) FROM STDIN"
+            ) as copy:
+                for key_type, key_id, value, created, updated, expires in keys:
+                    copy.write_row((company_id, key_type, key_id, value, created, updated, expires))
+
     def delete_company(self, company_id: str) -> None:
         """Remove a company's creds and keys in one transaction (drills clean up with this)."""
         validate_company_id(company_id)

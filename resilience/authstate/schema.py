@@ -28,3 +28,12 @@ def apply_schema(conn: psycopg.Connection[object], owner: str | None = None) -> 
             conn.execute(
                 sql.SQL("ALTER FUNCTION set_updated_at() OWNER TO {}").format(sql.Identifier(owner))
             )
+
+
+def trigger_function_sql() -> str:
+    """The `set_updated_at()` function alone: a dump of the auth tables (`pg_dump -t`) holds
+    their triggers but not the function they call, so a restore creates it first."""
+    text = schema_sql()
+    start = text.index("CREATE OR REPLACE FUNCTION")
+    end = text.index("LANGUAGE plpgsql;", start) + len("LANGUAGE plpgsql;")
+    return text[start:end]

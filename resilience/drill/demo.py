@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.config import DrillSettings, Settings, settings_as_env, stack_settings_file
@@ -44,6 +46,9 @@ SETTINGS_FILE_FIELDS = (
     "s3_bucket_eu",
     "s3_access_key_id",
     "s3_secret_access_key",
+    "restore_dsn",
+    "backup_spool_dir",
+    "backup_validation_log",
 )
 
 
@@ -80,6 +85,9 @@ def deploy_demo(stack: Stack, settings: DrillSettings, *, keys: int = DEMO_KEYS)
             "fallback_tag": FALLBACK_TAG,
             "health_url": health_url,
             "snapshot_dir": settings.stack_dir.resolve() / "snapshots",
+            "restore_dsn": SecretStr(ep.admin_dsn),
+            "backup_spool_dir": settings.stack_dir.resolve() / "backups",
+            "backup_validation_log": settings.stack_dir.resolve() / "backups" / "validation.jsonl",
         }
     )
 

@@ -1,0 +1,1 @@
+"""Backups in several regions: dumps with manifests, validation, restores, retention."""

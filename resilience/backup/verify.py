@@ -1,0 +1,157 @@
+"""Proving a backup restores: download, check, and restore into a scratch database.
+
+The dump is downloaded and its SHA-256 and size compared with the manifest; `pg_restore --list`
+must show the auth tables and their data; then it is restored into a scratch database (created
+with `RESILIENCE_RESTORE_DSN`, a role that may create databases, and always dropped again) and
+its row counts and every company's set digest are compared with the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from resilience.authstate.pgstore import PgAuthStore, connect, database_errors
+from resilience.authstate.view import view_of
+from resilience.backup import dump as pgdump
+from resilience.backup.manifest import BackupManifest, dump_key
+from resilience.config import Settings
+from resilience.errors import ConfigError, DataError, VerificationError
+from resilience.infra.s3 import RegionStore
+
+
+def restore_dsn(settings: Settings) -> str:
+    if settings.restore_dsn is None:
+        raise ConfigError(
+            "set RESILIENCE_RESTORE_DSN: a role that may create databases, where backups are "
+            "restored into a scratch database to be verified"
+        )
+    return settings.restore_dsn.get_secret_value()
+
+
+def with_database(dsn: str, dbname: str) -> str:
+    params = conninfo_to_dict(dsn)
+    params["dbname"] = dbname
+    return make_conninfo(**{k: str(v) for k, v in params.items()})
+
+
+@contextlib.contextmanager
+def scratch_database(admin_dsn: str, timeout: float) -> Iterator[str]:
+    """A fresh, empty database (its DSN), dropped afterwards whatever happens."""
+    name = f"resilience_scratch_{secrets.token_hex(4)}"
+    with (
+        connect(admin_dsn, timeout=timeout, autocommit=True) as conn,
+        database_errors("creating a scratch database"),
+    ):
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield with_database(admin_dsn, name)
+    finally:
+        with (
+            connect(admin_dsn, timeout=timeout, autocommit=True) as conn,
+            database_errors("dropping the scratch database"),
+        ):
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def download_checked(store: RegionStore, manifest: BackupManifest, work: Path) -> Path:
+    """The dump, downloaded and checked against the manifest (VerificationError otherwise)."""
+    path = work / f"{manifest.id}.pgc"
+    digest = store.download(dump_key(manifest.id), path)
+    size = path.stat().st_size
+    if size != manifest.size:
+        raise VerificationError(
+            f"backup {manifest.id} in {store.name}: {size} bytes, the manifest says "
+            f"{manifest.size} (truncated?)"
+        )
+    if digest != manifest.sha256:
+        raise VerificationError(
+            f"backup {manifest.id} in {store.name}: SHA-256 differs from the manifest (corrupt)"
+        )
+    return path
+
+
+@dataclass
+class Verified:
+    backup_id: str
+    rows: dict[str, int]
+    companies: int
+    keys: int
+    mismatches: list[str] = field(default_factory=list)
+    restore_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backup_id": self.backup_id,
+            "rows": self.rows,
+            "companies": self.companies,
+            "keys": self.keys,
+            "mismatches": self.mismatches,
+            "restore_s": round(self.restore_s, 3),
+        }
+
+
+def compare(dsn: str, manifest: BackupManifest) -> Verified:
+    """Row counts and every company's digest of the database at `dsn` against the manifest."""
+    with connect(dsn) as conn:
+        store = PgAuthStore(conn)
+        rows = {}
+        for table in pgdump.AUTH_TABLES:
+            with database_errors(f"counting {table}"):
+                got = conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+                ).fetchone()
+            rows[table] = int(got[0]) if got else 0
+        found = {}
+        for company in store.companies():
+            view = view_of(company, store.load_creds(company), store.records(company))
+            found[company] = view.digest()
+    mismatches = [
+        f"{table}: {rows.get(table)} rows, the manifest says {count}"
+        for table, count in manifest.rows.items()
+        if rows.get(table) != count
+    ]
+    for company, expected in manifest.companies.items():
+        digest = found.get(company)
+        if digest is None:
+            mismatches.append(f"company {company}: missing")
+        elif digest.digest != expected.digest:
+            mismatches.append(f"company {company}: digest differs from the manifest")
+    mismatches += [
+        f"company {c}: not in the manifest" for c in found if c not in manifest.companies
+    ]
+    keys = sum(d.key_count for d in found.values())
+    return Verified(manifest.id, rows, len(found), keys, mismatches)
+
+
+def verify_backup(settings: Settings, store: RegionStore, manifest: BackupManifest) -> Verified:
+    """Download, check, restore into a scratch database and compare (VerificationError or
+    DataError when the backup is not what its manifest says)."""
+    with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
+        path = download_checked(store, manifest, Path(tmp))
+        pgdump.check_archive(path, manifest.tables or pgdump.AUTH_TABLES)
+        began = time.monotonic()
+        with scratch_database(restore_dsn(settings), settings.db_connect_timeout) as scratch:
+            try:
+                pgdump.restore(scratch, path)
+            except Exception as exc:
+                raise DataError(f"backup {manifest.id} does not restore: {exc}") from None
+            result = compare(scratch, manifest)
+        result.restore_s = time.monotonic() - began
+    if result.mismatches:
+        raise VerificationError(
+            f"backup {manifest.id} in {store.name} restores to something else than its "
+            "manifest: " + "; ".join(result.mismatches[:5])
+        )
+    return result

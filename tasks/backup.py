@@ -1,0 +1,190 @@
+"""`backup.*`: dumps to every region, their list, retention, restores, daily validation and the
+monthly restore test. Configured by settings alone (S3 endpoints, buckets, credentials, and
+RESILIENCE_RESTORE_DSN for the scratch databases); every run leaves a record."""
+
+from __future__ import annotations
+
+import json as json_module
+from datetime import UTC, datetime
+from typing import Any
+
+from invoke.context import Context
+from invoke.tasks import task
+
+from tasks._run import operator_task
+
+JSON_HELP = {"json": "print the result as JSON"}
+
+
+def _print(json: bool, data: dict[str, Any]) -> None:
+    from resilience.infra.output import Output
+
+    Output(json).result({"ok": True, **data})
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        **JSON_HELP,
+        "kind": "auto (default: first of month monthly, of day daily), hourly, daily or monthly",
+    },
+)
+@operator_task
+def run(c: Context, kind: str = "auto", json: bool = False) -> None:
+    """Back up the auth tables to every region: pg_dump in one snapshot, manifest, upload."""
+    from resilience.backup.take import take_backup
+    from resilience.config import load_settings
+    from resilience.errors import InputError
+    from resilience.infra.output import Output
+
+    if kind not in ("auto", "hourly", "daily", "monthly"):
+        raise InputError(f"--kind must be auto, hourly, daily or monthly, not {kind[:20]!r}")
+    out = Output(json)
+    result = take_backup(load_settings(), kind=kind, progress=out.progress)
+    _print(json, result.to_dict())
+
+
+@task(
+    name="list",
+    auto_shortflags=False,
+    help={**JSON_HELP, "region": "only this region (moscow or eu)"},
+)
+@operator_task
+def list_(c: Context, region: str | None = None, json: bool = False) -> None:
+    """Every backup per region: kind, age, size and the last validation result."""
+    from resilience.backup.catalog import list_region
+    from resilience.config import load_settings
+    from resilience.errors import InputError, ResilienceError
+    from resilience.infra.s3 import regions_from_settings
+
+    settings = load_settings()
+    stores = regions_from_settings(settings)
+    if region is not None:
+        stores = [s for s in stores if s.name == region]
+        if not stores:
+            raise InputError(f"unknown or unconfigured region {region!r} (moscow or eu)")
+    last: dict[tuple[str, str], bool] = {}
+    if settings.backup_validation_log.exists():
+        for line in settings.backup_validation_log.read_text().splitlines():
+            try:
+                entry = json_module.loads(line)
+            except ValueError:
+                continue
+            if entry.get("backup_id"):
+                last[(entry["region"], entry["backup_id"])] = bool(entry.get("valid"))
+    now = datetime.now(UTC)
+    regions: dict[str, Any] = {}
+    for store in stores:
+        try:
+            listing = list_region(store)
+        except ResilienceError as exc:
+            regions[store.name] = {"error": str(exc)}
+            continue
+        regions[store.name] = {
+            "backups": [
+                {
+                    **m.summary(),
+                    "age_s": round((now - m.created).total_seconds()),
+                    "validated": last.get((store.name, m.id)),
+                }
+                for m in listing.manifests
+            ],
+            "orphans": listing.orphans,
+            "unreadable": listing.unreadable,
+        }
+    _print(json, {"regions": regions})
+
+
+@task(auto_shortflags=False, help={**JSON_HELP, "yes": "delete; without it, a dry run"})
+@operator_task
+def prune(c: Context, yes: bool = False, json: bool = False) -> None:
+    """Grandfather-father-son retention per region (48 hourly, 30 daily, 12 monthly)."""
+    from resilience.backup.retention import prune as prune_regions
+    from resilience.config import load_settings
+    from resilience.infra.output import Output
+
+    out = Output(json)
+    results, record = prune_regions(load_settings(), yes=yes, progress=out.progress)
+    _print(
+        json,
+        {
+            "dry_run": not yes,
+            "regions": [vars(r) for r in results],
+            "record": str(record) if record else None,
+        },
+    )
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        **JSON_HELP,
+        "id": "the backup id (default: the newest)",
+        "at": "the newest backup at or before this UTC time (ISO 8601)",
+        "region": "moscow or eu (default: any)",
+        "company": "restore only this company's rows into the live database",
+        "target_dsn": "restore into this database instead of a scratch one",
+        "yes": "change the live or target database (without it: a preview)",
+    },
+)
+@operator_task
+def restore(
+    c: Context,
+    id: str | None = None,
+    at: str | None = None,
+    region: str | None = None,
+    company: str | None = None,
+    target_dsn: str | None = None,
+    yes: bool = False,
+    json: bool = False,
+) -> None:
+    """Restore a backup (scratch, target, or one company live), verified against its manifest."""
+    from resilience.backup.restore import restore_backup
+    from resilience.config import load_settings
+    from resilience.errors import InputError
+    from resilience.infra.output import Output
+
+    moment = None
+    if at is not None:
+        try:
+            moment = datetime.fromisoformat(at)
+        except ValueError:
+            raise InputError(f"--at must be an ISO 8601 time, not {at[:30]!r}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    out = Output(json)
+    result = restore_backup(
+        load_settings(),
+        backup_id=id,
+        at=moment,
+        region=region,
+        company=company,
+        target_dsn=target_dsn,
+        yes=yes,
+        progress=out.progress,
+    )
+    _print(json, result.to_dict())
+
+
+@task(auto_shortflags=False, help=JSON_HELP)
+@operator_task
+def validate(c: Context, json: bool = False) -> None:
+    """Daily (cron): newest backup of each kind in every region downloaded, restored, compared."""
+    from resilience.backup.validate import validate as validate_backups
+    from resilience.config import load_settings
+    from resilience.infra.output import Output
+
+    out = Output(json)
+    _print(json, validate_backups(load_settings(), progress=out.progress).to_dict())
+
+
+@task(name="test-restore", auto_shortflags=False, help=JSON_HELP)
+@operator_task
+def test_restore(c: Context, json: bool = False) -> None:
+    """Monthly: the newest backup restored and every key verified, timed against 30 minutes."""
+    from resilience.backup.restore import test_restore as run_test
+    from resilience.config import load_settings
+    from resilience.infra.output import Output
+
+    out = Output(json)
+    _print(json, run_test(load_settings(), progress=out.progress))

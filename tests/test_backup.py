@@ -1,0 +1,223 @@
+"""Backups against the embedded stack: real pg_dump/pg_restore, moto's S3 with one bucket per
+region, the Sentry fake. Each test gets buckets of its own, so listings are its own."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from resilience.authstate.dataset import generate
+from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.view import view_of
+from resilience.backup import dump as pgdump
+from resilience.backup.catalog import list_region
+from resilience.backup.manifest import BackupManifest, dump_key
+from resilience.backup.restore import restore_backup
+from resilience.backup.retention import Retention
+from resilience.backup.take import take_backup
+from resilience.backup.validate import validate
+from resilience.backup.verify import restore_dsn
+from resilience.config import DrillSettings, Settings
+from resilience.drill.fakes.receivers import ReceiverClient
+from resilience.drill.stack import Stack
+from resilience.errors import ConfigError, DataError, InputError, PartialFailure, VerificationError
+from resilience.infra.s3 import regions_from_settings
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+def companies(stack: Stack) -> Iterator[list[str]]:
+    made = [f"bk_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    with connect(stack.endpoints.admin_dsn) as conn:
+        store = PgAuthStore(conn)
+        for company in made:
+            data = generate(company, 80)
+            store.insert_raw(company, data.creds, data.rows())
+    yield made
+    with connect(stack.endpoints.admin_dsn) as conn:
+        for company in made:
+            PgAuthStore(conn).delete_company(company)
+
+
+@pytest.fixture
+def backup_settings(stack: Stack, settings: DrillSettings, tmp_path: Path) -> Settings:
+    """The operator's settings for backups on this stack, with fresh buckets."""
+    ep = stack.endpoints
+    suffix = secrets.token_hex(4)
+    operator = Settings.model_validate(
+        {
+            "service_dsn": ep.service_dsn,
+            "restore_dsn": ep.admin_dsn,
+            "s3_endpoint_moscow": ep.s3["moscow"].endpoint_url,
+            "s3_endpoint_eu": ep.s3["eu"].endpoint_url,
+            "s3_bucket_moscow": f"bk-moscow-{suffix}",
+            "s3_bucket_eu": f"bk-eu-{suffix}",
+            "s3_access_key_id": ep.s3_access_key_id,
+            "s3_secret_access_key": ep.s3_secret_access_key,
+            "sentry_dsn": ep.sentry_dsn,
+            "backup_spool_dir": tmp_path / "spool",
+            "backup_validation_log": tmp_path / "validation.jsonl",
+            "runs_dir": tmp_path / "runs",
+        }
+    )
+    for store in regions_from_settings(operator):
+        store.ensure_bucket()
+    return operator
+
+
+def _digests(stack: Stack, companies: list[str]) -> dict[str, str]:
+    with connect(stack.endpoints.admin_dsn) as conn:
+        store = PgAuthStore(conn)
+        return {
+            c: view_of(c, store.load_creds(c), store.records(c)).digest().digest for c in companies
+        }
+
+
+def test_a_backup_lands_in_both_regions_and_validates(
+    stack: Stack, companies: list[str], backup_settings: Settings
+) -> None:
+    run = take_backup(backup_settings)
+    assert [(r.region, r.ok) for r in run.regions] == [("moscow", True), ("eu", True)]
+    manifest = run.manifest
+    assert manifest.kind == "monthly"  # the first backup ever
+    assert manifest.client_version >= manifest.server_version
+    expected = _digests(stack, companies)
+    assert {c: manifest.companies[c].digest for c in companies} == expected
+    for store in regions_from_settings(backup_settings):
+        listing = list_region(store)
+        assert [m.id for m in listing.manifests] == [manifest.id]
+        assert listing.orphans == []
+    second = take_backup(backup_settings)
+    assert second.manifest.kind == "daily" or second.manifest.kind == "hourly"
+    assert second.manifest.previous_id == manifest.id
+
+    checked = validate(backup_settings)
+    assert checked.ok and checked.retaken is None
+    assert {c.region for c in checked.checks} == {"moscow", "eu"}
+    lines = backup_settings.backup_validation_log.read_text().splitlines()
+    assert len(lines) == len(checked.checks) and all(json.loads(x)["valid"] for x in lines)
+    assert checked.record is not None and (checked.record / "journal.json").is_file()
+
+
+def test_a_corrupt_and_a_truncated_backup_are_found_retaken_and_alerted(
+    stack: Stack, companies: list[str], backup_settings: Settings
+) -> None:
+    first = take_backup(backup_settings).manifest
+    moscow, eu = regions_from_settings(backup_settings)
+    body = bytearray(moscow.get_bytes(dump_key(first.id)))
+    body[len(body) // 2] ^= 0xFF
+    moscow.put_bytes(dump_key(first.id), bytes(body))
+    eu.put_bytes(dump_key(first.id), bytes(body[: len(body) // 3]))
+    with pytest.raises(VerificationError) as info:
+        validate(backup_settings)
+    assert info.value.exit_code == 5
+    details = info.value.details or {}
+    bad = {c["region"]: c["error"] for c in details["checks"] if not c["valid"]}
+    assert "corrupt" in bad["moscow"] and "truncated" in bad["eu"]
+    retaken = details["retaken"]
+    assert retaken and retaken != first.id
+    assert all(list_region(s).manifests[0].id == retaken for s in (moscow, eu))
+    ep = stack.endpoints
+    assert ep.receivers_url is not None
+    with ReceiverClient(ep.receivers_url) as receivers:
+        event = receivers.wait_for(
+            "sentry", lambda r: first.id in (r.get("message") or "") and r["level"] == "error", 15
+        )
+    assert "backup validation FAILED" in event["message"]
+
+
+def test_one_region_down_the_other_gets_it_and_it_is_caught_up(
+    stack: Stack, companies: list[str], backup_settings: Settings
+) -> None:
+    down = backup_settings.model_copy(update={"s3_endpoint_moscow": "http://127.0.0.1:9"})
+    with pytest.raises(PartialFailure) as info:
+        take_backup(down)
+    assert info.value.exit_code == 6 and "missed moscow" in str(info.value)
+    moscow, eu = regions_from_settings(backup_settings)
+    assert len(list_region(eu).manifests) == 1
+    assert list_region(moscow).manifests == []
+    later = take_backup(backup_settings)  # the region is back: caught up, then the new one
+    caught = next(r for r in later.regions if r.region == "moscow").caught_up
+    assert caught == [list_region(eu).manifests[-1].id]
+    assert len(list_region(moscow).manifests) == 2
+    assert not any(backup_settings.backup_spool_dir.iterdir())
+
+
+def test_one_company_is_restored_and_the_others_are_untouched(
+    stack: Stack, companies: list[str], backup_settings: Settings
+) -> None:
+    bad, good = companies
+    manifest = take_backup(backup_settings).manifest
+    with connect(stack.endpoints.admin_dsn) as conn:  # scenario 2 and 3 at once for `bad`
+        conn.execute("UPDATE whatsapp_auth SET creds = '{}'::jsonb WHERE company_id = %s", (bad,))
+        conn.execute(
+            "DELETE FROM whatsapp_keys WHERE company_id = %s AND key_id IN (SELECT key_id FROM "
+            "whatsapp_keys WHERE company_id = %s ORDER BY key_id LIMIT 30)",
+            (bad, bad),
+        )
+        conn.execute(
+            'UPDATE whatsapp_keys SET value = \'{"type":"Buffer","data":"%%%%"}\'::jsonb '
+            "WHERE company_id = %s AND key_type = 'session'",
+            (bad,),
+        )
+        conn.commit()
+    good_before = _digests(stack, [good])
+    preview = restore_backup(backup_settings, company=bad)
+    assert preview.mode == "company-preview"
+    assert preview.change is not None
+    assert preview.change["added"] == 30 and preview.change["creds_changed"] is True
+    assert preview.change["changed"] > 0
+    with pytest.raises(DataError):
+        _digests(stack, [bad])  # still corrupt: the preview changed nothing
+    done = restore_backup(backup_settings, company=bad, yes=True)
+    assert done.mode == "company"
+    assert _digests(stack, [bad]) == {bad: manifest.companies[bad].digest}
+    assert _digests(stack, [good]) == good_before
+
+
+def test_a_restore_into_a_scratch_database_is_verified(
+    companies: list[str], backup_settings: Settings
+) -> None:
+    manifest = take_backup(backup_settings).manifest
+    done = restore_backup(backup_settings, backup_id=manifest.id, region="eu")
+    assert done.verified["mismatches"] == [] and done.verified["companies"] >= 2
+    with pytest.raises(InputError, match="no backup with id"):
+        restore_backup(backup_settings, backup_id="20000101T000000Z")
+    with pytest.raises(InputError, match="unknown or unconfigured region"):
+        restore_backup(backup_settings, region="mars")
+
+
+def test_bad_configuration_is_one_clear_line(backup_settings: Settings) -> None:
+    wrong = backup_settings.model_copy(update={"s3_secret_access_key": SecretStr("not-the-secret")})
+    with pytest.raises(PartialFailure):  # moto accepts any key; the bucket is what matters
+        take_backup(wrong.model_copy(update={"s3_bucket_eu": "no-such-bucket-here"}))
+    with pytest.raises(ConfigError, match="older than the server"):
+        pgdump.check_client_version(14, 15, Path("pg_dump"))
+    with pytest.raises(ConfigError, match="RESTORE_DSN"):
+        restore_dsn(backup_settings.model_copy(update={"restore_dsn": None}))
+
+
+def test_manifest_parsing_refuses_what_it_cannot_trust() -> None:
+    with pytest.raises(DataError, match="not JSON"):
+        BackupManifest.from_json(b"{", "x")
+    with pytest.raises(DataError, match="format"):
+        BackupManifest.from_json(b'{"format": 9}', "x")
+
+
+def test_retention_keeps_grandfathers_fathers_and_sons() -> None:
+    hours = [f"202611{d:02d}T{h:02d}0000Z" for d in range(1, 31) for h in (0, 6, 12, 18)]
+    months = [f"2026{m:02d}01T000000Z" for m in range(1, 11)]
+    ids = months + hours
+    kept = Retention(hourly=5, daily=3, monthly=2).keep(ids)
+    assert set(sorted(hours)[-5:]) <= kept  # sons: the newest
+    assert {"20261128T000000Z", "20261129T000000Z", "20261130T000000Z"} <= kept  # days
+    assert {"20261101T000000Z", "20261001T000000Z"} <= kept  # months
+    assert "20260901T000000Z" not in kept
+    assert Retention(0, 0, 0).keep(ids) == {max(ids)}  # the newest always stays

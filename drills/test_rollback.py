@@ -10,8 +10,7 @@ snapshot are the measured loss window: listed in the report, never hidden.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -85,19 +84,11 @@ def wait_for_writes(service: ServiceUnderTest, more: int, timeout: float = 30) -
     return wait_until(written, timeout, f"{more} writes of the stand-in")
 
 
-@contextmanager
-def scenario(report: DrillReport, title: str, service: ServiceUnderTest) -> Iterator[Journal]:
-    journal = report.journal(title)
-    journal.register_secret(service.stack.endpoints.service_dsn)
-    journal.register_secret(service.stack.endpoints.admin_dsn)
-    journal.start()
-    try:
-        yield journal
-    except BaseException as exc:
-        if not journal.finished:
-            journal.event("failure", f"{type(exc).__name__}: {exc}")
-            journal.finish("failed", deviated=True)
-        raise
+def scenario(
+    report: DrillReport, title: str, service: ServiceUnderTest
+) -> AbstractContextManager[Journal]:
+    ep = service.stack.endpoints
+    return report.scenario(title, ep.service_dsn, ep.admin_dsn)
 
 
 def state_file(service: ServiceUnderTest) -> Path:

@@ -189,7 +189,7 @@ def test_a_restore_into_a_scratch_database_is_verified(
     done = restore_backup(backup_settings, backup_id=manifest.id, region="eu")
     assert done.verified["mismatches"] == [] and done.verified["companies"] >= 2
     with pytest.raises(InputError, match="no backup with id"):
-        restore_backup(backup_settings, backup_id="20000101T000000Z")
+        restore_backup(backup_settings, backup_id="20000101T000000000000Z")
     with pytest.raises(InputError, match="unknown or unconfigured region"):
         restore_backup(backup_settings, region="mars")
 
@@ -212,12 +212,13 @@ def test_manifest_parsing_refuses_what_it_cannot_trust() -> None:
 
 
 def test_retention_keeps_grandfathers_fathers_and_sons() -> None:
-    hours = [f"202611{d:02d}T{h:02d}0000Z" for d in range(1, 31) for h in (0, 6, 12, 18)]
-    months = [f"2026{m:02d}01T000000Z" for m in range(1, 11)]
+    hours = [f"202611{d:02d}T{h:02d}0000000000Z" for d in range(1, 31) for h in (0, 6, 12, 18)]
+    months = [f"2026{m:02d}01T000000000000Z" for m in range(1, 11)]
     ids = months + hours
     kept = Retention(hourly=5, daily=3, monthly=2).keep(ids)
     assert set(sorted(hours)[-5:]) <= kept  # sons: the newest
-    assert {"20261128T000000Z", "20261129T000000Z", "20261130T000000Z"} <= kept  # days
-    assert {"20261101T000000Z", "20261001T000000Z"} <= kept  # months
-    assert "20260901T000000Z" not in kept
+    days = {f"202611{d}T000000000000Z" for d in (28, 29, 30)}
+    assert days <= kept  # fathers: the first of each of the newest days
+    assert {"20261101T000000000000Z", "20261001T000000000000Z"} <= kept  # grandfathers
+    assert "20260901T000000000000Z" not in kept
     assert Retention(0, 0, 0).keep(ids) == {max(ids)}  # the newest always stays

@@ -20,16 +20,16 @@ FORMAT = 1
 Kind = Literal["hourly", "daily", "monthly"]
 KINDS: tuple[Kind, ...] = ("hourly", "daily", "monthly")
 PREFIX = "baileys-auth"
-_ID_RE = re.compile(r"^\d{8}T\d{6}Z$")
+_ID_RE = re.compile(r"^\d{8}T\d{12}Z$")  # UTC start, to the microsecond: unique
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def new_id(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
 def id_time(backup_id: str) -> datetime:
-    return datetime.strptime(backup_id, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return datetime.strptime(backup_id, "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
 
 
 def dump_key(backup_id: str) -> str:

@@ -118,9 +118,12 @@ def validate(settings: Settings, *, progress: Progress | None = None) -> Validat
             _log(settings.backup_validation_log, check)
         result = Validation(checks)
         if not result.ok:
-            say("re-taking a backup now")
+            # of the kind that was bad, so the newest backup of that kind is a good one again
+            kinds = [c.kind for c in result.checks if not c.valid and c.kind in KINDS]
+            retake_kind: str = max(kinds, key=KINDS.index) if kinds else "auto"
+            say(f"re-taking a {retake_kind} backup now")
             try:
-                result.retaken = take_backup(settings, kind="auto", progress=say).manifest.id
+                result.retaken = take_backup(settings, kind=retake_kind, progress=say).manifest.id
             except ResilienceError as exc:
                 result.retaken = None
                 say(f"re-taking failed: {exc}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from resilience.runs.html import render_html
@@ -16,6 +18,21 @@ class DrillReport:
         self.name = name
         self.reports_dir = reports_dir
         self.journals: list[Journal] = []
+
+    @contextlib.contextmanager
+    def scenario(self, title: str, *secrets: str) -> Iterator[Journal]:
+        """One scenario's journal; a scenario that raises is finished as failed (deviated)."""
+        journal = self.journal(title)
+        for secret in secrets:
+            journal.register_secret(secret)
+        journal.start()
+        try:
+            yield journal
+        except BaseException as exc:
+            if not journal.finished:
+                journal.event("failure", f"{type(exc).__name__}: {exc}")
+                journal.finish("failed", deviated=True)
+            raise
 
     def journal(self, title: str) -> Journal:
         journal = Journal(title)

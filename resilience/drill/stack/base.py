@@ -39,6 +39,8 @@ class Endpoints:
     receivers_url: str | None = None  # base URL of the local Sentry/Telegram receivers
     pm2_home: str | None = None
     drill_target: bool = False
+    # region name -> Toxiproxy proxy in front of its S3 endpoint (so a region can really be cut)
+    s3_proxies: dict[str, str] = field(default_factory=dict)
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-ready view with every secret replaced by `***`."""
@@ -58,6 +60,7 @@ class Endpoints:
             "receivers_url": self.receivers_url,
             "pm2_home": self.pm2_home,
             "drill_target": self.drill_target,
+            "s3_proxies": dict(self.s3_proxies),
         }
 
 

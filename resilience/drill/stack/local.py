@@ -193,10 +193,18 @@ class LocalStack(Stack):
         self._wait_http(f"{receivers_url}/_health", "receivers", timeout)
         s3_url = f"http://127.0.0.1:{ports['s3']}"
         self._wait_http(f"{s3_url}/moto-api/", "s3", timeout)
-        regions = {
-            name: S3Region(name, region, s3_url, f"baileys-backups-{name}")
-            for name, region in REGIONS.items()
-        }
+        # each region's endpoint goes through a proxy of its own: a drill can cut one region
+        regions, s3_proxies, region_ports = {}, {}, {}
+        with ToxiproxyClient(toxiproxy_url) as toxiproxy:
+            for name, region in REGIONS.items():
+                region_port = free_port()
+                toxiproxy.create_proxy(
+                    f"s3-{name}", listen=f"127.0.0.1:{region_port}", upstream=s3_url[7:]
+                )
+                url = f"http://127.0.0.1:{region_port}"
+                regions[name] = S3Region(name, region, url, f"baileys-backups-{name}")
+                s3_proxies[name] = f"s3-{name}"
+                region_ports[f"s3-{name}"] = region_port
         create_buckets(regions.values(), s3_key, s3_secret)
 
         endpoints = Endpoints(
@@ -215,9 +223,10 @@ class LocalStack(Stack):
             receivers_url=receivers_url,
             pm2_home=str(self.dir / "pm2"),
             drill_target=True,
+            s3_proxies=s3_proxies,
         )
         state["endpoints"] = asdict(endpoints)
-        state["ports"] = {**ports, "proxy": proxy_port}
+        state["ports"] = {**ports, "proxy": proxy_port, **region_ports}
         self._write_state(state)
         self._endpoints = endpoints
         return endpoints
@@ -292,6 +301,23 @@ class LocalStack(Stack):
         cluster = self._require_cluster()
         cluster.start()
         cluster.wait_ready(self.settings.startup_timeout)
+
+    def destroy_postgres(self) -> None:
+        """Datacenter loss: the server stopped and its data directory deleted."""
+        cluster = self._require_cluster()
+        cluster.stop()
+        shutil.rmtree(cluster.data_dir, ignore_errors=True)
+
+    def rebuild_postgres(self) -> None:
+        """A fresh, empty cluster in place of a lost one (same port, roles and schema), so the
+        stack can be used and taken down normally after a datacenter-loss drill."""
+        cluster = self._require_cluster()
+        if cluster.data_dir.exists():
+            return
+        cluster.init()
+        cluster.start()
+        cluster.wait_ready(self.settings.startup_timeout)
+        cluster.bootstrap()
 
 
 def _endpoints_from(data: dict[str, Any]) -> Endpoints:

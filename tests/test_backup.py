@@ -222,3 +222,17 @@ def test_retention_keeps_grandfathers_fathers_and_sons() -> None:
     assert {"20261101T000000000000Z", "20261001T000000000000Z"} <= kept  # grandfathers
     assert "20260901T000000000000Z" not in kept
     assert Retention(0, 0, 0).keep(ids) == {max(ids)}  # the newest always stays
+
+
+def test_restore_refuses_a_filled_target_and_a_time_before_the_oldest(
+    stack: Stack, companies: list[str], backup_settings: Settings
+) -> None:
+    from datetime import UTC, datetime
+
+    manifest = take_backup(backup_settings).manifest
+    with pytest.raises(InputError, match="already has auth tables: --yes"):
+        restore_backup(backup_settings, target_dsn=stack.endpoints.service_dsn)
+    with pytest.raises(InputError, match=f"the oldest is {manifest.id}"):
+        restore_backup(backup_settings, at=datetime(2000, 1, 1, tzinfo=UTC))
+    found = restore_backup(backup_settings, at=datetime.now(UTC))
+    assert found.backup["id"] == manifest.id

@@ -86,3 +86,12 @@ def rollback_report() -> Iterator[DrillReport]:
     yield report
     if report.journals:
         report.write()
+
+
+@pytest.fixture(scope="session")
+def cache_report() -> Iterator[DrillReport]:
+    """The creds-cache drill's report: reports/drill-cache.{json,html}."""
+    report = DrillReport("cache", REPORTS)
+    yield report
+    if report.journals:
+        report.write()

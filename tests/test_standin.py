@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -19,6 +22,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from resilience.authstate.credscache import CacheEntry
 from resilience.authstate.dataset import Dataset, generate
 from resilience.authstate.filestore import FileAuthStore
 from resilience.authstate.fingerprint import KeyFingerprint, set_digest
@@ -27,20 +31,31 @@ from resilience.authstate.pgstore import Conn, PgAuthStore, connect
 from resilience.authstate.view import view_of
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
+from resilience.drill.fakes.receivers import ReceiverClient
 from resilience.drill.stack import Stack
 from resilience.drill.standin.service import (
+    CACHE_EXPIRED_PATTERN,
+    CACHE_LEFT_PATTERN,
+    CACHE_SERVING_PATTERN,
     CONNECTION_OPEN_PATTERN,
     FILE_MODE_PATTERN,
     HTTP_PATTERN,
     MISSING_CREDS_PATTERN,
+    NO_CACHE_PATTERN,
     POSTGRES_MODE_PATTERN,
+    STOPPED_ON_CACHE_PATTERN,
     STOPPED_PATTERN,
+    CredsSaveFailed,
+    KeyReadFailed,
+    PostgresBackend,
+    ServiceState,
+    make_app,
     mode_from_flags,
     read_config,
 )
 from resilience.drill.standin.traffic import KeyWrite, Traffic
 from resilience.drill.standin.writelog import WRITELOG_FILE, WriteEntry, WriteLog, read_writelog
-from resilience.errors import ConfigError, DataError, InputError
+from resilience.errors import ConfigError, DatabaseError, DataError, InputError
 from resilience.infra.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -629,3 +644,353 @@ def test_unwritable_journal_stops_start_up(tmp_path: Path, standins: list[Standi
     assert standin.exit_code() != 0
     assert "cannot start" in standin.output() and WRITELOG_FILE in standin.output()
     assert CONNECTION_OPEN_PATTERN.search(standin.output()) is None
+
+
+# --- the creds cache (brief §8) ------------------------------------------------------------------
+
+
+def test_config_reads_the_creds_cache_settings(tmp_path: Path) -> None:
+    sentry = "http://0123456789abcdef@127.0.0.1:9/1"
+    (tmp_path / ".env").write_text(
+        pg_env_text("acme")
+        + f"CREDS_CACHE_DIR=cache\nCREDS_CACHE_TTL_S=2.5\nSENTRY_DSN={sentry}\n"
+        + "CREDS_SAVE_INTERVAL_MS=250\nCACHE_RELOAD_INTERVAL_MS=10\n"
+    )
+    config = read_config(tmp_path, environ={})
+    assert config.creds_cache_dir == tmp_path / "cache"
+    assert config.creds_cache_ttl_s == 2.5 and config.creds_cache
+    assert config.sentry_dsn == sentry and "0123456789abcdef" not in repr(config)
+    assert config.creds_save_interval_ms == 250
+    assert config.cache_reload_interval_ms == 200  # bounded below
+    (tmp_path / ".env").write_text(pg_env_text("acme"))
+    defaults = read_config(tmp_path, environ={})
+    assert defaults.creds_cache_dir is None and defaults.creds_cache_ttl_s == 300
+    assert defaults.creds_cache and defaults.sentry_dsn is None
+    assert defaults.creds_save_interval_ms == 0 and defaults.cache_reload_interval_ms == 3000
+    (tmp_path / ".env").write_text(pg_env_text("acme") + "CREDS_CACHE_TTL_S=0\n")
+    assert not read_config(tmp_path, environ={}).creds_cache
+    (tmp_path / ".env").write_text(env_text("file", "acme"))
+    assert not read_config(tmp_path, environ={}).creds_cache  # file mode: no creds cache
+    for bad in ("soon", "-1", "nan", "inf"):
+        (tmp_path / ".env").write_text(pg_env_text("acme") + f"CREDS_CACHE_TTL_S={bad}\n")
+        with pytest.raises(ConfigError, match="CREDS_CACHE_TTL_S must be"):
+            read_config(tmp_path, environ={})
+
+
+def pg_env_text(company: str, **extra: str) -> str:
+    return env_text("postgres", company, **{"DATABASE_URL": DSN.split("=", 1)[1].strip(), **extra})
+
+
+def test_unreachable_postgres_fails_reads_and_saves_loudly() -> None:
+    """A key read that cannot reach the database raises; it never answers `{}` as if the keys
+    did not exist (brief §10)."""
+    backend = PostgresBackend("postgresql://u@127.0.0.1:1/db", "acme", connect_timeout=1)
+    with pytest.raises(KeyReadFailed, match=r"cannot read 2 session key\(s\) of company acme"):
+        backend.read_keys("session", ["1.0", "2.0"])
+    with pytest.raises(CredsSaveFailed):
+        backend.save_creds({"registrationId": 1})
+    with pytest.raises(DatabaseError):
+        backend.load()
+    backend.close()
+
+
+def health_of(state: ServiceState) -> tuple[int, dict[str, Any]]:
+    from werkzeug.test import Client
+
+    response = Client(make_app(state)).get("/health")
+    body: dict[str, Any] = response.get_json()
+    return response.status_code, body
+
+
+def test_health_reports_the_cache_state_and_503_once_expired() -> None:
+    dataset = generate("standin_health", n=20)
+    keys = {(k.key_type, k.key_id): k.value for k in dataset.keys}
+    off = ServiceState("postgres", "acme", dataset.creds, keys)
+    status, body = health_of(off)
+    assert status == 200 and body["ok"] is True and body["status"] == "ok"
+    assert body["cache"] == {
+        "state": "off",
+        "age_s": None,
+        "ttl_s": None,
+        "skipped_creds_saves": 0,
+        "failed_key_reads": 0,
+        "creds_fingerprint": None,
+        "serving_since": None,
+        "source": None,
+    }
+
+    now = time.time()
+    fresh = ServiceState("postgres", "acme", dataset.creds, keys, cache_ttl_s=5)
+    fresh.cached(CacheEntry("acme", dataset.creds, now - 1, "load"))
+    status, body = health_of(fresh)
+    assert status == 200 and body["cache"]["state"] == "fresh"
+    assert 1 <= body["cache"]["age_s"] < 3
+    assert body["cache"]["creds_fingerprint"] == KeyFingerprint.of("creds", "", dataset.creds)
+    assert body["key_count"] == len(keys) and body["digest"] == digest_of(dataset.creds, keys)
+    fresh.cached(CacheEntry("acme", dataset.creds, now - 60, "load"))
+    status, body = health_of(fresh)  # an old entry while PostgreSQL works: said, still ok
+    assert status == 200 and body["ok"] is True and body["cache"]["state"] == "expired"
+
+    serving = ServiceState("postgres", "acme", dataset.creds, {}, keys_known=False, cache_ttl_s=5)
+    serving.serve_from_cache(CacheEntry("acme", dataset.creds, now - 2, "save", "disk"))
+    serving.skipped_save()
+    serving.failed_read()
+    status, body = health_of(serving)
+    assert status == 200 and body["ok"] is True and body["status"] == "degraded"
+    assert body["cache"]["state"] == "serving" and body["cache"]["source"] == "disk"
+    assert body["cache"]["skipped_creds_saves"] == 1 and body["cache"]["failed_key_reads"] == 1
+    assert body["cache"]["serving_since"]
+    assert body["key_count"] is None and body["digest"] is None  # keys were never loaded
+    assert body["loaded_key_count"] is None and body["loaded_digest"] is None
+
+    expired = ServiceState("postgres", "acme", dataset.creds, {}, keys_known=False, cache_ttl_s=5)
+    expired.serve_from_cache(CacheEntry("acme", dataset.creds, now - 6, "load", "disk"))
+    status, body = health_of(expired)
+    assert status == 503 and body["ok"] is False and body["status"] == "unavailable"
+    assert body["cache"]["state"] == "expired" and body["cache"]["age_s"] > 5
+    assert expired.expired()
+
+
+def cache_env(stack: Stack, company: str, **extra: str) -> str:
+    """PostgreSQL mode with the creds cache on disk, quick saves, reloads and timeouts."""
+    settings = {
+        "CREDS_CACHE_DIR": "cache",
+        "CREDS_CACHE_TTL_S": "60",
+        "CREDS_SAVE_INTERVAL_MS": "100",
+        "CACHE_RELOAD_INTERVAL_MS": "300",
+        "DB_CONNECT_TIMEOUT_MS": "1000",
+        "WRITE_INTERVAL_MS": "20",
+        "SHUTDOWN_GRACE_MS": "3000",
+    }
+    if stack.endpoints.sentry_dsn:
+        settings["SENTRY_DSN"] = stack.endpoints.sentry_dsn
+    settings.update(extra)
+    return pg_env(stack, company, **settings)
+
+
+def db_creds(admin: Conn, company: str) -> tuple[str, datetime]:
+    """(creds fingerprint, updated_at) of the company's row, read directly."""
+    row = admin.execute(
+        "SELECT creds, updated_at FROM whatsapp_auth WHERE company_id = %s", (company,)
+    ).fetchone()
+    assert row is not None
+    return KeyFingerprint.of("creds", "", PgAuthStore(admin).load_creds(company)), row[1]
+
+
+def sentry_records(stack: Stack, company: str, event: str) -> list[dict[str, Any]]:
+    if not stack.endpoints.receivers_url:
+        return []
+    with ReceiverClient(stack.endpoints.receivers_url) as receivers:
+        return [
+            dict(r)
+            for r in receivers.sentry_events()
+            if (r.get("tags") or {}).get("company") == company
+            and (r.get("tags") or {}).get("event") == event
+        ]
+
+
+def raw_health(standin: Standin) -> tuple[int, dict[str, Any]]:
+    response = standin.http.get("/health")
+    body: dict[str, Any] = response.json()
+    return response.status_code, body
+
+
+def test_outage_at_start_runs_on_cached_creds_then_returns_to_postgres(
+    tmp_path: Path,
+    stack: Stack,
+    admin: Conn,
+    pg_company: tuple[str, Dataset],
+    standins: list[Standin],
+) -> None:
+    company, _ = pg_company
+    _, initial = read_db(admin, company)
+    (tmp_path / ".env").write_text(cache_env(stack, company))
+    first = Standin(tmp_path)
+    standins.append(first)
+    before = first.wait_health(
+        lambda h: h["creds_saves_ok"] >= 3 and h["writes_ok"] >= 5, "creds saves"
+    )
+    assert before["cache"]["state"] == "fresh" and before["cache"]["age_s"] < 60
+    copy = tmp_path / "cache" / f"creds-{company}.json"
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    assert stat.S_IMODE(copy.parent.stat().st_mode) == 0o700
+    assert first.stop() == 0
+
+    ep = stack.endpoints
+    with (
+        ToxiproxyClient(ep.toxiproxy_url) as toxiproxy,
+        faults.proxy_disabled(toxiproxy, ep.toxiproxy_proxy, allowed=ep.drill_target),
+    ):
+        creds_before = db_creds(admin, company)
+        standin = Standin(tmp_path)
+        standins.append(standin)
+        match = standin.wait_line(CACHE_SERVING_PATTERN)
+        assert match["company"] == company and float(match["age"]) < 60
+        during = standin.wait_health(
+            lambda h: (
+                h["cache"]["skipped_creds_saves"] >= 2
+                and h["cache"]["failed_key_reads"] >= 2
+                and h["writes_failed"] >= 2
+            ),
+            "skipped saves, failed reads and writes on cached creds",
+        )
+        assert during["ok"] is True and during["cache"]["state"] == "serving"
+        assert during["mode"] == "postgres" and during["writes_ok"] == 0
+        assert during["key_count"] is None and during["digest"] is None
+        assert during["cache"]["creds_fingerprint"] == creds_before[0]  # the creds it serves
+        assert db_creds(admin, company) == creds_before  # no creds saved while on the cache
+        assert CONNECTION_OPEN_PATTERN.search(standin.output()) is None
+        output = standin.output()
+        assert "key read failed while serving creds from cache" in output
+        assert "creds save skipped" in output
+        if ep.receivers_url:
+            with ReceiverClient(ep.receivers_url) as receivers:
+                warning = receivers.wait_for(
+                    "sentry",
+                    lambda r: (
+                        (r.get("tags") or {}).get("company") == company
+                        and (r.get("tags") or {}).get("event") == "creds-cache-serving"
+                    ),
+                    timeout=DEADLINE,
+                )
+            assert warning["level"] == "warning"
+            assert f"cache age {float(match['age']):.1f} s" in (warning["message"] or "")
+    back = standin.wait_health(
+        lambda h: h["cache"]["state"] == "fresh" and h["writes_ok"] >= 5, "back on PostgreSQL"
+    )
+    assert back["ok"] is True and back["key_count"] is not None
+    left = standin.wait_line(CACHE_LEFT_PATTERN)
+    assert left["company"] == company and int(left["skipped"]) >= 2
+    assert CONNECTION_OPEN_PATTERN.search(standin.output(), left.end()) is not None
+    assert standin.stop() == 0
+    assert len(sentry_records(stack, company, "creds-cache-serving")) == (
+        1 if ep.receivers_url else 0
+    )
+    final = standin.final()
+    creds, current = read_db(admin, company)
+    entries = read_writelog(tmp_path / WRITELOG_FILE)
+    check_journal(entries, initial, current)
+    assert final["digest"] == digest_of(creds, current)
+    assert_no_password(stack, standin.output())
+
+
+def test_a_stale_cache_fails_loudly_and_recovers(
+    tmp_path: Path,
+    stack: Stack,
+    admin: Conn,
+    pg_company: tuple[str, Dataset],
+    standins: list[Standin],
+) -> None:
+    company, _ = pg_company
+    (tmp_path / ".env").write_text(cache_env(stack, company, CREDS_CACHE_TTL_S="1"))
+    first = Standin(tmp_path)
+    standins.append(first)
+    first.wait_health(lambda h: h["creds_saves_ok"] >= 2, "creds saves")
+    assert first.stop() == 0
+    # The entry ages while nothing runs: a restart after the TTL finds it stale.
+    stored_at = json.loads((tmp_path / "cache" / f"creds-{company}.json").read_text())["stored_at"]
+    poll(lambda: time.time() - stored_at > 1.5, "the cache entry to age past its TTL")
+
+    ep = stack.endpoints
+    with (
+        ToxiproxyClient(ep.toxiproxy_url) as toxiproxy,
+        faults.proxy_disabled(toxiproxy, ep.toxiproxy_proxy, allowed=ep.drill_target),
+    ):
+        standin = Standin(tmp_path)
+        standins.append(standin)
+        expired = standin.wait_line(CACHE_EXPIRED_PATTERN)
+        assert expired["company"] == company and float(expired["age"]) > 1
+        status, body = raw_health(standin)
+        assert status == 503 and body["ok"] is False and body["status"] == "unavailable"
+        assert body["cache"]["state"] == "expired" and body["cache"]["age_s"] > 1
+        assert CACHE_SERVING_PATTERN.search(standin.output()) is None
+        if ep.receivers_url:
+            with ReceiverClient(ep.receivers_url) as receivers:
+                error = receivers.wait_for(
+                    "sentry",
+                    lambda r: (
+                        (r.get("tags") or {}).get("company") == company
+                        and (r.get("tags") or {}).get("event") == "creds-cache-expired"
+                    ),
+                    timeout=DEADLINE,
+                )
+            assert error["level"] == "error" and "expired" in (error["message"] or "")
+
+    def back() -> dict[str, Any] | None:
+        assert standin.proc.poll() is None, standin.output()
+        status, body = raw_health(standin)
+        return body if status == 200 and body["key_count"] is not None else None
+
+    recovered = poll(back, "recovery once PostgreSQL is back")  # 503 until then
+    assert recovered["cache"]["state"] == "fresh"
+    assert standin.wait_line(CACHE_LEFT_PATTERN)["company"] == company
+    assert standin.stop() == 0
+    assert_no_password(stack, standin.output())
+
+
+def test_no_usable_cache_and_no_database_exits_with_a_clear_line(
+    tmp_path: Path, stack: Stack, pg_company: tuple[str, Dataset], standins: list[Standin]
+) -> None:
+    company, _ = pg_company
+    (tmp_path / ".env").write_text(cache_env(stack, company))
+    copy = tmp_path / "cache" / f"creds-{company}.json"
+    copy.parent.mkdir(mode=0o700)
+    copy.write_text('{"format": "baileys-resilience/creds-cache", "version": 99}')
+    ep = stack.endpoints
+    with (
+        ToxiproxyClient(ep.toxiproxy_url) as toxiproxy,
+        faults.proxy_disabled(toxiproxy, ep.toxiproxy_proxy, allowed=ep.drill_target),
+    ):
+        standin = Standin(tmp_path)
+        standins.append(standin)
+        assert standin.exit_code() == DatabaseError.exit_code
+    output = standin.output()
+    assert "ignoring the on-disk copy" in output and "format version 99" in output
+    match = NO_CACHE_PATTERN.search(output)
+    assert match is not None and match["company"] == company
+    assert "cannot start" in output and CONNECTION_OPEN_PATTERN.search(output) is None
+    assert_no_password(stack, output)
+
+
+def test_a_wrong_dsn_never_falls_back_to_the_cache(
+    tmp_path: Path, stack: Stack, pg_company: tuple[str, Dataset], standins: list[Standin]
+) -> None:
+    company, _ = pg_company
+    (tmp_path / ".env").write_text(cache_env(stack, company, STANDIN_WRITES="0"))
+    first = Standin(tmp_path)
+    standins.append(first)
+    first.wait_health(lambda h: h["cache"]["state"] == "fresh", "a fresh cache entry")
+    assert first.stop() == 0
+    wrong = urlsplit(stack.endpoints.service_dsn)._replace(path="/no_such_database").geturl()
+    (tmp_path / ".env").write_text(
+        cache_env(stack, company, STANDIN_WRITES="0").replace(stack.endpoints.service_dsn, wrong)
+    )
+    standin = Standin(tmp_path)
+    standins.append(standin)
+    assert standin.exit_code() == ConfigError.exit_code  # a typo is not an outage
+    assert CACHE_SERVING_PATTERN.search(standin.output()) is None
+    assert_no_password(stack, standin.output())
+
+
+def test_stopping_on_cached_creds_says_so(
+    tmp_path: Path, stack: Stack, pg_company: tuple[str, Dataset], standins: list[Standin]
+) -> None:
+    company, _ = pg_company
+    (tmp_path / ".env").write_text(cache_env(stack, company, WRITE_INTERVAL_MS="0"))
+    first = Standin(tmp_path)
+    standins.append(first)
+    first.wait_health(lambda h: h["cache"]["state"] == "fresh", "a fresh cache entry")
+    assert first.stop() == 0
+    ep = stack.endpoints
+    with (
+        ToxiproxyClient(ep.toxiproxy_url) as toxiproxy,
+        faults.proxy_disabled(toxiproxy, ep.toxiproxy_proxy, allowed=ep.drill_target),
+    ):
+        standin = Standin(tmp_path)
+        standins.append(standin)
+        standin.wait_line(CACHE_SERVING_PATTERN)  # traffic off: the reload attempts still run
+        assert "[traffic] disabled" in standin.output()
+        assert standin.stop() == 0
+    stopped = STOPPED_ON_CACHE_PATTERN.search(standin.output())
+    assert stopped is not None and stopped["ok"] == "0"
+    assert STOPPED_PATTERN.search(standin.output()) is None

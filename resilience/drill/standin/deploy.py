@@ -2,23 +2,27 @@
 
 A working directory that is a git repository (main holds the PostgreSQL-mode code, a tag holds
 the file fallback), a `.env` with the three mode flags in PostgreSQL mode, and a PM2 app that
-runs `python -m resilience.drill.standin.service` in that directory.
+runs `python -m resilience.drill.standin.service` in that directory. Drills that need more of the
+stand-in's settings (the creds cache's `CREDS_CACHE_DIR` and `CREDS_CACHE_TTL_S`, `SENTRY_DSN`,
+shorter timeouts) pass them as `extra_env`: lines appended to `.env`, never replacing one of
+the lines above.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from resilience.errors import StackError
+from resilience.errors import InputError, StackError
 from resilience.infra.pm2 import Pm2
 from resilience.infra.processes import free_port
 from resilience.service.modes import POSTGRES_MODE_FLAGS
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
     from resilience.drill.stack.base import Stack
 
 FALLBACK_TAG = "emergency-file-fallback-v1"
+_ENV_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,12 @@ def deploy_standin(
     write_interval_ms: int = 100,
     seed: str = "drill",
     tag: str = FALLBACK_TAG,
+    extra_env: Mapping[str, str] | None = None,
 ) -> DeployedService:
-    """Create the working dir, `.env` and PM2 app, and start it (PostgreSQL mode)."""
+    """Create the working dir, `.env` and PM2 app, and start it (PostgreSQL mode).
+
+    `extra_env`: more `.env` lines (`NAME=value`) after the usual ones; a name the usual lines
+    set, a name that is not `[A-Z][A-Z0-9_]*` or a value with a line break is an InputError."""
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / ".git").exists():
         _init_repo(workdir, tag)
@@ -93,6 +102,7 @@ def deploy_standin(
         f"WRITE_INTERVAL_MS={write_interval_ms}",
         f"WRITE_SEED={seed}",
     ]
+    lines += _extra_lines(lines, extra_env or {})
     fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -131,6 +141,22 @@ def deploy_standin(
         company_id=company_id,
         fallback_tag=tag,
     )
+
+
+def _extra_lines(lines: list[str], extra: Mapping[str, str]) -> list[str]:
+    taken = {line.split("=", 1)[0] for line in lines if "=" in line}
+    out = []
+    for name, value in extra.items():
+        if not _ENV_NAME_RE.fullmatch(name):
+            raise InputError(f"extra .env name {name[:40]!r} is not [A-Z][A-Z0-9_]*")
+        if name in taken:
+            raise InputError(f"extra .env name {name} is already set by the deployment")
+        text = str(value)
+        if "\n" in text or "\r" in text:
+            raise InputError(f"extra .env value of {name} holds a line break")
+        out.append(f"{name}={text}")
+        taken.add(name)
+    return out
 
 
 def operator_settings(stack: Stack, settings: DrillSettings, pm2: Pm2) -> Settings:
@@ -184,9 +210,11 @@ def standin_on_stack(
     write_interval_ms: int = 100,
     verify_timeout: float = 60.0,
     snapshot_max_age: float = 600.0,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[StandinOnStack]:
     """Seed a fresh company (`keys` keys plus legacy rows) through the admin DSN, deploy the
-    stand-in for it under `base`, and afterwards undo every fault and remove both again."""
+    stand-in for it under `base`, and afterwards undo every fault and remove both again.
+    `extra_env` goes to :func:`deploy_standin`."""
     from resilience.authstate.dataset import generate
     from resilience.authstate.pgstore import PgAuthStore, connect
     from resilience.chaos.toxiproxy import ToxiproxyClient
@@ -208,6 +236,7 @@ def standin_on_stack(
             company_id=company,
             app=app,
             write_interval_ms=write_interval_ms,
+            extra_env=extra_env,
         )
         switch_settings = operator_settings(stack, settings, pm2).model_copy(
             update={

@@ -24,6 +24,37 @@ in :data:`HTTP_LINE`; absent: no HTTP server). Traffic settings ``WRITE_INTERVAL
 disables traffic) and ``SHUTDOWN_GRACE_MS`` (default 10000) are read from ``.env`` and may be
 overridden by the process environment. ``DB_CONNECT_TIMEOUT_MS`` (default 10000, at least 1000;
 a 2 s latency toxic makes one connection take several seconds) is read from ``.env`` only.
+
+Creds cache (PostgreSQL mode, brief §8; :mod:`resilience.authstate.credscache`). After every good
+creds load or save the creds are cached per company, in memory and, with ``CREDS_CACHE_DIR``, in
+an on-disk copy (0600 in a 0700 directory) that survives a PM2 restart; ``CREDS_CACHE_TTL_S``
+(default 300; ``0`` turns the cache off) is its TTL. When loading creds fails at start with a
+database error:
+
+- with a fresh entry the service runs on the cached creds (*cache mode*): it logs
+  :data:`CACHE_SERVING_LINE`, sends one Sentry warning carrying the true cache age (the seconds
+  since that good load or save) through ``SENTRY_DSN`` when set, skips every creds save (counted,
+  logged), key reads fail with :class:`KeyReadFailed` (counted, never an empty answer as if the
+  keys did not exist) and key writes fail as in any outage (``writes_failed``). Every
+  ``CACHE_RELOAD_INTERVAL_MS`` (default 3000, at least 200; each attempt bounded by the connect
+  timeout) it tries to load again; the first good load ends cache mode
+  (:data:`CACHE_LEFT_LINE`), then it proceeds as after a normal start (keys loaded,
+  :data:`CONNECTION_OPEN_LINE`);
+- when the entry is older than the TTL (at start, or while serving from it) the service fails
+  loudly: :data:`CACHE_EXPIRED_LINE`, a Sentry error, and ``/health`` answers 503 with
+  ``"ok": false``; it keeps trying to load and recovers when PostgreSQL is back;
+- without any entry it cannot start (:data:`NO_CACHE_LINE`, exit code 6).
+
+A wrong DSN (a configuration error) or missing or corrupt creds never fall back to the cache.
+The stand-in holds every key it loaded, so it reads keys from the store only in cache mode.
+``/health`` reports ``ok`` (``status``: ``ok``, ``degraded`` on cached creds, ``unavailable``
+once they expired), ``creds_saves_ok``/``creds_saves_failed`` and ``cache``:
+``{"state": "off|fresh|serving|expired", "age_s", "ttl_s", "skipped_creds_saves",
+"failed_key_reads", "creds_fingerprint", "serving_since", "source"}``; in cache mode the keys are
+not loaded, so ``key_count``, ``digest`` and the ``loaded_*`` fields are ``null``.
+``CREDS_SAVE_INTERVAL_MS`` (default 0: never) makes the stand-in save its creds periodically, as
+Baileys does on ``creds.update`` (``accountSyncCounter`` and ``lastAccountSyncTimestamp``
+change).
 """
 
 from __future__ import annotations
@@ -44,7 +75,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import psycopg
 from dotenv import dotenv_values
@@ -54,14 +85,17 @@ from werkzeug.exceptions import NotImplemented as MethodNotImplemented
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from resilience.alerting.channels import SentryChannel
+from resilience.authstate.credscache import DEFAULT_TTL_S, CacheEntry, CredsCache
 from resilience.authstate.filestore import FileAuthStore
-from resilience.authstate.fingerprint import set_digest
+from resilience.authstate.fingerprint import KeyFingerprint, set_digest
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect
 from resilience.authstate.view import view_of
 from resilience.config import validate_company_id
 from resilience.drill.standin.traffic import KeyWrite, Traffic
 from resilience.drill.standin.writelog import WRITELOG_FILE, WriteLog
-from resilience.errors import ConfigError, DataError, ResilienceError, StackError
+from resilience.errors import ConfigError, DatabaseError, DataError, ResilienceError, StackError
+from resilience.infra.redact import Redactor
 from resilience.infra.waiting import wait_until
 from resilience.service.modes import Mode, mode_of
 
@@ -75,6 +109,9 @@ DEFAULT_INTERVAL_MS = 200
 DEFAULT_SEED = "standin"
 DEFAULT_GRACE_MS = 10000
 DEFAULT_CONNECT_TIMEOUT_MS = 10000
+DEFAULT_RELOAD_INTERVAL_MS = 3000  # cache mode: one load attempt every this many ms
+MIN_RELOAD_INTERVAL_MS = 200
+LOG_EVERY_S = 5.0  # a repeated warning (failed writes, skipped saves, reads) at most this often
 HOST = "127.0.0.1"
 SIGNAL_WAIT = 0.25  # seconds between two looks at the stop flag while waiting for a signal
 FATAL = "fatal error"
@@ -89,6 +126,27 @@ MISSING_CREDS_LINE = (
 HTTP_LINE = "[http] listening on http://{host}:{port}"
 STOPPED_LINE = (
     "[standin] stopped (keys={keys}, digest={digest}, writes_ok={ok}, writes_failed={failed})"
+)
+CACHE_SERVING_LINE = (
+    "[auth] PostgreSQL unavailable for company {company}: serving creds from cache "
+    "(age {age:.1f} s, ttl {ttl:g} s, {source}); creds saves are skipped and key reads fail "
+    "until PostgreSQL is back ({reason})"
+)
+CACHE_EXPIRED_LINE = (
+    "[auth] cached creds of company {company} expired (age {age:.1f} s > ttl {ttl:g} s) and "
+    "PostgreSQL is unavailable: the service cannot run; bring PostgreSQL back or re-pair "
+    "({reason})"
+)
+CACHE_LEFT_LINE = (
+    "[auth] PostgreSQL is back for company {company}: left cache mode after {duration:.1f} s "
+    "(skipped creds saves={skipped}, failed key reads={reads})"
+)
+NO_CACHE_LINE = (
+    "[auth] PostgreSQL unavailable for company {company} and no cached creds to run on: {why}"
+)
+STOPPED_ON_CACHE_LINE = (
+    "[standin] stopped on cached creds (keys not loaded, writes_ok={ok}, writes_failed={failed}, "
+    "skipped_creds_saves={skipped}, failed_key_reads={reads})"
 )
 
 _COMPANY = r"(?P<company>[A-Za-z0-9_-]{1,50})"
@@ -106,6 +164,27 @@ HTTP_PATTERN = re.compile(r"\[http\] listening on http://(?P<host>[0-9.]+):(?P<p
 STOPPED_PATTERN = re.compile(
     r"\[standin\] stopped \(keys=(?P<keys>\d+), digest=(?P<digest>[0-9a-f]{64}), "
     r"writes_ok=(?P<ok>\d+), writes_failed=(?P<failed>\d+)\)"
+)
+CACHE_SERVING_PATTERN = re.compile(
+    r"\[auth\] PostgreSQL unavailable for company " + _COMPANY + r": serving creds from cache "
+    r"\(age (?P<age>[0-9.]+) s, ttl (?P<ttl>[0-9.e+]+) s, (?P<source>[a-z ]+)\)"
+)
+CACHE_EXPIRED_PATTERN = re.compile(
+    r"\[auth\] cached creds of company " + _COMPANY + r" expired \(age (?P<age>[0-9.]+) s > "
+    r"ttl (?P<ttl>[0-9.e+]+) s\)"
+)
+CACHE_LEFT_PATTERN = re.compile(
+    r"\[auth\] PostgreSQL is back for company " + _COMPANY + r": left cache mode after "
+    r"(?P<duration>[0-9.]+) s \(skipped creds saves=(?P<skipped>\d+), "
+    r"failed key reads=(?P<reads>\d+)\)"
+)
+NO_CACHE_PATTERN = re.compile(
+    r"\[auth\] PostgreSQL unavailable for company " + _COMPANY + r" and no cached creds"
+)
+STOPPED_ON_CACHE_PATTERN = re.compile(
+    r"\[standin\] stopped on cached creds \(keys not loaded, writes_ok=(?P<ok>\d+), "
+    r"writes_failed=(?P<failed>\d+), skipped_creds_saves=(?P<skipped>\d+), "
+    r"failed_key_reads=(?P<reads>\d+)\)"
 )
 
 log = logging.getLogger(__name__)
@@ -139,8 +218,13 @@ class StandinConfig:
     shutdown_grace_ms: int
     journal: Path
     connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS
+    creds_cache_dir: Path | None = None  # the on-disk copy; None: memory only
+    creds_cache_ttl_s: float = DEFAULT_TTL_S  # 0: no creds cache
+    sentry_dsn: str | None = None
+    creds_save_interval_ms: int = 0  # 0: the stand-in never saves creds
+    cache_reload_interval_ms: int = DEFAULT_RELOAD_INTERVAL_MS
 
-    def __repr__(self) -> str:  # never show the DSN (it holds the password)
+    def __repr__(self) -> str:  # never show the DSNs (the database's password, Sentry's key)
         return (
             f"StandinConfig(mode={self.mode!r}, company={self.company!r}, "
             f"auth_dir={str(self.auth_dir)!r}, port={self.port!r})"
@@ -149,6 +233,11 @@ class StandinConfig:
     @property
     def traffic(self) -> bool:
         return self.writes_enabled and self.write_interval_ms > 0
+
+    @property
+    def creds_cache(self) -> bool:
+        """Creds are cached (PostgreSQL mode with a positive TTL)."""
+        return self.mode == "postgres" and self.creds_cache_ttl_s > 0
 
 
 def _int_setting(values: Mapping[str, str | None], name: str, default: int | None) -> int | None:
@@ -161,6 +250,19 @@ def _int_setting(values: Mapping[str, str | None], name: str, default: int | Non
         raise ConfigError(f"{name} must be a whole number, not {raw[:30]!r}") from None
     if number < 0:
         raise ConfigError(f"{name} must not be negative (got {number})")
+    return number
+
+
+def _seconds_setting(values: Mapping[str, str | None], name: str, default: float) -> float:
+    raw = (values.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        number = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {raw[:30]!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise ConfigError(f"{name} must be a finite number of seconds, at least 0 (got {raw[:30]})")
     return number
 
 
@@ -191,6 +293,11 @@ def read_config(cwd: Path, environ: Mapping[str, str] | None = None) -> StandinC
     grace = _int_setting(values, "SHUTDOWN_GRACE_MS", DEFAULT_GRACE_MS)
     connect_timeout = _int_setting(values, "DB_CONNECT_TIMEOUT_MS", DEFAULT_CONNECT_TIMEOUT_MS)
     writes = (values.get("STANDIN_WRITES") or "").strip().lower()
+    cache_dir_text = (values.get("CREDS_CACHE_DIR") or "").strip()
+    cache_dir = Path(cache_dir_text) if cache_dir_text else None
+    if cache_dir is not None and not cache_dir.is_absolute():
+        cache_dir = cwd / cache_dir
+    reload_ms = _int_setting(values, "CACHE_RELOAD_INTERVAL_MS", DEFAULT_RELOAD_INTERVAL_MS)
     return StandinConfig(
         mode=mode,
         company=company,
@@ -203,6 +310,13 @@ def read_config(cwd: Path, environ: Mapping[str, str] | None = None) -> StandinC
         shutdown_grace_ms=DEFAULT_GRACE_MS if grace is None else grace,
         journal=cwd / WRITELOG_FILE,
         connect_timeout_ms=max(1000, connect_timeout or DEFAULT_CONNECT_TIMEOUT_MS),
+        creds_cache_dir=cache_dir,
+        creds_cache_ttl_s=_seconds_setting(values, "CREDS_CACHE_TTL_S", DEFAULT_TTL_S),
+        sentry_dsn=(values.get("SENTRY_DSN") or "").strip() or None,
+        creds_save_interval_ms=_int_setting(values, "CREDS_SAVE_INTERVAL_MS", 0) or 0,
+        cache_reload_interval_ms=max(
+            MIN_RELOAD_INTERVAL_MS, DEFAULT_RELOAD_INTERVAL_MS if reload_ms is None else reload_ms
+        ),
     )
 
 
@@ -220,6 +334,15 @@ class WriteFailed(Exception):
         self.reason = reason
 
 
+class CredsSaveFailed(Exception):
+    """A creds save was not acknowledged."""
+
+
+class KeyReadFailed(Exception):
+    """Keys could not be read. Never an empty answer: keys that cannot be read are not keys
+    that do not exist (brief §10)."""
+
+
 class Backend(Protocol):
     mode: Mode
 
@@ -228,6 +351,10 @@ class Backend(Protocol):
     def load(self) -> tuple[Any | None, KeyMap]: ...
 
     def write(self, writes: Sequence[KeyWrite]) -> None: ...
+
+    def save_creds(self, creds: Any) -> None: ...
+
+    def read_keys(self, key_type: str, ids: Sequence[str]) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
 
@@ -266,12 +393,22 @@ class PostgresBackend:
             self.conn = None
 
     def load(self) -> tuple[Any | None, KeyMap]:
-        store = self._store()
-        creds = store.load_creds(self.company)
-        if creds is None:
-            return None, {}
-        # what Baileys sees: one key per file name, legacy twins resolved (authstate.view)
-        view = view_of(self.company, creds, store.records(self.company))
+        """Creds and keys; :class:`DatabaseError` when the database fails (an outage or a
+        failed statement), :class:`ConfigError` for a wrong DSN, :class:`DataError` for data
+        that cannot be decoded."""
+        try:
+            store = self._store()
+            creds = store.load_creds(self.company)
+            if creds is None:
+                return None, {}
+            # what Baileys sees: one key per file name, legacy twins resolved (authstate.view)
+            view = view_of(self.company, creds, store.records(self.company))
+        except psycopg.Error as exc:
+            self._drop()
+            raise DatabaseError(f"loading the auth state failed: {_reason(exc)}") from None
+        except DatabaseError:
+            self._drop()
+            raise
         return creds, {(t, i): v for t, i, v in view.key_values()}
 
     def write(self, writes: Sequence[KeyWrite]) -> None:
@@ -283,6 +420,23 @@ class PostgresBackend:
         except (ResilienceError, psycopg.Error, OSError) as exc:
             self._drop()
             raise WriteFailed(0, _reason(exc)) from None
+
+    def save_creds(self, creds: Any) -> None:
+        try:
+            self._store().save_creds(self.company, creds)
+        except (ResilienceError, psycopg.Error, OSError) as exc:
+            self._drop()
+            raise CredsSaveFailed(_reason(exc)) from None
+
+    def read_keys(self, key_type: str, ids: Sequence[str]) -> dict[str, Any]:
+        try:
+            return self._store().get_keys(self.company, key_type, ids)
+        except (ResilienceError, psycopg.Error, OSError) as exc:
+            self._drop()
+            raise KeyReadFailed(
+                f"cannot read {len(ids)} {key_type} key(s) of company {self.company} from "
+                f"PostgreSQL: {_reason(exc)}"
+            ) from None
 
     def close(self) -> None:
         self._drop()
@@ -315,6 +469,23 @@ class FileBackend:
             except (ResilienceError, OSError) as exc:
                 raise WriteFailed(done, _reason(exc)) from None
 
+    def save_creds(self, creds: Any) -> None:
+        try:
+            self.store.write_creds(self.company, creds)
+        except (ResilienceError, OSError) as exc:
+            raise CredsSaveFailed(_reason(exc)) from None
+
+    def read_keys(self, key_type: str, ids: Sequence[str]) -> dict[str, Any]:
+        wanted = set(ids)
+        try:
+            held = self.store.read_keys(self.company)
+        except (ResilienceError, OSError) as exc:
+            raise KeyReadFailed(
+                f"cannot read {key_type} keys of company {self.company} from "
+                f"{self.store.company_dir(self.company)}: {_reason(exc)}"
+            ) from None
+        return {i: v for (t, i), v in held.items() if t == key_type and i in wanted}
+
     def close(self) -> None:
         pass
 
@@ -339,16 +510,32 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat(timespec="milliseconds")
 
 
+def creds_fingerprint(creds: Any) -> str:
+    """The creds' fingerprint, as the drills' evidence takes it (never the creds themselves)."""
+    return KeyFingerprint.of("creds", "", creds)
+
+
 class ServiceState:
     """Creds and keys as persisted (a write is applied only after it was acknowledged), plus
-    counters. The set digest is computed lazily and cached per version."""
+    counters and the creds cache's view. The set digest is computed lazily and cached per
+    version. In cache mode the keys are not loaded (``keys_known`` is False)."""
 
-    def __init__(self, mode: Mode, company: str, creds: Any, keys: KeyMap) -> None:
+    def __init__(
+        self,
+        mode: Mode,
+        company: str,
+        creds: Any,
+        keys: KeyMap,
+        *,
+        keys_known: bool = True,
+        cache_ttl_s: float | None = None,
+    ) -> None:
         self.lock = threading.Lock()
         self.mode: Mode = mode
         self.company = company
         self.creds = creds
         self.keys: KeyMap = dict(keys)
+        self.keys_known = keys_known
         self.writes_ok = 0
         self.writes_failed = 0
         self.last_write_at: datetime | None = None
@@ -360,7 +547,19 @@ class ServiceState:
         # what was loaded at start, before any write: what a restore verifies against
         self.loaded_key_count = len(self.keys)
         self.loaded_digest = set_digest(creds, ((t, i, v) for (t, i), v in self.keys.items()))
+        # creds saves and the creds cache (None TTL: no cache)
+        self.creds_saves_ok = 0
+        self.creds_saves_failed = 0
+        self.cache_ttl_s = cache_ttl_s
+        self.cache_stored_at: float | None = None  # wall clock of the entry in use
+        self.cache_source: str | None = None
+        self.cache_fingerprint: str | None = None
+        self.on_cache = False  # serving creds from the cache (no good load yet)
+        self.serving_since: datetime | None = None
+        self.skipped_creds_saves = 0
+        self.failed_key_reads = 0
 
+    # --- changes -------------------------------------------------------------------------------
     def apply(self, writes: Sequence[KeyWrite], at: datetime, last_seq: int) -> None:
         with self.lock:
             for write in writes:
@@ -377,32 +576,124 @@ class ServiceState:
         with self.lock:
             self.writes_failed += 1
 
+    def creds_saved(self, creds: Any) -> None:
+        with self.lock:
+            self.creds = creds
+            self.creds_saves_ok += 1
+            self.version += 1
+
+    def creds_save_failed(self) -> None:
+        with self.lock:
+            self.creds_saves_failed += 1
+
+    def cached(self, entry: CacheEntry, source: str = "memory") -> None:
+        """The cache now holds ``entry`` (after a good load or save, or read at start)."""
+        fingerprint = creds_fingerprint(entry.creds)
+        with self.lock:
+            self.cache_stored_at = entry.stored_at
+            self.cache_source = source
+            self.cache_fingerprint = fingerprint
+
+    def serve_from_cache(self, entry: CacheEntry) -> None:
+        self.cached(entry, entry.source)
+        with self.lock:
+            self.on_cache = True
+            self.serving_since = _now()
+
+    def leave_cache(self, creds: Any, keys: KeyMap) -> float:
+        """A good load ended cache mode: hold what it loaded; returns the seconds spent on the
+        cache."""
+        digest = set_digest(creds, ((t, i, v) for (t, i), v in keys.items()))
+        with self.lock:
+            since = self.serving_since or _now()
+            self.creds = creds
+            self.keys = dict(keys)
+            self.keys_known = True
+            self.loaded_key_count = len(self.keys)
+            self.loaded_digest = digest
+            self.on_cache = False
+            self.serving_since = None
+            self.version += 1
+        return (_now() - since).total_seconds()
+
+    def skipped_save(self) -> int:
+        with self.lock:
+            self.skipped_creds_saves += 1
+            return self.skipped_creds_saves
+
+    def failed_read(self) -> int:
+        with self.lock:
+            self.failed_key_reads += 1
+            return self.failed_key_reads
+
+    # --- views ---------------------------------------------------------------------------------
+    def cache_age(self, now: float | None = None) -> float | None:
+        with self.lock:
+            stored = self.cache_stored_at
+        if stored is None:
+            return None
+        return max(0.0, (time.time() if now is None else now) - stored)
+
+    def expired(self) -> bool:
+        """Serving from a cache entry older than the TTL: the service cannot run."""
+        with self.lock:
+            on_cache, ttl = self.on_cache, self.cache_ttl_s
+        age = self.cache_age()
+        return on_cache and ttl is not None and age is not None and age > ttl
+
+    def _cache_report(self, now: float) -> dict[str, Any]:
+        """The ``cache`` object of /health (called with the lock held)."""
+        ttl, stored = self.cache_ttl_s, self.cache_stored_at
+        age = None if stored is None else max(0.0, now - stored)
+        if ttl is None or age is None:
+            state = "off"
+        elif age > ttl:
+            state = "expired"
+        else:
+            state = "serving" if self.on_cache else "fresh"
+        return {
+            "state": state,
+            "age_s": None if age is None else round(age, 3),
+            "ttl_s": ttl,
+            "skipped_creds_saves": self.skipped_creds_saves,
+            "failed_key_reads": self.failed_key_reads,
+            "creds_fingerprint": self.cache_fingerprint,
+            "serving_since": _iso(self.serving_since),
+            "source": self.cache_source,
+        }
+
     def snapshot(self) -> dict[str, Any]:
         """Everything /health reports, consistent with one moment."""
         with self._digest_lock:
             with self.lock:
+                cache = self._cache_report(time.time())
+                ok = not (self.on_cache and cache["state"] == "expired")
+                known = self.keys_known
                 report: dict[str, Any] = {
-                    "status": "ok",
+                    "status": "unavailable" if not ok else "degraded" if self.on_cache else "ok",
+                    "ok": ok,
                     "mode": self.mode,
                     "company": self.company,
-                    "key_count": len(self.keys),
+                    "key_count": len(self.keys) if known else None,
                     "last_write_at": _iso(self.last_write_at),
                     "writes_ok": self.writes_ok,
                     "writes_failed": self.writes_failed,
                     "last_seq": self.last_seq,
                     "started_at": _iso(self.started_at),
                     "pid": os.getpid(),
-                    "loaded_key_count": self.loaded_key_count,
-                    "loaded_digest": self.loaded_digest,
+                    "loaded_key_count": self.loaded_key_count if known else None,
+                    "loaded_digest": self.loaded_digest if known else None,
+                    "creds_saves_ok": self.creds_saves_ok,
+                    "creds_saves_failed": self.creds_saves_failed,
+                    "cache": cache,
                 }
                 version, creds = self.version, self.creds
-                stale = self._digest is None or self._digest[0] != version
+                stale = known and (self._digest is None or self._digest[0] != version)
                 items = list(self.keys.items()) if stale else []
             if stale:
                 digest = set_digest(creds, ((t, i, v) for (t, i), v in items))
                 self._digest = (version, digest)
-            assert self._digest is not None
-            report["digest"] = self._digest[1]
+            report["digest"] = None if not known or self._digest is None else self._digest[1]
         return report
 
 
@@ -461,12 +752,13 @@ class StandinCollector:
             company,
             report["writes_failed"],
         )
+        keys = report["key_count"]
         yield _family(
             GaugeMetricFamily,
             "standin_keys",
-            "Keys currently held (creds not counted).",
+            "Keys currently held (creds not counted); NaN while running on cached creds.",
             company,
-            report["key_count"],
+            math.nan if keys is None else keys,
         )
         yield _family(
             GaugeMetricFamily,
@@ -493,8 +785,8 @@ def metrics_registry(report: Callable[[], Mapping[str, Any]]) -> CollectorRegist
 
 
 def make_app(state: ServiceState) -> WSGIApplication:
-    """The WSGI app: ``GET /health`` (JSON), ``GET /metrics``, 404 elsewhere, 501 for other
-    methods (as :mod:`http.server` answered before)."""
+    """The WSGI app: ``GET /health`` (JSON; 503 when not ok), ``GET /metrics``, 404 elsewhere,
+    501 for other methods (as :mod:`http.server` answered before)."""
     registry = metrics_registry(state.snapshot)
 
     @Request.application
@@ -502,7 +794,9 @@ def make_app(state: ServiceState) -> WSGIApplication:
         if request.method != "GET":
             raise MethodNotImplemented(f"Unsupported method ({request.method!r}).")
         if request.path == "/health":
-            return Response(json.dumps(state.snapshot()), content_type="application/json")
+            report = state.snapshot()
+            status = HTTPStatus.OK if report["ok"] else HTTPStatus.SERVICE_UNAVAILABLE
+            return Response(json.dumps(report), status=status, content_type="application/json")
         if request.path == "/metrics":
             return Response(generate_latest(registry), content_type=METRICS_CONTENT_TYPE)
         return Response("not found\n", status=HTTPStatus.NOT_FOUND, content_type="text/plain")
@@ -523,22 +817,64 @@ class _RequestHandler(WSGIRequestHandler):
 # --- the service ---------------------------------------------------------------------------------
 
 
+class _Throttle:
+    """At most one log line per ``every`` seconds for a repeated event (the first always)."""
+
+    def __init__(self, every: float = LOG_EVERY_S) -> None:
+        self.every = every
+        self._last: float | None = None
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if self._last is None or now - self._last >= self.every:
+            self._last = now
+            return True
+        return False
+
+
+def make_cache(config: StandinConfig) -> CredsCache | None:
+    """The creds cache of this configuration (None in file mode or with a TTL of 0)."""
+    if not config.creds_cache:
+        return None
+    return CredsCache(config.creds_cache_ttl_s, config.creds_cache_dir, logger=log)
+
+
 class Service:
-    """One run of the stand-in: loaded state, traffic thread, HTTP server."""
+    """One run of the stand-in: loaded state, the worker thread (traffic, and in cache mode the
+    reload attempts), HTTP server."""
 
     def __init__(
-        self, config: StandinConfig, backend: Backend, state: ServiceState, journal: WriteLog
+        self,
+        config: StandinConfig,
+        backend: Backend,
+        state: ServiceState,
+        journal: WriteLog,
+        *,
+        cache: CredsCache | None = None,
+        sentry: SentryChannel | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
         self.state = state
         self.journal = journal
+        self.cache = cache
+        self.sentry = sentry
+        self.redactor = redactor or Redactor([config.database_url])
         self.stop = threading.Event()
         self.fatal: str | None = None
         self.http: BaseWSGIServer | None = None
         self.writer: threading.Thread | None = None
         self._fail_streak = 0
         self._last_warning = 0.0
+        self._next_save = time.monotonic() + config.creds_save_interval_ms / 1000
+        self._next_reload = time.monotonic() + config.cache_reload_interval_ms / 1000
+        self._expiry_reported = False
+        self.last_db_error = ""
+        self._save_failed_log = _Throttle()
+        self._skipped_log = _Throttle()
+        self._read_failed_log = _Throttle()
+        self._reload_failed_log = _Throttle(30.0)
 
     def start_http(self) -> None:
         if self.config.port is None:
@@ -565,18 +901,22 @@ class Service:
         log.info(HTTP_LINE.format(host=HOST, port=port))
 
     def start_traffic(self, traffic: Traffic) -> None:
+        """Start the worker: traffic when enabled; in cache mode also the reload attempts
+        (then it runs even with traffic disabled)."""
         if not self.config.traffic:
             log.info("[traffic] disabled")
-            return
+            if not self.state.on_cache:
+                return
         self.writer = threading.Thread(
             target=self._traffic_loop, args=(traffic,), name="traffic", daemon=True
         )
         self.writer.start()
-        log.info(
-            "[traffic] writing keys every %d ms (seed %r)",
-            self.config.write_interval_ms,
-            self.config.write_seed,
-        )
+        if self.config.traffic:
+            log.info(
+                "[traffic] writing keys every %d ms (seed %r)",
+                self.config.write_interval_ms,
+                self.config.write_seed,
+            )
 
     def _traffic_loop(self, traffic: Traffic) -> None:
         try:
@@ -586,35 +926,72 @@ class Service:
             self.stop.set()
 
     def _write_until_stopped(self, traffic: Traffic) -> None:
-        interval = self.config.write_interval_ms / 1000
+        if self.config.traffic:
+            interval = self.config.write_interval_ms / 1000
+        else:
+            interval = self.config.cache_reload_interval_ms / 1000
         pending: list[KeyWrite] | None = None
         next_at = time.monotonic()
         while not self.stop.is_set():
-            if pending is None:
-                pending = traffic.next_batch()
-            acknowledged: Sequence[KeyWrite]
-            try:
-                self.backend.write(pending)
-            except WriteFailed as failure:
-                acknowledged, pending = pending[: failure.done], pending[failure.done :]
-                self._failed(failure.reason)
-            else:
-                acknowledged, pending = pending, None
-                self._succeeded()
-            if acknowledged:
-                at = _now()
-                try:
-                    entries = self.journal.append(
-                        acknowledged, mode=self.backend.mode, company=self.config.company, at=at
-                    )
-                except OSError as exc:
-                    raise DataError(
-                        f"cannot journal acknowledged writes to {self.journal.path}: {exc.strerror}"
-                    ) from None
-                self.state.apply(acknowledged, at, entries[-1].seq)
-                traffic.applied(acknowledged)
+            if self.state.on_cache:
+                loaded = self._cache_tick()
+                if loaded is not None:  # back on PostgreSQL: traffic goes on from its keys
+                    traffic = Traffic(self.config.write_seed, self.journal.seq, loaded)
+                    pending = None
+                if self.stop.is_set():
+                    break
+            if not self.state.on_cache:
+                if not self.config.traffic:
+                    return
+                pending = self._write_tick(traffic, pending)
+                self._maybe_save_creds()
+            elif self.config.traffic and not self.state.expired():
+                if pending is None:
+                    pending = traffic.next_batch()
+                if self._read_tick(pending):
+                    # The database answered: load now instead of at the next attempt, and
+                    # write nothing on cached creds meanwhile.
+                    self._next_reload = 0.0
+                    loaded = self._cache_tick()
+                    if loaded is not None:
+                        traffic = Traffic(self.config.write_seed, self.journal.seq, loaded)
+                        pending = None
+                else:
+                    pending = self._write_tick(traffic, pending)
+                    self._maybe_save_creds()
             next_at = max(next_at + interval, time.monotonic())
             self.stop.wait(next_at - time.monotonic())
+
+    def _write_tick(
+        self, traffic: Traffic, pending: list[KeyWrite] | None
+    ) -> list[KeyWrite] | None:
+        """One write attempt of the pending batch (a new one when none); returns what is still
+        pending (a failed batch is retried unchanged)."""
+        if pending is None:
+            pending = traffic.next_batch()
+        acknowledged: Sequence[KeyWrite]
+        left: list[KeyWrite] | None
+        try:
+            self.backend.write(pending)
+        except WriteFailed as failure:
+            acknowledged, left = pending[: failure.done], pending[failure.done :]
+            self._failed(failure.reason)
+        else:
+            acknowledged, left = pending, None
+            self._succeeded()
+        if acknowledged:
+            at = _now()
+            try:
+                entries = self.journal.append(
+                    acknowledged, mode=self.backend.mode, company=self.config.company, at=at
+                )
+            except OSError as exc:
+                raise DataError(
+                    f"cannot journal acknowledged writes to {self.journal.path}: {exc.strerror}"
+                ) from None
+            self.state.apply(acknowledged, at, entries[-1].seq)
+            traffic.applied(acknowledged)
+        return left
 
     def _failed(self, reason: str) -> None:
         self.state.failed()
@@ -625,13 +1002,172 @@ class Service:
             log.warning(
                 "[auth] key write failed (%d in a row), retrying on the next tick: %s",
                 self._fail_streak,
-                reason,
+                self.redactor.text(reason),
             )
 
     def _succeeded(self) -> None:
         if self._fail_streak:
             log.info("[auth] key writes resumed after %d failed attempt(s)", self._fail_streak)
             self._fail_streak = 0
+
+    # --- creds saves, key reads and the creds cache ---------------------------------------------
+    def _maybe_save_creds(self) -> None:
+        """Save the creds when a save is due (``CREDS_SAVE_INTERVAL_MS``), as Baileys does on
+        ``creds.update``; skipped (and counted) while serving from the cache."""
+        if self.config.creds_save_interval_ms <= 0 or time.monotonic() < self._next_save:
+            return
+        self._next_save = time.monotonic() + self.config.creds_save_interval_ms / 1000
+        if self.state.on_cache:
+            skipped = self.state.skipped_save()
+            if self._skipped_log.due():
+                log.warning(
+                    "[cache] creds save skipped: serving creds from cache, nothing is saved "
+                    "until PostgreSQL is back (%d skipped so far)",
+                    skipped,
+                )
+            return
+        creds = _updated_creds(self.state.creds)
+        try:
+            self.backend.save_creds(creds)
+        except CredsSaveFailed as exc:
+            self.state.creds_save_failed()
+            if self._save_failed_log.due():
+                log.warning(
+                    "[auth] creds save failed, retrying at the next update: %s",
+                    self.redactor.text(str(exc)),
+                )
+            return
+        self.state.creds_saved(creds)
+        self._store_in_cache(creds, "save")
+
+    def _store_in_cache(self, creds: Any, origin: Literal["load", "save"]) -> None:
+        if self.cache is None:
+            return
+        try:
+            entry = self.cache.store(self.config.company, creds, origin=origin)
+        except ResilienceError as exc:
+            log.warning("[cache] creds not cached: %s", exc)
+            return
+        self.state.cached(entry)
+
+    def _read_tick(self, pending: Sequence[KeyWrite]) -> bool:
+        """In cache mode the keys are not loaded: Baileys' reads go to the store (one read per
+        tick, of the keys the pending batch touches) and fail while PostgreSQL is down. True
+        when every read was answered."""
+        by_type: dict[str, list[str]] = {}
+        for write in pending:
+            by_type.setdefault(write.key_type, []).append(write.key_id)
+        for key_type, ids in by_type.items():
+            try:
+                self.backend.read_keys(key_type, ids)
+            except KeyReadFailed as exc:
+                failed = self.state.failed_read()
+                if self._read_failed_log.due():
+                    log.warning(
+                        "[auth] key read failed while serving creds from cache (%d so far): %s",
+                        failed,
+                        self.redactor.text(str(exc)),
+                    )
+                return False
+        return True
+
+    def _cache_tick(self) -> KeyMap | None:
+        """In cache mode: a load attempt when one is due (the keys it loaded when it worked),
+        and the expiry check."""
+        if time.monotonic() >= self._next_reload:
+            self._next_reload = time.monotonic() + self.config.cache_reload_interval_ms / 1000
+            try:
+                creds, keys = self.backend.load()
+            except ResilienceError as exc:  # the database (or its data) still fails
+                self.last_db_error = self.redactor.text(str(exc))
+                if self._reload_failed_log.due():
+                    log.warning(
+                        "[auth] PostgreSQL still unavailable for company %s, next attempt in "
+                        "%.1f s: %s",
+                        self.config.company,
+                        self.config.cache_reload_interval_ms / 1000,
+                        self.last_db_error,
+                    )
+            else:
+                if creds is None:
+                    self.fatal = MISSING_CREDS_LINE.format(
+                        company=self.config.company, source="PostgreSQL"
+                    )
+                    self.stop.set()
+                    return None
+                self._leave_cache(creds, keys)
+                return keys
+        self._check_expiry()
+        return None
+
+    def _leave_cache(self, creds: Any, keys: KeyMap) -> None:
+        self._store_in_cache(creds, "load")  # first: health never shows the old entry's age
+        duration = self.state.leave_cache(creds, keys)
+        self._expiry_reported = False
+        log.info(
+            CACHE_LEFT_LINE.format(
+                company=self.config.company,
+                duration=duration,
+                skipped=self.state.skipped_creds_saves,
+                reads=self.state.failed_key_reads,
+            )
+        )
+        log.info(CONNECTION_OPEN_LINE.format(keys=len(keys)))
+
+    def _check_expiry(self) -> None:
+        if self._expiry_reported or not self.state.expired():
+            return
+        self.report_expired()
+
+    def report_serving(self, age: float, source: str) -> None:
+        """Log the cache-mode line and send the one Sentry warning (with the true age)."""
+        ttl = self.config.creds_cache_ttl_s
+        company = self.config.company
+        log.warning(
+            CACHE_SERVING_LINE.format(
+                company=company, age=age, ttl=ttl, source=source, reason=self.last_db_error
+            )
+        )
+        self.alert(
+            f"creds cache: company {company} runs on cached creds, PostgreSQL is unavailable; "
+            f"cache age {age:.1f} s (ttl {ttl:g} s)",
+            level="warning",
+            event="creds-cache-serving",
+            age=age,
+        )
+
+    def report_expired(self) -> None:
+        """Log why the service cannot run and send a Sentry error, once per expiry."""
+        self._expiry_reported = True
+        age = self.state.cache_age() or 0.0
+        ttl = self.config.creds_cache_ttl_s
+        company = self.config.company
+        log.error(
+            CACHE_EXPIRED_LINE.format(company=company, age=age, ttl=ttl, reason=self.last_db_error)
+        )
+        self.alert(
+            f"creds cache expired: company {company} cannot run, PostgreSQL is unavailable and "
+            f"the cached creds are {age:.1f} s old (ttl {ttl:g} s)",
+            level="error",
+            event="creds-cache-expired",
+            age=age,
+        )
+
+    def alert(self, message: str, *, level: str, event: str, age: float) -> None:
+        if self.sentry is None:
+            return
+        sent = self.sentry.event(
+            message,
+            level=level,
+            tags={"company": self.config.company, "event": event, "service": SERVER_NAME},
+            extra={
+                "cache_age_s": round(age, 3),
+                "ttl_s": self.config.creds_cache_ttl_s,
+                "reason": self.last_db_error,
+            },
+        )
+        if sent is None:
+            log.warning("[cache] the Sentry %s could not be sent", level)
 
     def wait_for_signal(self, signals: set[signal.Signals]) -> str:
         """Block until a stop signal (blocked in every thread) or a fatal traffic error."""
@@ -660,6 +1196,22 @@ class Service:
             self.http.server_close()
         if self.writer is None or not self.writer.is_alive():
             self.backend.close()
+        if self.sentry is not None:
+            self.sentry.close()
+
+
+def _updated_creds(creds: Any) -> Any:
+    """The creds after a ``creds.update`` of Baileys: the account sync counter and time move."""
+    if not isinstance(creds, dict):
+        return creds
+    counter = creds.get("accountSyncCounter")
+    if isinstance(counter, bool) or not isinstance(counter, int):
+        counter = 0
+    return {
+        **creds,
+        "accountSyncCounter": counter + 1,
+        "lastAccountSyncTimestamp": int(time.time()),
+    }
 
 
 def _setup_logging() -> None:
@@ -673,21 +1225,42 @@ def _setup_logging() -> None:
 def _start(cwd: Path) -> Service | int:
     """Read the settings, load the auth state, start HTTP and traffic; or an exit code."""
     backend: Backend | None = None
+    sentry: SentryChannel | None = None
     try:
         config = read_config(cwd)
+        redactor = Redactor([config.database_url, config.sentry_dsn])
         backend = make_backend(config)
         log.info(backend.mode_line())
-        creds, keys = backend.load()
+        cache = make_cache(config)
+        if config.sentry_dsn:
+            sentry = SentryChannel(config.sentry_dsn, redactor, environment="standin")
+        try:
+            creds, keys = backend.load()
+        except DatabaseError as exc:
+            if cache is None:
+                raise
+            return _start_on_cache(config, backend, cache, sentry, redactor, exc)
         if creds is None:
             source = "PostgreSQL" if config.mode == "postgres" else str(config.auth_dir)
             log.error(MISSING_CREDS_LINE.format(company=config.company, source=source))
             backend.close()
+            if sentry is not None:
+                sentry.close()
             return DataError.exit_code
         journal = WriteLog(config.journal)
-        state = ServiceState(config.mode, config.company, creds, keys)
+        state = ServiceState(
+            config.mode,
+            config.company,
+            creds,
+            keys,
+            cache_ttl_s=config.creds_cache_ttl_s if cache is not None else None,
+        )
         state.last_seq = journal.seq
+        service = Service(
+            config, backend, state, journal, cache=cache, sentry=sentry, redactor=redactor
+        )
+        service._store_in_cache(creds, "load")
         log.info(CONNECTION_OPEN_LINE.format(keys=len(keys)))
-        service = Service(config, backend, state, journal)
         service.start_http()
         service.start_traffic(Traffic(config.write_seed, journal.seq, keys))
         return service
@@ -698,7 +1271,52 @@ def _start(cwd: Path) -> Service | int:
             log.error("[standin] cannot start: %s %s", exc.strerror or exc, exc.filename or "")
         if backend is not None:
             backend.close()
+        if sentry is not None:
+            sentry.close()
         return exc.exit_code if isinstance(exc, ResilienceError) else 1
+
+
+def _start_on_cache(
+    config: StandinConfig,
+    backend: Backend,
+    cache: CredsCache,
+    sentry: SentryChannel | None,
+    redactor: Redactor,
+    error: DatabaseError,
+) -> Service:
+    """Loading creds failed with a database error: run on the cached creds when the entry is
+    fresh, fail loudly (503, Sentry error) when it is stale; without an entry, re-raise."""
+    entry = cache.entry(config.company)
+    if entry is None:
+        if config.creds_cache_dir is None:
+            why = "CREDS_CACHE_DIR is not set, so no cached creds survive a restart"
+        else:
+            why = f"no usable copy in {config.creds_cache_dir}"
+        log.error(NO_CACHE_LINE.format(company=config.company, why=why))
+        raise error
+    journal = WriteLog(config.journal)
+    state = ServiceState(
+        config.mode,
+        config.company,
+        entry.creds,
+        {},
+        keys_known=False,
+        cache_ttl_s=config.creds_cache_ttl_s,
+    )
+    state.last_seq = journal.seq
+    state.serve_from_cache(entry)
+    service = Service(
+        config, backend, state, journal, cache=cache, sentry=sentry, redactor=redactor
+    )
+    service.last_db_error = redactor.text(str(error))
+    age = cache.age(entry)
+    service.start_http()  # health answers while the alert is sent
+    if age <= config.creds_cache_ttl_s:
+        service.report_serving(age, f"{entry.source} copy from the last good {entry.origin}")
+    else:
+        service.report_expired()
+    service.start_traffic(Traffic(config.write_seed, journal.seq, {}))
+    return service
 
 
 def run(cwd: Path) -> int:
@@ -714,14 +1332,24 @@ def run(cwd: Path) -> int:
     log.info("[standin] %s: stopping", reason)
     service.shutdown()
     final = service.state.snapshot()
-    log.info(
-        STOPPED_LINE.format(
-            keys=final["key_count"],
-            digest=final["digest"],
-            ok=final["writes_ok"],
-            failed=final["writes_failed"],
+    if final["digest"] is None:  # still on cached creds: the keys were never loaded
+        log.info(
+            STOPPED_ON_CACHE_LINE.format(
+                ok=final["writes_ok"],
+                failed=final["writes_failed"],
+                skipped=final["cache"]["skipped_creds_saves"],
+                reads=final["cache"]["failed_key_reads"],
+            )
         )
-    )
+    else:
+        log.info(
+            STOPPED_LINE.format(
+                keys=final["key_count"],
+                digest=final["digest"],
+                ok=final["writes_ok"],
+                failed=final["writes_failed"],
+            )
+        )
     if reason == FATAL:
         log.error("[standin] %s", service.fatal)
         return 1

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     # --- records of operator runs ----------------------------------------------------------------
     runs_dir: Path = Path("runs")
 
+    # --- cleanup of keys (cleanup.keys) ----------------------------------------------------------
+    # a key not updated for this many days is "stale" (resilience.maintenance.expiry)
+    cleanup_retention_days: int = Field(30, ge=1)
+    cleanup_batch_size: int = Field(5000, ge=1)  # rows per delete transaction
+    cleanup_lock_timeout_ms: int = Field(1000, ge=1)  # SET LOCAL lock_timeout of each batch
+
     @field_validator("service_dsn", "restore_dsn")
     @classmethod
     def _dsn(cls, value: SecretStr | None) -> SecretStr | None:

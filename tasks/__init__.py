@@ -4,12 +4,13 @@ and maps library errors to exit codes with a one-line message (:mod:`tasks._run`
 
 from invoke.collection import Collection
 
-from tasks import backup, dev, drill, restore, schedule, stack
+from tasks import backup, cleanup, dev, drill, restore, schedule, stack
 
 ns = Collection(
     Collection.from_module(stack),
     Collection.from_module(restore),
     Collection.from_module(backup),
+    Collection.from_module(cleanup),
     Collection.from_module(drill),
     Collection.from_module(schedule),
     dev.lint,

@@ -6,6 +6,7 @@ import json as json_mod
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from invoke.context import Context
 from invoke.tasks import task
@@ -43,22 +44,34 @@ def test(c: Context, k: str = "", slow: bool = False, path: str = "") -> None:
         c.run(" ".join(args), pty=False)
 
 
+BENCH_DEFAULT_SIZES = {"restore": "1313,10000,100000", "cleanup": "100000", "backup": "50"}
+
+
 @task(
+    positional=["name"],
     auto_shortflags=False,
     help={
-        "sizes": "comma-separated key counts (default 1313,10000,100000)",
+        "name": "the benchmark: restore, cleanup or backup",
+        "sizes": "comma-separated sizes (restore: key counts, 1313,10000,100000; cleanup: "
+        "stale keys, 100000; backup: database MB, 50)",
         "repeat": "measurements per size (median and min are reported)",
     },
 )
 @operator_task
-def bench(c: Context, sizes: str = "1313,10000,100000", repeat: int = 3) -> None:
-    """Restore benchmark: export/import beside the raw COPY + file-write limit, as JSON."""
+def bench(c: Context, name: str, sizes: str = "", repeat: int = 3) -> None:
+    """Benchmark as JSON: `bench restore`, `bench cleanup` or `bench backup`.
+
+    restore: export/import beside the raw COPY + file-write limit. cleanup: the batched key
+    cleanup beside one DELETE, each with the p99 of concurrent upserts. backup: backup and
+    verified restore beside pg_dump + put_object and get_object + pg_restore."""
     from resilience.config import load_drill_settings
-    from resilience.drill.bench.restore import bench_restore
     from resilience.drill.stack.local import LocalStack
     from resilience.errors import InputError
     from resilience.infra.output import Output
 
+    if name not in BENCH_DEFAULT_SIZES:
+        raise InputError(f"unknown benchmark {name[:30]!r}: use restore, cleanup or backup")
+    sizes = sizes or BENCH_DEFAULT_SIZES[name]
     try:
         counts = tuple(int(n) for n in sizes.split(",") if n.strip())
     except ValueError:
@@ -66,11 +79,50 @@ def bench(c: Context, sizes: str = "1313,10000,100000", repeat: int = 3) -> None
     out = Output(True)
     settings = load_drill_settings(stack_dir=ROOT / ".stack" / "bench", backend="local")
     with LocalStack(settings) as stack, tempfile.TemporaryDirectory() as work:
-        result = bench_restore(
-            stack.endpoints.admin_dsn,
-            sizes=counts,
-            work_dir=Path(work),
-            repeat=repeat,
-            progress=out.progress,
-        )
+        if name == "backup":
+            result = _bench_backup(stack, Path(work), counts, repeat, out.progress)
+        elif name == "cleanup":
+            from resilience.drill.bench.cleanup import bench_cleanup
+
+            result = bench_cleanup(
+                stack.endpoints.admin_dsn, sizes=counts, repeat=repeat, progress=out.progress
+            )
+        else:
+            from resilience.drill.bench.restore import bench_restore
+
+            result = bench_restore(
+                stack.endpoints.admin_dsn,
+                sizes=counts,
+                work_dir=Path(work),
+                repeat=repeat,
+                progress=out.progress,
+            )
     sys.stdout.write(json_mod.dumps(result, indent=2) + "\n")
+
+
+def _bench_backup(
+    stack: Any, work: Path, sizes: tuple[int, ...], repeat: int, progress: Any
+) -> dict[str, Any]:
+    from resilience.config import Settings
+    from resilience.drill.bench.backup import bench_backup
+
+    ep = stack.endpoints
+    settings = Settings.model_validate(
+        {
+            "service_dsn": ep.service_dsn,
+            "restore_dsn": ep.admin_dsn,
+            "s3_endpoint_moscow": ep.s3["moscow"].endpoint_url,
+            "s3_endpoint_eu": ep.s3["eu"].endpoint_url,
+            "s3_access_key_id": ep.s3_access_key_id,
+            "s3_secret_access_key": ep.s3_secret_access_key,
+            "backup_spool_dir": work / "spool",
+            "runs_dir": work / "runs",
+        }
+    )
+    return {
+        "bench": "backup",
+        "sizes": [
+            bench_backup(settings, ep.admin_dsn, size_mb=size, repeat=repeat, progress=progress)
+            for size in sizes
+        ],
+    }

@@ -971,6 +971,7 @@ class Service:
             pending = traffic.next_batch()
         acknowledged: Sequence[KeyWrite]
         left: list[KeyWrite] | None
+        began = time.monotonic()
         try:
             self.backend.write(pending)
         except WriteFailed as failure:
@@ -983,7 +984,11 @@ class Service:
             at = _now()
             try:
                 entries = self.journal.append(
-                    acknowledged, mode=self.backend.mode, company=self.config.company, at=at
+                    acknowledged,
+                    mode=self.backend.mode,
+                    company=self.config.company,
+                    at=at,
+                    latency_ms=(time.monotonic() - began) * 1000,
                 )
             except OSError as exc:
                 raise DataError(

@@ -37,6 +37,9 @@ class WriteEntry:
     deleted: bool
     fingerprint: str | None
     pid: int
+    # how long the write took, from the start of its batch to the database's (or the file
+    # system's) answer; None in logs written before it was recorded
+    latency_ms: float | None = None
 
     @classmethod
     def from_json(cls, data: object) -> WriteEntry:
@@ -53,6 +56,7 @@ class WriteEntry:
                 deleted=bool(data["deleted"]),
                 fingerprint=None if data["fingerprint"] is None else str(data["fingerprint"]),
                 pid=int(data["pid"]),
+                latency_ms=None if data.get("latency_ms") is None else float(data["latency_ms"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"journal line is malformed: {exc}") from None
@@ -135,7 +139,13 @@ class WriteLog:
         )
 
     def append(
-        self, writes: Sequence[KeyWrite], *, mode: str, company: str, at: datetime
+        self,
+        writes: Sequence[KeyWrite],
+        *,
+        mode: str,
+        company: str,
+        at: datetime,
+        latency_ms: float | None = None,
     ) -> list[WriteEntry]:
         """Journal acknowledged writes in one write + fsync; returns the entries."""
         with self.lock:
@@ -158,6 +168,7 @@ class WriteLog:
                         if write.deleted
                         else KeyFingerprint.of(write.key_type, write.key_id, write.value),
                         pid=os.getpid(),
+                        latency_ms=None if latency_ms is None else round(latency_ms, 3),
                     )
                 )
             payload = b"".join(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json as json_module
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from invoke.context import Context
@@ -187,4 +188,4 @@ def test_restore(c: Context, json: bool = False) -> None:
     from resilience.infra.output import Output
 
     out = Output(json)
-    _print(json, run_test(load_settings(), progress=out.progress))
+    _print(json, run_test(load_settings(), progress=out.progress, report_dir=Path("reports")))

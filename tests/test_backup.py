@@ -236,3 +236,29 @@ def test_restore_refuses_a_filled_target_and_a_time_before_the_oldest(
         restore_backup(backup_settings, at=datetime(2000, 1, 1, tzinfo=UTC))
     found = restore_backup(backup_settings, at=datetime.now(UTC))
     assert found.backup["id"] == manifest.id
+
+
+def test_the_monthly_restore_test_verifies_every_key_and_reports(
+    stack: Stack, companies: list[str], backup_settings: Settings, tmp_path: Path
+) -> None:
+    from resilience.backup.restore import test_restore as monthly
+
+    manifest = take_backup(backup_settings).manifest
+    telegram = backup_settings.model_copy(
+        update={
+            "telegram_api_url": stack.endpoints.telegram_api_url,
+            "telegram_bot_token": SecretStr(stack.endpoints.telegram_bot_token or ""),
+            "telegram_chat_id": stack.endpoints.telegram_chat_id,
+        }
+    )
+    result = monthly(telegram, report_dir=tmp_path / "reports")
+    assert result["ok"] and result["within_target"]
+    assert result["verified"]["keys"] == sum(c.key_count for c in manifest.companies.values())
+    report = Path(result["report"])
+    assert json.loads(report.read_text())["backup"]["id"] == manifest.id
+    assert report.stat().st_mode & 0o777 == 0o600
+    ep = stack.endpoints
+    assert ep.receivers_url is not None
+    with ReceiverClient(ep.receivers_url) as receivers:
+        sent = receivers.wait_for("telegram", lambda r: manifest.id in r.get("text", ""), 15)
+    assert "ok" in sent["text"]

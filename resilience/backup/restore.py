@@ -261,7 +261,9 @@ def _restore_target(
 RESTORE_TARGET_S = 30 * 60.0
 
 
-def test_restore(settings: Settings, *, progress: Progress | None = None) -> dict[str, Any]:
+def test_restore(
+    settings: Settings, *, progress: Progress | None = None, report_dir: Path | None = None
+) -> dict[str, Any]:
     """The monthly restore test: the newest backup into a scratch database, every company's
     keys verified by fingerprint (the set digests) against the manifest, timed against the
     30-minute target; the result goes to Sentry and Telegram and into the run record."""
@@ -302,9 +304,22 @@ def test_restore(settings: Settings, *, progress: Progress | None = None) -> dic
             alerts.telegram.send(text)
         finally:
             alerts.close()
+        if report_dir is not None:
+            result["report"] = str(_write_report(report_dir, result))
         if not result["ok"]:
             failure = VerificationError(text)
             failure.details = result
             raise failure
     result["record"] = str(record.path) if record.path else None
     return result
+
+
+def _write_report(report_dir: Path, result: dict[str, Any]) -> Path:
+    """`restore-test-<backup id>.json` under `report_dir` (0600: it names the deployment)."""
+    import json
+
+    from resilience.infra.fsutil import atomic_write
+
+    path = report_dir / f"restore-test-{result['backup']['id']}.json"
+    atomic_write(path, (json.dumps(result, indent=2, sort_keys=True) + "\n").encode(), mode=0o600)
+    return path

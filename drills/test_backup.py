@@ -37,7 +37,7 @@ from resilience.backup.take import take_backup
 from resilience.backup.validate import validate
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
-from resilience.config import DrillSettings, Settings, load_drill_settings
+from resilience.config import DrillSettings, load_drill_settings
 from resilience.drill.evidence import database_state, differences, replay, seeded
 from resilience.drill.fakes.receivers import ReceiverClient
 from resilience.drill.report import DrillReport
@@ -45,7 +45,7 @@ from resilience.drill.service import ServiceUnderTest
 from resilience.drill.stack import Stack
 from resilience.drill.stack.local import LocalStack
 from resilience.drill.stack.postgres import PostgresCluster
-from resilience.drill.standin.deploy import standin_on_stack
+from resilience.drill.standin.deploy import backup_settings, standin_on_stack
 from resilience.errors import PartialFailure, VerificationError
 from resilience.infra.processes import free_port
 from resilience.infra.s3 import regions_from_settings
@@ -67,34 +67,10 @@ def backup_report() -> Iterator[DrillReport]:
         report.write()
 
 
-def _backup_settings(stack: Stack, base: Settings, work: Path) -> Settings:
-    """The service's settings plus backups on this stack, in buckets of this scenario."""
-    ep = stack.endpoints
-    suffix = secrets.token_hex(4)
-    settings = Settings.model_validate(
-        {
-            **{name: getattr(base, name) for name in Settings.model_fields},
-            "restore_dsn": ep.admin_dsn,
-            "s3_endpoint_moscow": ep.s3["moscow"].endpoint_url,
-            "s3_endpoint_eu": ep.s3["eu"].endpoint_url,
-            "s3_bucket_moscow": f"drill-moscow-{suffix}",
-            "s3_bucket_eu": f"drill-eu-{suffix}",
-            "s3_access_key_id": ep.s3_access_key_id,
-            "s3_secret_access_key": ep.s3_secret_access_key,
-            "backup_spool_dir": work / "spool",
-            "backup_validation_log": work / "validation.jsonl",
-            "runs_dir": work / "runs",
-        }
-    )
-    for store in regions_from_settings(settings):
-        store.ensure_bucket()
-    return settings
-
-
 @pytest.fixture
 def service(stack: Stack, settings: DrillSettings, tmp_path: Path) -> Iterator[ServiceUnderTest]:
     with standin_on_stack(stack, settings, tmp_path, prefix="bk", keys=300) as s:
-        operator = _backup_settings(stack, s.settings, tmp_path)
+        operator = backup_settings(stack, s.settings, tmp_path)
         found = ServiceUnderTest(stack, s.deployed, operator, s.pm2, s.dataset)
         found.wait_mode("postgres")
         yield found
@@ -294,7 +270,7 @@ def test_d_datacenter_loss_rebuilt_from_the_eu_region(
     stack = LocalStack(rig)
     with stack, standin_on_stack(stack, rig, tmp_path / "svc", prefix="dc", keys=1313) as s:
         ep = stack.endpoints
-        operator = _backup_settings(stack, s.settings, tmp_path)
+        operator = backup_settings(stack, s.settings, tmp_path)
         service = ServiceUnderTest(stack, s.deployed, operator, s.pm2, s.dataset)
         service.wait_mode("postgres")
         with backup_report.scenario("d) datacenter loss: rebuilt from EU", ep.admin_dsn) as journal:

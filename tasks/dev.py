@@ -103,22 +103,11 @@ def bench(c: Context, name: str, sizes: str = "", repeat: int = 3) -> None:
 def _bench_backup(
     stack: Any, work: Path, sizes: tuple[int, ...], repeat: int, progress: Any
 ) -> dict[str, Any]:
-    from resilience.config import Settings
     from resilience.drill.bench.backup import bench_backup
+    from resilience.drill.standin.deploy import backup_settings
 
     ep = stack.endpoints
-    settings = Settings.model_validate(
-        {
-            "service_dsn": ep.service_dsn,
-            "restore_dsn": ep.admin_dsn,
-            "s3_endpoint_moscow": ep.s3["moscow"].endpoint_url,
-            "s3_endpoint_eu": ep.s3["eu"].endpoint_url,
-            "s3_access_key_id": ep.s3_access_key_id,
-            "s3_secret_access_key": ep.s3_secret_access_key,
-            "backup_spool_dir": work / "spool",
-            "runs_dir": work / "runs",
-        }
-    )
+    settings = backup_settings(stack, None, work, fresh_buckets=False)
     return {
         "bench": "backup",
         "sizes": [

@@ -4,7 +4,6 @@ region, the Sentry fake. Each test gets buckets of its own, so listings are its 
 from __future__ import annotations
 
 import json
-import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +22,10 @@ from resilience.backup.retention import Retention
 from resilience.backup.take import take_backup
 from resilience.backup.validate import validate
 from resilience.backup.verify import restore_dsn
-from resilience.config import DrillSettings, Settings
+from resilience.config import Settings
 from resilience.drill.fakes.receivers import ReceiverClient
 from resilience.drill.stack import Stack
+from resilience.drill.standin.deploy import backup_settings as backup_settings_for
 from resilience.errors import ConfigError, DataError, InputError, PartialFailure, VerificationError
 from resilience.infra.s3 import regions_from_settings
 
@@ -47,29 +47,10 @@ def companies(stack: Stack) -> Iterator[list[str]]:
 
 
 @pytest.fixture
-def backup_settings(stack: Stack, settings: DrillSettings, tmp_path: Path) -> Settings:
+def backup_settings(stack: Stack, tmp_path: Path) -> Settings:
     """The operator's settings for backups on this stack, with fresh buckets."""
-    ep = stack.endpoints
-    suffix = secrets.token_hex(4)
-    operator = Settings.model_validate(
-        {
-            "service_dsn": ep.service_dsn,
-            "restore_dsn": ep.admin_dsn,
-            "s3_endpoint_moscow": ep.s3["moscow"].endpoint_url,
-            "s3_endpoint_eu": ep.s3["eu"].endpoint_url,
-            "s3_bucket_moscow": f"bk-moscow-{suffix}",
-            "s3_bucket_eu": f"bk-eu-{suffix}",
-            "s3_access_key_id": ep.s3_access_key_id,
-            "s3_secret_access_key": ep.s3_secret_access_key,
-            "sentry_dsn": ep.sentry_dsn,
-            "backup_spool_dir": tmp_path / "spool",
-            "backup_validation_log": tmp_path / "validation.jsonl",
-            "runs_dir": tmp_path / "runs",
-        }
-    )
-    for store in regions_from_settings(operator):
-        store.ensure_bucket()
-    return operator
+    alerts = Settings.model_validate({"sentry_dsn": stack.endpoints.sentry_dsn})
+    return backup_settings_for(stack, alerts, tmp_path)
 
 
 def _digests(stack: Stack, companies: list[str]) -> dict[str, str]:
@@ -130,7 +111,7 @@ def test_a_corrupt_and_a_truncated_backup_are_found_retaken_and_alerted(
         event = receivers.wait_for(
             "sentry", lambda r: first.id in (r.get("message") or "") and r["level"] == "error", 15
         )
-    assert "backup validation FAILED" in event["message"]
+    assert "backup validation FAILED" in (event["message"] or "")
 
 
 def test_one_region_down_the_other_gets_it_and_it_is_caught_up(

@@ -189,6 +189,39 @@ def operator_settings(stack: Stack, settings: DrillSettings, pm2: Pm2) -> Settin
     return Settings.model_validate(operator)
 
 
+def backup_settings(
+    stack: Stack, base: Settings | None, work: Path, *, fresh_buckets: bool = True
+) -> Settings:
+    """`base` (or empty settings) with backups on this stack: its S3 regions (in buckets of
+    their own when `fresh_buckets`, so a test's listings are its own), its admin DSN for
+    scratch restores, and the spool, validation log and run records under `work`."""
+    from pydantic import SecretStr
+
+    from resilience.config import Settings
+    from resilience.infra.s3 import regions_from_settings
+
+    ep = stack.endpoints
+    values = {name: getattr(base, name) for name in Settings.model_fields} if base else {}
+    suffix = secrets.token_hex(4)
+    values.update(
+        service_dsn=SecretStr(ep.service_dsn),
+        restore_dsn=SecretStr(ep.admin_dsn),
+        s3_endpoint_moscow=ep.s3["moscow"].endpoint_url,
+        s3_endpoint_eu=ep.s3["eu"].endpoint_url,
+        s3_bucket_moscow=f"t-moscow-{suffix}" if fresh_buckets else ep.s3["moscow"].bucket,
+        s3_bucket_eu=f"t-eu-{suffix}" if fresh_buckets else ep.s3["eu"].bucket,
+        s3_access_key_id=SecretStr(ep.s3_access_key_id),
+        s3_secret_access_key=SecretStr(ep.s3_secret_access_key),
+        backup_spool_dir=work / "spool",
+        backup_validation_log=work / "validation.jsonl",
+        runs_dir=work / "runs",
+    )
+    settings = Settings.model_validate(values)
+    for store in regions_from_settings(settings):
+        store.ensure_bucket()
+    return settings
+
+
 @dataclass(frozen=True)
 class StandinOnStack:
     """A seeded company and the stand-in serving it, with the settings a switch needs."""

@@ -17,7 +17,6 @@ buckets' objects and scratch databases are removed at the end.
 from __future__ import annotations
 
 import secrets
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,22 +31,11 @@ from resilience.backup.restore import restore_backup
 from resilience.backup.take import take_backup
 from resilience.backup.verify import scratch_database
 from resilience.config import Settings
+from resilience.drill.bench import measure
 from resilience.infra.s3 import RegionStore, regions_from_settings
 
 TARGET_RATIO = 1.3
 Progress = Callable[[str], None]
-
-
-def _stats(runs: list[float]) -> dict[str, Any]:
-    return {
-        "median": round(statistics.median(runs), 4),
-        "min": round(min(runs), 4),
-        "runs": [round(r, 4) for r in runs],
-    }
-
-
-def _ratio(ours: list[float], raw: list[float]) -> float:
-    return round(statistics.median(ours) / statistics.median(raw), 3)
 
 
 def seed(admin_dsn: str, size_mb: float, say: Progress) -> tuple[list[str], int]:
@@ -135,21 +123,24 @@ def bench_backup(
         with connect(admin_dsn) as conn:
             for company in companies:
                 PgAuthStore(conn).delete_company(company)
-    backup_ratio = _ratio(times["backup"], times["raw_backup"])
-    restore_ratio = _ratio(times["restore"], times["raw"])
+    backup_ratio = measure.ratio(times["backup"], times["raw_backup"])
+    restore_ratio = measure.ratio(times["restore"], times["raw"])
     return {
         "bench": "backup",
         "database_bytes": size,
         "companies": len(companies),
         "repeat": repeat,
-        "backup": _stats(times["backup"]),
-        "raw_backup": _stats(times["raw_backup"]),
+        "backup": measure.stats(times["backup"]),
+        "raw_backup": measure.stats(times["raw_backup"]),
         "backup_ratio": backup_ratio,
-        "restore_verified": _stats(times["restore"]),
-        "raw_restore": _stats(times["raw"]),
+        "restore_verified": measure.stats(times["restore"]),
+        "raw_restore": measure.stats(times["raw"]),
         "restore_ratio": restore_ratio,
         "target_ratio": TARGET_RATIO,
-        "met": backup_ratio <= TARGET_RATIO and restore_ratio <= TARGET_RATIO,
+        "met": backup_ratio is not None
+        and restore_ratio is not None
+        and backup_ratio <= TARGET_RATIO
+        and restore_ratio <= TARGET_RATIO,
         "raw_definition": (
             "raw backup: pg_dump -Fc of the auth tables and one put_object per region; raw "
             "restore: get_object of the dump and pg_restore into a fresh database"

@@ -28,8 +28,6 @@ company is deleted at the end, whatever happens.
 from __future__ import annotations
 
 import contextlib
-import os
-import platform
 import random
 import secrets
 import statistics
@@ -46,6 +44,7 @@ from resilience.authstate.codec import Style
 from resilience.authstate.dataset import generate
 from resilience.authstate.model import KeyRecord
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect, database_errors
+from resilience.drill.bench import measure
 from resilience.errors import InputError, ResilienceError, VerificationError
 from resilience.maintenance.cleanup import delete_expired
 from resilience.maintenance.expiry import Expiry, ExpiryRule, count_expired, database_now
@@ -256,14 +255,6 @@ def single_delete(conn: Conn, rule: ExpiryRule, now: datetime, company_id: str) 
 # --- one size ---------------------------------------------------------------------------------
 
 
-def _stats(runs: list[float]) -> dict[str, Any]:
-    return {
-        "median": round(statistics.median(runs), 6),
-        "min": round(min(runs), 6),
-        "runs": [round(r, 6) for r in runs],
-    }
-
-
 def _stats_ms(values: list[float | None]) -> dict[str, Any]:
     present = [v for v in values if v is not None]
     if not present:
@@ -367,34 +358,21 @@ def _bench_size(
             p99[method].append(stats.percentile_ms(99))
             upserts[method].append(stats.to_dict())
             deleted[method].append(count)
-    base = statistics.median(seconds["single"])
-    ratio = round(statistics.median(seconds["batched"]) / base, 3) if base > 0 else None
-    fastest = min(seconds["single"])
-    ratio_min = round(min(seconds["batched"]) / fastest, 3) if fastest > 0 else None
+    median_ratio = measure.ratio(seconds["batched"], seconds["single"])
+    ratio_min = measure.ratio(seconds["batched"], seconds["single"], pick=min)
     return {
         "stale_keys": len(stale_rows),
         "live_keys": len(live_rows),
         "batch_size": batch_size,
         "batches": batches,
-        "batched_s": _stats(seconds["batched"]),
-        "single_s": _stats(seconds["single"]),
-        "ratio": ratio,
+        "batched_s": measure.stats(seconds["batched"]),
+        "single_s": measure.stats(seconds["single"]),
+        "ratio": median_ratio,
         "ratio_of_minimums": ratio_min,
         "batched_upsert_p99_ms": _stats_ms(p99["batched"]),
         "single_upsert_p99_ms": _stats_ms(p99["single"]),
         "upserts": upserts,
         "deleted": deleted,
-    }
-
-
-def _machine(conn: Conn) -> dict[str, Any]:
-    with database_errors("reading the server version"):
-        row = conn.execute("SHOW server_version").fetchone()
-    return {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "postgres": str(row[0]) if row else None,
     }
 
 
@@ -428,7 +406,7 @@ def bench_cleanup(
     results: dict[str, Any] = {}
     with connect(admin_dsn, autocommit=True) as conn:
         store = PgAuthStore(conn)
-        machine = _machine(conn)
+        machine = measure.machine(conn)
         for n in sizes:
             company_id = f"bench_cleanup_{n}_{token}"
             try:

@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import secrets
 import shutil
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -54,6 +51,7 @@ from resilience.authstate.pgstore import (
     read_transaction,
 )
 from resilience.authstate.view import view_of
+from resilience.drill.bench import measure
 from resilience.errors import InputError, ResilienceError, VerificationError
 from resilience.infra.fsutil import fsync_dir
 from resilience.restore.export import export_company
@@ -80,25 +78,6 @@ _KEY_COLUMNS = "company_id, key_type, key_id, value, created_at, updated_at, exp
 
 def _no_progress(_message: str) -> None:
     return None
-
-
-def _stats(runs: list[float]) -> dict[str, Any]:
-    return {
-        "median": round(statistics.median(runs), 6),
-        "min": round(min(runs), 6),
-        "runs": [round(r, 6) for r in runs],
-    }
-
-
-def _ratio(ours: list[float], raw: list[float]) -> float:
-    base = statistics.median(raw)
-    return round(statistics.median(ours) / base, 3) if base > 0 else float("inf")
-
-
-def _timed(action: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
 
 
 def _db_digest(store: PgAuthStore, company_id: str) -> str:
@@ -224,7 +203,7 @@ def _bench_size(
             (raw_export_s, partial(_raw_export, conn, company_id, payloads, raw_dir)),
         ]
         for runs, action in pair if rep % 2 == 0 else reversed(pair):
-            runs.append(_timed(action))
+            runs.append(measure.timed(action))
         _check(exported[0], expected, "the export")
         shutil.rmtree(ours_dir)
         shutil.rmtree(raw_dir)
@@ -254,7 +233,7 @@ def _bench_size(
         ]
         for runs, action, after in steps if rep % 2 == 0 else reversed(steps):
             _empty(store, company_id)
-            runs.append(_timed(action))
+            runs.append(measure.timed(action))
             after()
 
     return {
@@ -262,12 +241,12 @@ def _bench_size(
         "rows": rows,
         "files": len(payloads),
         "bytes": size,
-        "export_s": _stats(export_s),
-        "raw_export_s": _stats(raw_export_s),
-        "ratio_export": _ratio(export_s, raw_export_s),
-        "import_s": _stats(import_s),
-        "raw_import_s": _stats(raw_import_s),
-        "ratio_import": _ratio(import_s, raw_import_s),
+        "export_s": measure.stats(export_s),
+        "raw_export_s": measure.stats(raw_export_s),
+        "ratio_export": measure.ratio(export_s, raw_export_s),
+        "import_s": measure.stats(import_s),
+        "raw_import_s": measure.stats(raw_import_s),
+        "ratio_import": measure.ratio(import_s, raw_import_s),
         "digest": expected,
     }
 
@@ -282,18 +261,6 @@ def _cleanup(store: PgAuthStore, company_id: str, work: Path, report: Progress) 
     report(f"removing bench company {company_id} and its files")
     shutil.rmtree(work, ignore_errors=True)
     store.delete_company(company_id)
-
-
-def _machine(conn: Conn) -> dict[str, Any]:
-    with database_errors("reading the server version"):
-        row = conn.execute("SHOW server_version").fetchone()
-    return {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "postgres": str(row[0]) if row else None,
-        "syncfs": syncfs_available(),
-    }
 
 
 def bench_restore(
@@ -326,7 +293,7 @@ def bench_restore(
     results: dict[str, Any] = {}
     with connect(admin_dsn, autocommit=True) as conn:
         store = PgAuthStore(conn)
-        machine = _machine(conn)
+        machine = measure.machine(conn, syncfs=syncfs_available())
         for n in sizes:
             company_id = f"bench_{n}_{token}"
             work = Path(tempfile.mkdtemp(prefix=f"bench-restore-{n}-", dir=work_dir))

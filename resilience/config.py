@@ -154,6 +154,14 @@ class Settings(BaseSettings):
             raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
 
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold (for redactors: never to be shown)."""
+        return [
+            value.get_secret_value()
+            for name in type(self).model_fields
+            if isinstance(value := getattr(self, name), SecretStr)
+        ]
+
     @property
     def env_path(self) -> Path | None:
         if self.service_env is not None:

@@ -166,3 +166,35 @@ def alert_warnings(settings: Settings) -> list[str]:
         return [p for p in (alerts.sentry.problem, alerts.telegram.problem) if p]
     finally:
         alerts.close()
+
+
+@dataclass
+class Notified:
+    """What one :func:`notify` did, channel by channel."""
+
+    sentry_enabled: bool
+    sentry_event: str | None
+    telegram_enabled: bool
+    telegram_sent: bool
+
+
+def notify(
+    settings: Settings,
+    message: str,
+    *,
+    level: str = "error",
+    tags: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    telegram: bool = True,
+) -> Notified:
+    """One message through the configured channels: a Sentry event and, unless `telegram` is
+    False, a Telegram message; every secret of the settings redacted. A channel that fails is
+    logged and reported as not sent, never raised: an alert must not hide what it reports."""
+    alerts = Alerts.from_settings(settings)
+    alerts.redactor.register(*settings.secret_values())
+    try:
+        event = alerts.sentry.event(message, level=level, tags=tags, extra=extra)
+        sent = alerts.telegram.send(message) if telegram else False
+    finally:
+        alerts.close()
+    return Notified(alerts.sentry.enabled, event, alerts.telegram.enabled, sent)

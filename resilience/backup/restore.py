@@ -267,7 +267,7 @@ def test_restore(
     """The monthly restore test: the newest backup into a scratch database, every company's
     keys verified by fingerprint (the set digests) against the manifest, timed against the
     30-minute target; the result goes to Sentry and Telegram and into the run record."""
-    from resilience.alerting.channels import Alerts
+    from resilience.alerting.channels import notify
     from resilience.backup.verify import verify_backup
 
     say = progress or (lambda _m: None)
@@ -293,17 +293,12 @@ def test_restore(
             "error": error,
         }
         record.journal.measurements.update(result)
-        alerts = Alerts.from_settings(settings)
-        try:
-            text = (
-                f"monthly restore test of backup {manifest.id}: "
-                + ("ok" if result["ok"] else f"FAILED ({error or 'over the 30-minute target'})")
-                + f", {duration:.1f} s, {verified.get('keys', 0)} keys verified"
-            )
-            alerts.sentry.event(text, level="info" if result["ok"] else "error")
-            alerts.telegram.send(text)
-        finally:
-            alerts.close()
+        text = (
+            f"monthly restore test of backup {manifest.id}: "
+            + ("ok" if result["ok"] else f"FAILED ({error or 'over the 30-minute target'})")
+            + f", {duration:.1f} s, {verified.get('keys', 0)} keys verified"
+        )
+        notify(settings, text, level="info" if result["ok"] else "error")
         if report_dir is not None:
             result["report"] = str(_write_report(report_dir, result))
         if not result["ok"]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from psycopg import sql
 
-from resilience.alerting.channels import Alerts
+from resilience.alerting.channels import notify
 from resilience.authstate.pgstore import PgAuthStore, connect, database_errors
 from resilience.authstate.view import view_of
 from resilience.backup import dump as pgdump
@@ -248,10 +248,5 @@ def _alert(settings: Settings, run: BackupRun) -> None:
     problems += run.warnings
     if not problems:
         return
-    alerts = Alerts.from_settings(settings)
-    try:
-        text = f"backup {run.manifest.id}: " + "; ".join(problems)
-        alerts.sentry.event(text, level="warning", tags={"backup": run.manifest.id})
-        alerts.telegram.send(text)
-    finally:
-        alerts.close()
+    text = f"backup {run.manifest.id}: " + "; ".join(problems)
+    notify(settings, text, level="warning", tags={"backup": run.manifest.id})

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from resilience.alerting.channels import Alerts
+from resilience.alerting.channels import notify
 from resilience.backup.catalog import list_region
 from resilience.backup.manifest import KINDS, BackupManifest
 from resilience.backup.take import take_backup
@@ -143,18 +143,12 @@ def validate(settings: Settings, *, progress: Progress | None = None) -> Validat
 
 
 def _alert(settings: Settings, result: Validation) -> None:
-    alerts = Alerts.from_settings(settings)
-    try:
-        if result.ok:
-            alerts.sentry.event(
-                f"backup validation: {len(result.checks)} backup(s) valid", level="info"
-            )
-            return
-        bad = [c for c in result.checks if not c.valid]
-        text = "backup validation FAILED: " + "; ".join(
-            f"{c.region} {c.backup_id or ''}: {c.error}" for c in bad[:5]
-        )
-        alerts.sentry.event(text, level="error")
-        alerts.telegram.send(text)
-    finally:
-        alerts.close()
+    if result.ok:
+        text = f"backup validation: {len(result.checks)} backup(s) valid"
+        notify(settings, text, level="info", telegram=False)
+        return
+    bad = [c for c in result.checks if not c.valid]
+    text = "backup validation FAILED: " + "; ".join(
+        f"{c.region} {c.backup_id or ''}: {c.error}" for c in bad[:5]
+    )
+    notify(settings, text, level="error")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from resilience.alerting.channels import Alerts
+from resilience.alerting.channels import notify
 from resilience.authstate.pgstore import Conn, classify_connect_error, connect, database_errors
 from resilience.config import Settings, validate_company_id
 from resilience.errors import DatabaseError, DatabaseUnreachable, InputError, ResilienceError
@@ -429,29 +429,15 @@ def summary(run: CleanupRun) -> str:
 
 
 def _send_alerts(settings: Settings, run: CleanupRun, failure: str | None) -> dict[str, Any]:
-    alerts = Alerts.from_settings(settings)
-    alerts.redactor.register(service_dsn(settings))
     tags = {"command": COMMAND, "meaning": run.rule.kind.value, "company": run.company_id or "*"}
-    try:
-        if failure is None:
-            level = "warning" if run.deletion.deleted > WARN_OVER else "info"
-            text = summary(run)
-        else:
-            level = "error"
-            text = f"cleanup.keys stopped ({_scope(run.company_id)}): {failure}"
-        event_id = alerts.sentry.event(
-            text, level=level, tags=tags, extra={"cleanup": run.to_dict()}
-        )
-        sent = alerts.telegram.send(text)
-    finally:
-        alerts.close()
-    return {
-        "sentry_level": level,
-        "sentry_enabled": alerts.sentry.enabled,
-        "sentry_event": event_id,
-        "telegram_enabled": alerts.telegram.enabled,
-        "telegram_sent": sent,
-    }
+    if failure is None:
+        level = "warning" if run.deletion.deleted > WARN_OVER else "info"
+        text = summary(run)
+    else:
+        level = "error"
+        text = f"cleanup.keys stopped ({_scope(run.company_id)}): {failure}"
+    done = notify(settings, text, level=level, tags=tags, extra={"cleanup": run.to_dict()})
+    return {"sentry_level": level, **asdict(done)}
 
 
 def cleanup_keys(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resilience.alerting.channels import Alerts
+from resilience.alerting.channels import notify
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.config import Settings, validate_company_id
 from resilience.errors import ConfigError, DataError, PartialFailure
@@ -74,31 +74,18 @@ def switch(
 def _alert_failed_switch(
     settings: Settings, direction: str, company_id: str, failed: StepFailed
 ) -> None:
-    alerts = Alerts.from_settings(settings)
-    alerts.redactor.register(service_dsn(settings))
     halted = failed.result.halted
-    try:
-        if halted:
-            message = (
-                f"CRITICAL: emergency switch {direction} for company {company_id} failed and "
-                f"its undo stopped to keep data: {halted}"
-            )
-            alerts.sentry.event(
-                message,
-                level="fatal",
-                tags={"direction": direction, "company": company_id},
-                extra={"run": failed.result.to_dict()},
-            )
-            alerts.telegram.send(message)
-        else:
-            alerts.sentry.event(
-                f"emergency switch {direction} failed at a step and was undone: {failed}",
-                level="error",
-                tags={"direction": direction, "company": company_id},
-                extra={"run": failed.result.to_dict()},
-            )
-    finally:
-        alerts.close()
+    tags = {"direction": direction, "company": company_id}
+    extra = {"run": failed.result.to_dict()}
+    if halted:
+        message = (
+            f"CRITICAL: emergency switch {direction} for company {company_id} failed and "
+            f"its undo stopped to keep data: {halted}"
+        )
+        notify(settings, message, level="fatal", tags=tags, extra=extra)
+    else:
+        message = f"emergency switch {direction} failed at a step and was undone: {failed}"
+        notify(settings, message, level="error", tags=tags, extra=extra, telegram=False)
 
 
 @dataclass

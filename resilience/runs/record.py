@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import SecretStr
-
 from resilience.config import Settings
 from resilience.errors import ResilienceError
 from resilience.infra.fsutil import atomic_write
@@ -32,15 +30,6 @@ log = logging.getLogger(__name__)
 
 JOURNAL_JSON = "journal.json"
 JOURNAL_HTML = "journal.html"
-
-
-def settings_secrets(settings: Settings) -> list[str]:
-    """Every secret value the settings hold."""
-    return [
-        value.get_secret_value()
-        for name in type(settings).model_fields
-        if isinstance(value := getattr(settings, name), SecretStr)
-    ]
 
 
 @dataclass
@@ -87,7 +76,7 @@ def recorded_run(
     """Journal the body as one run of `command` and write the record at the end, whatever the
     outcome. A :class:`ResilienceError` leaving the body gets the record's path as `record`."""
     journal = Journal(command if company_id is None else f"{command} {company_id}")
-    for secret in settings_secrets(settings):
+    for secret in settings.secret_values():
         journal.register_secret(secret)
     journal.start()
     record = RunRecord(journal, settings.runs_dir.absolute(), command, company_id)

@@ -80,18 +80,29 @@ def _real_service(
             service.pm2.restart(settings.pm2_app)
 
 
-@pytest.fixture(scope="session")
-def rollback_report() -> Iterator[DrillReport]:
-    report = DrillReport("rollback", REPORTS)
+def _report(name: str) -> Iterator[DrillReport]:
+    """A drill's report, written to reports/drill-<name>.{json,html} once its scenarios ran."""
+    report = DrillReport(name, REPORTS)
     yield report
     if report.journals:
         report.write()
+
+
+@pytest.fixture(scope="session")
+def rollback_report() -> Iterator[DrillReport]:
+    yield from _report("rollback")
 
 
 @pytest.fixture(scope="session")
 def cache_report() -> Iterator[DrillReport]:
-    """The creds-cache drill's report: reports/drill-cache.{json,html}."""
-    report = DrillReport("cache", REPORTS)
-    yield report
-    if report.journals:
-        report.write()
+    yield from _report("cache")
+
+
+@pytest.fixture(scope="module")
+def backup_report() -> Iterator[DrillReport]:
+    yield from _report("backup")
+
+
+@pytest.fixture(scope="module")
+def cleanup_report() -> Iterator[DrillReport]:
+    yield from _report("cleanup")

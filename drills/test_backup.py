@@ -51,20 +51,10 @@ from resilience.infra.processes import free_port
 from resilience.infra.s3 import regions_from_settings
 from resilience.service import envfile
 
-from .conftest import REPORTS
-
 pytestmark = pytest.mark.stack
 
 RTO_LIMIT_S = 2 * 3600.0
 RPO_LIMIT_S = 3600.0
-
-
-@pytest.fixture(scope="module")
-def backup_report() -> Iterator[DrillReport]:
-    report = DrillReport("backup", REPORTS)
-    yield report
-    if report.journals:
-        report.write()
 
 
 @pytest.fixture

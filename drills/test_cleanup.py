@@ -21,7 +21,6 @@ there. Nothing newer than the retention is lost, whatsapp_auth is untouched.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +40,8 @@ from resilience.maintenance.expiry import ExpiryRule
 
 pytestmark = pytest.mark.stack
 
-ROOT = Path(__file__).resolve().parents[1]
-REPORTS = ROOT / "reports"
 LOCK_WAIT_LIMIT_MS = 200
 Ref = tuple[str, str]
-
-
-@pytest.fixture(scope="module")
-def cleanup_report() -> Iterator[DrillReport]:
-    report = DrillReport("cleanup", REPORTS)
-    yield report
-    if report.journals:
-        report.write()
 
 
 def _rows(conn: Conn, company: str) -> dict[Ref, tuple[Any, Any]]:

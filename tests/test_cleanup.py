@@ -8,7 +8,6 @@ moment the run itself reports (`now`), never at the test's own clock.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import uuid
 from collections import Counter
@@ -20,9 +19,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from invoke.context import Context
-from invoke.exceptions import Exit
 from invoke.parser import Parser, ParserContext
+from task_runner import run_task
 
 import resilience.maintenance.cleanup as cleanup
 from resilience.authstate.codec import Style
@@ -129,31 +127,6 @@ def _stale_records(rows: Rows) -> list[KeyRecord]:
 def journal_of(record: Path | str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((Path(record) / "journal.json").read_text())
     return data
-
-
-def run_task(
-    task: Any,
-    env: dict[str, str],
-    cwd: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    **flags: Any,
-) -> tuple[int, str, str]:
-    """One task function, in-process, in `cwd`, with exactly these RESILIENCE_* variables."""
-    for name in list(os.environ):
-        if name.startswith("RESILIENCE_"):
-            monkeypatch.delenv(name)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(cwd)
-    capsys.readouterr()
-    code = 0
-    try:
-        task(Context(), **flags)
-    except Exit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def task_env(stack: Stack, runs: Path, **extra: str) -> dict[str, str]:

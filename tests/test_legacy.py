@@ -5,7 +5,6 @@ the task's output and refusals."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from invoke.context import Context
-from invoke.exceptions import Exit
+from task_runner import run_task
 
 import resilience.maintenance.legacy as legacy
 from resilience.authstate.codec import Style
@@ -212,30 +210,6 @@ def test_one_transaction_per_company(
         store.delete_company(other)
 
 
-def _run(
-    task: Any,
-    env: dict[str, str],
-    cwd: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    **flags: Any,
-) -> tuple[int, str, str]:
-    for name in list(os.environ):
-        if name.startswith("RESILIENCE_"):
-            monkeypatch.delenv(name)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(cwd)
-    capsys.readouterr()
-    code = 0
-    try:
-        task(Context(), **flags)
-    except Exit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_task_reports_then_purges(
     stack: Stack,
     store: PgAuthStore,
@@ -250,13 +224,13 @@ def test_task_reports_then_purges(
         "RESILIENCE_SERVICE_DSN": stack.endpoints.service_dsn,
         "RESILIENCE_RUNS_DIR": str(tmp_path / "runs"),
     }
-    code, out, err = _run(
+    code, out, err = run_task(
         cleanup_tasks.legacy, env, tmp_path, monkeypatch, capsys, company=company, json=True
     )
     assert code == 0, err
     doc = json.loads(out)
     assert doc["ok"] is True and (doc["drop"], doc["move"], doc["unresolved"]) == (3, 6, 1)
-    code, out, err = _run(
+    code, out, err = run_task(
         cleanup_tasks.legacy, env, tmp_path, monkeypatch, capsys, company=company, yes=True
     )
     assert code == 0, err

@@ -8,18 +8,15 @@ configured by environment variables alone, so hypothesis can try many passwords 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from invoke.context import Context
-from invoke.exceptions import Exit
+from task_runner import run_task
 
 from resilience.config import DrillSettings, settings_as_env
 from resilience.drill.fakes.receivers import ReceiverClient
@@ -52,29 +49,6 @@ def _environment(deployed: StandinOnStack, dsn: str, runs: Path) -> dict[str, st
     return env
 
 
-def _run(
-    task: Any, env: dict[str, str], cwd: Path, capsys: pytest.CaptureFixture[str], **flags: Any
-) -> tuple[int, str, str]:
-    """Run one task function in `cwd` with exactly these RESILIENCE_* variables; (exit code,
-    stdout, stderr)."""
-    saved = dict(os.environ)
-    here = Path.cwd()
-    os.environ.clear()
-    os.environ.update({k: v for k, v in saved.items() if not k.startswith("RESILIENCE_")} | env)
-    os.chdir(cwd)
-    code = 0
-    try:
-        task(Context(), **flags)
-    except Exit as exit_:
-        code = exit_.code
-    finally:
-        os.chdir(here)
-        os.environ.clear()
-        os.environ.update(saved)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def _dsn(form: str, template: str, password: str) -> str:
     parts = urlsplit(template)
     host, port, user, db = parts.hostname, parts.port, parts.username, parts.path.lstrip("/")
@@ -89,7 +63,11 @@ def _dsn(form: str, template: str, password: str) -> str:
 
 
 def _everything_shown(
-    deployed: StandinOnStack, dsn: str, work: Path, capsys: pytest.CaptureFixture[str]
+    deployed: StandinOnStack,
+    dsn: str,
+    work: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> tuple[str, list[int]]:
     """What every error path of export, snapshot, switch and the way back shows: output, run
     records, and the exit codes."""
@@ -103,7 +81,7 @@ def _everything_shown(
         (restore_tasks.to_postgres, {"dry_run": True, "json": True}),
         (restore_tasks.to_files, {"yes": True}),
     ):
-        code, out, err = _run(task, env, work, capsys, **flags)
+        code, out, err = run_task(task, env, work, monkeypatch, capsys, **flags)
         codes.append(code)
         shown += [out, err]
     if runs.exists():
@@ -136,6 +114,7 @@ def test_no_part_of_a_wrong_password_is_ever_shown(
     deployed: StandinOnStack,
     stack: Stack,
     tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     password: str,
     form: str,
@@ -145,13 +124,19 @@ def test_no_part_of_a_wrong_password_is_ever_shown(
     when the password is another one is text of ours (a port, a word), not a leak."""
     template = stack.endpoints.service_dsn
     work = tmp_path_factory.mktemp("pw")
-    shown, codes = _everything_shown(deployed, _dsn(form, template, password), work, capsys)
+    shown, codes = _everything_shown(
+        deployed, _dsn(form, template, password), work, monkeypatch, capsys
+    )
     assert password not in shown
     shown = _without_ids(shown)
     assert all(code != 0 for code in codes)  # every one of them failed, none fell back
     assert 6 not in codes  # a wrong password is a configuration error, never an outage
     baseline, _ = _everything_shown(
-        deployed, _dsn(form, template, "Kq7-baseline-Zw"), tmp_path_factory.mktemp("pw"), capsys
+        deployed,
+        _dsn(form, template, "Kq7-baseline-Zw"),
+        tmp_path_factory.mktemp("pw"),
+        monkeypatch,
+        capsys,
     )
     leaked = sorted(r for r in _runs_of(password) if r in shown and r not in baseline)
     assert leaked == []
@@ -164,11 +149,16 @@ def test_no_part_of_a_wrong_password_is_ever_shown(
 
 
 def test_an_invalid_sentry_dsn_only_warns(
-    deployed: StandinOnStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    deployed: StandinOnStack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     env = _environment(deployed, deployed.settings.service_dsn.get_secret_value(), tmp_path)  # type: ignore[union-attr]
     env["RESILIENCE_SENTRY_DSN"] = "not-a-sentry-dsn"
-    code, out, err = _run(restore_tasks.to_files, env, tmp_path, capsys, dry_run=True, json=True)
+    code, out, err = run_task(
+        restore_tasks.to_files, env, tmp_path, monkeypatch, capsys, dry_run=True, json=True
+    )
     assert code == 0, err
     document = json.loads(out)
     assert document["ok"] is True
@@ -176,14 +166,26 @@ def test_an_invalid_sentry_dsn_only_warns(
 
 
 def test_flags_name_themselves_and_mean_one_thing(
-    deployed: StandinOnStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    deployed: StandinOnStack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     env = _environment(deployed, deployed.settings.service_dsn.get_secret_value(), tmp_path)  # type: ignore[union-attr]
-    code, out, err = _run(restore_tasks.snapshot, env, tmp_path, capsys, keep="abc", json=True)
+    code, out, err = run_task(
+        restore_tasks.snapshot, env, tmp_path, monkeypatch, capsys, keep="abc", json=True
+    )
     assert code == 2 and "--keep must be a whole number" in err
     assert json.loads(out)["exit_code"] == 2
-    code, out, err = _run(
-        restore_tasks.export_files, env, tmp_path, capsys, company="", dir="x", json=True
+    code, out, err = run_task(
+        restore_tasks.export_files,
+        env,
+        tmp_path,
+        monkeypatch,
+        capsys,
+        company="",
+        dir="x",
+        json=True,
     )
     assert code == 2 and "invalid company id ''" in err
     assert not (tmp_path / "x").exists()  # an empty company never means "all companies"
@@ -199,17 +201,21 @@ def test_flags_name_themselves_and_mean_one_thing(
 
 
 def test_a_relative_dir_is_the_callers_and_json_is_one_document(
-    deployed: StandinOnStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    deployed: StandinOnStack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     caller = tmp_path / "caller"
     caller.mkdir()
     env = _environment(deployed, deployed.settings.service_dsn.get_secret_value(), tmp_path)  # type: ignore[union-attr]
     env_with_caller = {**env, "BAILEYS_RESILIENCE_CALLER_DIR": str(caller)}
     company = deployed.deployed.company_id
-    code, out, err = _run(
+    code, out, err = run_task(
         restore_tasks.export_files,
         env_with_caller,
         tmp_path,
+        monkeypatch,
         capsys,
         company=company,
         dir="out",
@@ -219,10 +225,11 @@ def test_a_relative_dir_is_the_callers_and_json_is_one_document(
     assert json.loads(out)["ok"] is True
     assert (caller / "out" / f"company_{company}" / "manifest.json").is_file()
     # a refusal, with --json, is one JSON document on stdout too
-    code, out, err = _run(
+    code, out, err = run_task(
         restore_tasks.to_files,
         {**env, "RESILIENCE_FALLBACK_TAG": "no-such-tag-v9"},
         tmp_path,
+        monkeypatch,
         capsys,
         dry_run=True,
         json=True,

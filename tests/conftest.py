@@ -20,6 +20,13 @@ def conn(stack: Stack) -> Iterator[Conn]:
 
 
 @pytest.fixture
+def admin(stack: Stack) -> Iterator[Conn]:
+    """An autocommit connection as the superuser, direct (not through the proxy)."""
+    with connect(stack.endpoints.admin_dsn, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture
 def store(conn: Conn) -> PgAuthStore:
     return PgAuthStore(conn)
 

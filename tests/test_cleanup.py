@@ -11,7 +11,6 @@ import json
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +25,7 @@ import resilience.maintenance.cleanup as cleanup
 from resilience.authstate.codec import Style
 from resilience.authstate.dataset import generate
 from resilience.authstate.model import KeyRecord
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect
+from resilience.authstate.pgstore import Conn, PgAuthStore
 from resilience.config import Settings, load_settings
 from resilience.drill.bench.cleanup import aged_rows, bench_cleanup
 from resilience.drill.fakes.receivers import ReceiverClient
@@ -49,12 +48,6 @@ Ref = tuple[str, str]
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def admin(stack: Stack) -> Iterator[Conn]:
-    with connect(stack.endpoints.admin_dsn, autocommit=True) as c:
-        yield c
 
 
 @pytest.fixture

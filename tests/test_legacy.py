@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import resilience.maintenance.legacy as legacy
 from resilience.authstate.codec import Style
 from resilience.authstate.dataset import generate
 from resilience.authstate.model import KeyRecord
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect
+from resilience.authstate.pgstore import Conn, PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.config import Settings, load_settings
 from resilience.drill.stack import Stack
@@ -29,12 +28,6 @@ pytestmark = pytest.mark.stack
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 GROUP = "120363012345678901@g.us"
-
-
-@pytest.fixture
-def admin(stack: Stack) -> Iterator[Conn]:
-    with connect(stack.endpoints.admin_dsn, autocommit=True) as c:
-        yield c
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from resilience.authstate.dataset import Dataset, generate
 from resilience.authstate.filestore import FileAuthStore
 from resilience.authstate.fingerprint import KeyFingerprint, set_digest
 from resilience.authstate.naming import file_name_for, parse_file_name
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect
+from resilience.authstate.pgstore import Conn, PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
@@ -492,13 +492,6 @@ def test_missing_env_file_exits_with_a_clear_line(tmp_path: Path, standins: list
 
 
 # --- PostgreSQL mode ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def admin(stack: Stack) -> Iterator[Conn]:
-    conn = connect(stack.endpoints.admin_dsn, autocommit=True)
-    yield conn
-    conn.close()
 
 
 @pytest.fixture

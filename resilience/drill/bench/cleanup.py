@@ -392,13 +392,7 @@ def bench_cleanup(
     :class:`VerificationError` when a cleanup left expired keys or took live ones, and
     :class:`DatabaseError`; the bench company is removed in every case.
     """
-    sizes = list(sizes)
-    if not sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
-        raise InputError(f"bench sizes must be positive key counts (got {sizes!r})")
-    if len(set(sizes)) != len(sizes):
-        raise InputError(f"bench sizes must differ (got {sizes!r})")
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        raise InputError(f"bench repeat must be at least 1 (got {repeat!r})")
+    sizes = measure.checked_sizes(sizes, repeat)
     if batch_size < 1 or lock_timeout_ms < 1:
         raise InputError("bench batch size and lock timeout must be at least 1")
     report = progress or _no_progress

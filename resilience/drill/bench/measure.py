@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from resilience.authstate.pgstore import Conn, database_errors
+from resilience.errors import InputError
 
 
 def stats(runs: Sequence[float]) -> dict[str, Any]:
@@ -48,3 +49,15 @@ def machine(conn: Conn, **extra: Any) -> dict[str, Any]:
         "postgres": str(row[0]) if row else None,
         **extra,
     }
+
+
+def checked_sizes(sizes: Sequence[int], repeat: int) -> list[int]:
+    """Distinct positive key counts and a repeat of at least 1, or InputError saying which."""
+    found = list(sizes)
+    if not found or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in found):
+        raise InputError(f"bench sizes must be positive key counts (got {found!r})")
+    if len(set(found)) != len(found):
+        raise InputError(f"bench sizes must differ (got {found!r})")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise InputError(f"bench repeat must be at least 1 (got {repeat!r})")
+    return found

@@ -52,7 +52,7 @@ from resilience.authstate.pgstore import (
 )
 from resilience.authstate.view import view_of
 from resilience.drill.bench import measure
-from resilience.errors import InputError, ResilienceError, VerificationError
+from resilience.errors import ResilienceError, VerificationError
 from resilience.infra.fsutil import fsync_dir
 from resilience.restore.export import export_company
 from resilience.restore.importer import import_company, read_directory
@@ -279,13 +279,7 @@ def bench_restore(
     or repeat, :class:`VerificationError` when the data does not round-trip, and
     :class:`DatabaseError`; the bench companies and files are removed in every case.
     """
-    sizes = list(sizes)
-    if not sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
-        raise InputError(f"bench sizes must be positive key counts (got {sizes!r})")
-    if len(set(sizes)) != len(sizes):
-        raise InputError(f"bench sizes must differ (got {sizes!r})")
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        raise InputError(f"bench repeat must be at least 1 (got {repeat!r})")
+    sizes = measure.checked_sizes(sizes, repeat)
     report = progress or _no_progress
     work_dir = Path(work_dir)
     work_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)

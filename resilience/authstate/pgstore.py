@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 
 from resilience.authstate.codec import Style, decode, encode
 from resilience.authstate.model import KeyRecord, ttl_for
+from resilience.authstate.schema import TABLES
 from resilience.config import validate_company_id
 from resilience.errors import ConfigError, DatabaseError, DatabaseUnreachable
 from resilience.infra.redact import Redactor, dsn_problems, redact_dsn
@@ -246,6 +247,17 @@ class PgAuthStore:
         count = int(keys[1]) if keys else 0
         creds_bytes = int(creds[0]) if creds else 0
         return value_bytes, count, creds_bytes
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows per auth table (every company): what a backup's manifest records."""
+        counts = {}
+        for table in TABLES:
+            with database_errors(f"counting {table}"):
+                row = self.conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+                ).fetchone()
+            counts[table] = int(row[0]) if row else 0
+        return counts
 
     def count_keys(self, company_id: str) -> int:
         with database_errors("counting keys"):

@@ -18,11 +18,12 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from resilience.authstate.schema import TABLES
 from resilience.errors import ConfigError, DataError, ResilienceError
 from resilience.infra.redact import Redactor
 
 #: The auth tables (brief §2); a setting may ask for the whole database instead.
-AUTH_TABLES = ("whatsapp_auth", "whatsapp_keys")
+AUTH_TABLES = TABLES
 _VERSION_RE = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
 
 

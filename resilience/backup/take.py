@@ -21,8 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from psycopg import sql
-
 from resilience.alerting.channels import notify
 from resilience.authstate.pgstore import PgAuthStore, connect, database_errors
 from resilience.authstate.view import view_of
@@ -115,16 +113,9 @@ def _history(stores: list[RegionStore]) -> list[BackupManifest]:
     return sorted(seen.values(), key=lambda m: m.id, reverse=True)
 
 
-def _counts_and_digests(
-    conn: Any, store: PgAuthStore
-) -> tuple[dict[str, int], dict[str, CompanyDigest]]:
+def _counts_and_digests(store: PgAuthStore) -> tuple[dict[str, int], dict[str, CompanyDigest]]:
     """Row counts per auth table and every company's key count and set digest."""
-    rows = {}
-    for table in pgdump.AUTH_TABLES:
-        counted = conn.execute(
-            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
-        ).fetchone()
-        rows[table] = int(counted[0]) if counted else 0
+    rows = store.row_counts()
     companies = {}
     for company in store.companies():
         view = view_of(company, store.load_creds(company), store.records(company))
@@ -155,7 +146,7 @@ def dump_with_manifest(
             # the two overlap on two cores instead of running one after the other
             with ThreadPoolExecutor(max_workers=1) as pool:
                 dumping = pool.submit(pgdump.dump, dsn, path, snapshot=snapshot, tables=tables)
-                rows, companies = _counts_and_digests(conn, store)
+                rows, companies = _counts_and_digests(store)
                 dumping.result()
     manifest = BackupManifest(
         id=new_id(started),

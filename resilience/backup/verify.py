@@ -136,13 +136,7 @@ def compare(dsn: str, manifest: BackupManifest) -> Verified:
     """Row counts and every company's digest of the database at `dsn` against the manifest."""
     with connect(dsn) as conn:
         store = PgAuthStore(conn)
-        rows = {}
-        for table in pgdump.AUTH_TABLES:
-            with database_errors(f"counting {table}"):
-                got = conn.execute(
-                    sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
-                ).fetchone()
-            rows[table] = int(got[0]) if got else 0
+        rows = store.row_counts()
         companies = store.companies()
     found = company_digests(dsn, companies)
     mismatches = [

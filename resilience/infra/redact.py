@@ -82,12 +82,6 @@ def dsn_passwords(dsn: str) -> list[str]:
     return [p for p in dict.fromkeys(found + decoded) if p]
 
 
-def dsn_password(dsn: str) -> str | None:
-    """The password of a DSN, if it has one (the first of :func:`dsn_passwords`)."""
-    found = dsn_passwords(dsn)
-    return found[0] if found else None
-
-
 def dsn_problems(dsn: str) -> list[str]:
     """What makes a URL-style DSN mean something else than it says, without showing any part
     of it: characters of the password that must be percent-encoded, a port that is no number.

@@ -17,7 +17,6 @@ agree with each other, and cleanup and monitoring count the same keys.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -226,21 +225,3 @@ def count_expired(
     counts.by_company_type = nested
     counts.value_bytes = sizes
     return counts
-
-
-def expired_refs(
-    rows: Iterable[tuple[str, str, datetime | None, datetime | None]],
-    rule: ExpiryRule,
-    now: datetime,
-) -> set[tuple[str, str]]:
-    """`(type, id)` of the rows `(type, id, updated_at, expires_at)` the rule calls expired:
-    the Python side of the predicate, for checks over rows read back."""
-    return {(t, i) for t, i, updated, expires in rows if rule.matches(updated, expires, now)}
-
-
-def describe_counts(counts: Mapping[str, Any]) -> str:
-    """One line naming both meanings, for messages: "12 stale (> 30 d), 40 past expiry"."""
-    return (
-        f"{counts['stale']['count']} stale (not updated for more than "
-        f"{counts['retention_days']} days), {counts['past_expiry']['count']} past expiry"
-    )

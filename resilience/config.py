@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -210,10 +210,10 @@ class DrillSettings(Settings):
         return value
 
 
-def stack_settings_file(environ: Mapping[str, str] | None = None) -> Path:
+def stack_settings_file() -> Path:
     """Where `stack.up` writes the settings of the embedded stack (and where they are read)."""
-    env = os.environ if environ is None else environ
-    return Path(env.get(ENV_PREFIX + "STACK_DIR") or STACK_DIR_DEFAULT) / STACK_SETTINGS_FILE
+    stack_dir = os.environ.get(ENV_PREFIX + "STACK_DIR") or STACK_DIR_DEFAULT
+    return Path(stack_dir) / STACK_SETTINGS_FILE
 
 
 def _unknown_names(env_files: tuple[Path, ...]) -> list[str]:

@@ -99,10 +99,10 @@ def _health_url(workdir: Path) -> str:
     return f"http://127.0.0.1:{port}/health"
 
 
-def write_settings_file(settings: Settings, path: Path | None = None) -> Path:
+def write_settings_file(settings: Settings) -> Path:
     """Write the deployment's settings (secrets included) to `path` (default: where
     :func:`~resilience.config.load_settings` looks for them), mode 0600, atomically."""
-    target = path or stack_settings_file()
+    target = stack_settings_file()
     lines = [
         "# Settings of the embedded stack, written by `invoke stack.up` (mode 0600: secrets).",
         "# Tasks read this file when it exists; `.env` and the environment override it.",
@@ -112,6 +112,5 @@ def write_settings_file(settings: Settings, path: Path | None = None) -> Path:
     return target
 
 
-def remove_settings_file(path: Path | None = None) -> None:
-    target = path or stack_settings_file()
-    target.unlink(missing_ok=True)
+def remove_settings_file() -> None:
+    stack_settings_file().unlink(missing_ok=True)

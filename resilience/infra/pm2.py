@@ -114,9 +114,21 @@ class Pm2:
     def delete(self, app: str) -> None:
         self.run("delete", app)
 
+    def jlist(self) -> list[dict[str, Any]]:
+        """`pm2 jlist` parsed. A daemon PM2 had to start first prints its banner lines before
+        the JSON, so the JSON is the last line; anything else is a StackError, not a crash."""
+        lines = [line for line in self.run("jlist").splitlines() if line.strip()]
+        try:
+            data = json.loads(lines[-1]) if lines else []
+        except ValueError:
+            raise StackError("pm2 jlist did not answer with JSON: is PM2 working?") from None
+        if not isinstance(data, list):
+            raise StackError("pm2 jlist did not answer with a list of apps")
+        return [app for app in data if isinstance(app, dict)]
+
     def describe(self, app: str) -> Pm2App | None:
         """The app as PM2 sees it, or None when PM2 has no such app."""
-        for raw in json.loads(self.run("jlist") or "[]"):
+        for raw in self.jlist():
             if raw.get("name") == app:
                 env = raw.get("pm2_env", {})
                 return Pm2App(
@@ -138,7 +150,7 @@ class Pm2:
         return found
 
     def apps(self) -> list[dict[str, Any]]:
-        data = json.loads(self.run("jlist") or "[]")
+        data = self.jlist()
         return [
             {
                 "name": app.get("name"),

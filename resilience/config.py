@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from resilience.errors import ConfigError, InputError
@@ -126,6 +126,31 @@ class Settings(BaseSettings):
     cleanup_batch_size: int = Field(5000, ge=1)  # rows per delete transaction
     cleanup_lock_timeout_ms: int = Field(1000, ge=1)  # SET LOCAL lock_timeout of each batch
 
+    # --- monitoring (monitor.run, health; thresholds of brief §7) --------------------------------
+    metrics_url: str | None = None  # the service's Prometheus endpoint (docs/monitoring.md)
+    monitor_host: str = "127.0.0.1"
+    monitor_port: int = Field(9464, ge=0, le=65535)  # the monitor's /, /health.json, /metrics
+    monitor_url: str | None = None  # where `health` finds the monitor (default: host and port)
+    monitor_interval: float = Field(10.0, gt=0)  # seconds between cycles and pool samples
+    monitor_page_refresh: float = Field(10.0, gt=0)  # seconds between status page refreshes
+    monitor_state_file: Path = Path("monitor/state.json")  # alert states across restarts
+    monitor_http_timeout: float = Field(5.0, gt=0)  # scrapes and alert channels
+    monitor_statement_timeout_ms: int = Field(5000, ge=1)  # each of the monitor's queries
+    monitor_app: str = "baileys-resilience-monitor"  # its PM2 app name
+    probe_interval: float = Field(0.0, ge=0)  # synthetic probe: seconds; 0 = only without metrics
+    probe_batch: int = Field(5, ge=1)  # keys read per probe
+    service_application_name: str = "baileys-service"  # its connections in pg_stat_activity
+    slow_query_ms: float = Field(500.0, gt=0)
+    slow_query_count: int = Field(3, ge=1)  # slow queries inside the window that page
+    slow_query_window: float = Field(300.0, gt=0)  # seconds, sliding
+    alert_cooldown: float = Field(300.0, gt=0)  # seconds between two sends of one alert
+    pool_samples: int = Field(360, ge=1)
+    pool_usage_warn_pct: float = Field(80.0, gt=0, le=100)
+    pool_waiting_critical: int = Field(5, ge=0)  # more than this many waiting is critical
+    keys_expired_warn: int = Field(100, ge=1)
+    keys_expired_critical: int = Field(500, ge=1)
+    keys_alert_cooldown: float = Field(1800.0, gt=0)
+
     @field_validator("service_dsn", "restore_dsn")
     @classmethod
     def _dsn(cls, value: SecretStr | None) -> SecretStr | None:
@@ -138,7 +163,14 @@ class Settings(BaseSettings):
             raise ValueError("must be 1-50 characters of A-Z, a-z, 0-9, '_' or '-'")
         return value
 
-    @field_validator("s3_endpoint_moscow", "s3_endpoint_eu", "telegram_api_url", "health_url")
+    @field_validator(
+        "s3_endpoint_moscow",
+        "s3_endpoint_eu",
+        "telegram_api_url",
+        "health_url",
+        "metrics_url",
+        "monitor_url",
+    )
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
@@ -153,6 +185,14 @@ class Settings(BaseSettings):
         except re.error as exc:
             raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> Settings:
+        if self.keys_expired_critical < self.keys_expired_warn:
+            raise ValueError(
+                "RESILIENCE_KEYS_EXPIRED_CRITICAL must be at least RESILIENCE_KEYS_EXPIRED_WARN"
+            )
+        return self
 
     def secret_values(self) -> list[str]:
         """Every secret these settings hold (for redactors: never to be shown)."""

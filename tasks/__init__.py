@@ -4,7 +4,7 @@ and maps library errors to exit codes with a one-line message (:mod:`tasks._run`
 
 from invoke.collection import Collection
 
-from tasks import backup, cleanup, dev, drill, restore, schedule, stack
+from tasks import backup, cleanup, dev, drill, health, monitor, restore, schedule, stack
 
 ns = Collection(
     Collection.from_module(stack),
@@ -13,6 +13,8 @@ ns = Collection(
     Collection.from_module(cleanup),
     Collection.from_module(drill),
     Collection.from_module(schedule),
+    Collection.from_module(monitor),
+    health.health,
     dev.lint,
     dev.test,
     dev.bench,

@@ -80,11 +80,21 @@ class SentryChannel:
 
 class TelegramChannel:
     def __init__(
-        self, api_url: str, token: str | None, chat_id: str | None, redactor: Redactor
+        self,
+        api_url: str,
+        token: str | None,
+        chat_id: str | None,
+        redactor: Redactor,
+        timeout: float = 10.0,
     ) -> None:
         self.redactor = redactor
         self.enabled = bool(token and chat_id)
+        self.timeout = timeout
         self.problem: str | None = None
+        #: why the last send failed (one line, no secret), and how long Telegram asked us to
+        #: wait when it answered 429
+        self.last_error: str | None = None
+        self.retry_after: float | None = None
         if bool(token) != bool(chat_id):
             self.problem = (
                 "Telegram needs both RESILIENCE_TELEGRAM_BOT_TOKEN and RESILIENCE_TELEGRAM_CHAT_ID"
@@ -95,21 +105,44 @@ class TelegramChannel:
         redactor.register(token)
 
     def send(self, text: str) -> bool:
+        """Send one message; False when it was not sent (``last_error`` says why, and
+        ``retry_after`` is set when Telegram asked to wait: a 429)."""
+        self.last_error, self.retry_after = None, None
         if not self.enabled:
             return False
         try:
             response = httpx.post(
                 f"{self.api_url}/bot{self._token}/sendMessage",
                 json={"chat_id": self._chat_id, "text": self.redactor.text(text)},
-                timeout=10,
+                timeout=self.timeout,
             )
         except httpx.HTTPError as exc:
-            log.warning("sending the Telegram message failed: %s", type(exc).__name__)
+            self.last_error = f"sending failed: {type(exc).__name__}"
+            log.warning("Telegram: %s", self.last_error)
             return False
         if response.status_code != 200:
-            log.warning("Telegram answered HTTP %s", response.status_code)
+            self.last_error = f"Telegram answered HTTP {response.status_code}"
+            if response.status_code == 429:
+                self.retry_after = _retry_after(response)
+                self.last_error += f" (retry after {self.retry_after:g} s)"
+            log.warning("Telegram: %s", self.last_error)
             return False
         return True
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """The wait a 429 asks for: the Bot API's ``parameters.retry_after``, else the
+    ``Retry-After`` header, else 30 s."""
+    try:
+        value = response.json().get("parameters", {}).get("retry_after")
+        if value is not None:
+            return max(0.0, float(value))
+    except (ValueError, AttributeError, TypeError):
+        pass
+    try:
+        return max(0.0, float(response.headers.get("retry-after", "")))
+    except ValueError:
+        return 30.0
 
 
 @dataclass
@@ -126,6 +159,7 @@ class Alerts:
         telegram_token: str | None,
         telegram_chat_id: str | None,
         secrets: Iterable[str | None] = (),
+        timeout: float = 10.0,
     ) -> Alerts:
         redactor = Redactor()
         redactor.register(*secrets)
@@ -136,12 +170,13 @@ class Alerts:
                 telegram_token,
                 telegram_chat_id,
                 redactor,
+                timeout,
             ),
             redactor,
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Alerts:
+    def from_settings(cls, settings: Settings, timeout: float = 10.0) -> Alerts:
         """Channels as settings name them; a channel without settings is off (and says so)."""
 
         def secret(value: SecretStr | None) -> str | None:
@@ -152,6 +187,7 @@ class Alerts:
             settings.telegram_api_url,
             secret(settings.telegram_bot_token),
             settings.telegram_chat_id,
+            timeout=timeout,
         )
 
     def close(self) -> None:

@@ -278,6 +278,8 @@ def standin_on_stack(
                 "service_dir": deployed.workdir,
                 "fallback_tag": deployed.fallback_tag,
                 "health_url": deployed.health_url,
+                "metrics_url": deployed.health_url.removesuffix("/health") + "/metrics",
+                "monitor_state_file": base / "monitor" / "state.json",
                 "snapshot_dir": base / "snapshots",
                 "runs_dir": base / "runs",
                 "snapshot_max_age": snapshot_max_age,

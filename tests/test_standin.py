@@ -57,6 +57,7 @@ from resilience.drill.standin.traffic import KeyWrite, Traffic
 from resilience.drill.standin.writelog import WRITELOG_FILE, WriteEntry, WriteLog, read_writelog
 from resilience.errors import ConfigError, DatabaseError, DataError, InputError
 from resilience.infra.waiting import wait_until
+from resilience.monitoring import contract
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 60.0
@@ -416,6 +417,7 @@ def check_idle_metrics(standin: Standin, health: dict[str, Any]) -> None:
         "standin_keys": "gauge",
         "standin_last_write_timestamp_seconds": "gauge",
         "standin_start_time_seconds": "gauge",
+        "process_start_time_seconds": "gauge",  # file mode: no query or pool metrics
     }
     company = {"company": health["company"]}
     samples = [(s.name, s.labels, s.value) for f in families for s in f.samples]
@@ -432,7 +434,9 @@ def check_idle_metrics(standin: Standin, health: dict[str, Any]) -> None:
         ("standin_keys", company, float(health["key_count"])),
         ("standin_last_write_timestamp_seconds", company, 0.0),
         ("standin_start_time_seconds", company, pytest.approx(started, abs=0.001)),
+        ("process_start_time_seconds", {}, pytest.approx(started, abs=0.001)),
     ]
+    assert health["pool"] is None and health["latency"] is None
 
 
 def test_file_mode_idle_health_digest_equals_directory(
@@ -987,3 +991,260 @@ def test_stopping_on_cached_creds_says_so(
     stopped = STOPPED_ON_CACHE_PATTERN.search(standin.output())
     assert stopped is not None and stopped["ok"] == "0"
     assert STOPPED_PATTERN.search(standin.output()) is None
+
+
+# --- the metric contract: query latencies, the pool and the readers --------------------------
+
+
+def test_config_reads_the_pool_reader_and_latency_settings(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(pg_env_text("acme"))
+    defaults = read_config(tmp_path, environ={})
+    assert defaults.pool_size == 4 and defaults.application_name == "baileys-service"
+    assert defaults.readers == 0 and defaults.read_interval_ms == 200
+    assert defaults.slow_query_ms == 500
+    (tmp_path / ".env").write_text(
+        pg_env_text(
+            "acme",
+            DB_POOL_SIZE="2",
+            DB_APPLICATION_NAME="svc-eu-1",
+            STANDIN_READERS="10",
+            READ_INTERVAL_MS="50",
+            SLOW_QUERY_MS="250",
+        )
+    )
+    config = read_config(tmp_path, environ={"STANDIN_READERS": "99"})  # from .env only
+    assert config.pool_size == 2 and config.application_name == "svc-eu-1"
+    assert config.readers == 10 and config.read_interval_ms == 50 and config.slow_query_ms == 250
+    (tmp_path / ".env").write_text(pg_env_text("acme", DB_POOL_SIZE="0"))
+    assert read_config(tmp_path, environ={}).pool_size == 1  # bounded below
+    for name, bad, needle in [
+        ("DB_POOL_SIZE", "many", "DB_POOL_SIZE must be a whole number"),
+        ("STANDIN_READERS", "-1", "STANDIN_READERS must not be negative"),
+        ("DB_APPLICATION_NAME", "x" * 64, "DB_APPLICATION_NAME must be at most 63"),
+        ("DB_APPLICATION_NAME", "caf\u00e9", "printable ASCII"),
+    ]:
+        (tmp_path / ".env").write_text(pg_env_text("acme", **{name: bad}))
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            read_config(tmp_path, environ={})
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(standin: Standin) -> tuple[dict[str, str], Samples]:
+    """The families of ``/metrics`` (name: type) and every sample by (name, sorted labels)."""
+    response = standin.http.get("/metrics")
+    assert response.status_code == 200
+    families = list(text_string_to_metric_families(response.text))
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples
+    }
+    return {f.name: f.type for f in families}, samples
+
+
+def pool_figures(samples: Samples) -> dict[str, float]:
+    return {
+        "idle": samples[(contract.POOL_CONNECTIONS, (("state", "idle"),))],
+        "active": samples[(contract.POOL_CONNECTIONS, (("state", "active"),))],
+        "max": samples[(contract.POOL_MAX, ())],
+        "waiting": samples[(contract.POOL_WAITING, ())],
+    }
+
+
+def slow_queries(standin: Standin) -> float:
+    return scrape(standin)[1][(contract.SLOW_QUERIES, ())]
+
+
+def sessions_named(admin: Conn, application_name: str) -> int:
+    row = admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (application_name,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_postgres_mode_publishes_the_metric_contract(
+    tmp_path: Path,
+    stack: Stack,
+    admin: Conn,
+    pg_company: tuple[str, Dataset],
+    standins: list[Standin],
+) -> None:
+    company, _ = pg_company
+    app_name = f"standin-test-{uuid.uuid4().hex[:8]}"
+    (tmp_path / ".env").write_text(
+        pg_env(
+            stack,
+            company,
+            WRITE_INTERVAL_MS="20",
+            DB_POOL_SIZE="3",
+            DB_APPLICATION_NAME=app_name,
+            STANDIN_READERS="2",
+            READ_INTERVAL_MS="50",
+        )
+    )
+    standin = Standin(tmp_path)
+    standins.append(standin)
+    health = standin.wait_health(
+        lambda h: h["writes_ok"] >= 20 and h["reads_ok"] >= 10, "writes and reader reads"
+    )
+    assert health["reads_failed"] == 0 and health["writes_failed"] == 0
+    types, samples = scrape(standin)
+    assert {
+        contract.QUERY_DURATION: "histogram",
+        contract.QUERY_LATENCY: "gauge",
+        contract.SLOW_QUERIES.removesuffix("_total"): "counter",
+        contract.POOL_CONNECTIONS: "gauge",
+        contract.POOL_MAX: "gauge",
+        contract.POOL_WAITING: "gauge",
+        contract.START_TIME: "gauge",
+        "standin_writes_ok": "counter",  # the stand-in's own metrics are all still there
+        "standin_start_time_seconds": "gauge",
+    }.items() <= types.items()
+    assert samples[(contract.QUERY_DURATION + "_count", (("outcome", "ok"),))] > 0
+    assert samples[(contract.QUERY_DURATION + "_count", (("outcome", "error"),))] == 0
+    quantiles = [samples[(contract.QUERY_LATENCY, (("quantile", q),))] for q in contract.QUANTILES]
+    assert 0 < quantiles[0] <= quantiles[1] <= quantiles[2] < 10
+    assert (contract.SLOW_QUERIES, ()) in samples
+    pool = pool_figures(samples)
+    assert pool["max"] == 3 and 1 <= pool["idle"] + pool["active"] <= 3
+    assert pool["waiting"] >= 0
+    started = datetime.fromisoformat(health["started_at"]).timestamp()
+    assert samples[(contract.START_TIME, ())] == pytest.approx(started, abs=0.001)
+
+    report = standin.health()
+    assert set(report["pool"]) == {"size", "idle", "active", "waiting", "max"}
+    assert report["pool"]["max"] == 3 and 1 <= report["pool"]["size"] <= 3
+    latency = report["latency"]
+    assert latency["count"] > 0 and latency["ok"] > 0 and latency["failed"] == 0
+    assert 0 < latency["p50_s"] <= latency["p95_s"] <= latency["p99_s"] <= latency["max_s"]
+    assert latency["success_rate"] == 1.0
+    # every pooled connection says whose it is
+    assert 1 <= sessions_named(admin, app_name) <= 3
+
+    assert standin.stop() == 0
+    poll(lambda: sessions_named(admin, app_name) == 0, "the pool's connections to close")
+    assert_no_password(stack, standin.output())
+
+
+def test_a_latency_toxic_counts_slow_queries(
+    tmp_path: Path,
+    stack: Stack,
+    pg_company: tuple[str, Dataset],
+    standins: list[Standin],
+) -> None:
+    company, _ = pg_company
+    (tmp_path / ".env").write_text(
+        pg_env(stack, company, WRITE_INTERVAL_MS="50", SLOW_QUERY_MS="200")
+    )
+    standin = Standin(tmp_path)
+    standins.append(standin)
+    standin.wait_health(lambda h: h["writes_ok"] >= 5, "writes before the toxic")
+    before = slow_queries(standin)
+    ep = stack.endpoints
+    with (
+        ToxiproxyClient(ep.toxiproxy_url) as toxiproxy,
+        faults.latency(toxiproxy, ep.toxiproxy_proxy, 400, allowed=ep.drill_target),
+    ):
+        poll(lambda: slow_queries(standin) >= before + 3, "slow queries counted")
+        health = standin.health()
+    assert health["latency"]["max_s"] >= 0.4
+    assert health["writes_failed"] == 0  # slow, not failing
+    _, samples = scrape(standin)
+    # the histogram saw them too: fewer queries within 0.3 s than in all
+    within = samples[(contract.QUERY_DURATION + "_bucket", (("le", "0.3"), ("outcome", "ok")))]
+    assert within < samples[(contract.QUERY_DURATION + "_count", (("outcome", "ok"),))]
+    assert re.search(r"\[auth\] slow query: \d+ ms \(> 200 ms\): \S", standin.output())
+    assert standin.stop() == 0
+    assert_no_password(stack, standin.output())
+
+
+def test_readers_exhaust_a_small_pool_behind_a_table_lock(
+    tmp_path: Path,
+    stack: Stack,
+    admin: Conn,
+    pg_company: tuple[str, Dataset],
+    standins: list[Standin],
+) -> None:
+    company, _ = pg_company
+    (tmp_path / ".env").write_text(
+        pg_env(stack, company, WRITE_INTERVAL_MS="0", DB_POOL_SIZE="2", STANDIN_READERS="10")
+    )
+    standin = Standin(tmp_path)
+    standins.append(standin)
+    standin.wait_line(re.compile(r"\[reader\] 10 reader\(s\)"))
+    standin.wait_health(lambda h: h["reads_ok"] >= 20, "reads before the lock")
+
+    def pool() -> dict[str, float]:
+        assert standin.proc.poll() is None, standin.output()
+        return pool_figures(scrape(standin)[1])
+
+    with admin.transaction():  # the lock lasts until this transaction ends
+        admin.execute("LOCK TABLE whatsapp_keys IN ACCESS EXCLUSIVE MODE")
+        jammed = poll(
+            lambda: p if (p := pool())["waiting"] > 5 and p["active"] == 2 else None,
+            "requests queueing for the pool's 2 connections",
+        )
+        assert jammed["max"] == 2 and jammed["idle"] == 0
+        stuck = standin.health()
+        assert stuck["pool"]["active"] == 2 and stuck["pool"]["waiting"] > 5
+    poll(lambda: pool()["waiting"] == 0, "the queue to drain once the lock is released")
+    standin.wait_health(
+        lambda h: h["reads_ok"] >= stuck["reads_ok"] + 20, "reads going on after the lock"
+    )
+    assert standin.stop() == 0
+    assert_no_password(stack, standin.output())
+
+
+def test_readers_count_failures_in_an_outage_and_resume(
+    tmp_path: Path,
+    stack: Stack,
+    admin: Conn,
+    pg_company: tuple[str, Dataset],
+    standins: list[Standin],
+) -> None:
+    company, _ = pg_company
+    app_name = f"standin-test-{uuid.uuid4().hex[:8]}"
+    (tmp_path / ".env").write_text(
+        pg_env(
+            stack,
+            company,
+            WRITE_INTERVAL_MS="20",
+            DB_CONNECT_TIMEOUT_MS="1000",
+            DB_POOL_SIZE="3",
+            DB_APPLICATION_NAME=app_name,
+            STANDIN_READERS="4",
+            READ_INTERVAL_MS="20",
+        )
+    )
+    standin = Standin(tmp_path)
+    standins.append(standin)
+    standin.wait_health(lambda h: h["reads_ok"] >= 20, "reads before the outage")
+    ep = stack.endpoints
+    with (
+        ToxiproxyClient(ep.toxiproxy_url) as toxiproxy,
+        faults.proxy_disabled(toxiproxy, ep.toxiproxy_proxy, allowed=ep.drill_target),
+    ):
+        during = standin.wait_health(
+            lambda h: h["reads_failed"] >= 40 and h["writes_failed"] >= 10, "failed reads"
+        )
+        later = standin.wait_health(
+            lambda h: h["reads_failed"] >= during["reads_failed"] + 40, "more failed reads"
+        )
+        assert later["reads_ok"] - during["reads_ok"] <= 4  # at most the ones in flight
+        _, samples = scrape(standin)
+        assert samples[(contract.QUERY_DURATION + "_count", (("outcome", "error"),))] >= 1
+    back = standin.wait_health(
+        lambda h: (
+            h["reads_ok"] >= later["reads_ok"] + 40 and h["writes_ok"] >= later["writes_ok"] + 10
+        ),
+        "reads and writes after the outage",
+    )
+    assert back["pid"] == standin.proc.pid and back["pool"]["max"] == 3
+    output = standin.output()
+    assert "[reader] key read failed" in output
+    # the pools made before the outage were closed: no connection of this service is left over
+    assert sessions_named(admin, app_name) <= 3
+    assert standin.stop() == 0
+    poll(lambda: sessions_named(admin, app_name) == 0, "the pool's connections to close")
+    assert_no_password(stack, standin.output())

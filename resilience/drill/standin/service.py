@@ -25,6 +25,33 @@ disables traffic) and ``SHUTDOWN_GRACE_MS`` (default 10000) are read from ``.env
 overridden by the process environment. ``DB_CONNECT_TIMEOUT_MS`` (default 10000, at least 1000;
 a 2 s latency toxic makes one connection take several seconds) is read from ``.env`` only.
 
+Pool, readers and the metric contract (PostgreSQL mode; these settings are read from ``.env``
+only). The auth state is reached through a ``psycopg_pool`` pool of at most ``DB_POOL_SIZE``
+connections (default 4, at least 1; one kept open), made by the first operation that finds
+PostgreSQL reachable, so start-up never waits on it; every operation (load, key write, creds
+save, key read) takes a connection for its duration and waits for one at most the connect
+timeout. Every connection is autocommit and carries ``application_name`` = ``DB_APPLICATION_NAME``
+(default ``baileys-service``; a monitor groups ``pg_stat_activity`` by it). A wrong DSN is still
+a :class:`ConfigError` and an outage a :class:`DatabaseError` (:func:`connect` classifies one
+direct attempt, made after any failure and when the pool gives no connection in time); after
+an outage the pool is replaced, so the next operation reconnects. ``STANDIN_READERS`` (default
+0) reader threads start once the keys are loaded: each reads 5 of the keys held (pre-keys when
+there are any) through the pool, then waits ``READ_INTERVAL_MS`` (default 200); a failed read is
+counted (``reads_failed``) and logged, throttled. With a small pool, many readers and a table
+lock held elsewhere, requests queue for a connection: what a pool-exhaustion drill needs.
+
+``/metrics`` publishes, besides the ``standin_*`` metrics, the contract of
+:mod:`resilience.monitoring.contract`: ``process_start_time_seconds`` (both modes); in
+PostgreSQL mode the duration histogram of every statement (by outcome), its nearest-rank
+quantiles over the last 1,000 successful ones, the count of statements slower than
+``SLOW_QUERY_MS`` (default 500; each logged, throttled, with the statement's head only) and the
+pool gauges (idle/active connections, maximum, requests waiting). File mode runs no SQL and has
+no pool: it publishes none of the query and pool metrics, and ``/health`` reports ``"pool"`` and
+``"latency"`` as null. In PostgreSQL mode ``/health`` adds ``"pool"``: ``{"size", "idle",
+"active", "waiting", "max"}`` and ``"latency"``: the summary of the last 1,000 statements
+(:meth:`resilience.monitoring.latency.QueryRing.summary`); in both modes ``reads_ok`` and
+``reads_failed`` count the readers' reads.
+
 Creds cache (PostgreSQL mode, brief §8; :mod:`resilience.authstate.credscache`). After every good
 creds load or save the creds are cached per company, in memory and, with ``CREDS_CACHE_DIR``, in
 an on-disk copy (0600 in a 0700 directory) that survives a PM2 restart; ``CREDS_CACHE_TTL_S``
@@ -64,6 +91,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import signal
 import socket
@@ -75,12 +103,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
 
 import psycopg
 from dotenv import dotenv_values
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 from werkzeug.exceptions import NotImplemented as MethodNotImplemented
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
@@ -97,6 +126,9 @@ from resilience.drill.standin.writelog import WRITELOG_FILE, WriteLog
 from resilience.errors import ConfigError, DatabaseError, DataError, ResilienceError, StackError
 from resilience.infra.redact import Redactor
 from resilience.infra.waiting import wait_until
+from resilience.monitoring import contract
+from resilience.monitoring.instrument import PoolCollector, QueryRecorder, timed_cursor_class
+from resilience.monitoring.latency import QueryRecord
 from resilience.service.modes import Mode, mode_of
 
 if TYPE_CHECKING:
@@ -109,6 +141,14 @@ DEFAULT_INTERVAL_MS = 200
 DEFAULT_SEED = "standin"
 DEFAULT_GRACE_MS = 10000
 DEFAULT_CONNECT_TIMEOUT_MS = 10000
+DEFAULT_POOL_SIZE = 4
+DEFAULT_APPLICATION_NAME = "baileys-service"
+MAX_APPLICATION_NAME = 63  # PostgreSQL keeps NAMEDATALEN - 1 bytes of it
+DEFAULT_READ_INTERVAL_MS = 200
+DEFAULT_SLOW_QUERY_MS = 500
+READ_BATCH = 5  # keys one reader asks for at a time
+READER_REFRESH_S = 5.0  # a reader picks its key ids from the held keys at most this often
+POOL_CLOSE_S = 1.0  # closing the pool waits at most this long for its worker threads
 DEFAULT_RELOAD_INTERVAL_MS = 3000  # cache mode: one load attempt every this many ms
 MIN_RELOAD_INTERVAL_MS = 200
 LOG_EVERY_S = 5.0  # a repeated warning (failed writes, skipped saves, reads) at most this often
@@ -223,6 +263,11 @@ class StandinConfig:
     sentry_dsn: str | None = None
     creds_save_interval_ms: int = 0  # 0: the stand-in never saves creds
     cache_reload_interval_ms: int = DEFAULT_RELOAD_INTERVAL_MS
+    pool_size: int = DEFAULT_POOL_SIZE
+    application_name: str = DEFAULT_APPLICATION_NAME
+    readers: int = 0  # reader threads (PostgreSQL mode)
+    read_interval_ms: int = DEFAULT_READ_INTERVAL_MS
+    slow_query_ms: int = DEFAULT_SLOW_QUERY_MS
 
     def __repr__(self) -> str:  # never show the DSNs (the database's password, Sentry's key)
         return (
@@ -266,6 +311,16 @@ def _seconds_setting(values: Mapping[str, str | None], name: str, default: float
     return number
 
 
+def _application_name(values: Mapping[str, str | None]) -> str:
+    name = (values.get("DB_APPLICATION_NAME") or "").strip() or DEFAULT_APPLICATION_NAME
+    if len(name) > MAX_APPLICATION_NAME or not all(" " <= c <= "~" for c in name):
+        raise ConfigError(
+            f"DB_APPLICATION_NAME must be at most {MAX_APPLICATION_NAME} printable ASCII "
+            f"characters (got {name[:30]!r})"
+        )
+    return name
+
+
 def read_config(cwd: Path, environ: Mapping[str, str] | None = None) -> StandinConfig:
     """Read ``cwd/.env`` (and traffic overrides from ``environ``); :class:`ConfigError` names the
     bad or missing setting."""
@@ -298,6 +353,9 @@ def read_config(cwd: Path, environ: Mapping[str, str] | None = None) -> StandinC
     if cache_dir is not None and not cache_dir.is_absolute():
         cache_dir = cwd / cache_dir
     reload_ms = _int_setting(values, "CACHE_RELOAD_INTERVAL_MS", DEFAULT_RELOAD_INTERVAL_MS)
+    pool_size = _int_setting(values, "DB_POOL_SIZE", DEFAULT_POOL_SIZE)
+    read_ms = _int_setting(values, "READ_INTERVAL_MS", DEFAULT_READ_INTERVAL_MS)
+    slow_ms = _int_setting(values, "SLOW_QUERY_MS", DEFAULT_SLOW_QUERY_MS)
     return StandinConfig(
         mode=mode,
         company=company,
@@ -317,6 +375,11 @@ def read_config(cwd: Path, environ: Mapping[str, str] | None = None) -> StandinC
         cache_reload_interval_ms=max(
             MIN_RELOAD_INTERVAL_MS, DEFAULT_RELOAD_INTERVAL_MS if reload_ms is None else reload_ms
         ),
+        pool_size=max(1, DEFAULT_POOL_SIZE if pool_size is None else pool_size),
+        application_name=_application_name(values),
+        readers=_int_setting(values, "STANDIN_READERS", 0) or 0,
+        read_interval_ms=max(1, DEFAULT_READ_INTERVAL_MS if read_ms is None else read_ms),
+        slow_query_ms=DEFAULT_SLOW_QUERY_MS if slow_ms is None else slow_ms,
     )
 
 
@@ -356,6 +419,8 @@ class Backend(Protocol):
 
     def read_keys(self, key_type: str, ids: Sequence[str]) -> dict[str, Any]: ...
 
+    def health_extras(self) -> dict[str, Any]: ...
+
     def close(self) -> None: ...
 
 
@@ -365,15 +430,48 @@ def _reason(exc: BaseException) -> str:
 
 
 class PostgresBackend:
-    """Auth state in PostgreSQL, one connection, re-opened after a failure."""
+    """Auth state in PostgreSQL through a connection pool (psycopg_pool); every operation takes
+    a connection for its duration, and every statement is timed into :attr:`recorder`.
+
+    The pool is made by the first operation that finds PostgreSQL reachable, so start-up never
+    waits on it. After a failure the next operation first makes one direct connection attempt
+    (:func:`connect`): an outage or a wrong DSN is raised as that classifies it, at once; once
+    the attempt works the pool is replaced by a fresh one, so neither a broken connection nor the
+    reconnection backoff of the old pool outlives an outage (the old one closes its idle
+    connections now and the ones in use when they are given back). When the pool gives no
+    connection within the connect timeout, one direct attempt tells an outage or a wrong DSN
+    from a pool whose every connection is in use. Connections are not checked when taken out
+    (``check``): that would cost a round trip per operation, timed as a query."""
 
     mode: Mode = "postgres"
 
-    def __init__(self, dsn: str, company: str, *, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        company: str,
+        *,
+        connect_timeout: float = 5.0,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        application_name: str = DEFAULT_APPLICATION_NAME,
+        registry: CollectorRegistry | None = None,
+        slow_s: float = DEFAULT_SLOW_QUERY_MS / 1000,
+        on_slow: Callable[[QueryRecord], None] | None = None,
+    ) -> None:
         self.dsn = dsn
         self.company = company
         self.connect_timeout = connect_timeout
-        self.conn: Conn | None = None
+        self.max_size = max(1, pool_size)
+        self.application_name = application_name
+        self.recorder = QueryRecorder(registry, slow_s=slow_s, on_slow=on_slow)
+        self._cursor_class = timed_cursor_class(self.recorder)
+        self.pool: ConnectionPool[Conn] | None = None
+        self._lock = threading.Lock()
+        self._stale = True  # check PostgreSQL directly, then (re)make the pool
+        self._closed = False
+        self._in_use = 0
+        self._pools = 0
+        if registry is not None:
+            registry.register(PoolCollector(self.pool_stats, self.max_size))
 
     def __repr__(self) -> str:
         return f"PostgresBackend(company={self.company!r})"
@@ -381,34 +479,124 @@ class PostgresBackend:
     def mode_line(self) -> str:
         return POSTGRES_MODE_LINE.format(company=self.company)
 
-    def _store(self) -> PgAuthStore:
-        if self.conn is None or self.conn.closed:
-            self.conn = connect(self.dsn, timeout=self.connect_timeout, autocommit=True)
-        return PgAuthStore(self.conn)
+    # --- the pool ------------------------------------------------------------------------------
+    def _new_pool(self) -> ConnectionPool[Conn]:
+        self._pools += 1
+        return ConnectionPool(
+            self.dsn,
+            min_size=1,
+            max_size=self.max_size,
+            open=False,
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, int(self.connect_timeout)),
+                "cursor_factory": self._cursor_class,
+                "application_name": self.application_name,
+            },
+            timeout=self.connect_timeout,
+            name=f"auth-{self._pools}",
+        )
 
-    def _drop(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self.conn.close()
-            self.conn = None
+    def _direct_attempt(self) -> None:
+        """One direct connection: ConfigError, DatabaseUnreachable or DatabaseError (redacted)
+        when it fails."""
+        probe = connect(self.dsn, timeout=self.connect_timeout, autocommit=True)
+        with contextlib.suppress(psycopg.Error):
+            probe.close()
 
+    def _ready_pool(self) -> ConnectionPool[Conn]:
+        if self._stale:
+            self._direct_attempt()
+        old: ConnectionPool[Conn] | None = None
+        with self._lock:
+            if self._closed:
+                raise DatabaseError("the auth-state connection pool is closed")
+            if self._stale or self.pool is None:
+                old, self.pool = self.pool, self._new_pool()
+                self.pool.open(wait=False)  # connects in the background
+                self._stale = False
+            pool = self.pool
+        if old is not None:
+            old.close(timeout=0)
+        return pool
+
+    def _mark_stale(self, pool: ConnectionPool[Conn]) -> None:
+        with self._lock:
+            if pool is self.pool:  # a failure on a pool already replaced changes nothing
+                self._stale = True
+
+    def _pool_timed_out(self, pool: ConnectionPool[Conn]) -> NoReturn:
+        try:
+            self._direct_attempt()
+        except ResilienceError:
+            self._mark_stale(pool)
+            raise
+        with self._lock:
+            in_use = self._in_use
+        if in_use < self.max_size:  # PostgreSQL answers, yet the pool could not connect
+            self._mark_stale(pool)
+        waiting = pool.get_stats().get("requests_waiting", 0)
+        raise DatabaseError(
+            f"no pooled connection within {self.connect_timeout:g} s ({in_use} of "
+            f"{self.max_size} in use, {waiting} waiting)"
+        )
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Conn]:
+        """A pooled connection for one operation; a failure inside marks the pool stale."""
+        pool = self._ready_pool()
+        try:
+            conn = pool.getconn(timeout=self.connect_timeout)
+        except PoolTimeout:
+            self._pool_timed_out(pool)
+        except PoolClosed:  # replaced (after a failure) or closed meanwhile
+            raise DatabaseError("the auth-state connection pool was closed") from None
+        with self._lock:
+            self._in_use += 1
+        try:
+            yield conn
+        except (psycopg.Error, DatabaseError, OSError):
+            self._mark_stale(pool)
+            raise
+        finally:
+            with self._lock:
+                self._in_use -= 1
+            pool.putconn(conn)
+
+    def pool_stats(self) -> dict[str, int]:
+        """The pool's ``get_stats()`` (empty before the first pool and after close)."""
+        pool = self.pool
+        return {} if pool is None else pool.get_stats()
+
+    def health_extras(self) -> dict[str, Any]:
+        stats = self.pool_stats()
+        size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+        return {
+            "pool": {
+                "size": size,
+                "idle": idle,
+                "active": max(0, size - idle),
+                "waiting": stats.get("requests_waiting", 0),
+                "max": self.max_size,
+            },
+            "latency": self.recorder.ring.summary().to_dict(),
+        }
+
+    # --- the store -----------------------------------------------------------------------------
     def load(self) -> tuple[Any | None, KeyMap]:
         """Creds and keys; :class:`DatabaseError` when the database fails (an outage or a
         failed statement), :class:`ConfigError` for a wrong DSN, :class:`DataError` for data
         that cannot be decoded."""
         try:
-            store = self._store()
-            creds = store.load_creds(self.company)
-            if creds is None:
-                return None, {}
-            # what Baileys sees: one key per file name, legacy twins resolved (authstate.view)
-            view = view_of(self.company, creds, store.records(self.company))
+            with self._connection() as conn:
+                store = PgAuthStore(conn)
+                creds = store.load_creds(self.company)
+                if creds is None:
+                    return None, {}
+                # what Baileys sees: one key per file name, legacy twins resolved (authstate.view)
+                view = view_of(self.company, creds, store.records(self.company))
         except psycopg.Error as exc:
-            self._drop()
             raise DatabaseError(f"loading the auth state failed: {_reason(exc)}") from None
-        except DatabaseError:
-            self._drop()
-            raise
         return creds, {(t, i): v for t, i, v in view.key_values()}
 
     def write(self, writes: Sequence[KeyWrite]) -> None:
@@ -416,30 +604,34 @@ class PostgresBackend:
         for write in writes:
             data.setdefault(write.key_type, {})[write.key_id] = write.value
         try:
-            self._store().set_keys(self.company, data)
+            with self._connection() as conn:
+                PgAuthStore(conn).set_keys(self.company, data)
         except (ResilienceError, psycopg.Error, OSError) as exc:
-            self._drop()
             raise WriteFailed(0, _reason(exc)) from None
 
     def save_creds(self, creds: Any) -> None:
         try:
-            self._store().save_creds(self.company, creds)
+            with self._connection() as conn:
+                PgAuthStore(conn).save_creds(self.company, creds)
         except (ResilienceError, psycopg.Error, OSError) as exc:
-            self._drop()
             raise CredsSaveFailed(_reason(exc)) from None
 
     def read_keys(self, key_type: str, ids: Sequence[str]) -> dict[str, Any]:
         try:
-            return self._store().get_keys(self.company, key_type, ids)
+            with self._connection() as conn:
+                return PgAuthStore(conn).get_keys(self.company, key_type, ids)
         except (ResilienceError, psycopg.Error, OSError) as exc:
-            self._drop()
             raise KeyReadFailed(
                 f"cannot read {len(ids)} {key_type} key(s) of company {self.company} from "
                 f"PostgreSQL: {_reason(exc)}"
             ) from None
 
     def close(self) -> None:
-        self._drop()
+        with self._lock:
+            self._closed = True
+            pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.close(timeout=POOL_CLOSE_S)
 
 
 class FileBackend:
@@ -486,16 +678,43 @@ class FileBackend:
             ) from None
         return {i: v for (t, i), v in held.items() if t == key_type and i in wanted}
 
+    def health_extras(self) -> dict[str, Any]:
+        return {"pool": None, "latency": None}  # no pool and no SQL in file mode
+
     def close(self) -> None:
         pass
 
 
-def make_backend(config: StandinConfig) -> Backend:
+def _slow_query_logger(slow_ms: int) -> Callable[[QueryRecord], None]:
+    throttle = _Throttle()
+
+    def slow(record: QueryRecord) -> None:
+        if throttle.due():  # the statement's head only, never its parameters
+            log.warning(
+                "[auth] slow query: %.0f ms (> %d ms): %s",
+                record.duration_s * 1000,
+                slow_ms,
+                record.sql,
+            )
+
+    return slow
+
+
+def make_backend(config: StandinConfig, registry: CollectorRegistry | None = None) -> Backend:
+    """The backend of this configuration; in PostgreSQL mode its query and pool metrics go to
+    ``registry`` (when given)."""
     if config.mode == "file":
         return FileBackend(config.auth_dir, config.company)
     assert config.database_url is not None  # read_config guarantees it
     return PostgresBackend(
-        config.database_url, config.company, connect_timeout=config.connect_timeout_ms / 1000
+        config.database_url,
+        config.company,
+        connect_timeout=config.connect_timeout_ms / 1000,
+        pool_size=config.pool_size,
+        application_name=config.application_name,
+        registry=registry,
+        slow_s=config.slow_query_ms / 1000,
+        on_slow=_slow_query_logger(config.slow_query_ms),
     )
 
 
@@ -558,6 +777,9 @@ class ServiceState:
         self.serving_since: datetime | None = None
         self.skipped_creds_saves = 0
         self.failed_key_reads = 0
+        # the reader threads (STANDIN_READERS)
+        self.reads_ok = 0
+        self.reads_failed = 0
 
     # --- changes -------------------------------------------------------------------------------
     def apply(self, writes: Sequence[KeyWrite], at: datetime, last_seq: int) -> None:
@@ -626,6 +848,29 @@ class ServiceState:
             self.failed_key_reads += 1
             return self.failed_key_reads
 
+    def reader_read(self, ok: bool) -> int:
+        """A reader's read was answered (ok) or failed; returns the count of its kind."""
+        with self.lock:
+            if ok:
+                self.reads_ok += 1
+                return self.reads_ok
+            self.reads_failed += 1
+            return self.reads_failed
+
+    def reader_ids(self) -> tuple[str, list[str]] | None:
+        """What the readers read: the pre-keys held, else the ids of the type held most."""
+        with self.lock:
+            refs = list(self.keys)
+        by_type: dict[str, list[str]] = {}
+        for key_type, key_id in refs:
+            by_type.setdefault(key_type, []).append(key_id)
+        if not by_type:
+            return None
+        key_type = (
+            "pre-key" if "pre-key" in by_type else max(by_type, key=lambda t: len(by_type[t]))
+        )
+        return key_type, by_type[key_type]
+
     # --- views ---------------------------------------------------------------------------------
     def cache_age(self, now: float | None = None) -> float | None:
         with self.lock:
@@ -685,6 +930,8 @@ class ServiceState:
                     "loaded_digest": self.loaded_digest if known else None,
                     "creds_saves_ok": self.creds_saves_ok,
                     "creds_saves_failed": self.creds_saves_failed,
+                    "reads_ok": self.reads_ok,
+                    "reads_failed": self.reads_failed,
                     "cache": cache,
                 }
                 version, creds = self.version, self.creds
@@ -774,20 +1021,38 @@ class StandinCollector:
             company,
             round(started, 3),
         )
+        # the metric contract's: a monitor sees a restart (its counters reset) when it changes
+        yield GaugeMetricFamily(
+            contract.START_TIME,
+            "Start time of the process, seconds since the epoch.",
+            round(started, 3),
+        )
 
 
-def metrics_registry(report: Callable[[], Mapping[str, Any]]) -> CollectorRegistry:
-    """A private registry (not prometheus-client's global one) holding only the stand-in's
-    metrics, computed from ``report()`` on each scrape."""
-    registry = CollectorRegistry()
+def metrics_registry(
+    report: Callable[[], Mapping[str, Any]], registry: CollectorRegistry | None = None
+) -> CollectorRegistry:
+    """A private registry (not prometheus-client's global one) holding the stand-in's metrics,
+    computed from ``report()`` on each scrape, added to ``registry`` when given (where the
+    backend put the contract's query and pool metrics)."""
+    if registry is None:
+        registry = CollectorRegistry()
     registry.register(StandinCollector(report))
     return registry
 
 
-def make_app(state: ServiceState) -> WSGIApplication:
+NO_EXTRAS: dict[str, Any] = {"pool": None, "latency": None}
+
+
+def make_app(
+    state: ServiceState,
+    backend: Backend | None = None,
+    registry: CollectorRegistry | None = None,
+) -> WSGIApplication:
     """The WSGI app: ``GET /health`` (JSON; 503 when not ok), ``GET /metrics``, 404 elsewhere,
-    501 for other methods (as :mod:`http.server` answered before)."""
-    registry = metrics_registry(state.snapshot)
+    501 for other methods (as :mod:`http.server` answered before). ``/health`` adds the
+    backend's ``pool`` and ``latency`` (null without a backend, and in file mode)."""
+    registry = metrics_registry(state.snapshot, registry)
 
     @Request.application
     def app(request: Request) -> Response:
@@ -795,6 +1060,7 @@ def make_app(state: ServiceState) -> WSGIApplication:
             raise MethodNotImplemented(f"Unsupported method ({request.method!r}).")
         if request.path == "/health":
             report = state.snapshot()
+            report.update(NO_EXTRAS if backend is None else backend.health_extras())
             status = HTTPStatus.OK if report["ok"] else HTTPStatus.SERVICE_UNAVAILABLE
             return Response(json.dumps(report), status=status, content_type="application/json")
         if request.path == "/metrics":
@@ -823,13 +1089,15 @@ class _Throttle:
     def __init__(self, every: float = LOG_EVERY_S) -> None:
         self.every = every
         self._last: float | None = None
+        self._lock = threading.Lock()  # readers share one
 
     def due(self) -> bool:
         now = time.monotonic()
-        if self._last is None or now - self._last >= self.every:
-            self._last = now
-            return True
-        return False
+        with self._lock:
+            if self._last is None or now - self._last >= self.every:
+                self._last = now
+                return True
+            return False
 
 
 def make_cache(config: StandinConfig) -> CredsCache | None:
@@ -841,7 +1109,7 @@ def make_cache(config: StandinConfig) -> CredsCache | None:
 
 class Service:
     """One run of the stand-in: loaded state, the worker thread (traffic, and in cache mode the
-    reload attempts), HTTP server."""
+    reload attempts), the reader threads, HTTP server."""
 
     def __init__(
         self,
@@ -853,8 +1121,10 @@ class Service:
         cache: CredsCache | None = None,
         sentry: SentryChannel | None = None,
         redactor: Redactor | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.config = config
+        self.registry = registry
         self.backend = backend
         self.state = state
         self.journal = journal
@@ -865,6 +1135,7 @@ class Service:
         self.fatal: str | None = None
         self.http: BaseWSGIServer | None = None
         self.writer: threading.Thread | None = None
+        self.readers: list[threading.Thread] = []
         self._fail_streak = 0
         self._last_warning = 0.0
         self._next_save = time.monotonic() + config.creds_save_interval_ms / 1000
@@ -875,6 +1146,7 @@ class Service:
         self._skipped_log = _Throttle()
         self._read_failed_log = _Throttle()
         self._reload_failed_log = _Throttle(30.0)
+        self._reader_failed_log = _Throttle()
 
     def start_http(self) -> None:
         if self.config.port is None:
@@ -889,7 +1161,7 @@ class Service:
             self.http = make_server(
                 HOST,
                 self.config.port,
-                make_app(self.state),
+                make_app(self.state, self.backend, self.registry),
                 threaded=True,
                 request_handler=_RequestHandler,
                 fd=listener.fileno(),
@@ -917,6 +1189,57 @@ class Service:
                 self.config.write_interval_ms,
                 self.config.write_seed,
             )
+
+    def start_readers(self) -> None:
+        """Start the reader threads (``STANDIN_READERS``, PostgreSQL mode, once the keys are
+        loaded): each reads a few keys through the pool every ``READ_INTERVAL_MS``, so that a
+        drill can exhaust the pool."""
+        count = self.config.readers
+        if self.readers or count <= 0 or self.config.mode != "postgres" or self.state.on_cache:
+            return
+        for index in range(count):
+            reader = threading.Thread(
+                target=self._read_loop, args=(index,), name=f"reader-{index}", daemon=True
+            )
+            self.readers.append(reader)
+            reader.start()
+        log.info(
+            "[reader] %d reader(s) read %d keys each every %d ms (pool of %d)",
+            count,
+            READ_BATCH,
+            self.config.read_interval_ms,
+            self.config.pool_size,
+        )
+
+    def _read_loop(self, index: int) -> None:
+        rng = random.Random(f"{self.config.write_seed}/reader/{index}")  # reproducible per reader
+        interval = self.config.read_interval_ms / 1000
+        held: tuple[str, list[str]] | None = None
+        picked_at = -math.inf
+        while not self.stop.is_set():
+            if time.monotonic() - picked_at >= READER_REFRESH_S:
+                held, picked_at = self.state.reader_ids(), time.monotonic()
+            if held is not None:
+                key_type, ids = held
+                self._read_once(key_type, rng.sample(ids, min(READ_BATCH, len(ids))))
+            self.stop.wait(interval)
+
+    def _read_once(self, key_type: str, ids: list[str]) -> None:
+        """One reader's read; a failure is counted and logged (throttled), never raised."""
+        try:
+            self.backend.read_keys(key_type, ids)
+        except Exception as exc:  # a reader never stops the service
+            if self.stop.is_set():  # the pool closes under it at shutdown
+                return
+            failed = self.state.reader_read(False)
+            if self._reader_failed_log.due():
+                log.warning(
+                    "[reader] key read failed (%d so far): %s",
+                    failed,
+                    self.redactor.text(_reason(exc)),
+                )
+        else:
+            self.state.reader_read(True)
 
     def _traffic_loop(self, traffic: Traffic) -> None:
         try:
@@ -1118,6 +1441,7 @@ class Service:
             )
         )
         log.info(CONNECTION_OPEN_LINE.format(keys=len(keys)))
+        self.start_readers()
 
     def _check_expiry(self) -> None:
         if self._expiry_reported or not self.state.expired():
@@ -1188,6 +1512,7 @@ class Service:
 
     def shutdown(self) -> None:
         self.stop.set()
+        deadline = time.monotonic() + self.config.shutdown_grace_ms / 1000
         if self.writer is not None:
             self.writer.join(self.config.shutdown_grace_ms / 1000)
             if self.writer.is_alive():
@@ -1200,7 +1525,9 @@ class Service:
             self.http.shutdown()
             self.http.server_close()
         if self.writer is None or not self.writer.is_alive():
-            self.backend.close()
+            self.backend.close()  # readers waiting for a connection fail at once
+        for reader in self.readers:  # one blocked in a query is left behind (a daemon)
+            reader.join(max(0.0, deadline - time.monotonic()))
         if self.sentry is not None:
             self.sentry.close()
 
@@ -1225,6 +1552,9 @@ def _setup_logging() -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    # The pool's own warnings (each failed background connect, threads still stopping when an
+    # old pool is closed) would repeat what the throttled lines above say, unthrottled.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 def _start(cwd: Path) -> Service | int:
@@ -1234,7 +1564,8 @@ def _start(cwd: Path) -> Service | int:
     try:
         config = read_config(cwd)
         redactor = Redactor([config.database_url, config.sentry_dsn])
-        backend = make_backend(config)
+        registry = CollectorRegistry()
+        backend = make_backend(config, registry)
         log.info(backend.mode_line())
         cache = make_cache(config)
         if config.sentry_dsn:
@@ -1244,7 +1575,7 @@ def _start(cwd: Path) -> Service | int:
         except DatabaseError as exc:
             if cache is None:
                 raise
-            return _start_on_cache(config, backend, cache, sentry, redactor, exc)
+            return _start_on_cache(config, backend, cache, sentry, redactor, exc, registry)
         if creds is None:
             source = "PostgreSQL" if config.mode == "postgres" else str(config.auth_dir)
             log.error(MISSING_CREDS_LINE.format(company=config.company, source=source))
@@ -1262,12 +1593,20 @@ def _start(cwd: Path) -> Service | int:
         )
         state.last_seq = journal.seq
         service = Service(
-            config, backend, state, journal, cache=cache, sentry=sentry, redactor=redactor
+            config,
+            backend,
+            state,
+            journal,
+            cache=cache,
+            sentry=sentry,
+            redactor=redactor,
+            registry=registry,
         )
         service._store_in_cache(creds, "load")
         log.info(CONNECTION_OPEN_LINE.format(keys=len(keys)))
         service.start_http()
         service.start_traffic(Traffic(config.write_seed, journal.seq, keys))
+        service.start_readers()
         return service
     except (ResilienceError, OSError) as exc:
         if isinstance(exc, ResilienceError):
@@ -1288,6 +1627,7 @@ def _start_on_cache(
     sentry: SentryChannel | None,
     redactor: Redactor,
     error: DatabaseError,
+    registry: CollectorRegistry | None = None,
 ) -> Service:
     """Loading creds failed with a database error: run on the cached creds when the entry is
     fresh, fail loudly (503, Sentry error) when it is stale; without an entry, re-raise."""
@@ -1311,7 +1651,14 @@ def _start_on_cache(
     state.last_seq = journal.seq
     state.serve_from_cache(entry)
     service = Service(
-        config, backend, state, journal, cache=cache, sentry=sentry, redactor=redactor
+        config,
+        backend,
+        state,
+        journal,
+        cache=cache,
+        sentry=sentry,
+        redactor=redactor,
+        registry=registry,
     )
     service.last_db_error = redactor.text(str(error))
     age = cache.age(entry)

@@ -128,6 +128,7 @@ class Settings(BaseSettings):
 
     # --- monitoring (monitor.run, health; thresholds of brief §7) --------------------------------
     metrics_url: str | None = None  # the service's Prometheus endpoint (docs/monitoring.md)
+    monitor_dsn: SecretStr | None = None  # database side and key figures; default: service_dsn
     monitor_host: str = "127.0.0.1"
     monitor_port: int = Field(9464, ge=0, le=65535)  # the monitor's /, /health.json, /metrics
     monitor_url: str | None = None  # where `health` finds the monitor (default: host and port)
@@ -151,7 +152,7 @@ class Settings(BaseSettings):
     keys_expired_critical: int = Field(500, ge=1)
     keys_alert_cooldown: float = Field(1800.0, gt=0)
 
-    @field_validator("service_dsn", "restore_dsn")
+    @field_validator("service_dsn", "restore_dsn", "monitor_dsn")
     @classmethod
     def _dsn(cls, value: SecretStr | None) -> SecretStr | None:
         return _checked_dsn(value)

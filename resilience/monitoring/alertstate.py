@@ -46,7 +46,7 @@ class Notification:
             "reminder": f"[{self.severity.upper()}, still firing]",
             "resolved": "[RESOLVED]",
         }[self.kind]
-        return f"{prefix} baileys auth monitor: {self.message}"
+        return f"{prefix} baileys auth monitor, {self.rule}: {self.message}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "text": self.text}
@@ -133,7 +133,7 @@ class AlertBook:
                         name,
                         "resolved",
                         "ok",
-                        f"{name} resolved (was: {state.message})",
+                        f"resolved (was: {state.message})",
                         state.paged,
                         now,
                     )

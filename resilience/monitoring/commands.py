@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +85,15 @@ def exit_code(doc: dict[str, Any]) -> int:
     return EXIT_CODES.get(str(doc.get("status")), 2)
 
 
-def monitor_ecosystem(settings: Settings, project: Path, log_dir: Path) -> dict[str, Any]:
+def monitor_ecosystem(
+    settings: Settings, project: Path, log_dir: Path, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The monitor as a PM2 app: restarted when it exits, stopped with SIGINT and a grace.
-    Settings come from the project's files; ``RESILIENCE_*`` variables of the installing
-    environment are carried into the app's env (the file is 0600)."""
-    env = {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
-    env["TZ"] = "UTC"
+    Settings come from the project's files; ``env`` (default: the ``RESILIENCE_*`` variables
+    of the installing environment) goes into the app's env (the file is 0600)."""
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
+    env = {**env, "TZ": "UTC"}
     return {
         "apps": [
             {
@@ -111,11 +114,17 @@ def monitor_ecosystem(settings: Settings, project: Path, log_dir: Path) -> dict[
 
 
 def install_monitor(
-    settings: Settings, project: Path, ecosystem_file: Path, log_dir: Path, *, dry_run: bool
+    settings: Settings,
+    project: Path,
+    ecosystem_file: Path,
+    log_dir: Path,
+    *,
+    dry_run: bool,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write the monitor's ecosystem file and start (or restart) it under the deployment's
     PM2. Re-runs converge: the app is replaced by the file's definition."""
-    ecosystem = monitor_ecosystem(settings, project, log_dir)
+    ecosystem = monitor_ecosystem(settings, project, log_dir, env)
     plan: dict[str, Any] = {
         "app": settings.monitor_app,
         "ecosystem_file": str(ecosystem_file),

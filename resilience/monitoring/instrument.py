@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from resilience.monitoring import contract
-from resilience.monitoring.latency import QueryRecord, QueryRing, nearest_rank, sql_head
+from resilience.monitoring.latency import QueryRecord, QueryRing, nearest_rank
 
 DEFAULT_SLOW_S = 0.5
 
@@ -38,18 +38,20 @@ class QueryRecorder:
         self.ring = ring or QueryRing()
         self.slow_s = slow_s
         self.on_slow = on_slow
-        self._histogram: Histogram | None = None
+        self._observe_ok: Callable[[float], None] | None = None
+        self._observe_error: Callable[[float], None] | None = None
         self._slow: Counter | None = None
         if registry is not None:
-            self._histogram = Histogram(
+            histogram = Histogram(
                 contract.QUERY_DURATION,
                 "Duration of the service's auth-state queries.",
                 ["outcome"],
                 buckets=contract.BUCKETS,
                 registry=registry,
             )
-            for outcome in contract.OUTCOMES:  # both series exist from the first scrape
-                self._histogram.labels(outcome)
+            # both series exist from the first scrape; looked up once, not per query
+            self._observe_ok = histogram.labels("ok").observe
+            self._observe_error = histogram.labels("error").observe
             self._slow = Counter(
                 contract.SLOW_QUERIES.removesuffix("_total"),
                 f"Auth-state queries slower than {slow_s:g} s.",
@@ -58,10 +60,11 @@ class QueryRecorder:
             registry.register(_QuantileCollector(self.ring))
 
     def record(self, duration_s: float, ok: bool, rows: int, statement: object) -> QueryRecord:
-        record = QueryRecord(time.time(), duration_s, ok, rows, sql_head(statement))
+        record = QueryRecord(time.time(), duration_s, ok, rows, statement)
         self.ring.add(record)
-        if self._histogram is not None:
-            self._histogram.labels("ok" if ok else "error").observe(duration_s)
+        observe = self._observe_ok if ok else self._observe_error
+        if observe is not None:
+            observe(duration_s)
         if duration_s > self.slow_s:
             if self._slow is not None:
                 self._slow.inc()

@@ -23,10 +23,21 @@ class QueryRecord:
     duration_s: float
     ok: bool
     rows: int  # rows returned or affected; -1 when unknown
-    sql: str  # the first SQL_HEAD characters of the statement text
+    statement: object  # the statement as executed (its text; parameters are never kept)
+
+    @property
+    def sql(self) -> str:
+        """The first SQL_HEAD characters of the statement (cut when read, not per query)."""
+        return sql_head(self.statement)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "at": self.at,
+            "duration_s": self.duration_s,
+            "ok": self.ok,
+            "rows": self.rows,
+            "sql": self.sql,
+        }
 
 
 def sql_head(statement: object) -> str:

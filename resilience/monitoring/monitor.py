@@ -71,13 +71,14 @@ class Monitor:
         if self.alerts is not None:
             self.alerts.redactor.register(*settings.secret_values())
         dsn = settings.service_dsn.get_secret_value() if settings.service_dsn else None
+        own = settings.monitor_dsn.get_secret_value() if settings.monitor_dsn else dsn
         self.db = (
             MonitorConnection(
-                dsn,
+                own,
                 connect_timeout=min(settings.db_connect_timeout, settings.monitor_http_timeout),
                 statement_timeout_ms=settings.monitor_statement_timeout_ms,
             )
-            if dsn
+            if own
             else None
         )
         # the probe runs on its interval, or in every cycle the service's /metrics gives nothing
@@ -176,12 +177,11 @@ class Monitor:
         if self.db is None:
             sources["database"] = {"state": "off", "why": "RESILIENCE_SERVICE_DSN is not set"}
             return None, None
-        dsn = self.settings.service_dsn
+        dsn = self.settings.monitor_dsn or self.settings.service_dsn
         where = self.redactor.text(redact_dsn(dsn.get_secret_value())) if dsn else None
         try:
             conn = self.db.get()
             side = database_side(conn, self.settings.service_application_name)
-            keys = key_stats(conn, self.settings.cleanup_retention_days)
         except SourceDown as exc:
             sources["database"] = {"state": "unreachable", "at": where, "error": str(exc)}
             self._error(now, "database", str(exc))
@@ -192,6 +192,20 @@ class Monitor:
             self._error(now, "database", str(error))
             return None, None
         sources["database"] = {"state": "ok", "at": where}
+        try:
+            keys = key_stats(conn, self.settings.cleanup_retention_days)
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+            # the keys table is locked or too slow to count: the database side still tells
+            conn.rollback()
+            sources["keys"] = {"state": "unreachable", "error": self.db.reason(exc)}
+            self._error(now, "keys", self.db.reason(exc))
+            return side, None
+        except (psycopg.Error, ResilienceError) as exc:
+            error = self.db.failed(exc)
+            sources["keys"] = {"state": "unreachable", "error": str(error)}
+            self._error(now, "keys", str(error))
+            return side, None
+        sources["keys"] = {"state": "ok"}
         return side, keys
 
     def _pool(self, now: float, metrics: ServiceMetrics | None) -> dict[str, Any] | None:

@@ -33,6 +33,8 @@ from resilience.monitoring import contract
 from resilience.monitoring.instrument import QueryRecorder, timed_cursor_class
 
 MONITOR_APPLICATION_NAME = "baileys-resilience-monitor"
+#: the monitor never queues behind a lock on the auth tables: it reports the lock instead
+LOCK_TIMEOUT_MS = 1000
 #: the age histogram of keys by `updated_at`: (label, lower bound in days)
 AGE_BUCKETS = (("<1d", 0), ("1-7d", 1), ("7-14d", 7), ("14-30d", 14), (">30d", 30))
 
@@ -144,8 +146,13 @@ class MonitorConnection:
             try:
                 conn.execute(
                     "SELECT set_config('application_name', %s, false),"
-                    " set_config('statement_timeout', %s, false)",
-                    (MONITOR_APPLICATION_NAME, str(self.statement_timeout_ms)),
+                    " set_config('statement_timeout', %s, false),"
+                    " set_config('lock_timeout', %s, false)",
+                    (
+                        MONITOR_APPLICATION_NAME,
+                        str(self.statement_timeout_ms),
+                        str(min(LOCK_TIMEOUT_MS, self.statement_timeout_ms)),
+                    ),
                 )
             except psycopg.Error as exc:
                 conn.close()

@@ -44,43 +44,56 @@ def test(c: Context, k: str = "", slow: bool = False, path: str = "") -> None:
         c.run(" ".join(args), pty=False)
 
 
-BENCH_DEFAULT_SIZES = {"restore": "1313,10000,100000", "cleanup": "100000", "backup": "50"}
+BENCH_DEFAULT_SIZES = {
+    "restore": "1313,10000,100000",
+    "cleanup": "100000",
+    "backup": "50",
+    "monitoring": "20000,100000",
+}
 
 
 @task(
     positional=["name"],
     auto_shortflags=False,
     help={
-        "name": "the benchmark: restore, cleanup or backup",
+        "name": "the benchmark: restore, cleanup, backup or monitoring",
         "sizes": "comma-separated sizes (restore: key counts, 1313,10000,100000; cleanup: "
-        "stale keys, 100000; backup: database MB, 50)",
+        "stale keys, 100000; backup: database MB, 50; monitoring: SELECT 1 iterations per "
+        "run and keys for the monitor cycle, 20000,100000)",
         "repeat": "measurements per size (median and min are reported)",
     },
 )
 @operator_task
 def bench(c: Context, name: str, sizes: str = "", repeat: int = 3) -> None:
-    """Benchmark as JSON: `bench restore`, `bench cleanup` or `bench backup`.
+    """Benchmark as JSON: `bench restore`, `bench cleanup`, `bench backup` or `bench monitoring`.
 
     restore: export/import beside the raw COPY + file-write limit. cleanup: the batched key
     cleanup beside one DELETE, each with the p99 of concurrent upserts. backup: backup and
-    verified restore beside pg_dump + put_object and get_object + pg_restore."""
+    verified restore beside pg_dump + put_object and get_object + pg_restore. monitoring: the
+    query instrumentation beside a bare connection, and one full monitor cycle over 100k keys."""
     from resilience.config import load_drill_settings
     from resilience.drill.stack.local import LocalStack
     from resilience.errors import InputError
     from resilience.infra.output import Output
 
     if name not in BENCH_DEFAULT_SIZES:
-        raise InputError(f"unknown benchmark {name[:30]!r}: use restore, cleanup or backup")
+        raise InputError(
+            f"unknown benchmark {name[:30]!r}: use restore, cleanup, backup or monitoring"
+        )
     sizes = sizes or BENCH_DEFAULT_SIZES[name]
     try:
         counts = tuple(int(n) for n in sizes.split(",") if n.strip())
     except ValueError:
         raise InputError(f"--sizes must be comma-separated integers, not {sizes!r}") from None
+    if name == "monitoring" and not 1 <= len(counts) <= 2:
+        raise InputError("bench monitoring --sizes is ITERATIONS[,KEYS], e.g. 20000,100000")
     out = Output(True)
     settings = load_drill_settings(stack_dir=ROOT / ".stack" / "bench", backend="local")
     with LocalStack(settings) as stack, tempfile.TemporaryDirectory() as work:
         if name == "backup":
             result = _bench_backup(stack, Path(work), counts, repeat, out.progress)
+        elif name == "monitoring":
+            result = _bench_monitoring(stack, counts, repeat, out.progress)
         elif name == "cleanup":
             from resilience.drill.bench.cleanup import bench_cleanup
 
@@ -98,6 +111,23 @@ def bench(c: Context, name: str, sizes: str = "", repeat: int = 3) -> None:
                 progress=out.progress,
             )
     sys.stdout.write(json_mod.dumps(result, indent=2) + "\n")
+
+
+def _bench_monitoring(
+    stack: Any, sizes: tuple[int, ...], repeat: int, progress: Any
+) -> dict[str, Any]:
+    from resilience.drill.bench.monitoring import DEFAULT_KEYS, bench_monitoring
+
+    iterations, keys = sizes if len(sizes) == 2 else (sizes[0], DEFAULT_KEYS)
+    ep = stack.endpoints
+    return bench_monitoring(
+        ep.admin_dsn,
+        ep.service_dsn,
+        iterations=iterations,
+        keys=keys,
+        repeat=repeat,
+        progress=progress,
+    )
 
 
 def _bench_backup(

@@ -54,6 +54,16 @@ def backup(c: Context, backend: str | None = None, k: str = "") -> None:
     _pytest(c, args, backend)
 
 
+@task(auto_shortflags=False, help={"backend": BACKEND_HELP, "k": "only scenarios matching"})
+def monitoring(c: Context, backend: str | None = None, k: str = "") -> None:
+    """Monitoring drill: latency, a held pool, aged keys, a restart, a real browser:
+    reports/drill-monitoring.{html,json} and the status page's screenshot."""
+    args = ["drills/test_monitoring.py", "-p", "no:cacheprovider"]
+    if k:
+        args += ["-k", repr(k)]
+    _pytest(c, args, backend)
+
+
 @task(auto_shortflags=False, name="all", help={"backend": BACKEND_HELP})
 def all_drills(c: Context, backend: str | None = None) -> None:
     """Every drill, slow ones included (the nightly chaos run)."""

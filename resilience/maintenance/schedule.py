@@ -44,7 +44,7 @@ JOBS = (
     Job("backup-hourly", "5 * * * *", "backup.run", ("--kind", "auto", "--json")),
     Job("backup-validate", "30 4 * * *", "backup.validate", ("--json",)),
     Job("restore-test", "0 5 1 * *", "backup.test-restore", ("--json",)),
-    Job("monitor-check", "*/5 * * * *", "monitor.check", ("--json",)),
+    Job("health", "*/5 * * * *", "health", ("--once", "--json")),  # a record of the status
 )
 
 

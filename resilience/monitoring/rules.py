@@ -49,9 +49,13 @@ class Observed:
     metrics_error: str | None
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g} s"
+
+
 def evaluate(observed: Observed, settings: Settings) -> list[Finding]:
     cooldown = settings.alert_cooldown
-    window_min = settings.slow_query_window / 60
+    window = _duration(settings.slow_query_window)
     out: list[Finding] = []
     slow = observed.slow_in_window
     if slow:
@@ -65,7 +69,7 @@ def evaluate(observed: Observed, settings: Settings) -> list[Finding]:
                 "slow_query",
                 "warning",
                 f"{slow} auth quer{'y' if slow == 1 else 'ies'} over "
-                f"{settings.slow_query_ms:g} ms in the last {window_min:g} min{slowest}",
+                f"{settings.slow_query_ms:g} ms in the last {window}{slowest}",
                 cooldown,
             )
         )
@@ -75,7 +79,7 @@ def evaluate(observed: Observed, settings: Settings) -> list[Finding]:
                     "slow_queries",
                     "critical",
                     f"{slow} slow auth queries (over {settings.slow_query_ms:g} ms) in the last "
-                    f"{window_min:g} min: the service's database path is slow",
+                    f"{window}: the service's database path is slow",
                     cooldown,
                 )
             )

@@ -4,7 +4,7 @@ and maps library errors to exit codes with a one-line message (:mod:`tasks._run`
 
 from invoke.collection import Collection
 
-from tasks import backup, cleanup, dev, drill, health, monitor, restore, schedule, stack
+from tasks import backup, cleanup, dev, diagnose, drill, health, monitor, restore, schedule, stack
 
 ns = Collection(
     Collection.from_module(stack),
@@ -15,6 +15,7 @@ ns = Collection(
     Collection.from_module(schedule),
     Collection.from_module(monitor),
     health.health,
+    diagnose.diagnose,
     dev.lint,
     dev.test,
     dev.bench,

@@ -125,6 +125,8 @@ def prune(c: Context, yes: bool = False, json: bool = False) -> None:
         "region": "moscow or eu (default: any)",
         "company": "restore only this company's rows into the live database",
         "target_dsn": "restore into this database instead of a scratch one",
+        "to_service": "restore into the service's database (RESILIENCE_SERVICE_DSN): "
+        "the tables were dropped or the database rebuilt (scenario 4)",
         "yes": "change the live or target database (without it: a preview)",
     },
 )
@@ -136,6 +138,7 @@ def restore(
     region: str | None = None,
     company: str | None = None,
     target_dsn: str | None = None,
+    to_service: bool = False,
     yes: bool = False,
     json: bool = False,
 ) -> None:
@@ -154,8 +157,20 @@ def restore(
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
     out = Output(json)
+    settings = load_settings()
+    if to_service:
+        if target_dsn is not None or company is not None:
+            raise InputError("--to-service replaces --target-dsn and --company: give one")
+        if settings.service_dsn is None:
+            raise InputError("--to-service needs RESILIENCE_SERVICE_DSN")
+        target_dsn = settings.service_dsn.get_secret_value()
+        if not yes:
+            raise InputError(
+                "--to-service replaces the service's auth tables: add --yes "
+                "(`backup.restore` without a target previews the backup in a scratch database)"
+            )
     result = restore_backup(
-        load_settings(),
+        settings,
         backup_id=id,
         at=moment,
         region=region,

@@ -44,6 +44,10 @@ def manifest_key(backup_id: str) -> str:
 class CompanyDigest:
     key_count: int
     digest: str
+    # keys per Baileys type and whether creds were there; None in manifests written before
+    # they were recorded (a comparison then uses the total alone)
+    by_type: dict[str, int] | None = None
+    has_creds: bool | None = None
 
 
 @dataclass
@@ -84,7 +88,14 @@ class BackupManifest:
             raise bad(f"format {data.get('format')!r} is not {FORMAT}")
         try:
             companies = {
-                str(c): CompanyDigest(int(v["key_count"]), str(v["digest"]))
+                str(c): CompanyDigest(
+                    int(v["key_count"]),
+                    str(v["digest"]),
+                    None
+                    if v.get("by_type") is None
+                    else {str(t): int(n) for t, n in dict(v["by_type"]).items()},
+                    None if v.get("has_creds") is None else bool(v["has_creds"]),
+                )
                 for c, v in dict(data["companies"]).items()
             }
             manifest = cls(

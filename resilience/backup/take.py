@@ -120,7 +120,9 @@ def _counts_and_digests(store: PgAuthStore) -> tuple[dict[str, int], dict[str, C
     for company in store.companies():
         view = view_of(company, store.load_creds(company), store.records(company))
         digest = view.digest()
-        companies[company] = CompanyDigest(digest.key_count, digest.digest)
+        companies[company] = CompanyDigest(
+            digest.key_count, digest.digest, view.counts_by_type(), view.creds is not None
+        )
     return rows, companies
 
 

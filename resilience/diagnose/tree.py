@@ -1,0 +1,231 @@
+"""The runbook's decision tree (brief §6), walked against the real deployment, read-only:
+
+can we connect? no -> scenario 1 (a wrong DSN is configuration, exit 2, never scenario 1);
+yes -> are the auth tables there with rows? no -> 4; is a company's data partly missing
+against the newest backup? -> 3; is it invalid? -> 2; else healthy.
+
+Every branch leaves its evidence; the answer carries the runbook's next command for this
+deployment's company, and the data-loss exposure (snapshot and backups).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from resilience.config import Settings, validate_company_id
+from resilience.diagnose.completeness import Completeness, compare
+from resilience.diagnose.connectivity import Connectivity, check_connectivity
+from resilience.diagnose.exposure import Exposure, exposure_of
+from resilience.diagnose.integrity import Integrity, check_integrity
+from resilience.errors import ConfigError, InputError
+from resilience.infra.redact import Redactor
+
+#: exit codes of `diagnose` (README, runbook): 0 healthy, 2 its own configuration, 11-14 the
+#: scenario
+EXIT_CODES = {0: 0, 1: 11, 2: 12, 3: 13, 4: 14}
+TITLES = {
+    0: "healthy",
+    1: "scenario 1: PostgreSQL unreachable",
+    2: "scenario 2: data present but corrupt",
+    3: "scenario 3: data partly deleted",
+    4: "scenario 4: database gone",
+}
+STATEMENT_TIMEOUT_MS = 30000
+TABLES = ("whatsapp_auth", "whatsapp_keys")
+
+
+@dataclass
+class Diagnosis:
+    scenario: int
+    company_id: str | None  # the company the next command acts on
+    evidence: list[str] = field(default_factory=list)
+    next_command: str | None = None
+    preview_command: str | None = None
+    connectivity: Connectivity | None = None
+    exposure: Exposure | None = None
+    integrity: list[Integrity] = field(default_factory=list)
+    completeness: list[Completeness] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.scenario]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "title": TITLES[self.scenario],
+            "exit_code": self.exit_code,
+            "company_id": self.company_id,
+            "evidence": self.evidence,
+            "next_command": self.next_command,
+            "preview_command": self.preview_command,
+            "connectivity": None if self.connectivity is None else self.connectivity.to_dict(),
+            "exposure": None if self.exposure is None else self.exposure.to_dict(),
+            "integrity": [i.to_dict() for i in self.integrity],
+            "completeness": [c.to_dict() for c in self.completeness],
+            "warnings": self.warnings,
+        }
+
+
+def _switch(company: str) -> tuple[str, str]:
+    return (
+        f"./run restore.to-files --company {company} --yes",
+        f"./run restore.to-files --company {company} --dry-run",
+    )
+
+
+def _company_restore(company: str, exposure: Exposure) -> tuple[str | None, str | None]:
+    if exposure.newest is None:
+        return None, None
+    base = f"./run backup.restore --company {company} --id {exposure.newest.id}"
+    return (
+        f"{base} --region {exposure.newest_region} --yes",
+        f"{base} --region {exposure.newest_region}",
+    )
+
+
+def diagnose(settings: Settings, company: str | None = None) -> Diagnosis:
+    """Walk the tree; ConfigError (exit 2) for a wrong DSN, missing rights or settings,
+    InputError for an unknown company."""
+    if company is not None:
+        validate_company_id(company)
+    if settings.service_dsn is None:
+        raise ConfigError("diagnose needs RESILIENCE_SERVICE_DSN (the DSN the service uses)")
+    dsn = settings.service_dsn.get_secret_value()
+    redactor = Redactor(settings.secret_values())
+    target = company or settings.company_id
+    connectivity = check_connectivity(dsn, timeout=min(5.0, settings.db_connect_timeout))
+    evidence = [f"{p.name}: {'ok' if p.ok else 'FAILED'}, {p.detail}" for p in connectivity.probes]
+    if connectivity.verdict == "config":
+        raise ConfigError("the service's DSN is wrong, not an outage: " + "; ".join(evidence))
+    exposure = exposure_of(settings, target)
+    warnings = [
+        f"region {name} unreachable: compared without it ({info['error']})"
+        for name, info in exposure.regions.items()
+        if info["state"] != "ok"
+    ]
+    result = Diagnosis(
+        0, target, evidence, connectivity=connectivity, exposure=exposure, warnings=warnings
+    )
+    if connectivity.verdict == "outage":
+        result.scenario = 1
+        result.next_command, result.preview_command = _switch(target)
+        return result
+    conn = connectivity.conn
+    assert conn is not None
+    try:
+        conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+        _walk(conn, settings, company, result)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise ConfigError(
+            "the service's role cannot read the auth tables: "
+            + redactor.text(str(exc).splitlines()[0])
+        ) from None
+    finally:
+        conn.close()
+    return result
+
+
+def _walk(
+    conn: psycopg.Connection[Any], settings: Settings, company: str | None, result: Diagnosis
+) -> None:
+    exposure = result.exposure
+    assert exposure is not None
+    present = {
+        t: conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{t}",)).fetchone()[0]  # type: ignore[index]
+        for t in TABLES
+    }
+    missing = [t for t, ok in present.items() if not ok]
+    if missing:
+        result.evidence.append(f"tables: {', '.join(missing)} missing")
+        _gone(result, exposure)
+        return
+    for table in TABLES:
+        row = conn.execute(
+            "SELECT has_table_privilege(current_user, %s, 'SELECT'), current_user", (table,)
+        ).fetchone()
+        assert row is not None
+        if not row[0]:
+            raise ConfigError(f"the service's role {row[1]} lacks SELECT on {table}")
+    totals = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}  # type: ignore[index]
+    result.evidence.append(
+        f"tables: present, {totals['whatsapp_auth']} creds rows, {totals['whatsapp_keys']} key rows"
+    )
+    if not any(totals.values()):
+        result.evidence.append("no rows at all")
+        _gone(result, exposure)
+        return
+    known = {
+        r[0]
+        for r in conn.execute(
+            "SELECT company_id FROM whatsapp_auth"
+            " UNION SELECT DISTINCT company_id FROM whatsapp_keys"
+        ).fetchall()
+    }
+    backed = set(exposure.newest.companies) if exposure.newest else set()
+    if company is not None and company not in known | backed:
+        raise InputError(f"unknown company {company!r}: no rows and no backup hold it")
+    companies = [company] if company is not None else sorted(known | backed)
+    if exposure.newest is None:
+        result.warnings.append("no backup could be read: completeness not compared")
+    for cid in companies:
+        digest = exposure.newest.companies.get(cid) if exposure.newest else None
+        check = compare(
+            conn,
+            cid,
+            exposure.newest.id if exposure.newest else None,
+            digest,
+            drop_pct=settings.backup_drop_alert_pct,
+        )
+        result.completeness.append(check)
+        if check.missing and result.scenario == 0:
+            result.scenario = 3
+            result.company_id = cid
+            lost = "creds gone" if check.creds_lost else ""
+            drops = ", ".join(f"{d['type']} {d['backup']} -> {d['now']}" for d in check.drops)
+            result.evidence.append(
+                f"company {cid}: data partly missing against backup {check.backup_id}: "
+                + "; ".join(x for x in (lost, drops) if x)
+            )
+            result.next_command, result.preview_command = _company_restore(cid, exposure)
+    for cid in companies:
+        if cid not in known:
+            continue
+        integrity = check_integrity(conn, cid)
+        result.integrity.append(integrity)
+        if not integrity.ok and result.scenario == 0:
+            result.scenario = 2
+            result.company_id = cid
+            problems = []
+            if integrity.creds != "ok":
+                problems.append(f"creds {integrity.creds} ({', '.join(integrity.creds_problems)})")
+            if integrity.bad_keys:
+                shown = ", ".join(f"{e['type']}/{e['id']}" for e in integrity.bad_examples)
+                problems.append(f"{integrity.bad_keys} key(s) do not decode: {shown}")
+            if integrity.unresolved_legacy:
+                problems.append(f"{len(integrity.unresolved_legacy)} unresolved legacy row(s)")
+            result.evidence.append(f"company {cid}: invalid data: " + "; ".join(problems))
+            result.next_command, result.preview_command = _company_restore(cid, exposure)
+    if result.scenario == 0:
+        result.evidence.append(
+            f"{len(companies)} compan{'y' if len(companies) == 1 else 'ies'}: complete and valid"
+        )
+    elif result.next_command is None:
+        result.evidence.append("no backup holds this company: re-pair it (runbook)")
+
+
+def _gone(result: Diagnosis, exposure: Exposure) -> None:
+    result.scenario = 4
+    if exposure.newest is not None:
+        where = f"--id {exposure.newest.id} --region {exposure.newest_region}"
+        base = f"./run backup.restore {where} --to-service"
+        result.next_command, result.preview_command = (
+            f"{base} --yes",
+            f"./run backup.restore --id {exposure.newest.id} --region {exposure.newest_region}",
+        )
+    else:
+        result.next_command, result.preview_command = _switch(result.company_id or "default")

@@ -151,6 +151,8 @@ class Settings(BaseSettings):
     keys_expired_warn: int = Field(100, ge=1)
     keys_expired_critical: int = Field(500, ge=1)
     keys_alert_cooldown: float = Field(1800.0, gt=0)
+    # integrity and completeness of the data (scenarios 2 and 3) in the monitor, seconds
+    integrity_interval: float = Field(900.0, gt=0)
 
     @field_validator("service_dsn", "restore_dsn", "monitor_dsn")
     @classmethod

@@ -40,7 +40,7 @@ def _render(console: Any, d: dict[str, Any]) -> None:
     )
     for region, info in (exposure.get("regions") or {}).items():
         if info["state"] != "ok":
-            console.print(f"  region {region}: unreachable ({info['error']})", markup=False)
+            console.print(f"  region {region}: {info['state']} ({info['error']})", markup=False)
             continue
         newest, valid = info["newest"], info["newest_valid"]
         console.print(

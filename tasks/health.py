@@ -86,6 +86,14 @@ def health_view(doc: dict[str, Any]) -> Any:
             f"{db['waiting_on_lock']} waiting on a lock, longest transaction "
             f"{db['longest_transaction_s'] if db['longest_transaction_s'] is not None else '-'} s",
         )
+    data = doc.get("data")
+    if data:
+        figures.add_row(
+            "data checks",
+            f"{data['title']} ({data['companies']} companies, {data['at']})"
+            if data["state"] == "ok"
+            else f"[red]unreachable[/]: {data.get('error')}",
+        )
     parts.append(figures)
     if doc["findings"]:
         findings = Table(title="findings", title_justify="left")

@@ -23,6 +23,7 @@ from resilience.authstate.pgstore import Conn
 from resilience.config import Settings, load_settings
 from resilience.drill.stack import Stack
 from resilience.errors import ConfigError
+from resilience.infra.waiting import wait_until
 from resilience.monitoring.alertstate import AlertBook
 from resilience.monitoring.instrument import QueryRecorder, timed_cursor_class
 from resilience.monitoring.latency import (
@@ -377,3 +378,46 @@ def test_the_server_answers_page_health_and_metrics(stack: Stack, tmp_path: Path
         server.shutdown()
         monitor.close()
     assert render_page(doc, [], 10.0).startswith("<!doctype html>")
+
+
+def test_a_held_rule_is_neither_resolved_nor_repeated() -> None:
+    book = AlertBook(None)
+    book.update([Finding("keys_expired", "critical", "600", 1800)], 0)
+    assert book.update([], 10, hold=["keys_expired"]) == []  # its source was down: unseen
+    assert book.firing()[0]["rule"] == "keys_expired"
+    assert [n.kind for n in book.update([], 20)] == ["resolved"]
+
+
+@pytest.mark.stack
+def test_the_monitor_finds_corrupt_creds_by_its_data_checks(
+    stack: Stack, tmp_path: Path, admin: Conn
+) -> None:
+    from resilience.authstate.dataset import generate
+    from resilience.authstate.pgstore import PgAuthStore
+
+    company = f"t_{tmp_path.name[-8:].replace('-', '_')}"
+    data = generate(company, 20)
+    PgAuthStore(admin).insert_raw(company, data.creds, data.rows())
+    try:
+        admin.execute("UPDATE whatsapp_auth SET creds = '{}' WHERE company_id = %s", (company,))
+        settings = _settings(stack, tmp_path, integrity_interval=0.1)
+        monitor = Monitor(settings)
+        try:
+            assert monitor.data is not None
+            first = monitor.cycle()
+            assert first["sources"]["data"]["state"] in ("pending", "ok")
+
+            def checked() -> dict[str, Any] | None:
+                doc = monitor.cycle()
+                return doc if doc["data"] else None
+
+            doc = wait_until(checked, 30, "the data checks")
+        finally:
+            monitor.close()
+        assert doc["data"].get("scenario") == 2, doc["data"]
+        integrity = [f for f in doc["findings"] if f["rule"] == "integrity"]
+        assert integrity and integrity[0]["severity"] == "critical"
+        assert "scenario 2" in integrity[0]["message"] and company in integrity[0]["message"]
+        assert "next:" in integrity[0]["message"]
+    finally:
+        PgAuthStore(admin).delete_company(company)

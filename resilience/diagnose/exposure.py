@@ -13,7 +13,7 @@ from typing import Any
 from resilience.backup.catalog import list_region
 from resilience.backup.manifest import BackupManifest
 from resilience.config import Settings
-from resilience.errors import ResilienceError
+from resilience.errors import ConfigError, ResilienceError
 from resilience.infra.s3 import regions_from_settings
 from resilience.restore.snapshot import newest_snapshot
 
@@ -53,7 +53,12 @@ def exposure_of(settings: Settings, company_id: str, now: datetime | None = None
         None if snap is None else {"path": str(snap.path), "age_s": round(snap.age_s(moment), 1)}
     )
     verdicts = _validated(settings.backup_validation_log)
-    for store in regions_from_settings(settings):
+    try:
+        stores = regions_from_settings(settings)
+    except ConfigError as exc:  # no region configured: nothing to compare with, said plainly
+        result.regions["(none)"] = {"state": "unconfigured", "error": str(exc)}
+        return result
+    for store in stores:
         try:
             listing = list_region(store)
         except ResilienceError as exc:

@@ -49,6 +49,7 @@ class Diagnosis:
     integrity: list[Integrity] = field(default_factory=list)
     completeness: list[Completeness] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    reason: str | None = None  # the evidence that decided the scenario
 
     @property
     def exit_code(self) -> int:
@@ -61,6 +62,7 @@ class Diagnosis:
             "exit_code": self.exit_code,
             "company_id": self.company_id,
             "evidence": self.evidence,
+            "reason": self.reason,
             "next_command": self.next_command,
             "preview_command": self.preview_command,
             "connectivity": None if self.connectivity is None else self.connectivity.to_dict(),
@@ -104,7 +106,7 @@ def diagnose(settings: Settings, company: str | None = None) -> Diagnosis:
         raise ConfigError("the service's DSN is wrong, not an outage: " + "; ".join(evidence))
     exposure = exposure_of(settings, target)
     warnings = [
-        f"region {name} unreachable: compared without it ({info['error']})"
+        f"region {name} {info['state']}: compared without it ({info['error']})"
         for name, info in exposure.regions.items()
         if info["state"] != "ok"
     ]
@@ -113,6 +115,7 @@ def diagnose(settings: Settings, company: str | None = None) -> Diagnosis:
     )
     if connectivity.verdict == "outage":
         result.scenario = 1
+        result.reason = next((e for e in evidence if "FAILED" in e), None)
         result.next_command, result.preview_command = _switch(target)
         return result
     conn = connectivity.conn
@@ -130,6 +133,15 @@ def diagnose(settings: Settings, company: str | None = None) -> Diagnosis:
     return result
 
 
+def scan_data(conn: psycopg.Connection[Any], settings: Settings) -> Diagnosis:
+    """The data branches of the tree (tables, completeness, integrity) for every company, on a
+    connection the caller holds: what the monitor runs on its slower interval."""
+    exposure = exposure_of(settings, settings.company_id)
+    result = Diagnosis(0, settings.company_id, [], exposure=exposure)
+    _walk(conn, settings, None, result)
+    return result
+
+
 def _walk(
     conn: psycopg.Connection[Any], settings: Settings, company: str | None, result: Diagnosis
 ) -> None:
@@ -141,7 +153,8 @@ def _walk(
     }
     missing = [t for t, ok in present.items() if not ok]
     if missing:
-        result.evidence.append(f"tables: {', '.join(missing)} missing")
+        result.reason = f"tables: {', '.join(missing)} missing"
+        result.evidence.append(result.reason)
         _gone(result, exposure)
         return
     for table in TABLES:
@@ -156,7 +169,8 @@ def _walk(
         f"tables: present, {totals['whatsapp_auth']} creds rows, {totals['whatsapp_keys']} key rows"
     )
     if not any(totals.values()):
-        result.evidence.append("no rows at all")
+        result.reason = "no rows at all in the auth tables"
+        result.evidence.append(result.reason)
         _gone(result, exposure)
         return
     known = {
@@ -187,10 +201,11 @@ def _walk(
             result.company_id = cid
             lost = "creds gone" if check.creds_lost else ""
             drops = ", ".join(f"{d['type']} {d['backup']} -> {d['now']}" for d in check.drops)
-            result.evidence.append(
+            result.reason = (
                 f"company {cid}: data partly missing against backup {check.backup_id}: "
                 + "; ".join(x for x in (lost, drops) if x)
             )
+            result.evidence.append(result.reason)
             result.next_command, result.preview_command = _company_restore(cid, exposure)
     for cid in companies:
         if cid not in known:
@@ -208,7 +223,8 @@ def _walk(
                 problems.append(f"{integrity.bad_keys} key(s) do not decode: {shown}")
             if integrity.unresolved_legacy:
                 problems.append(f"{len(integrity.unresolved_legacy)} unresolved legacy row(s)")
-            result.evidence.append(f"company {cid}: invalid data: " + "; ".join(problems))
+            result.reason = f"company {cid}: invalid data: " + "; ".join(problems)
+            result.evidence.append(result.reason)
             result.next_command, result.preview_command = _company_restore(cid, exposure)
     if result.scenario == 0:
         result.evidence.append(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -100,7 +101,12 @@ class AlertBook:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
 
-    def update(self, findings: list[Finding], now: float) -> list[Notification]:
+    def update(
+        self, findings: list[Finding], now: float, hold: Iterable[str] = ()
+    ) -> list[Notification]:
+        """News from this cycle's findings. Rules in ``hold`` were not observed this cycle (their
+        source was down or has not run yet): they keep their state, never "resolved" unseen."""
+        held = set(hold)
         out: list[Notification] = []
         seen = {f.rule for f in findings}
         for finding in findings:
@@ -127,7 +133,7 @@ class AlertBook:
                     )
                 )
         for name, state in self.rules.items():
-            if state.state == "firing" and name not in seen:
+            if state.state == "firing" and name not in seen and name not in held:
                 out.append(
                     Notification(
                         name,

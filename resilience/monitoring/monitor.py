@@ -47,6 +47,84 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
+class DataChecks:
+    """The data branches of `diagnose` (integrity and completeness per company, against the
+    newest backup), every ``integrity_interval`` seconds, in a thread and on a connection of
+    their own: they read every key, so they never run inside a cycle."""
+
+    RULES = ("integrity", "completeness")
+
+    def __init__(self, settings: Settings, dsn: str) -> None:
+        self.settings = settings
+        self.connection = MonitorConnection(
+            dsn,
+            connect_timeout=min(settings.db_connect_timeout, settings.monitor_http_timeout),
+            statement_timeout_ms=max(settings.monitor_statement_timeout_ms, 30000),
+        )
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._next = 0.0
+        self.findings: list[Finding] = []
+        self.summary: dict[str, Any] | None = None  # None until the first run ended
+
+    def maybe_start(self, now: float) -> None:
+        if (self._thread is not None and self._thread.is_alive()) or now < self._next:
+            return
+        self._next = now + self.settings.integrity_interval
+        self._thread = threading.Thread(target=self._run, name="data-checks", daemon=True)
+        self._thread.start()
+
+    def observed(self) -> tuple[list[Finding], dict[str, Any] | None]:
+        with self._lock:
+            return list(self.findings), self.summary
+
+    def _run(self) -> None:
+        from resilience.diagnose.tree import TITLES, scan_data
+
+        began = time.time()
+        try:
+            diagnosis = scan_data(self.connection.get(), self.settings)
+        except SourceDown as exc:
+            with self._lock:
+                self.summary = {"state": "unreachable", "at": _iso(began), "error": str(exc)}
+            return
+        except (psycopg.Error, ResilienceError) as exc:
+            error = self.connection.failed(exc)
+            with self._lock:
+                self.summary = {"state": "unreachable", "at": _iso(began), "error": str(error)}
+            return
+        findings = []
+        if diagnosis.scenario in (2, 3, 4):
+            rule = "integrity" if diagnosis.scenario == 2 else "completeness"
+            findings.append(
+                Finding(
+                    rule,
+                    "critical",
+                    f"{TITLES[diagnosis.scenario]}: {diagnosis.reason}; next: "
+                    f"{diagnosis.next_command or 're-pair the company (no backup holds it)'}",
+                    self.settings.alert_cooldown,
+                )
+            )
+        with self._lock:
+            self.findings = findings
+            self.summary = {
+                "state": "ok",
+                "at": _iso(began),
+                "duration_s": round(time.time() - began, 3),
+                "scenario": diagnosis.scenario,
+                "title": TITLES[diagnosis.scenario],
+                "company_id": diagnosis.company_id,
+                "next_command": diagnosis.next_command,
+                "companies": len(diagnosis.completeness),
+                "warnings": diagnosis.warnings,
+            }
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.connection.close()
+
+
 class Monitor:
     """One monitor over one deployment (settings alone). ``alerting=False`` and
     ``keep_state=False`` give a read-only look (``invoke health`` without a running monitor)."""
@@ -94,6 +172,8 @@ class Monitor:
             if dsn
             else None
         )
+        # the data checks run in the long-running monitor only (a one-off look is `diagnose`)
+        self.data = DataChecks(settings, own) if own and alerting and keep_state else None
         self._next_probe = 0.0
         self._probe_seen = 0.0  # end time of the newest probe query already counted
         self.pool_history: deque[dict[str, Any]] = deque(maxlen=settings.pool_samples)
@@ -287,9 +367,27 @@ class Monitor:
             metrics_error=sources["metrics"].get("error"),
         )
         findings = evaluate(observed, self.settings)
+        hold = []
+        if metrics is None:
+            hold += ["pool_waiting", "pool_usage"]
+        if keys is None:
+            hold.append("keys_expired")
+        data_summary = None
+        if self.data is not None:
+            self.data.maybe_start(now)
+            data_findings, data_summary = self.data.observed()
+            if data_summary is None or data_summary["state"] != "ok":
+                hold += list(DataChecks.RULES)
+            findings += data_findings
+            sources["data"] = (
+                {"state": "pending", "why": "the first integrity check is running"}
+                if data_summary is None
+                else {"state": data_summary["state"], "at": data_summary["at"]}
+                | ({"error": data_summary["error"]} if "error" in data_summary else {})
+            )
         if self.alerts is not None:
             self._send_pending(now)
-            for note in self.book.update(findings, now):
+            for note in self.book.update(findings, now, hold):
                 self._send(note)
         else:  # read-only: what fires now, no memory of what was sent
             pass
@@ -302,6 +400,7 @@ class Monitor:
                 self._error(now, "state", f"cannot write the monitor state: {exc}")
         self.cycles += 1
         doc = self._document(now, findings, sources, latency, pool, side, keys)
+        doc["data"] = data_summary
         doc["cycle_s"] = round(time.perf_counter() - started, 4)
         self.last = doc
         return doc
@@ -392,6 +491,8 @@ class Monitor:
         }
 
     def close(self) -> None:
+        if self.data is not None:
+            self.data.close()
         if self.db is not None:
             self.db.close()
         if self.probe is not None:

@@ -1,70 +1,108 @@
-"""`drill.*`: chaos drills on a stack (local by default), each writing its report."""
+"""`drill.*`: chaos drills on a stack (local by default), each writing its report.
+
+Every drill task takes `--backend local|docker|external`. Against `external` (staging), fault
+injection needs the settings to mark the target (`RESILIENCE_DRILL_TARGET=true`, checked by the
+drills) and the run to be confirmed with `--yes`. Each run also writes JUnit XML for CI
+(`reports/junit-<drill>.xml`).
+"""
 
 from __future__ import annotations
 
 from invoke.context import Context
 from invoke.tasks import task
 
-from tasks._run import ROOT, venv_bin
+from tasks._run import ROOT, operator_task, venv_bin
 
-BACKEND_HELP = "local (default), docker or external"
+BACKENDS = ("local", "docker", "external")
+BACKEND_HELP = "local (default), docker or external (staging: needs --yes)"
+YES_HELP = "confirm a drill against the external backend (faults on a real deployment)"
+HELP = {"backend": BACKEND_HELP, "k": "only scenarios matching", "yes": YES_HELP}
 
 
-def _pytest(c: Context, args: list[str], backend: str | None) -> None:
+def _drill(
+    c: Context,
+    name: str,
+    paths: list[str],
+    backend: str | None,
+    yes: bool,
+    *,
+    k: str = "",
+    marks: str | None = None,
+) -> None:
+    from resilience.errors import InputError
+
+    if backend is not None and backend not in BACKENDS:
+        raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "external" and not yes:
+        raise InputError(
+            "a drill against the external backend injects faults into a real deployment: "
+            "confirm with --yes (and RESILIENCE_DRILL_TARGET=true in its settings)"
+        )
+    args = [*paths, "-p", "no:cacheprovider", f"--junitxml=reports/junit-{name}.xml"]
+    if marks:
+        args += ["-m", repr(marks)]
+    if k:
+        args += ["-k", repr(k)]
     env = {"RESILIENCE_BACKEND": backend} if backend else {}
     with c.cd(str(ROOT)):
         c.run(" ".join([venv_bin("pytest"), *args]), env=env, pty=False)
 
 
-@task(auto_shortflags=False, help={"backend": BACKEND_HELP, "k": "only scenarios matching"})
-def rollback(c: Context, backend: str | None = None, k: str = "") -> None:
+@task(auto_shortflags=False, help=HELP)
+@operator_task
+def rollback(c: Context, backend: str | None = None, k: str = "", yes: bool = False) -> None:
     """Emergency rollback drill, all four scenarios: reports/drill-rollback.{html,json}."""
-    args = ["drills/test_rollback.py", "-p", "no:cacheprovider"]
-    if k:
-        args += ["-k", repr(k)]
-    _pytest(c, args, backend)
+    _drill(c, "rollback", ["drills/test_rollback.py"], backend, yes, k=k)
 
 
 @task(
     auto_shortflags=False,
-    help={
-        "backend": BACKEND_HELP,
-        "k": "only scenarios matching",
-        "slow": "also the true durations (TTL 300 s, outages of 3 and 6 minutes)",
-    },
+    help={**HELP, "slow": "also the true durations (TTL 300 s, outages of 3 and 6 minutes)"},
 )
-def cache(c: Context, backend: str | None = None, k: str = "", slow: bool = False) -> None:
+@operator_task
+def cache(
+    c: Context, backend: str | None = None, k: str = "", slow: bool = False, yes: bool = False
+) -> None:
     """Creds-cache drill: outages with a PM2 restart in the middle, on cached creds and past
     the TTL: reports/drill-cache.{html,json}. Without --slow, time is scaled to seconds."""
-    args = ["drills/test_cache_outage.py", "-p", "no:cacheprovider"]
-    if not slow:
-        args += ["-m", repr("not slow")]
-    if k:
-        args += ["-k", repr(k)]
-    _pytest(c, args, backend)
+    marks = None if slow else "not slow"
+    _drill(c, "cache", ["drills/test_cache_outage.py"], backend, yes, k=k, marks=marks)
 
 
-@task(auto_shortflags=False, help={"backend": BACKEND_HELP, "k": "only scenarios matching"})
-def backup(c: Context, backend: str | None = None, k: str = "") -> None:
+@task(auto_shortflags=False, help=HELP)
+@operator_task
+def backup(c: Context, backend: str | None = None, k: str = "", yes: bool = False) -> None:
     """Backup drill: restore after TRUNCATE, a region cut, corrupt dumps, datacenter loss, one
     company restored: reports/drill-backup.{html,json}."""
-    args = ["drills/test_backup.py", "-p", "no:cacheprovider"]
-    if k:
-        args += ["-k", repr(k)]
-    _pytest(c, args, backend)
+    _drill(c, "backup", ["drills/test_backup.py"], backend, yes, k=k)
 
 
-@task(auto_shortflags=False, help={"backend": BACKEND_HELP, "k": "only scenarios matching"})
-def monitoring(c: Context, backend: str | None = None, k: str = "") -> None:
+@task(auto_shortflags=False, help=HELP)
+@operator_task
+def cleanup(c: Context, backend: str | None = None, k: str = "", yes: bool = False) -> None:
+    """Cleanup drill: stale keys deleted in batches while the service writes (10k; the 100k
+    variant is slow): reports/drill-cleanup.{html,json}."""
+    _drill(c, "cleanup", ["drills/test_cleanup.py"], backend, yes, k=k)
+
+
+@task(auto_shortflags=False, help=HELP)
+@operator_task
+def monitoring(c: Context, backend: str | None = None, k: str = "", yes: bool = False) -> None:
     """Monitoring drill: latency, a held pool, aged keys, a restart, a real browser:
     reports/drill-monitoring.{html,json} and the status page's screenshot."""
-    args = ["drills/test_monitoring.py", "-p", "no:cacheprovider"]
-    if k:
-        args += ["-k", repr(k)]
-    _pytest(c, args, backend)
+    _drill(c, "monitoring", ["drills/test_monitoring.py"], backend, yes, k=k)
 
 
-@task(auto_shortflags=False, name="all", help={"backend": BACKEND_HELP})
-def all_drills(c: Context, backend: str | None = None) -> None:
+@task(auto_shortflags=False, help=HELP)
+@operator_task
+def diagnose(c: Context, backend: str | None = None, k: str = "", yes: bool = False) -> None:
+    """Diagnose drill: each scenario broken as in life, named by `diagnose`, repaired by the
+    command it prints: reports/drill-diagnose.{html,json}."""
+    _drill(c, "diagnose", ["drills/test_diagnose.py"], backend, yes, k=k)
+
+
+@task(auto_shortflags=False, name="all", help={"backend": BACKEND_HELP, "yes": YES_HELP})
+@operator_task
+def all_drills(c: Context, backend: str | None = None, yes: bool = False) -> None:
     """Every drill, slow ones included (the nightly chaos run)."""
-    _pytest(c, ["drills", "-p", "no:cacheprovider"], backend)
+    _drill(c, "all", ["drills"], backend, yes)

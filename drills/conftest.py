@@ -6,7 +6,8 @@ each other's keys; the report collects one journal per scenario and is written a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import DrillSettings
 from resilience.drill.report import DrillReport
+from resilience.drill.reporting import targets
 from resilience.drill.service import ServiceUnderTest
 from resilience.drill.stack import Stack
 from resilience.drill.standin.deploy import DeployedService, standin_on_stack
@@ -80,29 +82,77 @@ def _real_service(
             service.pm2.restart(settings.pm2_app)
 
 
-def _report(name: str) -> Iterator[DrillReport]:
-    """A drill's report, written to reports/drill-<name>.{json,html} once its scenarios ran."""
-    report = DrillReport(name, REPORTS)
+def _report(name: str, settings: DrillSettings) -> Iterator[DrillReport]:
+    """A drill's report, written to reports/drill-<name>.{json,html} once its scenarios ran
+    (with reports/history.jsonl and reports/index.html: resilience.drill.report)."""
+    report = DrillReport(name, REPORTS, backend=settings.backend)
     yield report
     if report.journals:
         report.write()
 
 
 @pytest.fixture(scope="session")
-def rollback_report() -> Iterator[DrillReport]:
-    yield from _report("rollback")
+def rollback_report(settings: DrillSettings) -> Iterator[DrillReport]:
+    yield from _report("rollback", settings)
 
 
 @pytest.fixture(scope="session")
-def cache_report() -> Iterator[DrillReport]:
-    yield from _report("cache")
+def cache_report(settings: DrillSettings) -> Iterator[DrillReport]:
+    yield from _report("cache", settings)
 
 
 @pytest.fixture(scope="module")
-def backup_report() -> Iterator[DrillReport]:
-    yield from _report("backup")
+def backup_report(settings: DrillSettings) -> Iterator[DrillReport]:
+    yield from _report("backup", settings)
 
 
 @pytest.fixture(scope="module")
-def cleanup_report() -> Iterator[DrillReport]:
-    yield from _report("cleanup")
+def cleanup_report(settings: DrillSettings) -> Iterator[DrillReport]:
+    yield from _report("cleanup", settings)
+
+
+# --- the reports in pytest's own outputs ------------------------------------------------------
+_JOURNALS_BEFORE = pytest.StashKey[dict[int, int]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Each drill test's scenarios in JUnit XML (properties: report, status, RTO, targets met
+    and missed) and, under pytest-html, a link to the drill's report."""
+    rep = yield
+    funcargs = getattr(item, "funcargs", {})
+    reports = [v for v in funcargs.values() if isinstance(v, DrillReport)]
+    if not reports:
+        return rep
+    if rep.when == "setup":
+        item.stash[_JOURNALS_BEFORE] = {id(r): len(r.journals) for r in reports}
+    elif rep.when == "call":
+        before = item.stash.get(_JOURNALS_BEFORE, {})
+        for report in reports:
+            item.user_properties.append(("drill_report", os.path.relpath(report.html_path, ROOT)))
+            for journal in report.journals[before.get(id(report), 0) :]:
+                rows, _ = targets.evaluate(journal.measurements)
+                prefix = f"scenario[{journal.title}]"
+                item.user_properties += [
+                    (f"{prefix}.status", journal.status),
+                    (f"{prefix}.targets_met", sum(r.met is True for r in rows)),
+                    (f"{prefix}.targets_missed", sum(r.met is False for r in rows)),
+                ]
+                if "rto_s" in journal.measurements:
+                    item.user_properties.append((f"{prefix}.rto_s", journal.measurements["rto_s"]))
+            _html_link(item, rep, report)
+    return rep
+
+
+def _html_link(item: pytest.Item, rep: pytest.TestReport, report: DrillReport) -> None:
+    """A link to the drill's page among pytest-html's extras (when --html is given)."""
+    html = item.config.getoption("htmlpath", None)
+    if not html:
+        return
+    from pytest_html import extras  # type: ignore[import-untyped]
+
+    link = os.path.relpath(report.html_path, Path(html).resolve().parent)
+    shown = [*getattr(rep, "extras", []), extras.url(link, name="drill report")]
+    rep.extras = shown  # type: ignore[attr-defined]

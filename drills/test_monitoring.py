@@ -45,6 +45,7 @@ from resilience.drill.browser import render, screenshot
 from resilience.drill.fakes.receivers import ReceiverClient
 from resilience.drill.fakes.telegram import TelegramRecord
 from resilience.drill.report import DrillReport
+from resilience.drill.reporting.targets import target
 from resilience.drill.stack import Stack
 from resilience.drill.stack.local import LocalStack
 from resilience.drill.standin.deploy import StandinOnStack, standin_on_stack
@@ -228,6 +229,7 @@ def test_a_latency_gives_warnings_one_page_per_cooldown_and_one_resolved(
                 timeout=60,
             )
             paged_after = time.monotonic() - began
+            j.event("alert", "Telegram: slow_queries paged")
             # keep the fault for one and a half cooldowns: at most one reminder may come
             wait_until(
                 lambda: time.monotonic() - began >= paged_after + 1.5 * COOLDOWN_S or None,
@@ -237,6 +239,7 @@ def test_a_latency_gives_warnings_one_page_per_cooldown_and_one_resolved(
             )
             fault_s = time.monotonic() - began
         cleared = time.monotonic()
+        j.event("fault", "removed: latency toxic")
         with j.step("toxic removed: wait for the resolved message"):
             rig.receivers.wait_for(
                 "telegram",
@@ -248,6 +251,7 @@ def test_a_latency_gives_warnings_one_page_per_cooldown_and_one_resolved(
                 timeout=WINDOW_S + 30,
             )
             resolved_after = time.monotonic() - cleared
+            j.event("alert", "Telegram: slow_queries resolved")
         after = rig.steady()
         pages = rig.telegram("slow_queries", since)
         kinds = _kinds(pages)
@@ -275,11 +279,20 @@ def test_a_latency_gives_warnings_one_page_per_cooldown_and_one_resolved(
             deviated=False,
             measurements={
                 "paged_after_s": round(paged_after, 2),
+                "paged_after_limit_s": 60,
                 "fault_s": round(fault_s, 2),
                 "firing_s": round(firing_s, 2),
                 "resolved_after_s": round(resolved_after, 2),
                 "telegram": kinds,
                 "sentry_slow_query_warnings": len(warnings),
+                "targets": {
+                    "Telegram pages fired": target(kinds.count("fired"), 1, "=="),
+                    "Telegram resolved messages": target(kinds.count("resolved"), 1, "=="),
+                    "pages, one per cooldown at most": target(
+                        len(sends), int(firing_s // COOLDOWN_S) + 1
+                    ),
+                    "Sentry slow-query warnings": target(len(fired), 1, ">="),
+                },
             },
         )
 
@@ -299,10 +312,13 @@ def test_b_every_pool_connection_held_is_critical(rig: Rig, monitoring_report: D
                     lambda m: f"{TAG}, pool_waiting:" in m.get("text", "") and m["seq"] > since,
                     timeout=60,
                 )
+                j.event("alert", "Telegram: pool_waiting paged")
                 held = rig.wait_health(lambda d: d["pool"] and d["pool"]["waiting"] > 5, timeout=30)
+                j.event("health", f"monitor: {held['pool']['waiting']} waiting on the pool")
         finally:
             locker.rollback()
             locker.close()
+        j.event("fault", "removed: lock released")
         with j.step("lock released: wait for the resolved message"):
             rig.receivers.wait_for(
                 "telegram",
@@ -323,8 +339,10 @@ def test_b_every_pool_connection_held_is_critical(rig: Rig, monitoring_report: D
             deviated=False,
             measurements={
                 "waiting": held["pool"]["waiting"],
+                "waiting_min": 6,
                 "waiting_on_lock": held["database"]["waiting_on_lock"],
                 "telegram": _kinds(rig.telegram("pool_waiting", since)),
+                "targets": {"critical page": target(page["text"][:10], "[CRITICAL]", "==")},
             },
         )
 
@@ -352,6 +370,7 @@ def test_c_aged_keys_are_critical_once_across_a_restart_and_shown_in_a_browser(
             lambda m: f"{TAG}, keys_expired:" in m.get("text", "") and m["seq"] > since,
             timeout=30,
         )
+        j.event("alert", "Telegram: keys_expired paged")
         with j.step("monitor restarted by PM2 while the alert fires"):
             before = rig.health()
             rig.pm2.restart(rig.settings.monitor_app)
@@ -362,6 +381,7 @@ def test_c_aged_keys_are_critical_once_across_a_restart_and_shown_in_a_browser(
             )
         assert restarted["cycle"] < before["cycle"] + 5  # a new process counts from 1
         assert restarted["status"] == "critical"
+        j.event("health", f"restarted monitor: {restarted['status']}, cycle {restarted['cycle']}")
         assert len(rig.telegram("keys_expired", since)) == 1  # not sent again
 
         with j.step("status page in headless Chromium"):
@@ -393,6 +413,7 @@ def test_c_aged_keys_are_critical_once_across_a_restart_and_shown_in_a_browser(
         with j.step("the runbook's fix: cleanup.keys --expired --yes"):
             run = cleanup_keys(rig.settings, expired=True, yes=True)
         deleted = run.to_dict()["deleted"]
+        j.event("fault", f"removed: cleanup deleted {deleted} keys")
         assert deleted == AGED_KEYS
         rig.receivers.wait_for(
             "telegram",
@@ -402,6 +423,7 @@ def test_c_aged_keys_are_critical_once_across_a_restart_and_shown_in_a_browser(
             ),
             timeout=60,
         )
+        j.event("alert", "Telegram: keys_expired resolved")
         after = rig.steady()
         j.steady_state("after", {"status": after["status"]})
         j.finish(
@@ -411,8 +433,16 @@ def test_c_aged_keys_are_critical_once_across_a_restart_and_shown_in_a_browser(
                 "telegram": _kinds(rig.telegram("keys_expired", since)),
                 "cycles_after_restart": restarted["cycle"],
                 "page_refreshes": refreshed,
+                "page_refreshes_min": 2,
                 "health_exit_code": result.returncode,
+                "health_exit_code_expected": 2,
                 "deleted": deleted,
+                "deleted_expected": AGED_KEYS,
+                "targets": {
+                    "pages across the restart": target(
+                        _kinds(rig.telegram("keys_expired", since)).count("fired"), 1, "=="
+                    )
+                },
             },
         )
 
@@ -438,4 +468,11 @@ def test_d_once_every_fault_is_gone_no_alert_for_a_full_window(
         ]  # fmt: skip
         j.steady_state("after", {"status": last["status"]})
         assert last["status"] == "ok" and not new_pages and not new_events
-        j.finish("completed", deviated=False, measurements={"quiet_s": WINDOW_S + COOLDOWN_S})
+        j.finish(
+            "completed",
+            deviated=False,
+            measurements={
+                "quiet_s": WINDOW_S + COOLDOWN_S,
+                "targets": {"alerts in the quiet window": target(len(new_pages + new_events), 0)},
+            },
+        )

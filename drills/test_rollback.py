@@ -198,6 +198,7 @@ def _fallback_from_snapshot(
             deviated=False,
             measurements={
                 "rto_s": data["rto_s"],
+                "rto_limit_s": RTO_LIMIT_S,
                 "outage_to_recovered_s": round(recovered_s, 3),
                 "snapshot_age_s": installed.get("snapshot_age_s"),
                 "keys_seeded": SEEDED_KEYS if service.standin else None,
@@ -301,6 +302,7 @@ def test_c_slow_postgres_live_export_loses_nothing(
             deviated=False,
             measurements={
                 "rto_s": data["rto_s"],
+                "rto_limit_s": RTO_LIMIT_S,
                 "keys_seeded": SEEDED_KEYS if service.standin else None,
                 "keys_exported": export["key_count"],
                 "writes_acknowledged_in_postgres_mode": _count(
@@ -308,6 +310,7 @@ def test_c_slow_postgres_live_export_loses_nothing(
                 ),
                 "writes_in_file_mode": _count(file_writes if entries is not None else None),
                 "loss_window_keys": 0,
+                "loss_window_keys_max": 0,
                 "export_digest": export["digest"],
                 "health_loaded_digest": loaded,
                 "collisions_reported": len(export.get("collisions", [])),
@@ -352,7 +355,9 @@ def test_d_round_trip_back_to_postgres_keeps_file_mode_writes(
             deviated=False,
             measurements={
                 "rto_s": there["rto_s"],
+                "rto_limit_s": RTO_LIMIT_S,
                 "rto_back_s": back["rto_s"],
+                "rto_back_limit_s": RTO_LIMIT_S,
                 "keys_seeded": SEEDED_KEYS if service.standin else None,
                 "writes_in_postgres_mode": by_mode["postgres"]
                 if entries is not None

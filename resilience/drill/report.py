@@ -1,4 +1,41 @@
-"""A drill's report: one journal per scenario, as JSON and one self-contained HTML page."""
+"""A drill's report: one journal per scenario, written as JSON and one self-contained HTML page,
+remembered in the reports' history and index.
+
+:meth:`DrillReport.write` writes, under ``reports/``:
+
+``drill-<name>.json``
+    ``{"drill", "status", "generated_at", "environment", "scenarios": [journal, ...],
+    "targets": {scenario title: [row, ...]}}``, each journal as :meth:`Journal.to_dict` gives it;
+``drill-<name>.html``
+    the page (:mod:`resilience.drill.reporting.render`): a summary, the environment, and per
+    scenario an inline-SVG timeline, the targets table, the other measurements, the steady state,
+    the steps and the events. No script and no external asset;
+``archive/``, ``history.jsonl``, ``index.html``
+    a copy of this run, its history line, and the index of every run with each drill's RTO
+    trend (:mod:`resilience.drill.reporting.history`).
+
+JUnit XML for CI comes from pytest itself (``--junitxml=reports/junit-<name>.xml``), which the
+``drill.*`` tasks pass; the index links it.
+
+What drills record, and how the page shows it:
+
+* **Targets** (RTO, RPO, keys preserved, loss window, alerts expected and received) are read
+  from ``journal.measurements``: a paired key such as ``rto_limit_s`` beside ``rto_s`` (also
+  ``_max``, ``_target``: at most; ``_min``: at least; ``_expected``: equal), or a ``targets``
+  dict ``{name: {"target": ..., "measured": ..., "met": bool}}`` (``met`` may be left to an
+  ``op``); :func:`resilience.drill.reporting.targets.target` builds an entry. Each row shows
+  met, missed or unknown. See :mod:`resilience.drill.reporting.targets`.
+* **Timeline**: the steps and rollbacks as bars, the events as marks by kind: ``fault``
+  (a ``fault`` event whose message starts with ``removed``, or ``fault_removed``, ends its
+  window), ``alert``, ``health``, ``evidence``, ``failure``, the steady state probes; any other
+  kind in a lane of its own. See :mod:`resilience.drill.reporting.timeline`.
+* **Environment**: Python, OS, backend (``RESILIENCE_BACKEND`` unless given), the PostgreSQL
+  server's version (asked once, through the first PostgreSQL DSN a scenario registers as a
+  secret), the git commit.
+
+Secrets: each scenario's secrets are registered with its journal (which redacts everything it
+outputs) and with the report, which redacts the environment and the history line too.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +43,33 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from resilience.runs.html import render_html
-from resilience.runs.journal import Journal, atomic_write_text
+from resilience.drill.reporting import environment, history, render, targets
+from resilience.infra.redact import Redactor
+from resilience.runs.journal import Journal, atomic_write_text, now_iso
 
 
 class DrillReport:
     """One journal per scenario; written as JSON and one self-contained HTML page."""
 
-    def __init__(self, name: str, reports_dir: Path) -> None:
+    def __init__(self, name: str, reports_dir: Path, *, backend: str | None = None) -> None:
         self.name = name
         self.reports_dir = reports_dir
+        self.backend = backend
         self.journals: list[Journal] = []
+        #: Facts shown in the environment table on top of :func:`environment.collect`'s.
+        self.environment: dict[str, str] = {}
+        self.postgresql: str | None = None
+        self._redactor = Redactor()
+
+    @property
+    def html_path(self) -> Path:
+        return self.reports_dir / f"drill-{self.name}.html"
+
+    @property
+    def json_path(self) -> Path:
+        return self.reports_dir / f"drill-{self.name}.json"
 
     @contextlib.contextmanager
     def scenario(self, title: str, *secrets: str) -> Iterator[Journal]:
@@ -25,6 +77,8 @@ class DrillReport:
         journal = self.journal(title)
         for secret in secrets:
             journal.register_secret(secret)
+            self._redactor.register(secret)
+        self._probe_postgres(secrets)
         journal.start()
         try:
             yield journal
@@ -39,40 +93,42 @@ class DrillReport:
         self.journals.append(journal)
         return journal
 
-    def write(self) -> tuple[Path, Path]:
-        from jinja2 import Environment, select_autoescape
+    def _probe_postgres(self, secrets: tuple[str, ...]) -> None:
+        if self.postgresql is not None:
+            return
+        for dsn in (s for s in secrets if environment.is_postgres_dsn(s)):
+            self.postgresql = environment.postgres_version(dsn)
+            if self.postgresql is not None:
+                return
 
-        self.reports_dir.mkdir(exist_ok=True)
+    def data(self) -> dict[str, Any]:
+        """The report as JSON data (what ``drill-<name>.json`` holds)."""
         scenarios = [j.to_dict() for j in self.journals]
         failed = [s for s in scenarios if s.get("status") != "completed"]
-        data = {
+        facts = environment.collect(backend=self.backend, postgresql=self.postgresql)
+        data: dict[str, Any] = {
             "drill": self.name,
             "status": "failed" if failed or not scenarios else "completed",
+            "generated_at": now_iso(),
+            "environment": {**facts, **self.environment},
             "scenarios": scenarios,
+            "targets": {
+                str(s.get("title")): [
+                    row.to_dict() for row in targets.evaluate(s.get("measurements") or {})[0]
+                ]
+                for s in scenarios
+            },
         }
-        json_path = atomic_write_text(
-            self.reports_dir / f"drill-{self.name}.json", json.dumps(data, indent=2, default=str)
-        )
-        env = Environment(autoescape=select_autoescape(default=True))
-        page = env.from_string(INDEX_TEMPLATE).render(
-            name=self.name,
-            status=data["status"],
-            scenarios=[(s, render_html(s)) for s in scenarios],
-        )
-        html_path = atomic_write_text(self.reports_dir / f"drill-{self.name}.html", page)
+        redacted: dict[str, Any] = self._redactor.data(data)  # every scenario's secrets
+        return redacted
+
+    def write(self) -> tuple[Path, Path]:
+        """Write the JSON and the page, archive them, append the history, rewrite the index."""
+        self.reports_dir.mkdir(parents=True, exist_ok=True)
+        data = self.data()
+        json_text = json.dumps(data, indent=2, default=str) + "\n"
+        page = render.render_drill(data)
+        json_path = atomic_write_text(self.json_path, json_text)
+        html_path = atomic_write_text(self.html_path, page)
+        history.record(self.reports_dir, data, page, json_text, render.render_index)
         return json_path, html_path
-
-
-# Each scenario's own page is embedded whole (srcdoc), so the file stays self-contained.
-INDEX_TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>drill {{ name }}</title>
-<style>body{font-family:system-ui,sans-serif;margin:2em}iframe{width:100%;height:900px;
-border:1px solid #ccc;margin-bottom:2em}.completed{color:#176b28}.failed{color:#b00020}</style>
-</head><body>
-<h1>drill {{ name }}: <span class="{{ status }}">{{ status }}</span></h1>
-<ul>{% for s, _ in scenarios %}<li>{{ s.title }}: <span class="{{ s.status }}">{{ s.status }}
-</span>{% if s.measurements and s.measurements.rto_s is defined %}, RTO
-{{ s.measurements.rto_s }} s{% endif %}</li>{% endfor %}</ul>
-{% for s, page in scenarios %}<h2>{{ s.title }}</h2><iframe srcdoc="{{ page }}"></iframe>
-{% endfor %}</body></html>
-"""

@@ -39,6 +39,7 @@ def _drill(
             "confirm with --yes (and RESILIENCE_DRILL_TARGET=true in its settings)"
         )
     args = [*paths, "-p", "no:cacheprovider", f"--junitxml=reports/junit-{name}.xml"]
+    args += ["-o", f"junit_suite_name=drill-{name}"]
     if marks:
         args += ["-m", repr(marks)]
     if k:

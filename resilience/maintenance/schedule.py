@@ -43,6 +43,8 @@ JOBS = (
     Job("cleanup", "0 3 * * *", "cleanup.keys", ("--yes", "--json")),
     Job("backup-hourly", "5 * * * *", "backup.run", ("--kind", "auto", "--json")),
     Job("backup-validate", "30 4 * * *", "backup.validate", ("--json",)),
+    # after the validation: retention never deletes the newest backup, nor an unvalidated day
+    Job("backup-prune", "45 4 * * *", "backup.prune", ("--yes", "--json")),
     Job("restore-test", "0 5 1 * *", "backup.test-restore", ("--json",)),
     Job("health", "*/5 * * * *", "health", ("--once", "--json")),  # a record of the status
 )

@@ -1,5 +1,6 @@
 """Is data missing? (scenarios 3 and 4). A company's keys per Baileys type against the newest
-backup's manifest: a type down by more than the threshold, or creds gone, is scenario 3."""
+backup's manifest: a type down by more than the threshold (and by at least
+:data:`MIN_DROP_KEYS`), or creds gone, is scenario 3."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from typing import Any
 from resilience.authstate.pgstore import Conn
 from resilience.authstate.view import baileys_ref
 from resilience.backup.manifest import CompanyDigest
+
+#: a type must also lose at least this many keys: 1 of 4 gone is 25 % and normal traffic
+MIN_DROP_KEYS = 5
 
 
 @dataclass
@@ -93,7 +97,8 @@ def compare(
         before, after = backed_up.by_type, now
     for key_type, then in sorted(before.items()):
         count = after.get(key_type, 0)
-        if then > 0 and (then - count) * 100 / then > drop_pct:
+        lost = then - count
+        if then > 0 and lost >= MIN_DROP_KEYS and lost * 100 / then > drop_pct:
             result.drops.append(
                 {
                     "type": key_type,

@@ -79,7 +79,7 @@ def find_chromium() -> str:
 def render(url: str, *, wait_ms: int, timeout: float | None = None) -> str:
     """The DOM of ``url`` (serialised HTML) after its scripts ran for ``wait_ms`` of virtual
     time (see the module docstring)."""
-    dom = _run(["--dump-dom", *_budget(wait_ms), url], url, wait_ms, timeout)
+    dom = _run(["--dump-dom", *budget(wait_ms), url], url, wait_ms, timeout)
     if not dom.strip():
         raise StackError(f"chromium printed no DOM for {url}")
     return dom
@@ -102,13 +102,13 @@ def screenshot(
     target.parent.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)
     flags = [f"--screenshot={target}", f"--window-size={width},{height}", "--hide-scrollbars"]
-    _run([*flags, *_budget(wait_ms), url], url, wait_ms, timeout)
+    _run([*flags, *budget(wait_ms), url], url, wait_ms, timeout)
     if not target.is_file() or target.stat().st_size == 0:
         raise StackError(f"chromium wrote no screenshot of {url} to {target}")
     return target
 
 
-def _budget(wait_ms: int) -> list[str]:
+def budget(wait_ms: int) -> list[str]:
     if wait_ms < 0:
         raise InputError(f"wait_ms must be >= 0, not {wait_ms}")
     # `--virtual-time-budget=0` is not "no wait": Chromium then lets virtual time run with no
@@ -117,7 +117,14 @@ def _budget(wait_ms: int) -> list[str]:
 
 
 def _run(args: Sequence[str], url: str, wait_ms: int, timeout: float | None) -> str:
-    """Run Chromium once with a throwaway profile; its stdout, or StackError saying why not."""
+    return run_chromium(args, url, wait_ms, timeout)[0]
+
+
+def run_chromium(
+    args: Sequence[str], url: str, wait_ms: int, timeout: float | None
+) -> tuple[str, str]:
+    """Run Chromium once with a throwaway profile; its stdout and stderr, or StackError saying
+    why not (a timeout kills its whole process group)."""
     binary = find_chromium()
     limit = timeout if timeout is not None else wait_ms / 1000 + TIMEOUT_HEADROOM
     profile = tempfile.mkdtemp(prefix="resilience-chromium-")
@@ -148,7 +155,7 @@ def _run(args: Sequence[str], url: str, wait_ms: int, timeout: float | None) -> 
     failures = [m.group(1).strip() for m in map(_HANDLER_ERROR.search, stderr.splitlines()) if m]
     if failures:
         raise StackError(f"chromium failed on {url}: {failures[-1]}")
-    return out.decode(errors="replace")
+    return out.decode(errors="replace"), stderr
 
 
 def _reason(stderr: str) -> str:

@@ -28,7 +28,8 @@ _env = Environment(
 )
 
 
-def _parse(stamp: Any) -> datetime | None:
+def parse_stamp(stamp: Any) -> datetime | None:
+    """An ISO 8601 time from a journal, or None when absent or malformed."""
     if not isinstance(stamp, str) or not stamp:
         return None
     try:
@@ -63,14 +64,17 @@ def _shown(value: Any) -> str:
 def _timeline(journal: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Steps and rollbacks with their bar position (percent of the whole run)."""
     records = [*journal.get("steps", []), *journal.get("rollbacks", [])]
-    start = _parse(journal.get("started_at"))
-    starts = [_parse(r.get("started_at")) for r in records]
+    start = parse_stamp(journal.get("started_at"))
+    starts = [parse_stamp(r.get("started_at")) for r in records]
     if start is None:
         known = [s for s in starts if s is not None]
         start = min(known) if known else None
     ends: list[datetime] = [
         d
-        for d in (_parse(journal.get("ended_at")), *(_parse(r.get("ended_at")) for r in records))
+        for d in (
+            parse_stamp(journal.get("ended_at")),
+            *(parse_stamp(r.get("ended_at")) for r in records),
+        )
         if d is not None
     ]
     total = (max(ends) - start).total_seconds() if start is not None and ends else 0.0
@@ -113,7 +117,7 @@ def _steady_rows(journal: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _relative(journal: Mapping[str, Any], stamp: Any) -> str:
-    start, at = _parse(journal.get("started_at")), _parse(stamp)
+    start, at = parse_stamp(journal.get("started_at")), parse_stamp(stamp)
     if start is None or at is None:
         return ""
     return f"+{(at - start).total_seconds():.3f} s"

@@ -25,10 +25,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from resilience.runs.html import format_duration
+from resilience.runs.html import format_duration, parse_stamp
 
 WIDTH = 1000
 LABEL_W = 250
@@ -137,13 +136,7 @@ class Timeline:
         return not (self.bars or self.marks)
 
 
-def parse(stamp: Any) -> datetime | None:
-    if not isinstance(stamp, str) or not stamp:
-        return None
-    try:
-        return datetime.fromisoformat(stamp)
-    except ValueError:
-        return None
+parse = parse_stamp  # one reading of a journal's times (resilience.runs.html)
 
 
 def shape(kind: str, x: float, y: float, r: float = MARK_R) -> str:

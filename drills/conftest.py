@@ -111,6 +111,16 @@ def cleanup_report(settings: DrillSettings) -> Iterator[DrillReport]:
     yield from _report("cleanup", settings)
 
 
+@pytest.fixture(scope="module")
+def monitoring_report(settings: DrillSettings) -> Iterator[DrillReport]:
+    yield from _report("monitoring", settings)
+
+
+@pytest.fixture(scope="module")
+def diagnose_report(settings: DrillSettings) -> Iterator[DrillReport]:
+    yield from _report("diagnose", settings)
+
+
 # --- the reports in pytest's own outputs ------------------------------------------------------
 _JOURNALS_BEFORE = pytest.StashKey[dict[int, int]]()
 

@@ -50,7 +50,6 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.backup.manifest import BackupManifest
@@ -60,13 +59,12 @@ from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import DrillSettings, Settings, load_drill_settings, settings_as_env
 from resilience.drill.fakes.receivers import ReceiverClient
 from resilience.drill.fakes.telegram import TelegramRecord
+from resilience.drill.monitor import monitor_under_pm2
 from resilience.drill.report import DrillReport
 from resilience.drill.service import ServiceUnderTest
 from resilience.drill.stack.local import LocalStack
 from resilience.drill.standin.deploy import backup_settings, standin_on_stack
-from resilience.infra.processes import free_port
 from resilience.infra.waiting import wait_until
-from resilience.monitoring.commands import install_monitor, uninstall_monitor
 from resilience.restore import snapshot
 from resilience.runs.journal import Journal, Phase
 
@@ -195,14 +193,6 @@ class Rig:
 
 
 @pytest.fixture(scope="module")
-def diagnose_report() -> Iterator[DrillReport]:
-    report = DrillReport("diagnose", REPORTS)
-    yield report
-    if report.journals:
-        report.write()
-
-
-@pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory, settings: DrillSettings) -> Iterator[Rig]:
     if settings.backend != "local":
         pytest.skip("the diagnose drill breaks a stack of its own (local backend)")
@@ -218,31 +208,16 @@ def rig(tmp_path_factory: pytest.TempPathFactory, settings: DrillSettings) -> It
         service = ServiceUnderTest(stack, s.deployed, operator, s.pm2, s.dataset)
         service.wait_mode("postgres")
         take_backup(operator)  # the newest backup every comparison starts from
-        port = free_port()
-        monitor_settings = operator.model_copy(
-            update={
-                "monitor_dsn": SecretStr(ep.admin_dsn),  # direct: not behind the proxy
-                "monitor_port": port,
-                "monitor_interval": 0.5,
-                "monitor_state_file": base / "monitor" / "state.json",
-                "integrity_interval": 1.0,  # scaled from 900 s
-            }
+        monitors = monitor_under_pm2(
+            stack,
+            operator,
+            base,
+            integrity_interval=1.0,  # scaled from 900 s
         )
-        install_monitor(
-            monitor_settings,
-            ROOT,
-            base / "monitor" / "ecosystem.json",
-            base / "logs",
-            dry_run=False,
-            env=settings_as_env(monitor_settings),
-        )
-        with ReceiverClient(ep.receivers_url or "") as receivers:
-            rig = Rig(stack, service, operator, base, receivers, f"http://127.0.0.1:{port}")
-            try:
-                rig.monitor_data_scenario(0, timeout=90)
-                yield rig
-            finally:
-                uninstall_monitor(monitor_settings)
+        with monitors as (_, url), ReceiverClient(ep.receivers_url or "") as receivers:
+            rig = Rig(stack, service, operator, base, receivers, url)
+            rig.monitor_data_scenario(0, timeout=90)
+            yield rig
 
 
 def test_0_a_healthy_stack_exits_0_with_the_json_shape(

@@ -35,7 +35,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from pydantic import SecretStr
 
 from resilience.authstate.pgstore import connect
 from resilience.chaos import faults
@@ -44,16 +43,15 @@ from resilience.config import DrillSettings, Settings, load_drill_settings, sett
 from resilience.drill.browser import render, screenshot
 from resilience.drill.fakes.receivers import ReceiverClient
 from resilience.drill.fakes.telegram import TelegramRecord
+from resilience.drill.monitor import monitor_under_pm2
 from resilience.drill.report import DrillReport
 from resilience.drill.reporting.targets import target
 from resilience.drill.stack import Stack
 from resilience.drill.stack.local import LocalStack
 from resilience.drill.standin.deploy import StandinOnStack, standin_on_stack
 from resilience.infra.pm2 import Pm2
-from resilience.infra.processes import free_port
 from resilience.infra.waiting import wait_until
 from resilience.maintenance.cleanup import cleanup_keys
-from resilience.monitoring.commands import install_monitor, uninstall_monitor
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "reports"
@@ -135,14 +133,6 @@ def _kinds(messages: list[TelegramRecord]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def monitoring_report() -> Iterator[DrillReport]:
-    report = DrillReport("monitoring", REPORTS)
-    yield report
-    if report.journals:
-        report.write()
-
-
-@pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory, settings: DrillSettings) -> Iterator[Rig]:
     if settings.backend != "local":
         pytest.skip("the monitoring drill counts keys on a stack of its own (local backend)")
@@ -168,45 +158,23 @@ def rig(tmp_path_factory: pytest.TempPathFactory, settings: DrillSettings) -> It
                 "UPDATE whatsapp_keys SET expires_at = now() + interval '7 days'"
                 " WHERE expires_at < now() + interval '1 day'"
             )
-        port = free_port()
-        monitor_settings = service.settings.model_copy(
-            update={
-                # the database side and key counts read directly: the toxic slows the service
-                "monitor_dsn": SecretStr(ep.admin_dsn),
-                "monitor_port": port,
-                "monitor_interval": 0.5,
-                "monitor_page_refresh": 1.0,
-                "monitor_state_file": base / "monitor" / "state.json",
-                "slow_query_window": WINDOW_S,
-                "alert_cooldown": COOLDOWN_S,
-                "keys_alert_cooldown": KEYS_COOLDOWN_S,
-                "runs_dir": base / "runs",
-            }
+        monitors = monitor_under_pm2(
+            stack,
+            service.settings,
+            base,
+            monitor_page_refresh=1.0,
+            slow_query_window=WINDOW_S,
+            alert_cooldown=COOLDOWN_S,
+            keys_alert_cooldown=KEYS_COOLDOWN_S,
+            runs_dir=base / "runs",
         )
-        install_monitor(
-            monitor_settings,
-            ROOT,
-            base / "monitor" / "ecosystem.json",
-            base / "logs",
-            dry_run=False,
-            env=settings_as_env(monitor_settings),
-        )
-        with ReceiverClient(ep.receivers_url or "") as receivers:
-            rig = Rig(
-                stack,
-                service,
-                monitor_settings,
-                f"http://127.0.0.1:{port}",
-                service.pm2,
-                receivers,
-            )
-            try:
-                rig.wait_health(
-                    lambda d: d["cycle"] >= 1, timeout=90, what="the monitor's first cycle"
-                )
-                yield rig
-            finally:
-                uninstall_monitor(monitor_settings)
+        with (
+            monitors as (monitor_settings, url),
+            ReceiverClient(ep.receivers_url or "") as receivers,
+        ):
+            rig = Rig(stack, service, monitor_settings, url, service.pm2, receivers)
+            rig.wait_health(lambda d: d["cycle"] >= 1, timeout=90, what="the monitor's first cycle")
+            yield rig
 
 
 def test_a_latency_gives_warnings_one_page_per_cooldown_and_one_resolved(

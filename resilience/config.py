@@ -30,6 +30,7 @@ from resilience.infra.redact import dsn_problems
 ENV_PREFIX = "RESILIENCE_"
 COMPANY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
 Backend = Literal["local", "docker", "external"]
+DockerImages = Literal["auto", "official", "local"]
 STACK_DIR_DEFAULT = ".stack"
 STACK_SETTINGS_FILE = "resilience.env"
 S = TypeVar("S", bound="Settings")
@@ -233,6 +234,9 @@ class DrillSettings(Settings):
     startup_timeout: float = Field(30.0, gt=0)
     # fsync on for the stack's PostgreSQL: drills that kill the server, point-in-time recovery
     pg_durable: bool = False
+    # docker backend: official images (pulled), local ones (built here from Debian packages and
+    # cached in the engine) or auto (official when a pull works, else local)
+    docker_images: DockerImages = "auto"
 
     # --- external (staging) stack ------------------------------------------------------------
     admin_dsn: SecretStr | None = None

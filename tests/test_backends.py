@@ -9,7 +9,7 @@ import pytest
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import load_drill_settings
-from resilience.drill.stack import Stack, make_stack
+from resilience.drill.stack import Stack, engine, images, make_stack
 from resilience.drill.stack.docker import DockerStack, engine_available
 from resilience.drill.stack.external import ExternalStack
 from resilience.errors import ChaosError, ConfigError, StackError
@@ -17,28 +17,65 @@ from resilience.errors import ChaosError, ConfigError, StackError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_docker_backend_without_an_engine_says_so(tmp_path: Path) -> None:
-    reason = engine_available()
-    settings = load_drill_settings(env_file=None, backend="docker", stack_dir=tmp_path)
+def test_docker_backend_without_dockerd_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No engine answers, no dockerd and no apt: one line that says how to install Docker."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setattr(engine, "DAEMON_PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(engine, "DEFAULT_SOCKET", tmp_path / "no.sock")
+    monkeypatch.setattr(engine.shutil, "which", lambda *a, **k: None)
+    tools = tmp_path / "tools"
+    reason = engine_available(tools)
+    assert reason is not None and "dockerd is not installed" in reason
+    assert "docs.docker.com/engine/install" in reason and "\n" not in reason
+    settings = load_drill_settings(
+        env_file=None, backend="docker", stack_dir=tmp_path, tools_dir=tools
+    )
     stack = make_stack(settings)
     assert isinstance(stack, DockerStack)
-    if reason is None:
-        pytest.skip("a Docker engine is available here: the refusal cannot be observed")
-    assert "no Docker engine" in reason and "RESILIENCE_BACKEND=local" in reason
-    with pytest.raises(StackError, match="docker backend: no Docker engine"):
-        stack.up()
+    with pytest.raises(engine.EngineUnavailable, match="dockerd is not installed"):
+        engine.acquire(tools, owner=tmp_path)
     assert stack.status()["up"] is False
+
+
+def test_docker_host_that_does_not_answer_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nothing.sock")
+    with pytest.raises(StackError, match="DOCKER_HOST=.*does not answer"):
+        engine.acquire(tmp_path / "tools", owner=tmp_path)
+
+
+def test_apt_mirror_is_read_from_sources(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n\nTypes: deb\nURIs: http://security.example/debian-security\n"
+        "Suites: bookworm-security\n"
+    )
+    assert images.apt_mirror(tmp_path) == "http://mirror.example/debian"
+    line = "deb [arch=amd64] http://list.example/debian bookworm main\n"
+    (tmp_path / "sources.list").write_text(line)
+    assert images.apt_mirror(tmp_path) == "http://list.example/debian"
+    assert images.apt_mirror(tmp_path / "none") == images.DEFAULT_MIRROR
 
 
 @pytest.mark.docker
 def test_docker_backend_up_and_down(tmp_path: Path) -> None:
-    reason = engine_available()
+    reason = engine_available(ROOT / ".tools")
     if reason:
         pytest.skip(f"docker backend: {reason}")
     settings = load_drill_settings(
         env_file=None, backend="docker", stack_dir=tmp_path, tools_dir=ROOT / ".tools"
     )
-    with make_stack(settings) as stack:
+    stack = make_stack(settings)
+    try:
+        stack.up()
+    except engine.EngineUnavailable as exc:
+        pytest.skip(str(exc))
+    with stack:
         with ToxiproxyClient(stack.endpoints.toxiproxy_url) as client:
             assert client.get_proxy("postgres").enabled
         assert stack.status()["up"] is True

@@ -135,3 +135,16 @@ def test_settings_as_env_loads_back(tmp_path: Path) -> None:
     assert again.model_dump() == original.model_dump()
     assert again.service_dsn is not None and original.service_dsn is not None
     assert again.service_dsn.get_secret_value() == original.service_dsn.get_secret_value()
+
+
+def test_a_keyword_password_with_an_escaped_quote_is_hidden_whole() -> None:
+    """libpq's keyword syntax escapes a quote inside a quoted value (`'00\\'0;00A'`); the
+    redaction must not stop at that quote (a CI run showed `0;00A` left behind)."""
+    from resilience.infra.redact import Redactor, redact_dsn
+
+    dsn = "host=127.0.0.1 port=5 user=u password='00\\'0;00A' dbname=b"
+    assert redact_dsn(dsn) == "host=127.0.0.1 port=5 user=u password=*** dbname=b"
+    redactor = Redactor([dsn])
+    assert redactor.text("as written 00\\'0;00A, decoded 00'0;00A") == (
+        "as written ***, decoded ***"
+    )

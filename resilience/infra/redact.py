@@ -30,7 +30,10 @@ MIN_SECRET_LENGTH = 4
 
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)(.*)$", re.S)
-_PASSWORD_KV_RE = re.compile(r"(?i)(\b\w*password\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s&;,]+)")
+# a quoted value may hold backslash-escaped quotes (libpq's keyword syntax: 'it\'s')
+_PASSWORD_KV_RE = re.compile(
+    r"(?i)(\b\w*password\s*=\s*)('(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\"|[^\s&;,]+)"
+)
 
 
 def _split_userinfo(dsn: str) -> tuple[str, str, str | None, str] | None:
@@ -76,6 +79,7 @@ def dsn_passwords(dsn: str) -> list[str]:
         for m in _KV_PASSWORD_RE.finditer(dsn):
             value = m.group(1)
             if value.startswith("'") and value.endswith("'") and len(value) >= 2:
+                found.append(value[1:-1])  # as written, escapes and all: text may quote it so
                 value = value[1:-1].replace("\\'", "'").replace("\\\\", "\\")
             found.append(value)
     decoded = [unquote(p) for p in found] + [unquote(p.replace("+", " ")) for p in found]

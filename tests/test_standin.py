@@ -1232,8 +1232,9 @@ def test_readers_count_failures_in_an_outage_and_resume(
             lambda h: h["reads_failed"] >= during["reads_failed"] + 40, "more failed reads"
         )
         assert later["reads_ok"] - during["reads_ok"] <= 4  # at most the ones in flight
-        _, samples = scrape(standin)
-        assert samples[(contract.QUERY_DURATION + "_count", (("outcome", "error"),))] >= 1
+        # No assertion on the histogram's error series: a disabled proxy refuses connections,
+        # so reads fail before any statement runs (only a statement cut mid-way counts there;
+        # a CI run under load saw none).
     back = standin.wait_health(
         lambda h: (
             h["reads_ok"] >= later["reads_ok"] + 40 and h["writes_ok"] >= later["writes_ok"] + 10

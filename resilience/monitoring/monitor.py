@@ -176,6 +176,7 @@ class Monitor:
         self.data = DataChecks(settings, own) if own and alerting and keep_state else None
         self._next_probe = 0.0
         self._probe_seen = 0.0  # end time of the newest probe query already counted
+        self._probe_ok = True  # the last probe's outcome, shown between probes
         self.pool_history: deque[dict[str, Any]] = deque(maxlen=settings.pool_samples)
         self.errors: deque[dict[str, Any]] = deque(
             self.book.memory.get("errors", [])[-ERRORS_KEPT:], maxlen=ERRORS_KEPT
@@ -250,8 +251,6 @@ class Monitor:
                 if record.duration_s > slow_s:
                     self.slow.add(record.at)
                 self._probe_seen = record.at
-
-    _probe_ok = True
 
     def _database(self, now: float, sources: dict[str, Any]) -> tuple[dict[str, Any] | None, ...]:
         if self.db is None:

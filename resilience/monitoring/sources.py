@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -324,7 +323,3 @@ def key_stats(conn: Conn, retention_days: int) -> dict[str, Any]:
         "age_histogram": histogram,
         "sizes": sizes,
     }
-
-
-def as_mapping(value: Mapping[str, Any] | None) -> dict[str, Any]:
-    return dict(value or {})

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from resilience.authstate import filestore
 from resilience.authstate.codec import canonical, loads
 from resilience.authstate.dataset import generate
-from resilience.authstate.filestore import FileAuthStore
 from resilience.authstate.model import KeyRecord
 from resilience.authstate.naming import CREDS_FILE, company_dir_name
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect
@@ -182,8 +182,9 @@ def test_nul_and_overlong_ids_are_refused_and_the_previous_export_kept(
 
     class WithNul(PgAuthStore):
         # PostgreSQL TEXT cannot hold NUL, so such an id can only reach us from a caller: fake it
-        def records(self, company_id: str) -> list[KeyRecord]:
-            return [*super().records(company_id), KeyRecord(company_id, "session", "ab\0c", b"x")]
+        def read_company(self, company_id: str, **kw: Any) -> tuple[Any, list[KeyRecord]]:
+            creds, records = super().read_company(company_id, **kw)
+            return creds, [*records, KeyRecord(company_id, "session", "ab\0c", b"x")]
 
     with pytest.raises(InputError, match="NUL"):
         export_company(WithNul(store.conn), root, company, source=SOURCE)
@@ -251,17 +252,18 @@ def test_read_only_export_dir_is_a_clear_error(
 
 
 def _failing_after(monkeypatch: pytest.MonkeyPatch, good: int, err: int) -> list[str]:
-    """Make FileAuthStore's low-level write fail with ``err`` after ``good`` files."""
+    """Make the low-level file creation fail with ``err`` after ``good`` files."""
     written: list[str] = []
-    real = FileAuthStore._write_file
+    real = filestore.create_file
 
-    def write(self: FileAuthStore, directory: Path, name: str, payload: bytes) -> None:
+    def create(dir_fd: int, name: str, payload: bytes, **kw: Any) -> bool:
         if len(written) >= good:
             raise OSError(err, os.strerror(err))
-        real(self, directory, name, payload)
+        same = real(dir_fd, name, payload, **kw)
         written.append(name)
+        return same
 
-    monkeypatch.setattr(FileAuthStore, "_write_file", write)
+    monkeypatch.setattr(filestore, "create_file", create)
     return written
 
 
@@ -510,18 +512,17 @@ def test_a_file_that_does_not_read_back_as_written_fails_the_export(
     _seed_small(store, company)
     export_company(store, root, company, source=SOURCE)
     before = _tree(root)
-    real = FileAuthStore.write_new_dir
+    real = os.pread
+    flipped: list[int] = []
 
-    def corrupting(
-        self: FileAuthStore, cid: str, creds: bytes | None, planned: dict[str, bytes | None]
-    ) -> None:
-        real(self, cid, creds, planned)
-        victim = self.company_dir(cid) / sorted(n for n, p in planned.items() if p)[0]
-        data = bytearray(victim.read_bytes())
-        data[-3] ^= 0x01
-        victim.write_bytes(bytes(data))
+    def corrupting(fd: int, n: int, offset: int) -> bytes:
+        data = real(fd, n, offset)
+        if flipped or len(data) < 4:
+            return data
+        flipped.append(fd)  # one file reads back with a byte flipped
+        return data[:-3] + bytes([data[-3] ^ 0x01]) + data[-2:]
 
-    monkeypatch.setattr(FileAuthStore, "write_new_dir", corrupting)
+    monkeypatch.setattr(os, "pread", corrupting)
     with pytest.raises(
         VerificationError, match=r"does not read back as written: 1 file\(s\) differ"
     ):

@@ -118,7 +118,7 @@ def test_round_trip_after_file_mode_is_exact(
     assert len(legacy_chosen) == 3  # two legacy-only pre-keys, one twin newer than its pre-key
     expected_deleted = sum(len(rows_by_name[n]) for n in deleted) + sum(
         1
-        for n in upserted_names & set(entries)
+        for n in set(entries) - set(deleted)
         for ref in rows_by_name[n]
         if ref != (entries[n].key_type, entries[n].key_id)
     )
@@ -230,18 +230,24 @@ def test_failed_verification_rolls_everything_back(
     files.write_creds(company, {"registrationId": 2})
     rows = _rows(conn, company)
     creds = store.load_creds(company)
-    real = PgAuthStore.set_keys
-
-    def lossy(self: PgAuthStore, cid: str, data: Any) -> tuple[int, int]:
-        # a write path that loses one key: the digest check must catch it
-        trimmed = {
-            t: {i: v for i, v in items.items() if i != f"{USER}.3"} for t, items in data.items()
-        }
-        return real(self, cid, trimmed)
-
-    monkeypatch.setattr(PgAuthStore, "set_keys", lossy)
-    with pytest.raises(VerificationError, match="does not match.*rolled back"):
-        import_company(store, root, company)
+    # a write path that loses one key (here a trigger on the table): the check must catch it
+    with conn.transaction():
+        conn.execute(
+            "CREATE FUNCTION lose_one_key() RETURNS trigger AS $$ BEGIN "
+            f"IF NEW.key_id = '{USER}.3' THEN RETURN NULL; END IF; RETURN NEW; END $$ "
+            "LANGUAGE plpgsql"
+        )
+        conn.execute(
+            "CREATE TRIGGER lose_one_key BEFORE INSERT ON whatsapp_keys "
+            "FOR EACH ROW EXECUTE FUNCTION lose_one_key()"
+        )
+    try:
+        with pytest.raises(VerificationError, match="holds .* key rows.*rolled back"):
+            import_company(store, root, company)
+    finally:
+        with conn.transaction():
+            conn.execute("DROP TRIGGER lose_one_key ON whatsapp_keys")
+            conn.execute("DROP FUNCTION lose_one_key()")
     assert _rows(conn, company) == rows
     assert store.load_creds(company) == creds
 

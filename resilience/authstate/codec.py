@@ -216,13 +216,13 @@ def _dumps(value: Any, *, sort_keys: bool) -> bytes:
         ).encode("ascii")
 
 
-def canonical(value: Any) -> bytes:
+def canonical(value: Any, *, where: str = "value") -> bytes:
     """One byte string per decoded value, whichever Buffer encoding (or bytes) it arrives in.
 
     Base64 Buffers, sorted keys, compact separators, UTF-8, integral floats as integers.
     Equal decoded values give equal canonical forms.
     """
-    return _dumps(_encode(value, "base64", "value", js_numbers=True), sort_keys=True)
+    return _dumps(_encode(value, "base64", _root(where), js_numbers=True), sort_keys=True)
 
 
 def dumps_file(value: Any) -> bytes:
@@ -235,8 +235,24 @@ def _refuse_constant(name: str) -> Any:
     raise DataError(f"invalid JSON: {name} is not a JSON number")
 
 
+def file_forms(value: Any, *, where: str = "value") -> tuple[bytes, bytes]:
+    """(:func:`dumps_file`, :func:`canonical`) of one value from one encoding walk: what an
+    export writes and what it fingerprints. ``value`` may hold Buffer objects in either
+    encoding (a value as parsed, not decoded) or bytes; a Buffer whose data is not bytes
+    raises :class:`DataError` naming ``where``."""
+    encoded = _encode(value, "base64", _root(where), js_numbers=True)
+    return _dumps(encoded, sort_keys=False), _dumps(encoded, sort_keys=True)
+
+
 def loads(text: str | bytes, *, where: str = "value") -> Any:
     """Parse JSON text and :func:`decode` it. Invalid JSON or UTF-8 raises :class:`DataError`."""
+    where = _root(where)
+    return decode(parse(text, where=where), where=where)
+
+
+def parse(text: str | bytes, *, where: str = "value") -> Any:
+    """Parse JSON text, Buffer objects left as they are (:func:`loads` decodes them too).
+    Invalid JSON or UTF-8 raises :class:`DataError`."""
     where = _root(where)
     if isinstance(text, bytes | bytearray):
         try:
@@ -251,4 +267,4 @@ def loads(text: str | bytes, *, where: str = "value") -> Any:
         ) from None
     except RecursionError:
         raise DataError(f"{where}: invalid JSON (nested too deeply)") from None
-    return decode(parsed, where=where)
+    return parsed

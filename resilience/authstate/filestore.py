@@ -20,7 +20,10 @@ import contextlib
 import ctypes
 import functools
 import os
+import queue
 import stat
+import sys
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +38,7 @@ from resilience.authstate.naming import (
     parse_file_name,
     safe_path,
 )
-from resilience.errors import DataError, InputError
+from resilience.errors import DataError, InputError, VerificationError
 from resilience.infra.fsutil import atomic_write, fsync_dir
 
 FILE_MODE = 0o600
@@ -98,25 +101,121 @@ def make_durable(directory: Path, names: Iterable[str]) -> None:
         os.close(dir_fd)
 
 
-def create_file(dir_fd: int, name: str, payload: bytes) -> None:
+def create_file(dir_fd: int, name: str, payload: bytes, *, read_back: bool = False) -> bool:
     """Create ``name`` (one entry, which must not exist) in the directory open as ``dir_fd``, mode
     0600, and write ``payload`` without fsync (see :func:`make_durable`). A partial file is
-    removed on failure."""
+    removed on failure. With ``read_back`` the file is read back through the same descriptor
+    before it is closed; returns whether it holds exactly ``payload`` (always True without)."""
     if not name or name in (".", "..") or "/" in name or "\0" in name:
         raise InputError(f"unsafe file name {_shown(name)}: it must be one entry of the directory")
-    fd = os.open(name, _CREATE_FLAGS, FILE_MODE, dir_fd=dir_fd)
+    flags = (_CREATE_FLAGS & ~os.O_WRONLY) | os.O_RDWR if read_back else _CREATE_FLAGS
+    fd = os.open(name, flags, FILE_MODE, dir_fd=dir_fd)
+    same = True
     try:
         try:
             os.fchmod(fd, FILE_MODE)
             view = memoryview(payload)
             while view:
                 view = view[os.write(fd, view) :]
+            if read_back:
+                same = os.pread(fd, len(payload) + 1, 0) == payload
         finally:
             os.close(fd)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dir_fd)
         raise
+    return same
+
+
+_BATCH = 512
+#: While a writer runs, the interpreter hands the GIL over this often (seconds): the writer
+#: waits for it after every system call, and the default 5 ms would starve it behind the
+#: encoding thread (the convoy effect).
+_WRITER_SWITCH_INTERVAL = 0.0001
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.005
+
+
+def _writer_started() -> None:
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if _switch_users == 0:
+            _switch_saved = sys.getswitchinterval()
+            sys.setswitchinterval(_WRITER_SWITCH_INTERVAL)
+        _switch_users += 1
+
+
+def _writer_stopped() -> None:
+    global _switch_users
+    with _switch_lock:
+        _switch_users -= 1
+        if _switch_users == 0:
+            sys.setswitchinterval(_switch_saved)
+
+
+class NewDirWriter:
+    """Creates the files of a new, empty directory on a thread of its own, then reads each back.
+
+    File creation is system calls, which release the GIL: while this thread writes, the caller
+    goes on encoding the next payloads (and digesting), so writing overlaps the CPU work
+    instead of following it. :meth:`close` waits for the thread, re-raises its first error, and
+    checks that every file read back holds the bytes meant for it (``{name: payload}`` given to
+    :meth:`put`); it returns the names written. Files are not fsynced here (see
+    :func:`make_durable`). Hand-written: no library overlaps file creation with encoding."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        self._queue: queue.SimpleQueue[list[tuple[str, bytes]] | None] = queue.SimpleQueue()
+        self._batch: list[tuple[str, bytes]] = []
+        self._error: BaseException | None = None
+        self._written: list[str] = []
+        self._differ: list[str] = []
+        self._thread = threading.Thread(target=self._run, name="export-writer", daemon=True)
+        _writer_started()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain: the caller sees the error at its next put or at close
+            try:
+                for name, payload in batch:
+                    if not create_file(self._fd, name, payload, read_back=True):
+                        self._differ.append(name)
+                    self._written.append(name)
+            except BaseException as exc:  # handed to the caller's thread
+                self._error = exc
+
+    def put(self, name: str, payload: bytes) -> None:
+        if self._error is not None:
+            self.close()
+        self._batch.append((name, payload))
+        if len(self._batch) >= _BATCH:
+            self._queue.put(self._batch)
+            self._batch = []
+
+    def close(self) -> list[str]:
+        """Wait for the writer; raise its error, or a :class:`VerificationError` when a file
+        does not read back as written; else the names written, in order."""
+        if self._thread.is_alive():
+            if self._batch:
+                self._queue.put(self._batch)
+                self._batch = []
+            self._queue.put(None)
+            self._thread.join()
+            _writer_stopped()
+            os.close(self._fd)
+        if self._error is not None:
+            raise self._error
+        if self._differ:
+            raise VerificationError(
+                f"{self.directory} does not read back as written: "
+                f"{len(self._differ)} file(s) differ"
+            )
+        return self._written
 
 
 def _make_dirs(directory: Path) -> None:
@@ -259,10 +358,8 @@ class FileAuthStore:
         fsync_dir(directory)
         return len(planned)
 
-    def write_new_dir(
-        self, company_id: str, creds_payload: bytes | None, planned: dict[str, bytes | None]
-    ) -> None:
-        """``write_all(durable="batch")`` of payloads from :func:`plan_payloads`."""
+    def make_new_dir(self, company_id: str) -> Path:
+        """Create the company's directory (0700), which must not exist yet; return it."""
         directory = self.company_dir(company_id)
         _make_dirs(directory.parent)
         try:
@@ -272,6 +369,13 @@ class FileAuthStore:
                 f"{directory} already exists: a batch write needs a directory of its own"
             ) from None
         os.chmod(directory, DIR_MODE)
+        return directory
+
+    def write_new_dir(
+        self, company_id: str, creds_payload: bytes | None, planned: dict[str, bytes | None]
+    ) -> None:
+        """``write_all(durable="batch")`` of payloads from :func:`plan_payloads`."""
+        directory = self.make_new_dir(company_id)
         written: list[str] = []
         self._batch_fds[directory] = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:

@@ -7,28 +7,51 @@ Values are written in the encoding the service writes ("array"); both encodings 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from datetime import datetime
+import select
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
+from psycopg.conninfo import make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
-from resilience.authstate.codec import Style, decode, encode
+from resilience.authstate.codec import Style, canonical, decode, encode, loads, parse
 from resilience.authstate.model import KeyRecord, ttl_for
 from resilience.authstate.schema import TABLES
 from resilience.config import validate_company_id
-from resilience.errors import ConfigError, DatabaseError, DatabaseUnreachable
+from resilience.errors import (
+    ConfigError,
+    DatabaseError,
+    DatabaseUnreachable,
+    ResilienceError,
+    VerificationError,
+)
 from resilience.infra.redact import Redactor, dsn_problems, redact_dsn
 
 BATCH_SIZE = 100
 DB_STYLE: Style = "array"
 Conn = psycopg.Connection[TupleRow]
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What :meth:`PgAuthStore.sync_company` did."""
+
+    key_count: int  # key rows uploaded (and now stored)
+    upserted: int  # of them, new or changed
+    deleted: list[tuple[str, str]]  # rows (type, id) removed
+    creds_changed: bool
 
 
 def legacy_twin(key_type: str, key_id: str) -> tuple[str, str] | None:
@@ -91,16 +114,128 @@ def connect(dsn: str, *, timeout: float = 5.0, autocommit: bool = False) -> Conn
     try:
         return psycopg.connect(dsn, connect_timeout=max(1, int(timeout)), autocommit=autocommit)
     except psycopg.Error as exc:
-        kind, part = classify_connect_error(exc)
-        where = redactor.text(redact_dsn(dsn))
-        reason = redactor.text(_first_line(exc))
-        if kind == "outage":
-            raise DatabaseUnreachable(f"PostgreSQL unreachable at {where}: {reason}") from None
-        if kind == "config":
-            raise ConfigError(
-                f"the DSN is wrong (check its {part}): {reason} (at {where})"
-            ) from None
-        raise DatabaseError(f"cannot connect to PostgreSQL at {where}: {reason}") from None
+        raise _connect_error(exc, dsn, redactor) from None
+
+
+def _connect_error(exc: psycopg.Error, dsn: str, redactor: Redactor) -> ResilienceError:
+    kind, part = classify_connect_error(exc)
+    where = redactor.text(redact_dsn(dsn))
+    reason = redactor.text(_first_line(exc))
+    if kind == "outage":
+        return DatabaseUnreachable(f"PostgreSQL unreachable at {where}: {reason}")
+    if kind == "config":
+        return ConfigError(f"the DSN is wrong (check its {part}): {reason} (at {where})")
+    return DatabaseError(f"cannot connect to PostgreSQL at {where}: {reason}")
+
+
+def _traced_connect(dsn: str, timeout: float, trace_fd: int) -> Conn:
+    """Open a connection with libpq's protocol trace written to ``trace_fd`` from the very
+    first message, so that connecting and authenticating are counted too (psycopg's
+    ``connect`` opens the connection before a trace could be set)."""
+    pgconn = pq.PGconn.connect_start(make_conninfo(dsn).encode())
+    pgconn.trace(trace_fd)
+    pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+    deadline = time.monotonic() + timeout
+    try:
+        while (status := pgconn.connect_poll()) != pq.PollingStatus.OK:
+            if status == pq.PollingStatus.FAILED:
+                raise psycopg.OperationalError(pgconn.get_error_message())
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise psycopg.OperationalError("timeout expired")
+            reading = status == pq.PollingStatus.READING
+            select.select(
+                [pgconn.socket] if reading else [], [] if reading else [pgconn.socket], [], left
+            )
+    except BaseException:
+        pgconn.untrace()  # flushes what libpq buffered, so failed attempts count too
+        pgconn.finish()
+        raise
+    conn = psycopg.Connection(pgconn)
+    conn.autocommit = True
+    return conn
+
+
+class DbLink:
+    """One autocommit connection kept for a whole run (a switch's preflight and export share
+    it), opened on first use and opened again if the server dropped it, with every
+    client-server round trip counted: connecting and authenticating, then each statement.
+
+    The count comes from libpq's protocol trace (each turn from the client's messages to the
+    server's is one wait for the server), written to an unlinked temporary file that is read
+    and closed with the link. Hand-written: no library counts round trips."""
+
+    def __init__(self, dsn: str, *, timeout: float = 5.0) -> None:
+        self.dsn = dsn
+        self.timeout = timeout
+        self._conn: Conn | None = None
+        self._trace = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self._trips = 0  # of connections already closed
+        self.connects = 0
+
+    @property
+    def conn(self) -> Conn:
+        """The open connection (opened, or opened again, here). Raises like :func:`connect`."""
+        if self._conn is not None and not (self._conn.closed or self._conn.broken):
+            return self._conn
+        self._finish()
+        self._trace.seek(0)
+        self._trace.truncate()
+        redactor = Redactor([self.dsn])
+        problems = dsn_problems(self.dsn)
+        if problems:
+            raise ConfigError("the DSN is wrong: " + "; ".join(problems))
+        try:
+            self._conn = _traced_connect(self.dsn, self.timeout, self._trace.fileno())
+        except psycopg.Error as exc:
+            self._trips += self._count()
+            raise _connect_error(exc, self.dsn, redactor) from None
+        self.connects += 1
+        return self._conn
+
+    def _count(self) -> int:
+        self._trace.seek(0)
+        trips, last = 0, ""
+        for line in self._trace:
+            side = line[:1].decode()
+            if side == "B" and last == "F":
+                trips += 1
+            if side in ("B", "F"):
+                last = side
+        return trips
+
+    def _finish(self) -> None:
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        with contextlib.suppress(Exception):
+            conn.pgconn.untrace()  # flushes what libpq buffered
+        self._trips += self._count()
+        conn.close()
+
+    @property
+    def round_trips(self) -> int:
+        """Round trips so far (the open connection's are read from its trace)."""
+        if self._conn is None:
+            return self._trips
+        with contextlib.suppress(Exception):
+            self._conn.pgconn.untrace()
+        live = self._count()
+        self._trace.seek(0, os.SEEK_END)
+        self._conn.pgconn.trace(self._trace.fileno())
+        self._conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        return self._trips + live
+
+    def close(self) -> None:
+        """Close the connection and the trace; the count stays readable."""
+        self._finish()
+        self._trace.close()
+
+    def __enter__(self) -> DbLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @contextmanager
@@ -228,25 +363,153 @@ class PgAuthStore:
             for t, i, v, updated, expires in rows
         ]
 
-    def stored_bytes(self, company_id: str) -> tuple[int, int, int]:
-        """(bytes of the key values as stored, number of keys, bytes of the creds), read in
-        one consistent snapshot: what an export's disk estimate starts from."""
+    def read_company(
+        self, company_id: str, *, decoded: bool = True
+    ) -> tuple[Any | None, list[KeyRecord]]:
+        """A company's creds and every key row (legacy rows included), read by one statement:
+        one snapshot of the database and one round trip, whatever the isolation level. Values
+        travel as JSON text and are parsed once, by the codec; decoded (Buffers as bytes)
+        unless ``decoded`` is False (Buffer objects as stored: what an export re-encodes in
+        one walk, see :func:`~resilience.authstate.codec.file_forms`)."""
+        read = loads if decoded else parse
         validate_company_id(company_id)
-        with read_transaction(self.conn):
-            keys = self.conn.execute(
-                "SELECT coalesce(sum(pg_column_size(value)), 0), count(*) FROM whatsapp_keys "
-                "WHERE company_id = %s",
+        conn = self.conn
+        # autocommit or inside the caller's transaction: no transaction of our own (and no
+        # round trips for it); an idle non-autocommit connection is left idle again
+        own = not conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
+        with (
+            database_errors("reading the auth state"),
+            conn.transaction() if own else nullcontext(),
+        ):
+            rows = conn.execute(
+                "SELECT 0 AS part, NULL AS key_type, NULL AS key_id, creds::text, updated_at, "
+                "NULL::timestamptz FROM whatsapp_auth WHERE company_id = %(c)s UNION ALL "
+                "SELECT 1, key_type, key_id, value::text, updated_at, expires_at "
+                "FROM whatsapp_keys WHERE company_id = %(c)s ORDER BY 1, 2, 3",
+                {"c": company_id},
+            ).fetchall()
+        creds: Any | None = None
+        records: list[KeyRecord] = []
+        for part, key_type, key_id, text, updated, expires in rows:
+            if part == 0:
+                creds = read(text, where="creds")
+            else:
+                value = read(text, where=f"{key_type}/{key_id}")
+                records.append(KeyRecord(company_id, key_type, key_id, value, updated, expires))
+        return creds, records
+
+    def sync_company(
+        self,
+        company_id: str,
+        creds: Any,
+        keys: Mapping[tuple[str, str], Any],
+        *,
+        where: Callable[[str, str], str] | None = None,
+    ) -> SyncResult:
+        """Make the company's rows exactly ``creds`` and ``keys`` (``{(type, id): value}``)
+        inside the caller's transaction, with the service's semantics: a key new or changed is
+        upserted with its type's TTL (``updated_at`` by the table's trigger), an unchanged one
+        (same decoded value, whatever its Buffer encoding) is not touched, every other row of
+        the company is deleted (legacy twins, keys gone), creds are saved when they differ.
+
+        The keys are streamed by ``COPY`` into a temporary table; rows whose stored jsonb
+        differs are compared by decoded value (a row stored with base64 Buffers is unchanged);
+        then one ``INSERT ... ON CONFLICT DO UPDATE`` and one ``DELETE`` apply the difference.
+        The server then compares the company's rows with the uploaded ones (count, jsonb
+        equality or decoded equality checked here, creds) and a difference raises
+        :class:`VerificationError`, so the caller's transaction rolls back. A value that
+        cannot be encoded raises :class:`DataError` naming ``where(type, id)``."""
+        validate_company_id(company_id)
+        if self.conn.info.transaction_status == TransactionStatus.IDLE:
+            raise DatabaseError("sync_company must run inside the caller's transaction")
+        conn = self.conn
+        ttls: dict[str, timedelta] = {}
+        with database_errors("importing the auth state"):
+            conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS resilience_import (key_type text, key_id text, "
+                "value jsonb, ttl interval, keep boolean NOT NULL DEFAULT false) ON COMMIT DROP"
+            )
+            conn.execute("TRUNCATE resilience_import")
+            with conn.cursor().copy(
+                "COPY resilience_import (key_type, key_id, value, ttl) FROM STDIN"
+            ) as copy:
+                for (key_type, key_id), value in keys.items():
+                    ttl = ttls.get(key_type)
+                    if ttl is None:
+                        ttl = ttls[key_type] = ttl_for(key_type)
+                    shown = where(key_type, key_id) if where else f"{key_type}/{key_id}"
+                    copy.write_row(
+                        (key_type, key_id, Jsonb(encode(value, DB_STYLE, where=shown)), ttl)
+                    )
+            differing = conn.execute(
+                "SELECT i.key_type, i.key_id, k.value::text FROM resilience_import i "
+                "JOIN whatsapp_keys k ON k.company_id = %s AND k.key_type = i.key_type "
+                "AND k.key_id = i.key_id WHERE k.value <> i.value",
                 (company_id,),
-            ).fetchone()
-            creds = self.conn.execute(
-                "SELECT coalesce(sum(pg_column_size(creds)), 0) FROM whatsapp_auth "
-                "WHERE company_id = %s",
+            ).fetchall()
+            same = [
+                (t, i)
+                for t, i, text in differing
+                if canonical(loads(text, where=f"{t}/{i}")) == canonical(keys[(t, i)])
+            ]
+            if same:
+                conn.execute(
+                    "UPDATE resilience_import SET keep = true FROM unnest(%s::text[], %s::text[])"
+                    " AS u(t, i) WHERE key_type = u.t AND key_id = u.i",
+                    ([t for t, _ in same], [i for _, i in same]),
+                )
+            upserted = conn.execute(
+                "INSERT INTO whatsapp_keys AS k (company_id, key_type, key_id, value, expires_at) "
+                "SELECT %s, key_type, key_id, value, now() + ttl FROM resilience_import "
+                "WHERE NOT keep ON CONFLICT (company_id, key_type, key_id) DO UPDATE SET "
+                "value = EXCLUDED.value, expires_at = EXCLUDED.expires_at "
+                "WHERE k.value IS DISTINCT FROM EXCLUDED.value",
                 (company_id,),
+            ).rowcount
+            deleted = conn.execute(
+                "DELETE FROM whatsapp_keys k WHERE k.company_id = %s AND NOT EXISTS "
+                "(SELECT 1 FROM resilience_import i "
+                "WHERE i.key_type = k.key_type AND i.key_id = k.key_id) "
+                "RETURNING k.key_type, k.key_id",
+                (company_id,),
+            ).fetchall()
+            stored_creds = self.load_creds(company_id)
+            creds_changed = stored_creds is None or canonical(stored_creds) != canonical(creds)
+            if creds_changed:
+                self.save_creds(company_id, creds)
+            check = conn.execute(
+                "SELECT (SELECT count(*) FROM whatsapp_keys WHERE company_id = %(c)s), "
+                "(SELECT count(*) FROM resilience_import), "
+                "(SELECT count(*) FROM resilience_import i JOIN whatsapp_keys k ON "
+                "k.company_id = %(c)s AND k.key_type = i.key_type AND k.key_id = i.key_id "
+                "AND (k.value = i.value OR i.keep))",
+                {"c": company_id},
             ).fetchone()
-        value_bytes = int(keys[0]) if keys else 0
-        count = int(keys[1]) if keys else 0
-        creds_bytes = int(creds[0]) if creds else 0
-        return value_bytes, count, creds_bytes
+            after_creds = self.load_creds(company_id) if creds_changed else stored_creds
+        stored, uploaded, equal = check if check is not None else (0, 0, 0)
+        creds_equal = after_creds is not None and canonical(after_creds) == canonical(creds)
+        if not (stored == equal == uploaded == len(keys) and creds_equal):
+            raise VerificationError(
+                f"import of company {company_id}: the database holds {stored} key rows, "
+                f"{equal} equal to the {len(keys)} uploaded, creds "
+                f"{'equal' if creds_equal else 'different'}; rolled back"
+            )
+        return SyncResult(len(keys), upserted, [(t, i) for t, i in deleted], creds_changed)
+
+    def stored_bytes(self, company_id: str) -> tuple[int, int, int]:
+        """(bytes of the key values as stored, number of keys, bytes of the creds), read by one
+        statement (one snapshot, one round trip): what an export's disk estimate starts from."""
+        validate_company_id(company_id)
+        with database_errors("reading the auth state's size"):
+            row = self.conn.execute(
+                "SELECT coalesce(sum(pg_column_size(value)), 0), count(*), "
+                "(SELECT coalesce(sum(pg_column_size(creds)), 0) FROM whatsapp_auth "
+                "WHERE company_id = %(c)s) FROM whatsapp_keys WHERE company_id = %(c)s",
+                {"c": company_id},
+            ).fetchone()
+        if row is None:
+            return 0, 0, 0
+        return int(row[0]), int(row[1]), int(row[2])
 
     def row_counts(self) -> dict[str, int]:
         """Rows per auth table (every company): what a backup's manifest records."""

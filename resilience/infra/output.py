@@ -11,7 +11,21 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
+from rich.text import Text
+
+from resilience.infra.progress import NO_METERS, Meter, Meters
 
 
 class Output:
@@ -36,6 +50,69 @@ class Output:
 
     def error(self, message: str) -> None:
         self.err.print(f"error: {message}", style="bold red", markup=False)
+
+    def meters(self) -> Meters:
+        """Progress bars on stderr when it is a terminal and the output is not JSON; else
+        meters that draw nothing."""
+        if self.as_json or not self.err.is_terminal:
+            return NO_METERS
+        return RichMeters(self.err)
+
+
+class _Rate(ProgressColumn):
+    """Units per second, for counts that are not bytes (rich has a rate column for bytes)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        unit = str(task.fields.get("unit", ""))
+        return Text("" if speed is None else f"{speed:,.0f} {unit}/s", style="progress.data.speed")
+
+
+class _RichMeter:
+    def __init__(self, meters: RichMeters, task_id: Any) -> None:
+        self._meters, self._task = meters, task_id
+
+    def advance(self, units: int = 1) -> None:
+        progress = self._meters.progress
+        if progress is not None:
+            progress.advance(self._task, units)
+
+    def close(self) -> None:
+        self._meters.finish(self._task)
+
+
+class RichMeters:
+    """One Rich progress display on stderr; a bar per piece of work (keys or bytes, rate, time
+    left), started with the first bar and stopped when the last one closes."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress: Progress | None = None
+        self._open = 0
+
+    def start(self, description: str, total: int | None, unit: str) -> Meter:
+        if self.progress is None:
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn() if unit != "bytes" else DownloadColumn(),
+                TransferSpeedColumn() if unit == "bytes" else _Rate(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self.progress.start()
+        self._open += 1
+        return _RichMeter(self, self.progress.add_task(description, total=total, unit=unit))
+
+    def finish(self, task_id: Any) -> None:
+        if self.progress is None:
+            return
+        self.progress.stop_task(task_id)
+        self._open -= 1
+        if self._open <= 0:
+            self.progress.stop()
+            self.progress = None
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:

@@ -34,19 +34,24 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from resilience.authstate.filestore import FileAuthStore, plan_payloads, read_raw_files
+from resilience.authstate.codec import file_forms
+from resilience.authstate.filestore import FileAuthStore, NewDirWriter, make_durable
+from resilience.authstate.fingerprint import KeyFingerprint, digest_of_fingerprints
 from resilience.authstate.naming import CREDS_FILE, MANIFEST_FILE, Collision, company_dir_name
 from resilience.authstate.pgstore import PgAuthStore, read_transaction
 from resilience.authstate.view import view_of
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError
+from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 from resilience.restore.manifest import Manifest, collision_to_dict
+from resilience.restore.parallel import per_company
 from resilience.restore.staging import stage_and_swap, write_private
 
 log = logging.getLogger(__name__)
@@ -155,21 +160,14 @@ class ExportBatch:
         }
 
 
-def _dir_bytes(directory: Path) -> tuple[int, int]:
-    """(number of regular files, their total size) in ``directory``."""
-    files = size = 0
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.is_file(follow_symlinks=False):
-                files += 1
-                size += entry.stat(follow_symlinks=False).st_size
-    return files, size
-
-
 def estimate_export_bytes(store: PgAuthStore, company_id: str) -> int:
     """Disk an export of the company may take: three times the stored JSON (array Buffers are
     larger than base64, but leave room), a block per file, and the manifest."""
-    value_bytes, count, creds_bytes = store.stored_bytes(company_id)
+    return estimate_from_stored(*store.stored_bytes(company_id))
+
+
+def estimate_from_stored(value_bytes: int, count: int, creds_bytes: int) -> int:
+    """:func:`estimate_export_bytes` from :meth:`PgAuthStore.stored_bytes`'s answer."""
     return (
         3 * (value_bytes + creds_bytes)
         + (count + 2) * BLOCK_BYTES
@@ -190,21 +188,14 @@ def free_space_ok(root: Path, needed_bytes: int) -> tuple[bool, int]:
 # --- export -------------------------------------------------------------------------------------
 
 
-def _verify_staged(company_dir: Path, company_id: str, expected: dict[str, bytes]) -> None:
-    """Read the staged directory back: every file must hold exactly the bytes meant for it.
-
-    (That those bytes decode to the exported values is pinned by the codec's property tests;
-    comparing bytes here costs a read, not a second parse of every file.)"""
-    raw = read_raw_files(company_dir)
-    if raw.keys() != expected.keys():
+def _verify_staged(company_dir: Path, company_id: str, expected: set[str]) -> None:
+    """The staged directory holds exactly the files meant for it (each was read back and
+    compared with its bytes by the writer). That those bytes decode to the exported values is
+    pinned by the codec's property tests; comparing bytes costs a read, not a second parse."""
+    found = set(os.listdir(company_dir))
+    if found != expected:
         raise VerificationError(
-            f"export of company {company_id} wrote {len(raw)} files, {len(expected)} were meant"
-        )
-    wrong = [name for name, payload in raw.items() if payload != expected[name]]
-    if wrong:
-        raise VerificationError(
-            f"export of company {company_id} does not read back as written: "
-            f"{len(wrong)} file(s) differ"
+            f"export of company {company_id} wrote {len(found)} files, {len(expected)} were meant"
         )
 
 
@@ -216,6 +207,7 @@ def export_company(
     source: str,
     progress: Progress | None = None,
     verify: bool = True,
+    meters: Meters = NO_METERS,
 ) -> ExportResult:
     """Export one company from PostgreSQL to ``root/company_<id>`` (see the module text).
 
@@ -229,9 +221,9 @@ def export_company(
     report = progress or _no_progress
     validate_company_id(company_id)
     try:
-        with read_transaction(store.conn):
-            creds = store.load_creds(company_id)
-            records = store.records(company_id)
+        # one statement, one snapshot; Buffers left as stored: each value is re-encoded for
+        # its file and fingerprinted in one walk below
+        creds, records = store.read_company(company_id, decoded=False)
     except DataError as exc:
         raise DataError(f"company {company_id} was not exported: {exc}") from None
     report(f"company {company_id}: read creds and {len(records)} key rows")
@@ -243,39 +235,65 @@ def export_company(
             "the account must be re-paired (QR code)"
         )
     view = view_of(company_id, creds, records)  # every file name checked before any write
-    digest = view.digest()
-    manifest = Manifest(
-        company_id=company_id,
-        source=redact_dsn(source),
-        exported_at=datetime.now(UTC),
-        key_count=len(view.entries),
-        counts_by_type=view.counts_by_type(),
-        digest=digest.digest,
-        files={name: (e.key_type, e.key_id) for name, e in view.entries.items()},
-        collisions=view.collisions,
-    )
+    del records
     for collision in view.collisions:
         report(
             f"company {company_id}: {collision.file_name} named by "
             f"{1 + len(collision.dropped)} rows; kept {collision.chosen[0]}/{collision.chosen[1]}"
         )
-    manifest_json = manifest.to_json()
+    made: dict[str, Manifest] = {}
 
-    def fill(staging: Path) -> None:
+    def fill(staging: Path) -> tuple[int, int]:
         # The staging directory is invisible until the swap: write it whole, sync it once.
-        creds_payload, planned = plan_payloads(creds, view.key_values())
-        FileAuthStore(staging).write_new_dir(company_id, creds_payload, planned)
+        # A writer thread creates the files while this one encodes the next and digests.
         staged = staging / company_dir_name(company_id)
-        write_private(staged / MANIFEST_FILE, manifest_json)
+        FileAuthStore(staging).make_new_dir(company_id)
+        writer = NewDirWriter(staged)
+        prints: list[str] = []
+        meter = meters.start(f"export {company_id}", len(view.entries), "keys")
+        try:
+            creds_payload = file_forms(creds, where="creds")[0]
+            size = len(creds_payload)
+            writer.put(CREDS_FILE, creds_payload)
+            for name, entry in view.entries.items():
+                record = entry.record
+                try:
+                    payload, canonical_form = file_forms(
+                        record.value, where=f"{record.key_type}/{record.key_id}"
+                    )
+                except DataError as exc:
+                    raise DataError(f"company {company_id} was not exported: {exc}") from None
+                writer.put(name, payload)
+                size += len(payload)
+                meter.advance()
+                prints.append(
+                    KeyFingerprint.of_canonical(entry.key_type, entry.key_id, canonical_form)
+                )
+            digest = digest_of_fingerprints(creds, prints)
+        finally:
+            meter.close()
+            written = writer.close()
+        manifest = made["manifest"] = Manifest(
+            company_id=company_id,
+            source=redact_dsn(source),
+            exported_at=datetime.now(UTC),
+            key_count=len(view.entries),
+            counts_by_type=view.counts_by_type(),
+            digest=digest,
+            files={name: (e.key_type, e.key_id) for name, e in view.entries.items()},
+            collisions=view.collisions,
+        )
+        manifest_json = manifest.to_json()
+        write_private(staged / MANIFEST_FILE, manifest_json, fsync=False)
+        make_durable(staged, [*written, MANIFEST_FILE])
+        # every file was read back as written (the writer) and the listing is checked below:
+        # count and size come from what was written, not from a stat of every file
         if verify:
-            expected = {name: p for name, p in planned.items() if p is not None}
-            if creds_payload is not None:
-                expected[CREDS_FILE] = creds_payload
-            expected[MANIFEST_FILE] = manifest_json
-            _verify_staged(staged, company_id, expected)
+            _verify_staged(staged, company_id, set(written) | {MANIFEST_FILE})
+        return len(written) + 1, size + len(manifest_json)
 
-    directory, _ = stage_and_swap(Path(root), company_id, fill)
-    files, size = _dir_bytes(directory)
+    directory, (files, size) = stage_and_swap(Path(root), company_id, fill)
+    manifest = made["manifest"]
     report(f"company {company_id}: {manifest.key_count} keys in place at {directory}")
     return ExportResult(
         company_id=company_id,
@@ -319,29 +337,58 @@ def export_all(
     *,
     source: str,
     progress: Progress | None = None,
+    workers: int = 1,
+    stores: Callable[[], AbstractContextManager[PgAuthStore]] | None = None,
+    meters: Meters = NO_METERS,
 ) -> ExportBatch:
-    """Export each company (every company in the database when ``companies`` is None), one after
-    another; each company directory is replaced atomically.
+    """Export each company (every company in the database when None); each company directory
+    is replaced atomically. With ``stores`` (a connection per worker, see
+    :class:`~resilience.restore.parallel.StorePool`) up to ``workers`` companies are exported at
+    the same time; else one after another through ``store``.
 
     A :class:`~resilience.errors.ResilienceError` of one company is recorded in the batch's
-    ``failures`` (its previous directory is left as it was) and the next company is exported;
-    other exceptions propagate. Raises :class:`InputError` before writing anything when a
-    company named in ``companies`` is not a valid id or not in the database.
+    ``failures`` (its previous directory is left as it was) and the other companies are
+    exported; other exceptions propagate. Raises :class:`InputError` before writing anything
+    when a company named in ``companies`` is not a valid id or not in the database.
     """
     report = progress or _no_progress
     batch = ExportBatch()
-    for company_id in companies_to_export(store, companies):
-        try:
-            result = export_company(store, root, company_id, source=source, progress=progress)
-        except ResilienceError as exc:
-            failure = CompanyFailure.of(company_id, exc)
-            batch.failures.append(failure)
+    wanted = companies_to_export(store, companies)
+    many = len(wanted) > 1
+    overall = meters.start("companies", len(wanted), "companies") if many else None
+    inner = NO_METERS if many else meters  # one bar: companies, or the one company's keys
+
+    def one(company_id: str) -> ExportResult:
+        if stores is None:
+            return export_company(
+                store, root, company_id, source=source, progress=progress, meters=inner
+            )
+        with stores() as own:
+            return export_company(
+                own, root, company_id, source=source, progress=progress, meters=inner
+            )
+
+    def done(company_id: str, outcome: ExportResult | ResilienceError) -> None:
+        if overall is not None:
+            overall.advance()
+        if isinstance(outcome, ResilienceError):
+            failure = CompanyFailure.of(company_id, outcome)
             report(
                 f"company {shown_company(company_id)}: FAILED, not exported "
                 f"({failure.error}): {failure.message}"
             )
+
+    parallel = workers if stores is not None else 1
+    try:
+        outcomes = per_company(wanted, one, workers=parallel, done=done)
+    finally:
+        if overall is not None:
+            overall.close()
+    for company_id, outcome in outcomes:
+        if isinstance(outcome, ResilienceError):
+            batch.failures.append(CompanyFailure.of(company_id, outcome))
         else:
-            batch.results.append(result)
+            batch.results.append(outcome)
     if batch.failures:
         failed = ", ".join(shown_company(f.company_id) for f in batch.failures)
         report(

@@ -8,17 +8,18 @@ back to its ``(type, id)`` by, in order:
    created in file mode (realistic Baileys 7 id shapes only);
 3. nothing else: a name neither can map is refused, listed, and nothing is imported.
 
-The import diffs at the file-name level against the service's view of the database
-(:func:`~resilience.authstate.view.view_of`) and applies the difference in one transaction with
-the service's write semantics (:meth:`PgAuthStore.set_keys`: batches of 100, TTLs):
+The import makes the company's rows exactly the directory's keys, in one transaction, with the
+service's write semantics (:meth:`PgAuthStore.sync_company`): the keys are streamed by ``COPY``
+into a temporary table, then one ``INSERT ... ON CONFLICT DO UPDATE`` upserts the new and changed
+ones with their type's TTL (an unchanged row is not touched), and one ``DELETE`` removes every
+other row of the company (legacy twins of a file, files gone). Creds are saved when they differ.
 
-- a file new or changed (by decoded value), or whose database row is a legacy row or has another
-  id: upsert under the mapped id, and delete every other row naming that file (legacy twins);
-- a file name in the database view but no longer in the directory: delete every row naming it;
-- unchanged: nothing. Creds are saved when they differ.
-
-Still inside the transaction the database view is digested again and compared with the
-directory's digest; a mismatch raises :class:`VerificationError` and rolls everything back.
+Still inside the transaction the server compares the company's rows with the uploaded ones
+(count, jsonb equality, creds); a difference raises :class:`VerificationError` and rolls
+everything back. The uploaded rows are the directory's decoded values, encoded as the service
+writes them (the codec round trip is property-tested), so the database's digest is then the
+directory's. ``--dry-run`` still reads both sides and plans the diff by file name
+(:func:`plan_import`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from typing import Any
 
 from psycopg.pq import TransactionStatus
 
-from resilience.authstate.codec import canonical, loads
+from resilience.authstate.codec import canonical, loads, parse
 from resilience.authstate.filestore import key_file_names, read_raw_files
-from resilience.authstate.fingerprint import AuthDigest
+from resilience.authstate.fingerprint import AuthDigest, KeyFingerprint, digest_of_fingerprints
 from resilience.authstate.model import KeyRecord
 from resilience.authstate.naming import (
     CREDS_FILE,
@@ -44,9 +45,9 @@ from resilience.authstate.naming import (
     try_parse_file_name,
 )
 from resilience.authstate.pgstore import PgAuthStore, database_errors, read_transaction
-from resilience.authstate.view import CompanyView, digest_of_keys, view_of
+from resilience.authstate.view import CompanyView, view_of
 from resilience.config import validate_company_id
-from resilience.errors import DataError, InputError, VerificationError
+from resilience.errors import DataError, InputError
 from resilience.restore.manifest import Manifest, read_manifest
 
 Ref = tuple[str, str]
@@ -102,11 +103,23 @@ class DirectoryState:
         return {self.files[name]: value for name, value in self.values.items()}
 
     def digest(self) -> AuthDigest:
-        return digest_of_keys(self.company_id, self.creds, self.keys())
+        """The digest of what the directory holds (a value that does not decode raises
+        :class:`DataError` naming its file)."""
+        prints = [
+            KeyFingerprint.of_canonical(t, i, canonical(self.values[name], where=name))
+            for name, (t, i) in self.files.items()
+        ]
+        creds = self.creds
+        if creds is not None:
+            canonical(creds, where=CREDS_FILE)  # named in the error, if any
+        validate_company_id(self.company_id)
+        return AuthDigest(self.company_id, len(prints), digest_of_fingerprints(creds, prints))
 
 
-def read_directory(company_dir: Path, company_id: str) -> DirectoryState:
-    """Read every file of a company directory once, decode it and map names back.
+def read_directory(company_dir: Path, company_id: str, *, decoded: bool = True) -> DirectoryState:
+    """Read every file of a company directory once, decode it and map names back (with
+    ``decoded`` False, values keep their Buffer objects as written: digests and encodings
+    accept them, and the import re-encodes each in one walk).
 
     Raises :class:`DataError` for unmappable names (listed), files that do not decode, and an
     invalid or foreign manifest.
@@ -124,12 +137,13 @@ def read_directory(company_dir: Path, company_id: str) -> DirectoryState:
         )
     raw = read_raw_files(company_dir)
     creds_raw = raw.get(CREDS_FILE)
-    creds = None if creds_raw is None else loads(creds_raw, where=CREDS_FILE)
+    read = loads if decoded else parse
+    creds = None if creds_raw is None else read(creds_raw, where=CREDS_FILE)
     values: dict[str, Any] = {}
     for name in mapped:
         if name not in raw:  # deleted between listing and reading (a live service)
             raise DataError(f"{name[:80]!r} in {company_dir} vanished while it was being read")
-        values[name] = loads(raw[name], where=name)
+        values[name] = read(raw[name], where=name)
     extra = set(raw) - set(mapped) - {CREDS_FILE, MANIFEST_FILE}
     if extra:
         raise DataError(
@@ -182,8 +196,9 @@ def plan_import(
             and canonical(entry.record.value) == canonical(value)
         ):
             plan.unchanged += 1
-            continue
-        plan.upserts[ref] = value
+        else:
+            plan.upserts[ref] = value
+        # every other row naming this file goes (legacy twins, collision losers)
         plan.deletes += [
             (r.key_type, r.key_id)
             for r in rows_by_name.get(name, [])
@@ -246,7 +261,7 @@ def import_company(
     company_dir = safe_path(Path(root), company_dir_name(company_id))
     if not company_dir.is_dir():
         raise InputError(f"no Baileys directory {company_dir} to import for company {company_id}")
-    state = read_directory(company_dir, company_id)
+    state = read_directory(company_dir, company_id, decoded=False)
     if state.creds is None:
         raise DataError(f"no {CREDS_FILE} in {company_dir}: nothing to import without creds")
     digest_dir = state.digest()
@@ -279,35 +294,22 @@ def import_company(
     with database_errors("importing the auth state"), conn.transaction():
         # One import per company at a time; released at commit or rollback.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"import:{company_id}",))
-        db_creds = store.load_creds(company_id)
-        records = store.records(company_id)
-        plan, _ = plan_import(state, db_creds, records)
-        upserted = deleted = 0
-        # Deletes first: set_keys also deletes a deleted key's legacy twin, which must never
-        # take a row just upserted with it.
-        if plan.deletes:
-            deleted = store.set_keys(company_id, plan.delete_data())[1]
-        if plan.upserts:
-            upserted = store.set_keys(company_id, plan.upsert_data())[0]
-        if plan.creds_changed:
-            store.save_creds(company_id, state.creds)
-        after = view_of(company_id, store.load_creds(company_id), store.records(company_id))
-        digest_db = after.digest()
-        if digest_db.digest != digest_dir.digest:
-            raise VerificationError(
-                f"import of company {company_id} does not match {company_dir}: database digest "
-                f"{digest_db.digest[:12]} ({digest_db.key_count} keys) vs directory "
-                f"{digest_dir.digest[:12]} ({digest_dir.key_count} keys); rolled back"
-            )
+        synced = store.sync_company(
+            company_id, state.creds, state.keys(), where=lambda t, i: file_name_for(t, i)
+        )
+    upserted, deleted = synced.upserted, len(synced.deleted)
+    gone = {file_name_for(t, i) for t, i in synced.deleted} - set(state.files)
     return ImportResult(
         company_id=company_id,
         upserted=upserted,
         deleted=deleted,
-        unchanged=plan.unchanged,
-        key_count=digest_db.key_count,
-        digest_db=digest_db.digest,
+        unchanged=synced.key_count - upserted,
+        key_count=synced.key_count,
+        # the database's rows were compared with the uploaded ones by the server (count and
+        # jsonb equality) inside the transaction: they are the directory's keys, so its digest
+        digest_db=digest_dir.digest,
         digest_dir=digest_dir.digest,
         duration_s=time.monotonic() - started,
-        creds_changed=plan.creds_changed,
-        removed_files=len(plan.removed_files),
+        creds_changed=synced.creds_changed,
+        removed_files=len(gone),
     )

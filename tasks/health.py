@@ -94,6 +94,16 @@ def health_view(doc: dict[str, Any]) -> Any:
             if data["state"] == "ok"
             else f"[red]unreachable[/]: {data.get('error')}",
         )
+    mirror = doc.get("mirror")
+    if mirror:
+        lag = mirror["lag_s"]
+        figures.add_row(
+            "file mirror",
+            f"{mirror['mirror_state']}, process {mirror['process']}, lag "
+            f"{'-' if lag is None else f'{lag:.1f}'} s (alert over {mirror['lag_alert_s']:g} s), "
+            f"{mirror['pending_changes']} changes pending, "
+            f"{mirror['reconcile_repairs_total']} repaired by reconciliation",
+        )
     parts.append(figures)
     if doc["findings"]:
         findings = Table(title="findings", title_justify="left")

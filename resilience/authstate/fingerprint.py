@@ -27,19 +27,29 @@ class KeyFingerprint:
 
     @staticmethod
     def of(key_type: str, key_id: str, value: Any) -> str:
+        return KeyFingerprint.of_canonical(key_type, key_id, canonical(value))
+
+    @staticmethod
+    def of_canonical(key_type: str, key_id: str, canonical_form: bytes) -> str:
+        """:meth:`of` from the value's canonical form, already computed."""
         digest = hashlib.sha256()
         digest.update(_text(key_type))
         digest.update(_SEP)
         digest.update(_text(key_id))
         digest.update(_SEP)
-        digest.update(canonical(value))
+        digest.update(canonical_form)
         return digest.hexdigest()
 
 
 def set_digest(creds: Any | None, keys: Iterable[tuple[str, str, Any]]) -> str:
     """SHA-256 hex over the creds (absent creds differ from JSON ``null``) and the sorted key
     fingerprints; independent of the order of ``keys``."""
-    fingerprints = sorted(KeyFingerprint.of(t, i, v) for t, i, v in keys)
+    return digest_of_fingerprints(creds, (KeyFingerprint.of(t, i, v) for t, i, v in keys))
+
+
+def digest_of_fingerprints(creds: Any | None, key_fingerprints: Iterable[str]) -> str:
+    """:func:`set_digest` from key fingerprints already computed (a mirror keeps them)."""
+    fingerprints = sorted(key_fingerprints)
     digest = hashlib.sha256()
     if creds is None:
         digest.update(b"creds:absent\n")

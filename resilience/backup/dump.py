@@ -138,6 +138,10 @@ def restore(dsn: str, path: Path) -> None:
 
     with connect(dsn) as conn, database_errors("creating the trigger function"):
         conn.execute(trigger_function_sql().encode())
+        if any(" TRIGGER " in e and " whatsapp_mirror_" in e for e in archive_list(path)):
+            from resilience.mirror.feed import objects_sql  # the mirror's feed was dumped
+
+            conn.execute(objects_sql().encode())
         conn.commit()
     argv = [
         str(find_tool("pg_restore")), "--no-owner", "--no-privileges", "--single-transaction",

@@ -7,6 +7,7 @@ cycle, and a failing alert channel never stops it either (it is logged and shown
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from resilience.alerting.channels import Alerts
 from resilience.config import Settings
 from resilience.errors import ResilienceError
 from resilience.infra.redact import Redactor, redact_dsn
+from resilience.mirror.health import mirror_observation
 from resilience.monitoring.alertstate import AlertBook, Notification
 from resilience.monitoring.latency import SlidingWindow
 from resilience.monitoring.rules import Finding, Observed, evaluate, overall
@@ -287,6 +289,22 @@ class Monitor:
         sources["keys"] = {"state": "ok"}
         return side, keys
 
+    def _mirror(self, now: float, sources: dict[str, Any]) -> dict[str, Any] | None:
+        """The live mirror's lag, backlog, repairs and process (off when none runs here)."""
+        conn = None
+        if self.db is not None and sources.get("database", {}).get("state") == "ok":
+            with contextlib.suppress(SourceDown):
+                conn = self.db.get()
+        at = datetime.fromtimestamp(now, UTC)
+        try:
+            seen = mirror_observation(self.settings, conn, at)
+        except psycopg.Error as exc:  # the backlog query; the position file still tells
+            if self.db is not None:
+                self.db.failed(exc)
+            seen = mirror_observation(self.settings, None, at)
+        sources["mirror"] = {k: seen[k] for k in ("state", "why", "error") if k in seen}
+        return seen if seen["state"] == "ok" else None
+
     def _pool(self, now: float, metrics: ServiceMetrics | None) -> dict[str, Any] | None:
         if metrics is None or not metrics.has_pool:
             return None
@@ -344,6 +362,7 @@ class Monitor:
         metrics = self._scrape(now, sources)
         self._run_probe(now, sources, metrics is not None)
         side, keys = self._database(now, sources)
+        mirror = self._mirror(now, sources)
         pool = self._pool(now, metrics)
         latency = self._latency(metrics, now)
         slowest = None
@@ -364,6 +383,8 @@ class Monitor:
             keys_past_expiry_by_company=keys["past_expiry_by_company"] if keys else {},
             database_error=db_error if self.db is not None else None,
             metrics_error=sources["metrics"].get("error"),
+            mirror_lag_s=mirror["lag_s"] if mirror else None,
+            mirror_state=mirror["mirror_state"] if mirror else None,
         )
         findings = evaluate(observed, self.settings)
         hold = []
@@ -400,6 +421,7 @@ class Monitor:
         self.cycles += 1
         doc = self._document(now, findings, sources, latency, pool, side, keys)
         doc["data"] = data_summary
+        doc["mirror"] = mirror
         doc["cycle_s"] = round(time.perf_counter() - started, 4)
         self.last = doc
         return doc

@@ -47,6 +47,9 @@ class Observed:
     keys_past_expiry_by_company: Mapping[str, int]
     database_error: str | None
     metrics_error: str | None
+    # the live mirror (resilience.mirror): seconds since its confirmed position, its state
+    mirror_lag_s: float | None = None
+    mirror_state: str | None = None
 
 
 def _duration(seconds: float) -> str:
@@ -120,6 +123,19 @@ def evaluate(observed: Observed, settings: Settings) -> list[Finding]:
                 + (f": {where}" if where else "")
                 + "; run `invoke cleanup.keys --expired`",
                 settings.keys_alert_cooldown,
+            )
+        )
+    lag = observed.mirror_lag_s
+    if lag is not None and lag > settings.mirror_lag_alert:
+        stuck = observed.mirror_state not in (None, "following")
+        out.append(
+            Finding(
+                "mirror_lag",
+                "critical" if lag > 6 * settings.mirror_lag_alert or stuck else "warning",
+                f"the file mirror is {lag:.0f} s behind PostgreSQL (alert over "
+                f"{settings.mirror_lag_alert:g} s; state {observed.mirror_state}): a fallback "
+                "now would lose that much; `invoke mirror.status`",
+                cooldown,
             )
         )
     if observed.database_error is not None:

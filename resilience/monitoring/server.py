@@ -110,6 +110,23 @@ class MonitorCollector:
                 ("baileys_monitor_keys_stale", "stale", "Keys not updated for the retention."),
             ):
                 yield GaugeMetricFamily(name, text, keys[field])
+        mirror = doc.get("mirror")
+        if mirror:
+            for name, field, text in (
+                ("baileys_monitor_mirror_lag_seconds", "lag_s", "Seconds since the mirror's "
+                 "confirmed position (every write before it is in its files)."),
+                ("baileys_monitor_mirror_pending_changes", "pending_changes",
+                 "Changes recorded by the feed and not yet applied (or pruned)."),
+                ("baileys_monitor_mirror_repairs_total", "reconcile_repairs_total",
+                 "Files the mirror's reconciliation repaired (changes the feed missed)."),
+            ):  # fmt: skip
+                if mirror.get(field) is not None:
+                    yield GaugeMetricFamily(name, text, mirror[field])
+            yield GaugeMetricFamily(
+                "baileys_monitor_mirror_up",
+                "1 when the mirror process runs and follows the feed.",
+                1 if mirror["process"] != "gone" and mirror["mirror_state"] == "following" else 0,
+            )
         pool = doc.get("pool")
         if pool:
             yield GaugeMetricFamily(

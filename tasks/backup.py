@@ -1,6 +1,7 @@
 """`backup.*`: dumps to every region, their list, retention, restores, daily validation and the
-monthly restore test. Configured by settings alone (S3 endpoints, buckets, credentials, and
-RESILIENCE_RESTORE_DSN for the scratch databases); every run leaves a record."""
+monthly restore test; point-in-time recovery with barman-cloud (the archive_command line, the WAL
+pusher, base backups, `backup.pitr`). Configured by settings alone (S3 endpoints, buckets,
+credentials, and RESILIENCE_RESTORE_DSN for the scratch databases); every run leaves a record."""
 
 from __future__ import annotations
 
@@ -52,7 +53,10 @@ def run(c: Context, kind: str = "auto", json: bool = False) -> None:
 )
 @operator_task
 def list_(c: Context, region: str | None = None, json: bool = False) -> None:
-    """Every backup per region: kind, age, size and the last validation result."""
+    """Every backup per region: kind, age, size, the last validation result; base backups
+    and the WAL range of point-in-time recovery beside them."""
+    from resilience.backup.barman import Archive
+    from resilience.backup.base import list_pitr
     from resilience.backup.catalog import list_region
     from resilience.config import load_settings
     from resilience.errors import InputError, ResilienceError
@@ -93,6 +97,11 @@ def list_(c: Context, region: str | None = None, json: bool = False) -> None:
             "orphans": listing.orphans,
             "unreadable": listing.unreadable,
         }
+        try:
+            archive = Archive(store, settings.pitr_prefix, settings.pitr_server)
+            regions[store.name]["pitr"] = list_pitr(settings, archive)
+        except ResilienceError as exc:
+            regions[store.name]["pitr"] = {"error": str(exc)}
     _print(json, {"regions": regions})
 
 
@@ -204,3 +213,128 @@ def test_restore(c: Context, json: bool = False) -> None:
 
     out = Output(json)
     _print(json, run_test(load_settings(), progress=out.progress, report_dir=Path("reports")))
+
+
+# --- point-in-time recovery (barman-cloud) ------------------------------------------------------
+@task(name="archive-command", auto_shortflags=False, help=JSON_HELP)
+@operator_task
+def archive_command(c: Context, json: bool = False) -> None:
+    """The archive_command line for postgresql.conf: copy each segment into the WAL spool."""
+    from resilience.backup.wal import WalSpool
+    from resilience.backup.wal import archive_command as command
+    from resilience.config import load_settings
+
+    settings = load_settings()
+    spool = settings.wal_spool_dir.absolute()
+    _print(
+        json,
+        {
+            "archive_mode": "on",
+            "archive_command": command(spool),
+            "spool": str(spool),
+            "spool_problem": WalSpool(spool).problem(),
+        },
+    )
+
+
+@task(name="wal-push", auto_shortflags=False, help=JSON_HELP)
+@operator_task
+def wal_push(c: Context, json: bool = False) -> None:
+    """One pass: every spooled WAL file to every region; removed once every region has it."""
+    from resilience.backup.wal import wal_push as push
+    from resilience.config import load_settings
+    from resilience.infra.output import Output
+
+    out = Output(json)
+    _print(json, push(load_settings(), progress=out.progress).to_dict())
+
+
+@task(
+    name="wal-daemon",
+    auto_shortflags=False,
+    help={"passes": "stop after this many passes (default: run until stopped)"},
+)
+@operator_task
+def wal_daemon(c: Context, passes: int | None = None) -> None:
+    """The WAL pusher as a loop (run it under PM2): a pass every RESILIENCE_WAL_PUSH_INTERVAL."""
+    import signal
+    import threading
+
+    from resilience.backup.wal import wal_daemon as loop
+    from resilience.config import load_settings
+    from resilience.infra.output import Output
+    from tasks._run import positive_int
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    out = Output(False)
+    loop(
+        load_settings(),
+        progress=out.progress,
+        passes=positive_int("--passes", passes),
+        wait=stop.wait,
+    )
+
+
+@task(auto_shortflags=False, help=JSON_HELP)
+@operator_task
+def base(c: Context, json: bool = False) -> None:
+    """(cron, daily) A base backup to every region with barman-cloud, then its retention
+    (recovery window, RESILIENCE_PITR_RECOVERY_WINDOW_DAYS)."""
+    from resilience.backup.base import take_base_backup
+    from resilience.config import load_settings
+    from resilience.infra.output import Output
+
+    out = Output(json)
+    _print(json, take_base_backup(load_settings(), progress=out.progress).to_dict())
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        **JSON_HELP,
+        "at": "recover to this time (ISO 8601; UTC unless it names its zone), or latest "
+        "(the end of the archived WAL)",
+        "region": "moscow or eu (default: the first that can serve the time)",
+        "target_dir": "new or empty directory of the restored cluster (default: under the "
+        "system temp dir)",
+        "port": "port of the restored cluster (default: a free one)",
+        "yes": "restore and start (without it: the checks and the plan only)",
+    },
+)
+@operator_task
+def pitr(
+    c: Context,
+    at: str,
+    region: str | None = None,
+    target_dir: str | None = None,
+    port: int | None = None,
+    yes: bool = False,
+    json: bool = False,
+) -> None:
+    """Point-in-time recovery into a new cluster (the live one untouched), verified."""
+    from resilience.backup.pitr import pitr as recover
+    from resilience.config import load_settings
+    from resilience.errors import InputError
+    from resilience.infra.output import Output
+    from tasks._run import caller_path, positive_int
+
+    moment = None
+    if at != "latest":
+        try:
+            moment = datetime.fromisoformat(at)
+        except ValueError:
+            raise InputError(f"--at must be an ISO 8601 time or latest, not {at[:30]!r}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    out = Output(json)
+    result = recover(
+        load_settings(),
+        at=moment,
+        region=region,
+        target_dir=caller_path(target_dir) if target_dir else None,
+        port=positive_int("--port", port),
+        yes=yes,
+        progress=out.progress,
+    )
+    _print(json, result.to_dict())

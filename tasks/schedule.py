@@ -50,8 +50,13 @@ def install(
 
     logs = caller_path(log_dir) if log_dir else ROOT / "logs"
     crontab = caller_path(crontab_file) if crontab_file else None
+    from resilience.config import load_settings
+
+    names = list(ns.task_names)
+    if load_settings().pitr_dsn is None:  # no point-in-time recovery here: no base backups
+        names = [n for n in names if n != "backup.base"]
     plan = schedule.plan_install(
-        ns.task_names,
+        names,
         ROOT,
         logs,
         caller_path(ecosystem_file) if ecosystem_file else ROOT / "schedule.ecosystem.json",

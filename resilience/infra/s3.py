@@ -14,6 +14,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,18 @@ class RegionStore:
             for page in pages:
                 for item in page.get("Contents", []):
                     yield str(item["Key"]), int(item["Size"])
+        except Exception as exc:
+            raise self._error(exc, "listing") from None
+
+    def objects(self, prefix: str = "") -> Iterator[tuple[str, int, datetime]]:
+        """(key, size, last modified) of every object under `prefix`."""
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield str(item["Key"]), int(item["Size"]), item["LastModified"]
         except Exception as exc:
             raise self._error(exc, "listing") from None
 

@@ -46,6 +46,9 @@ JOBS = (
     # after the validation: retention never deletes the newest backup, nor an unvalidated day
     Job("backup-prune", "45 4 * * *", "backup.prune", ("--yes", "--json")),
     Job("restore-test", "0 5 1 * *", "backup.test-restore", ("--json",)),
+    # point-in-time recovery (only where it is configured: RESILIENCE_PITR_DSN): a daily base
+    # backup, its retention after it; the WAL pusher is a PM2 app of its own (docs/operations.md)
+    Job("pitr-base", "15 2 * * *", "backup.base", ("--json",)),
     Job("health", "*/5 * * * *", "health", ("--once", "--json")),  # a record of the status
 )
 

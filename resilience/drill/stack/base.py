@@ -41,6 +41,8 @@ class Endpoints:
     drill_target: bool = False
     # region name -> Toxiproxy proxy in front of its S3 endpoint (so a region can really be cut)
     s3_proxies: dict[str, str] = field(default_factory=dict)
+    # where the server's archive_command spools WAL (a stack started with RESILIENCE_PG_ARCHIVE)
+    wal_spool: str | None = None
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-ready view with every secret replaced by `***`."""
@@ -61,6 +63,7 @@ class Endpoints:
             "pm2_home": self.pm2_home,
             "drill_target": self.drill_target,
             "s3_proxies": dict(self.s3_proxies),
+            "wal_spool": self.wal_spool,
         }
 
 

@@ -103,6 +103,8 @@ class LocalStack(Stack):
             admin_password=pg["admin_password"],
             service_password=pg["service_password"],
             durable=bool(pg.get("durable", False)),
+            archive_spool=Path(pg["archive_spool"]) if pg.get("archive_spool") else None,
+            archive_timeout=float(pg.get("archive_timeout", 60.0)),
         )
 
     # --- interface ------------------------------------------------------------------------
@@ -146,7 +148,13 @@ class LocalStack(Stack):
         for sub in ("pids", "logs", "receivers", "pm2"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
-        cluster = PostgresCluster.create(self.dir, ports["pg"], durable=s.pg_durable)
+        cluster = PostgresCluster.create(
+            self.dir,
+            ports["pg"],
+            durable=s.pg_durable,
+            archive=s.pg_archive,
+            archive_timeout=s.pg_archive_timeout,
+        )
         # known to `down` even if a crash loses state.json: the data dir may live outside
         self._pg_root_file.write_text(str(cluster.data_root))
         sentry_key = secrets.token_hex(16)
@@ -157,6 +165,8 @@ class LocalStack(Stack):
                 "port": ports["pg"],
                 "data_root": str(cluster.data_root),
                 "durable": cluster.durable,
+                "archive_spool": str(cluster.archive_spool) if cluster.archive_spool else None,
+                "archive_timeout": cluster.archive_timeout,
                 "admin_password": cluster.admin_password,
                 "service_password": cluster.service_password,
             }
@@ -224,6 +234,7 @@ class LocalStack(Stack):
             pm2_home=str(self.dir / "pm2"),
             drill_target=True,
             s3_proxies=s3_proxies,
+            wal_spool=str(cluster.archive_spool) if cluster.archive_spool else None,
         )
         state["endpoints"] = asdict(endpoints)
         state["ports"] = {**ports, "proxy": proxy_port, **region_ports}

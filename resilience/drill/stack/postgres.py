@@ -78,9 +78,21 @@ class PostgresCluster:
     # fsync and full-page writes on: for drills that kill the server and for point-in-time
     # recovery. Off (the default) where speed matters and a crash only loses a throwaway cluster.
     durable: bool = False
+    # WAL archiving (point-in-time recovery): archive_command copies each segment into this
+    # spool (resilience.backup.wal), a segment switch at least every archive_timeout seconds
+    archive_spool: Path | None = None
+    archive_timeout: float = 60.0
 
     @classmethod
-    def create(cls, stack_dir: Path, port: int, *, durable: bool = False) -> PostgresCluster:
+    def create(
+        cls,
+        stack_dir: Path,
+        port: int,
+        *,
+        durable: bool = False,
+        archive: bool = False,
+        archive_timeout: float = 60.0,
+    ) -> PostgresCluster:
         user = server_user()
         find_bindir()
         if user:
@@ -90,6 +102,13 @@ class PostgresCluster:
         else:
             data_root = stack_dir / "pg"
             data_root.mkdir(parents=True, exist_ok=True)
+        spool = None
+        if archive:
+            spool = data_root / "wal-spool"
+            spool.mkdir(mode=0o700, exist_ok=True)
+            if user:
+                info = pwd.getpwnam(user)
+                os.chown(spool, info.pw_uid, info.pw_gid)
         return cls(
             stack_dir=stack_dir,
             port=port,
@@ -97,6 +116,8 @@ class PostgresCluster:
             admin_password=secrets.token_urlsafe(18),
             service_password=secrets.token_urlsafe(18),
             durable=durable,
+            archive_spool=spool,
+            archive_timeout=archive_timeout,
         )
 
     @property
@@ -171,6 +192,12 @@ class PostgresCluster:
             "-c",
             "max_connections=100",
         ]
+        if self.archive_spool is not None:
+            from resilience.backup.wal import archive_command
+
+            argv += ["-c", "archive_mode=on", "-c", "wal_level=replica"]
+            argv += ["-c", f"archive_command={archive_command(self.archive_spool)}"]
+            argv += ["-c", f"archive_timeout={max(1, round(self.archive_timeout))}s"]
         spawn(argv, pidfile=self.pidfile, log=self.log, user=server_user())
 
     def wait_ready(self, timeout: float) -> None:

@@ -49,6 +49,8 @@ BENCH_DEFAULT_SIZES = {
     "cleanup": "100000",
     "backup": "50",
     "monitoring": "20000,100000",
+    "mirror": "10000",
+    "pitr": "50",
 }
 
 
@@ -56,21 +58,26 @@ BENCH_DEFAULT_SIZES = {
     positional=["name"],
     auto_shortflags=False,
     help={
-        "name": "the benchmark: restore, cleanup, backup or monitoring",
+        "name": "the benchmark: restore, cleanup, backup, monitoring, mirror or pitr",
         "sizes": "comma-separated sizes (restore: key counts, 1313,10000,100000; cleanup: "
         "stale keys, 100000; backup: database MB, 50; monitoring: SELECT 1 iterations per "
-        "run and keys for the monitor cycle, 20000,100000)",
+        "run and keys for the monitor cycle, 20000,100000; mirror: changes in the burst, 10000; "
+        "pitr: database MB, 50)",
         "repeat": "measurements per size (median and min are reported)",
     },
 )
 @operator_task
 def bench(c: Context, name: str, sizes: str = "", repeat: int = 3) -> None:
-    """Benchmark as JSON: `bench restore`, `bench cleanup`, `bench backup` or `bench monitoring`.
+    """Benchmark as JSON: `bench restore`, `cleanup`, `backup`, `monitoring` or `mirror`.
 
-    restore: export/import beside the raw COPY + file-write limit. cleanup: the batched key
+    restore: export/import beside the raw COPY + file-write limit, 500 companies exported in
+    parallel beside the raw limit of the same rows (peak RSS), and the switch's RTO in
+    scenarios (a) and (b) against its floor (a PM2 restart into file mode). cleanup: the batched key
     cleanup beside one DELETE, each with the p99 of concurrent upserts. backup: backup and
     verified restore beside pg_dump + put_object and get_object + pg_restore. monitoring: the
-    query instrumentation beside a bare connection, and one full monitor cycle over 100k keys."""
+    query instrumentation beside a bare connection, and one full monitor cycle over 100k keys.
+    mirror: the service's upsert latency with the change-feed trigger beside without it, the
+    mirror's apply throughput, and its lag under the stand-in's steady rate and a burst."""
     from resilience.config import load_drill_settings
     from resilience.drill.stack.local import LocalStack
     from resilience.errors import InputError
@@ -78,7 +85,8 @@ def bench(c: Context, name: str, sizes: str = "", repeat: int = 3) -> None:
 
     if name not in BENCH_DEFAULT_SIZES:
         raise InputError(
-            f"unknown benchmark {name[:30]!r}: use restore, cleanup, backup or monitoring"
+            f"unknown benchmark {name[:30]!r}: use restore, cleanup, backup, monitoring, mirror "
+            "or pitr"
         )
     sizes = sizes or BENCH_DEFAULT_SIZES[name]
     try:
@@ -88,12 +96,29 @@ def bench(c: Context, name: str, sizes: str = "", repeat: int = 3) -> None:
     if name == "monitoring" and not 1 <= len(counts) <= 2:
         raise InputError("bench monitoring --sizes is ITERATIONS[,KEYS], e.g. 20000,100000")
     out = Output(True)
-    settings = load_drill_settings(stack_dir=ROOT / ".stack" / "bench", backend="local")
+    settings = load_drill_settings(
+        stack_dir=ROOT / ".stack" / "bench",
+        backend="local",
+        pg_archive=(name == "pitr") or None,  # WAL archived into the stack's spool
+        pg_durable=(name == "pitr") or None,
+    )
     with LocalStack(settings) as stack, tempfile.TemporaryDirectory() as work:
         if name == "backup":
             result = _bench_backup(stack, Path(work), counts, repeat, out.progress)
         elif name == "monitoring":
             result = _bench_monitoring(stack, counts, repeat, out.progress)
+        elif name == "pitr":
+            result = _bench_pitr(stack, Path(work), counts, repeat, out.progress)
+        elif name == "mirror":
+            from resilience.drill.bench.mirror import bench_mirror
+
+            result = bench_mirror(
+                stack.endpoints.admin_dsn,
+                sizes=counts,
+                repeat=repeat,
+                work_dir=Path(work),
+                progress=out.progress,
+            )
         elif name == "cleanup":
             from resilience.drill.bench.cleanup import bench_cleanup
 
@@ -101,16 +126,31 @@ def bench(c: Context, name: str, sizes: str = "", repeat: int = 3) -> None:
                 stack.endpoints.admin_dsn, sizes=counts, repeat=repeat, progress=out.progress
             )
         else:
-            from resilience.drill.bench.restore import bench_restore
-
-            result = bench_restore(
-                stack.endpoints.admin_dsn,
-                sizes=counts,
-                work_dir=Path(work),
-                repeat=repeat,
-                progress=out.progress,
-            )
+            result = _bench_restore(stack, settings, Path(work), counts, repeat, out.progress)
     sys.stdout.write(json_mod.dumps(result, indent=2) + "\n")
+
+
+def _bench_restore(
+    stack: Any,
+    settings: Any,
+    work: Path,
+    sizes: tuple[int, ...],
+    repeat: int,
+    progress: Any,
+) -> dict[str, Any]:
+    from resilience.drill.bench.restore import bench_restore
+    from resilience.drill.bench.rto import bench_rto
+
+    result = bench_restore(
+        stack.endpoints.admin_dsn,
+        sizes=sizes,
+        work_dir=work,
+        repeat=repeat,
+        progress=progress,
+        workers=settings.restore_workers,
+    )
+    result["rto"] = bench_rto(stack, settings, work, repeat=repeat, progress=progress)
+    return result
 
 
 def _bench_monitoring(
@@ -142,6 +182,31 @@ def _bench_backup(
         "bench": "backup",
         "sizes": [
             bench_backup(settings, ep.admin_dsn, size_mb=size, repeat=repeat, progress=progress)
+            for size in sizes
+        ],
+    }
+
+
+def _bench_pitr(
+    stack: Any, work: Path, sizes: tuple[int, ...], repeat: int, progress: Any
+) -> dict[str, Any]:
+    from pydantic import SecretStr
+
+    from resilience.drill.bench.pitr import bench_pitr
+    from resilience.drill.standin.deploy import backup_settings
+
+    ep = stack.endpoints
+    settings = backup_settings(stack, None, work).model_copy(
+        update={
+            "wal_spool_dir": Path(ep.wal_spool),
+            "pitr_dsn": SecretStr(ep.admin_dsn),
+            "barman_server_bin_dir": ROOT / ".tools" / "barman" / "bin",
+        }
+    )
+    return {
+        "bench": "pitr",
+        "sizes": [
+            bench_pitr(settings, ep.admin_dsn, size_mb=size, repeat=repeat, progress=progress)
             for size in sizes
         ],
     }

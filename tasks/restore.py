@@ -13,6 +13,7 @@ from invoke.tasks import task
 
 from tasks._run import caller_path, confirm_on_terminal, operator_task, positive_int
 
+WORKERS_HELP = "companies exported at the same time (default: RESILIENCE_RESTORE_WORKERS, 4)"
 SWITCH_HELP = {
     "company": "company id (default: RESILIENCE_COMPANY_ID)",
     "dry_run": "run the preflight and print the plan; change nothing",
@@ -93,26 +94,38 @@ def to_postgres(
     help={
         "company": "one company (default: all)",
         "keep": "how many snapshots to keep",
+        "workers": WORKERS_HELP,
         "json": "print the result as JSON",
     },
 )
 @operator_task
 def snapshot(
-    c: Context, company: str | None = None, keep: int | None = None, json: bool = False
+    c: Context,
+    company: str | None = None,
+    keep: int | None = None,
+    workers: int | None = None,
+    json: bool = False,
 ) -> None:
     """Export every company to a new timestamped snapshot dir, keeping the newest N (cron)."""
     from resilience.config import load_settings
     from resilience.infra.output import Output
     from resilience.restore import commands
 
-    run = commands.snapshot(load_settings(), company_id=company, keep=positive_int("--keep", keep))
+    out = Output(json)
+    run = commands.snapshot(
+        load_settings(),
+        company_id=company,
+        keep=positive_int("--keep", keep),
+        workers=positive_int("--workers", workers),
+        meters=out.meters(),
+    )
 
     def human(con: Any, d: dict[str, Any]) -> None:
         companies = ", ".join(f"{k} ({v['key_count']} keys)" for k, v in d["companies"].items())
         con.print(f"snapshot {d['path']}: {companies}")
         con.print(f"run record: {d['record']}")
 
-    Output(json).result({"ok": True, **run.to_dict()}, human)
+    out.result({"ok": True, **run.to_dict()}, human)
 
 
 @task(
@@ -121,12 +134,17 @@ def snapshot(
     help={
         "company": "one company (default: every company in the database)",
         "dir": "Baileys directory root to export into (default: RESILIENCE_AUTH_DIR)",
+        "workers": WORKERS_HELP,
         "json": "print the result as JSON",
     },
 )
 @operator_task
 def export_files(
-    c: Context, company: str | None = None, dir: str | None = None, json: bool = False
+    c: Context,
+    company: str | None = None,
+    dir: str | None = None,
+    workers: int | None = None,
+    json: bool = False,
 ) -> None:
     """Export PostgreSQL to Baileys files (no switch): atomic, 0600/0700, with manifest.json."""
     from resilience.config import load_settings
@@ -139,6 +157,8 @@ def export_files(
         company_id=company,
         directory=caller_path(dir) if dir else None,
         progress=out.progress,
+        workers=positive_int("--workers", workers),
+        meters=out.meters(),
     )
 
     def human(con: Any, d: dict[str, Any]) -> None:

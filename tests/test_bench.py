@@ -48,7 +48,13 @@ def test_bench_restore_reports_every_size_and_cleans_up(
     before = _bench_companies(conn)
     phases: list[str] = []
     result = bench_restore(
-        stack.endpoints.admin_dsn, work_dir=tmp_path, sizes=SIZES, repeat=1, progress=phases.append
+        stack.endpoints.admin_dsn,
+        work_dir=tmp_path,
+        sizes=SIZES,
+        repeat=1,
+        progress=phases.append,
+        tenants=(3, 40),
+        workers=2,
     )
     json.dumps(result, allow_nan=False)  # JSON-ready, as `invoke bench` prints it
     assert result["benchmark"] == "restore"
@@ -68,8 +74,15 @@ def test_bench_restore_reports_every_size_and_cleans_up(
         assert _positive_finite(entry["ratio_import"])
     assert result["sizes"]["200"]["bytes"] > result["sizes"]["50"]["bytes"]
     # No 100k size measured: the target is reported as not evaluated, not as met.
-    assert result["targets"]["export_100k_ratio_max"] == 2.0
+    assert result["targets"]["export_100k_ratio_max"] == 1.5
+    assert result["targets"]["import_100k_ratio_max"] == 1.5
     assert result["targets"]["met"] is None
+    # many tenants: every company exported by the workers, beside the raw limit, with peak RSS
+    many = result["tenants"]
+    assert many["companies"] == 3 and many["keys_per_company"] == 40 and many["workers"] == 2
+    assert many["rows"] >= 3 * 40
+    assert _positive_finite(many["ratio_export_all"])
+    assert _positive_finite(many["peak_rss_mb"]["export_all"])
     assert any("seeding" in p for p in phases) and any("raw import" in p for p in phases)
     assert _bench_companies(conn) == before
     assert list(tmp_path.iterdir()) == []

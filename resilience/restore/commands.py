@@ -16,8 +16,10 @@ from resilience.alerting.channels import notify
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.config import Settings, validate_company_id
 from resilience.errors import ConfigError, DataError, PartialFailure
+from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 from resilience.restore.export import ExportBatch, ExportResult, export_all
+from resilience.restore.parallel import StorePool
 from resilience.restore.preflight import Direction, Preflight
 from resilience.restore.runner import StepFailed
 from resilience.restore.snapshot import Snapshot, take_snapshot
@@ -117,8 +119,11 @@ def export(
     company_id: str | None = None,
     directory: Path | None = None,
     progress: Progress | None = None,
+    workers: int | None = None,
+    meters: Meters = NO_METERS,
 ) -> ExportRun:
-    """Export one company (or every company) to Baileys files, without switching anything."""
+    """Export one company (or every company, ``workers`` at a time, default
+    RESILIENCE_RESTORE_WORKERS) to Baileys files, without switching anything."""
     root = directory or settings.auth_root
     if root is None:
         raise ConfigError("give --dir, or set RESILIENCE_AUTH_DIR or RESILIENCE_SERVICE_DIR")
@@ -126,14 +131,22 @@ def export(
         validate_company_id(company_id)
     dsn = service_dsn(settings)
     with recorded_run(settings, "restore.export", company_id) as record:
-        with connect(dsn, timeout=settings.db_connect_timeout) as conn:
+        count = workers or settings.restore_workers
+        with (
+            connect(dsn, timeout=settings.db_connect_timeout) as conn,
+            StorePool(dsn, workers=count, timeout=settings.db_connect_timeout) as pool,
+        ):
             batch = export_all(
                 PgAuthStore(conn),
                 root,
                 [company_id] if company_id is not None else None,
                 source=redact_dsn(dsn),
                 progress=progress,
+                workers=count,
+                stores=pool.store if company_id is None and count > 1 else None,
+                meters=meters,
             )
+        record.journal.measurements["workers"] = count
         record.journal.measurements["exports"] = [
             {"company_id": r.company_id, "key_count": r.key_count, "digest": r.digest}
             for r in batch.results
@@ -168,20 +181,31 @@ def snapshot(
     *,
     company_id: str | None = None,
     keep: int | None = None,
+    workers: int | None = None,
+    meters: Meters = NO_METERS,
 ) -> SnapshotRun:
-    """A new timestamped snapshot of one company (or all), keeping the newest `keep`."""
+    """A new timestamped snapshot of one company (or all, ``workers`` at a time), keeping the
+    newest `keep`."""
     if company_id is not None:
         validate_company_id(company_id)
     dsn = service_dsn(settings)
     with recorded_run(settings, "restore.snapshot", company_id) as record:
-        with connect(dsn, timeout=settings.db_connect_timeout) as conn:
+        count = workers or settings.restore_workers
+        with (
+            connect(dsn, timeout=settings.db_connect_timeout) as conn,
+            StorePool(dsn, workers=count, timeout=settings.db_connect_timeout) as pool,
+        ):
             taken = take_snapshot(
                 PgAuthStore(conn),
                 settings.snapshot_dir,
                 [company_id] if company_id is not None else None,
                 keep=keep or settings.snapshot_keep,
                 source=redact_dsn(dsn),
+                workers=count,
+                stores=pool.store if company_id is None and count > 1 else None,
+                meters=meters,
             )
+        record.journal.measurements["workers"] = count
         record.journal.measurements.update(
             path=str(taken.path), companies=taken.companies, failed=taken.failed
         )

@@ -8,6 +8,7 @@ from these facts is what the operator confirms.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import httpx
 
 from resilience.alerting.channels import alert_warnings
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgstore import DbLink, PgAuthStore, connect
 from resilience.config import validate_company_id
 from resilience.errors import (
     ConfigError,
@@ -25,6 +26,7 @@ from resilience.errors import (
     ResilienceError,
     StackError,
 )
+from resilience.mirror.fallback import mirror_fallback
 from resilience.restore import export as export_mod
 from resilience.restore import importer, snapshot
 from resilience.restore.state import SwitchState
@@ -49,11 +51,16 @@ class Preflight:
     key_count: int | None = None
     snapshot_path: str | None = None
     snapshot_age_s: float | None = None
+    # the live mirror (resilience.mirror), used instead of the snapshot when it is fresher
+    mirror_dir: str | None = None
+    mirror_confirmed_at: str | None = None
+    mirror_loss_window_s: float | None = None
     tag: str | None = None
     tag_commit: str | None = None
     current_ref: str | None = None
     dirty: list[str] = field(default_factory=list)
     pm2_status: str | None = None
+    pm2_out_log: str | None = None  # the app's log, watched after the restart
     env_mode: str | None = None
     disk_free: int | None = None
     disk_needed: int | None = None
@@ -66,16 +73,29 @@ class Preflight:
         return asdict(self)
 
 
-def preflight(target: Target, direction: Direction, *, force: bool = False) -> Preflight:
+def preflight(
+    target: Target, direction: Direction, *, force: bool = False, link: DbLink | None = None
+) -> Preflight:
+    """The facts. With ``link`` the database is asked through that connection (kept open for
+    the export: one connect, one statement here)."""
     validate_company_id(target.company_id)
     s = target.settings
     facts = Preflight(direction, target.company_id)
     try:
-        with connect(target.service_dsn, timeout=s.db_connect_timeout) as conn:
+        with contextlib.ExitStack() as opened:
+            if link is None:
+                conn = opened.enter_context(
+                    connect(target.service_dsn, timeout=s.db_connect_timeout)
+                )
+            else:
+                conn = link.conn
             store = PgAuthStore(conn)
-            facts.key_count = store.count_keys(target.company_id)
-            if direction == "to-files":
-                facts.disk_needed = export_mod.estimate_export_bytes(store, target.company_id)
+            if direction == "to-files":  # one statement: the count and the disk estimate
+                stored = store.stored_bytes(target.company_id)
+                facts.key_count = stored[1]
+                facts.disk_needed = export_mod.estimate_from_stored(*stored)
+            else:
+                facts.key_count = store.count_keys(target.company_id)
         facts.db_reachable = True
         facts.db_verdict = "reachable"
     except DatabaseUnreachable as exc:
@@ -99,7 +119,9 @@ def preflight(target: Target, direction: Direction, *, force: bool = False) -> P
     except ResilienceError as exc:
         facts.problems.append(str(exc))
     try:
-        facts.pm2_status = target.pm2.require(s.pm2_app).status
+        described = target.pm2.require(s.pm2_app)
+        facts.pm2_status = described.status
+        facts.pm2_out_log = str(described.out_log) if described.out_log else None
     except StackError as exc:
         facts.problems.append(str(exc))
 
@@ -154,7 +176,7 @@ def _preflight_to_files(target: Target, facts: Preflight, force: bool) -> None:
                 )
             if not os.access(probe, os.W_OK):
                 facts.problems.append(f"export dir {probe} is not writable")
-    else:
+    elif not _preflight_mirror(target, facts, force):
         found = snapshot.newest_snapshot(s.snapshot_dir, target.company_id)
         if found is None:
             facts.problems.append(
@@ -169,6 +191,30 @@ def _preflight_to_files(target: Target, facts: Preflight, force: bool) -> None:
                     f"newest snapshot is {found.age_s():.0f} s old, over the limit of "
                     f"{s.snapshot_max_age:.0f} s (RESILIENCE_SNAPSHOT_MAX_AGE): --force to use it"
                 )
+
+
+def _preflight_mirror(target: Target, facts: Preflight, force: bool) -> bool:
+    """Whether the mirror is the fallback: it confirmed a position holding the company that
+    is fresher than the newest snapshot (whose facts are kept beside it for the report)."""
+    s = target.settings
+    mirror = mirror_fallback(s, target.company_id)
+    if mirror is None:
+        return False
+    found = snapshot.newest_snapshot(s.snapshot_dir, target.company_id)
+    if found is not None and found.taken_at >= mirror.confirmed_at:
+        return False
+    facts.mirror_dir = str(mirror.mirror_dir)
+    facts.mirror_confirmed_at = mirror.confirmed_at.isoformat()
+    facts.mirror_loss_window_s = round(mirror.loss_window_s(), 3)
+    if found is not None:
+        facts.snapshot_path = str(found.path)
+        facts.snapshot_age_s = round(found.age_s(), 1)
+    if mirror.age_s() > s.snapshot_max_age and not force:
+        facts.problems.append(
+            f"the mirror's last confirmed position is {mirror.age_s():.0f} s old, over the "
+            f"limit of {s.snapshot_max_age:.0f} s (RESILIENCE_SNAPSHOT_MAX_AGE): --force to use it"
+        )
+    return True
 
 
 def _preflight_to_postgres(target: Target, facts: Preflight) -> None:

@@ -26,6 +26,8 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +38,7 @@ from resilience.authstate.naming import MANIFEST_FILE, company_dir_name, safe_pa
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError
+from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 from resilience.restore.export import (
     CompanyFailure,
@@ -45,6 +48,7 @@ from resilience.restore.export import (
     shown_company,
 )
 from resilience.restore.importer import read_directory
+from resilience.restore.parallel import per_company
 from resilience.restore.staging import stage_and_swap, stage_new, sweep_stale, write_private
 
 log = logging.getLogger(__name__)
@@ -208,9 +212,13 @@ def take_snapshot(
     *,
     keep: int,
     source: str,
+    workers: int = 1,
+    stores: Callable[[], AbstractContextManager[PgAuthStore]] | None = None,
+    meters: Meters = NO_METERS,
 ) -> Snapshot:
     """Export ``companies`` (all in the database when None) into a new snapshot, then prune to
-    the newest ``keep`` (see :func:`prune_snapshots`).
+    the newest ``keep`` (see :func:`prune_snapshots`). With ``stores`` (a connection per
+    worker) up to ``workers`` companies are exported at the same time.
 
     A company whose export raises a :class:`~resilience.errors.ResilienceError` is left out and
     listed in the snapshot's ``failed`` (``snapshot.json`` and the returned :class:`Snapshot`);
@@ -238,12 +246,23 @@ def take_snapshot(
 
     def fill(staging: Path) -> None:
         error_classes: set[type[ResilienceError]] = set()
-        for company_id in wanted:
-            try:
-                results.append(export_company(store, staging, company_id, source=source))
-            except ResilienceError as exc:
-                failures.append(CompanyFailure.of(company_id, exc))
-                error_classes.add(type(exc))
+
+        def one(company_id: str) -> ExportResult:
+            if stores is None:
+                return export_company(store, staging, company_id, source=source)
+            with stores() as own:
+                return export_company(own, staging, company_id, source=source)
+
+        parallel = workers if stores is not None else 1
+        meter = meters.start("snapshot", len(wanted), "companies")
+        try:
+            outcomes = per_company(wanted, one, workers=parallel, done=lambda *_: meter.advance())
+        finally:
+            meter.close()
+        for company_id, outcome in outcomes:
+            if isinstance(outcome, ResilienceError):
+                failures.append(CompanyFailure.of(company_id, outcome))
+                error_classes.add(type(outcome))
                 _discard(staging, company_id)
                 log.warning(
                     "snapshot: company %s left out (%s): %s",
@@ -251,6 +270,8 @@ def take_snapshot(
                     failures[-1].error,
                     failures[-1].message,
                 )
+            else:
+                results.append(outcome)
         if not results:
             raise _nothing_to_keep(failures, error_classes)
         meta = {

@@ -12,15 +12,18 @@ watch set up at the restart. Steps are its methods.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgstore import DbLink, PgAuthStore, connect
 from resilience.authstate.view import view_of
-from resilience.errors import InputError, ResilienceError
+from resilience.errors import InputError, ResilienceError, VerificationError
 from resilience.infra.redact import redact_dsn
+from resilience.mirror.fallback import mirror_fallback, stop_mirror_process
 from resilience.restore import export as export_mod
 from resilience.restore import importer, snapshot
 from resilience.restore.preflight import Direction, Preflight, preflight
@@ -48,8 +51,11 @@ class _Plan:
 
     mode: Mode
 
-    def __init__(self, target: Target, facts: Preflight, force: bool) -> None:
+    def __init__(
+        self, target: Target, facts: Preflight, force: bool, link: DbLink | None = None
+    ) -> None:
         self.target = target
+        self.link = link  # the preflight's connection, kept for the export
         self.settings = target.settings
         self.facts = facts
         self.force = force
@@ -85,8 +91,9 @@ class _Plan:
 
     def start_service(self, details: Details) -> None:
         app = self.settings.pm2_app
-        described = self.target.pm2.require(app)
-        self.watch = LogWatch(described.out_log)
+        # the preflight read the app's log path: no second PM2 call (each one costs a node start)
+        known = self.facts.pm2_out_log
+        self.watch = LogWatch(Path(known) if known else self.target.pm2.require(app).out_log)
         self.target.pm2.restart(app)
         details["app"] = app
 
@@ -122,9 +129,13 @@ class _Plan:
 class ToFiles(_Plan):
     mode: Mode = "file"
 
-    def __init__(self, target: Target, facts: Preflight, force: bool) -> None:
-        super().__init__(target, facts, force)
-        self.source: str | None = None  # "export", "keep-directory" or "install-snapshot"
+    def __init__(
+        self, target: Target, facts: Preflight, force: bool, link: DbLink | None = None
+    ) -> None:
+        super().__init__(target, facts, force, link)
+        # "export", "keep-directory", "install-snapshot" or "install-mirror"
+        self.source: str | None = None
+        self.mirror_stopped = False  # the install-mirror step stopped the mirror process
 
     def after_start_undo(self) -> Details | None:
         """The service ran in file mode, if only briefly, and may have acknowledged writes
@@ -133,10 +144,11 @@ class ToFiles(_Plan):
         and leave the service in file mode: reverting would lose those writes."""
         t, app = self.target, self.settings.pm2_app
         t.pm2.stop(app)  # no more writes while they are carried back
-        if self.source == "install-snapshot":
+        if self.source in ("install-snapshot", "install-mirror"):
             t.pm2.restart(app)
             raise UndoHalted(
-                f"the service ran in file mode on a snapshot in {t.company_dir}: reverting "
+                f"the service ran in file mode on a {self.source.removeprefix('install-')} "
+                f"in {t.company_dir}: reverting "
                 "would lose its writes and importing could undo newer database writes; it "
                 "stays in file mode: run restore.to-postgres once the database is back"
             )
@@ -172,6 +184,17 @@ class ToFiles(_Plan):
         elif facts.db_reachable:
             steps.append(
                 Step("export", f"export company {t.company_id} to {t.company_dir}", self.export)
+            )
+        elif facts.mirror_dir is not None:
+            steps.append(
+                Step(
+                    "install-mirror",
+                    f"PostgreSQL unreachable: stop the mirror, check and install its copy of "
+                    f"{t.company_id} (mirror lag {facts.mirror_loss_window_s} s = data-loss "
+                    f"window; newest snapshot {facts.snapshot_age_s} s old)",
+                    self.install_mirror,
+                    self.restart_mirror,
+                )
             )
         else:
             steps.append(
@@ -211,7 +234,8 @@ class ToFiles(_Plan):
 
     def export(self, details: Details) -> None:
         t = self.target
-        with self._connect() as conn:
+        with contextlib.ExitStack() as opened:
+            conn = self.link.conn if self.link else opened.enter_context(self._connect())
             result = export_mod.export_company(
                 PgAuthStore(conn), t.auth_root, t.company_id, source=redact_dsn(t.service_dsn)
             )
@@ -234,6 +258,35 @@ class ToFiles(_Plan):
         details["snapshot"] = str(found.path)
         details["snapshot_age_s"] = round(age, 1)
         details["snapshot_taken_at"] = found.taken_at.isoformat()
+
+    def install_mirror(self, details: Details) -> None:
+        """The mirror's copy, when fresher than the newest snapshot (preflight decided):
+        the mirror process is stopped first, then its files are checked against its manifest
+        and its recorded position and installed as a snapshot is."""
+        t, s = self.target, self.settings
+        details["mirror_process"] = stop_mirror_process(s, t.pm2)
+        self.mirror_stopped = details["mirror_process"] == "stopped"
+        found = mirror_fallback(s, t.company_id)  # read again: the position it stopped at
+        if found is None:
+            raise InputError(f"the mirror holds no confirmed copy of {t.company_id} any more")
+        age = found.age_s()
+        if age > s.snapshot_max_age and not self.force:
+            raise InputError(f"the mirror's position is {age:.0f} s old: --force to use it")
+        try:
+            result = snapshot.install_snapshot(found.as_snapshot(), t.company_id, t.auth_root)
+        except VerificationError as exc:
+            raise VerificationError(f"the mirror's copy does not check out: {exc}") from None
+        self.expected_digest = result.digest
+        self.source = "install-mirror"
+        details.update(result.to_dict())
+        details.update(found.to_dict())
+        newest = snapshot.newest_snapshot(s.snapshot_dir, t.company_id)
+        details["snapshot_age_s"] = round(newest.age_s(), 1) if newest else None
+        details["snapshot_taken_at"] = newest.taken_at.isoformat() if newest else None
+
+    def restart_mirror(self) -> None:
+        if self.mirror_stopped:
+            self.target.pm2.restart(self.settings.mirror_app)
 
     def checkout_tag(self, details: Details) -> None:
         s, state = self.settings, self.state
@@ -380,9 +433,13 @@ class ToPostgres(_Plan):
         details["removed"] = str(self.target.state_file)
 
 
-def build_plan(target: Target, facts: Preflight, *, force: bool) -> list[Step]:
-    plan = ToFiles if facts.direction == "to-files" else ToPostgres
-    return plan(target, facts, force).steps()
+def build_plan(
+    target: Target, facts: Preflight, *, force: bool, link: DbLink | None = None
+) -> list[Step]:
+    """The steps; ``link`` is the preflight's connection, which the export reuses."""
+    if facts.direction == "to-files":
+        return ToFiles(target, facts, force, link).steps()
+    return ToPostgres(target, facts, force).steps()
 
 
 # --- one call for commands and drills -------------------------------------------------------------
@@ -390,12 +447,16 @@ def build_plan(target: Target, facts: Preflight, *, force: bool) -> list[Step]:
 class SwitchOutcome:
     preflight: Preflight
     result: RunResult | None  # None for a dry run
+    #: client-server round trips to PostgreSQL, preflight and export together (to-files)
+    round_trips: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"preflight": self.preflight.to_dict()}
         if self.result is not None:
             data["run"] = self.result.to_dict()
             data["rto_s"] = round(self.result.duration_s, 3)
+        if self.round_trips is not None:
+            data["db_round_trips"] = self.round_trips
         return data
 
 
@@ -412,17 +473,45 @@ def run_switch(
     """Preflight, plan, (confirm), run. Raises on refusal, or on failure after undoing the done
     steps (:class:`~.runner.StepFailed`)."""
     journal.register_secret(target.service_dsn)
-    facts = preflight(target, direction, force=force)
+    if direction != "to-files":
+        facts = _checked_preflight(target, direction, journal, force, None)
+        if dry_run:
+            journal.event("dry-run", "dry run: nothing changed")
+            return SwitchOutcome(facts, None)
+        if confirm is not None and not confirm(facts):
+            raise InputError("not confirmed: nothing changed")
+        return SwitchOutcome(
+            facts, Runner(journal, progress).run(build_plan(target, facts, force=force))
+        )
+    # to-files: one connection for the preflight and the export, its round trips counted
+    link = DbLink(target.service_dsn, timeout=target.settings.db_connect_timeout)
+    try:
+        facts = _checked_preflight(target, direction, journal, force, link)
+        if dry_run:
+            journal.event("dry-run", "dry run: nothing changed")
+            return SwitchOutcome(facts, None, link.round_trips)
+        if confirm is not None and not confirm(facts):
+            raise InputError("not confirmed: nothing changed")
+        result = Runner(journal, progress).run(build_plan(target, facts, force=force, link=link))
+    finally:
+        link.close()
+        journal.event(
+            "round-trips",
+            f"{link.round_trips} round trip(s) to PostgreSQL over {link.connects} connection(s)",
+            db_round_trips=link.round_trips,
+            connections=link.connects,
+        )
+    return SwitchOutcome(facts, result, link.round_trips)
+
+
+def _checked_preflight(
+    target: Target, direction: Direction, journal: Journal, force: bool, link: DbLink | None
+) -> Preflight:
+    facts = preflight(target, direction, force=force, link=link)
     facts.plan = [step.description for step in build_plan(target, facts, force=False)]
     journal.event("preflight", f"{direction} preflight", **facts.to_dict())
     if facts.problems:
         refused = InputError(f"preflight refused {direction}: " + "; ".join(facts.problems))
         refused.details = {"preflight": facts.to_dict()}
         raise refused
-    if dry_run:
-        journal.event("dry-run", "dry run: nothing changed")
-        return SwitchOutcome(facts, None)
-    if confirm is not None and not confirm(facts):
-        raise InputError("not confirmed: nothing changed")
-    result = Runner(journal, progress).run(build_plan(target, facts, force=force))
-    return SwitchOutcome(facts, result)
+    return facts

@@ -101,7 +101,7 @@ def cache_report(settings: DrillSettings) -> Iterator[DrillReport]:
     yield from _report("cache", settings)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # drills/test_backup.py and drills/test_pitr.py: one report
 def backup_report(settings: DrillSettings) -> Iterator[DrillReport]:
     yield from _report("backup", settings)
 
@@ -119,6 +119,11 @@ def monitoring_report(settings: DrillSettings) -> Iterator[DrillReport]:
 @pytest.fixture(scope="module")
 def diagnose_report(settings: DrillSettings) -> Iterator[DrillReport]:
     yield from _report("diagnose", settings)
+
+
+@pytest.fixture(scope="module")
+def mirror_report(settings: DrillSettings) -> Iterator[DrillReport]:
+    yield from _report("mirror", settings)
 
 
 # --- the reports in pytest's own outputs ------------------------------------------------------

@@ -91,6 +91,26 @@ class Settings(BaseSettings):
     backup_keep_daily: int = Field(30, ge=0)
     backup_keep_monthly: int = Field(12, ge=0)
 
+    # --- point-in-time recovery (barman-cloud; docs/operations.md) -------------------------------
+    # archive_command copies each WAL segment here (the server's user must write it); the pusher
+    # sends it to every region and deletes it once every region has it
+    wal_spool_dir: Path = Path("wal-spool")
+    wal_spool_alert_segments: int = Field(64, ge=1)  # more files waiting than this alerts
+    wal_spool_alert_age: float = Field(300.0, gt=0)  # seconds: an older waiting file alerts
+    wal_push_interval: float = Field(10.0, gt=0)  # seconds between passes of backup.wal-daemon
+    wal_push_timeout: float = Field(120.0, gt=0)  # seconds one segment's upload may take
+    pitr_prefix: str = "pitr"  # barman-cloud's archive: s3://<bucket>/<prefix>/<server>/
+    pitr_server: str = "baileys"
+    # base backups (barman-cloud-backup): a role allowed to run backups (superuser or
+    # pg_backup_start rights) on the server's own host; default: RESILIENCE_RESTORE_DSN
+    pitr_dsn: SecretStr | None = None
+    pitr_recovery_window_days: int = Field(30, ge=1)  # retention of base backups and WAL
+    pitr_timeout: float = Field(1800.0, gt=0)  # seconds a restored cluster may take to promote
+    barman_bin_dir: Path | None = None  # barman-cloud-*; unset: beside our Python, then PATH
+    # barman-cloud-wal-restore that the server's user can run (restore_command); ./run makes it
+    barman_server_bin_dir: Path = Path(".tools/barman/bin")
+    pg_bindir: Path | None = None  # pg_ctl of restored clusters; unset: Debian's newest, PATH
+
     # --- alerts ------------------------------------------------------------------------------
     sentry_dsn: SecretStr | None = None
     telegram_bot_token: SecretStr | None = None
@@ -117,6 +137,8 @@ class Settings(BaseSettings):
     snapshot_dir: Path = Path("snapshots")
     snapshot_keep: int = Field(24, ge=1)
     snapshot_max_age: float = Field(3600.0, gt=0)  # seconds; older needs --force (RPO < 1 h)
+    # companies exported at the same time by restore.export and restore.snapshot (--workers)
+    restore_workers: int = Field(4, ge=1, le=64)
 
     # --- records of operator runs ----------------------------------------------------------------
     runs_dir: Path = Path("runs")
@@ -155,7 +177,16 @@ class Settings(BaseSettings):
     # integrity and completeness of the data (scenarios 2 and 3) in the monitor, seconds
     integrity_interval: float = Field(900.0, gt=0)
 
-    @field_validator("service_dsn", "restore_dsn", "monitor_dsn")
+    # --- the live file mirror (mirror.run; resilience.mirror) -------------------------------------
+    mirror_dir: Path = Path("mirror")  # one Baileys directory per company, position.json
+    mirror_dsn: SecretStr | None = None  # the mirror's DSN (default: service_dsn)
+    mirror_app: str = "baileys-resilience-mirror"  # its PM2 app name
+    mirror_poll_interval: float = Field(0.5, gt=0)  # seconds between cycles without a NOTIFY
+    mirror_batch: int = Field(10000, ge=1)  # changes read per apply cycle
+    mirror_reconcile_interval: float = Field(300.0, gt=0)  # seconds between digest checks
+    mirror_lag_alert: float = Field(10.0, gt=0)  # seconds of mirror lag that alert
+
+    @field_validator("service_dsn", "restore_dsn", "monitor_dsn", "mirror_dsn", "pitr_dsn")
     @classmethod
     def _dsn(cls, value: SecretStr | None) -> SecretStr | None:
         return _checked_dsn(value)
@@ -165,6 +196,13 @@ class Settings(BaseSettings):
     def _company(cls, value: str) -> str:
         if not COMPANY_ID_RE.fullmatch(value):
             raise ValueError("must be 1-50 characters of A-Z, a-z, 0-9, '_' or '-'")
+        return value
+
+    @field_validator("pitr_prefix", "pitr_server")
+    @classmethod
+    def _archive_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+            raise ValueError("must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")
         return value
 
     @field_validator(
@@ -234,6 +272,9 @@ class DrillSettings(Settings):
     startup_timeout: float = Field(30.0, gt=0)
     # fsync on for the stack's PostgreSQL: drills that kill the server, point-in-time recovery
     pg_durable: bool = False
+    # WAL archiving of the stack's PostgreSQL into a spool (point-in-time recovery drills)
+    pg_archive: bool = False
+    pg_archive_timeout: float = Field(60.0, gt=0)  # seconds: archive_timeout of the stack
     # docker backend: official images (pulled), local ones (built here from Debian packages and
     # cached in the engine) or auto (official when a pull works, else local)
     docker_images: DockerImages = "auto"

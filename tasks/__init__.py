@@ -4,7 +4,19 @@ and maps library errors to exit codes with a one-line message (:mod:`tasks._run`
 
 from invoke.collection import Collection
 
-from tasks import backup, cleanup, dev, diagnose, drill, health, monitor, restore, schedule, stack
+from tasks import (
+    backup,
+    cleanup,
+    dev,
+    diagnose,
+    drill,
+    health,
+    mirror,
+    monitor,
+    restore,
+    schedule,
+    stack,
+)
 
 ns = Collection(
     Collection.from_module(stack),
@@ -14,6 +26,7 @@ ns = Collection(
     Collection.from_module(drill),
     Collection.from_module(schedule),
     Collection.from_module(monitor),
+    Collection.from_module(mirror),
     health.health,
     diagnose.diagnose,
     dev.lint,

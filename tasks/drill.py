@@ -74,8 +74,9 @@ def cache(
 @operator_task
 def backup(c: Context, backend: str | None = None, k: str = "", yes: bool = False) -> None:
     """Backup drill: restore after TRUNCATE, a region cut, corrupt dumps, datacenter loss, one
-    company restored: reports/drill-backup.{html,json}."""
-    _drill(c, "backup", ["drills/test_backup.py"], backend, yes, k=k)
+    company restored, point-in-time recovery (a deleted tenant, the RPO after SIGKILL, a region
+    cut during WAL archiving): reports/drill-backup.{html,json}."""
+    _drill(c, "backup", ["drills/test_backup.py", "drills/test_pitr.py"], backend, yes, k=k)
 
 
 @task(auto_shortflags=False, help=HELP)
@@ -100,6 +101,15 @@ def diagnose(c: Context, backend: str | None = None, k: str = "", yes: bool = Fa
     """Diagnose drill: each scenario broken as in life, named by `diagnose`, repaired by the
     command it prints: reports/drill-diagnose.{html,json}."""
     _drill(c, "diagnose", ["drills/test_diagnose.py"], backend, yes, k=k)
+
+
+@task(auto_shortflags=False, help=HELP)
+@operator_task
+def mirror(c: Context, backend: str | None = None, k: str = "", yes: bool = False) -> None:
+    """Mirror drill: the proxy disabled, PostgreSQL stopped and killed under steady writes,
+    the mirror installed with its loss window beside the snapshot's; the mirror killed
+    mid-traffic; a change the feed missed, repaired: reports/drill-mirror.{html,json}."""
+    _drill(c, "mirror", ["drills/test_mirror.py"], backend, yes, k=k)
 
 
 @task(auto_shortflags=False, name="all", help={"backend": BACKEND_HELP, "yes": YES_HELP})

@@ -42,7 +42,7 @@ def run(c: Context, kind: str = "auto", json: bool = False) -> None:
     if kind not in ("auto", "hourly", "daily", "monthly"):
         raise InputError(f"--kind must be auto, hourly, daily or monthly, not {kind[:20]!r}")
     out = Output(json)
-    result = take_backup(load_settings(), kind=kind, progress=out.progress)
+    result = take_backup(load_settings(), kind=kind, progress=out.progress, meters=out.meters())
     _print(json, result.to_dict())
 
 
@@ -187,6 +187,7 @@ def restore(
         target_dsn=target_dsn,
         yes=yes,
         progress=out.progress,
+        meters=out.meters(),
     )
     _print(json, result.to_dict())
 

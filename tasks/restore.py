@@ -57,6 +57,7 @@ def _switch(
         force=force,
         confirm=confirm_on_terminal(out, yes),
         progress=out.progress,
+        meters=out.meters(),
     )
     out.result({"ok": True, **run.to_dict()}, _render_switch)
 

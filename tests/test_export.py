@@ -33,7 +33,7 @@ from resilience.restore.export import (
     export_company,
     free_space_ok,
 )
-from resilience.restore.importer import map_directory
+from resilience.restore.importer import import_company, map_directory
 from resilience.restore.manifest import MANIFEST_FILE, read_manifest
 
 pytestmark = pytest.mark.stack
@@ -528,3 +528,37 @@ def test_a_file_that_does_not_read_back_as_written_fails_the_export(
     ):
         export_company(store, root, company, source=SOURCE)
     assert _tree(root) == before and _leftovers(root) == []
+
+
+class _Counting:
+    """Meters that record what the library told them."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, int | None, str]] = []
+        self.advanced = 0
+        self.closed = 0
+
+    def start(self, description: str, total: int | None, unit: str) -> _Counting:
+        self.started.append((description, total, unit))
+        return self
+
+    def advance(self, units: int = 1) -> None:
+        self.advanced += units
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_export_and_import_count_every_key_for_the_progress_bar(
+    store: PgAuthStore, company: str, root: Path
+) -> None:
+    _seed_small(store, company)
+    exported = _Counting()
+    result = export_company(store, root, company, source=SOURCE, meters=exported)
+    assert exported.started == [(f"export {company}", result.key_count, "keys")]
+    assert exported.advanced == result.key_count and exported.closed == 1
+    store.delete_company(company)
+    imported = _Counting()
+    done = import_company(store, root, company, meters=imported)
+    assert imported.started == [(f"import {company}", done.key_count, "keys")]
+    assert imported.advanced == done.key_count and imported.closed == 1

@@ -405,6 +405,7 @@ class PgAuthStore:
         keys: Mapping[tuple[str, str], Any],
         *,
         where: Callable[[str, str], str] | None = None,
+        advance: Callable[[int], None] | None = None,
     ) -> SyncResult:
         """Make the company's rows exactly ``creds`` and ``keys`` (``{(type, id): value}``)
         inside the caller's transaction, with the service's semantics: a key new or changed is
@@ -438,6 +439,8 @@ class PgAuthStore:
                     if ttl is None:
                         ttl = ttls[key_type] = ttl_for(key_type)
                     shown = where(key_type, key_id) if where else f"{key_type}/{key_id}"
+                    if advance is not None:
+                        advance(1)
                     copy.write_row(
                         (key_type, key_id, Jsonb(encode(value, DB_STYLE, where=shown)), ttl)
                     )

@@ -11,6 +11,7 @@ from pathlib import Path
 from resilience.backup.manifest import PREFIX, BackupManifest, dump_key, manifest_key
 from resilience.errors import DataError
 from resilience.infra.fsutil import atomic_write
+from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.s3 import RegionStore
 
 
@@ -77,7 +78,9 @@ class Spool:
                 shutil.rmtree(entry, ignore_errors=True)
 
 
-def upload_backup(store: RegionStore, manifest: BackupManifest, dump: Path) -> None:
+def upload_backup(
+    store: RegionStore, manifest: BackupManifest, dump: Path, meters: Meters = NO_METERS
+) -> None:
     """The dump, then the manifest: a dump without its manifest is never taken for a backup."""
-    store.upload(dump, dump_key(manifest.id), sha256=manifest.sha256)
+    store.upload(dump, dump_key(manifest.id), sha256=manifest.sha256, meters=meters)
     store.put_bytes(manifest_key(manifest.id), manifest.to_json())

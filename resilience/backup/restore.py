@@ -31,6 +31,7 @@ from resilience.backup.manifest import BackupManifest
 from resilience.backup.verify import compare, download_checked, restore_dsn, scratch_database
 from resilience.config import Settings, validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError
+from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 from resilience.infra.s3 import RegionStore, regions_from_settings
 from resilience.restore.target import service_dsn
@@ -142,6 +143,7 @@ def restore_backup(
     target_dsn: str | None = None,
     yes: bool = False,
     progress: Progress | None = None,
+    meters: Meters = NO_METERS,
 ) -> RestoreRun:
     say = progress or (lambda _m: None)
     if company is not None:
@@ -153,7 +155,7 @@ def restore_backup(
         say(f"backup {manifest.id} ({manifest.kind}) from region {store.name}")
         run = RestoreRun(manifest.summary(), store.name, "scratch")
         with tempfile.TemporaryDirectory(prefix="restore-") as tmp:
-            path = download_checked(store, manifest, Path(tmp))
+            path = download_checked(store, manifest, Path(tmp), meters)
             if company is not None:
                 _restore_company(settings, manifest, path, company, yes, run, say)
             elif target_dsn is not None:

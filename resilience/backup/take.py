@@ -29,6 +29,7 @@ from resilience.backup.catalog import Spool, list_region, upload_backup
 from resilience.backup.manifest import BackupManifest, CompanyDigest, Kind, new_id
 from resilience.config import Settings
 from resilience.errors import PartialFailure, ResilienceError
+from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.s3 import RegionStore, regions_from_settings, sha256_file
 from resilience.restore.target import service_dsn
 from resilience.runs.record import recorded_run
@@ -168,7 +169,11 @@ def dump_with_manifest(
 
 
 def take_backup(
-    settings: Settings, *, kind: str = "auto", progress: Progress | None = None
+    settings: Settings,
+    *,
+    kind: str = "auto",
+    progress: Progress | None = None,
+    meters: Meters = NO_METERS,
 ) -> BackupRun:
     say = progress or (lambda _m: None)
     stores = regions_from_settings(settings)
@@ -185,7 +190,7 @@ def take_backup(
             outcomes = []
             for store in stores:
                 try:
-                    upload_backup(store, manifest, path)
+                    upload_backup(store, manifest, path, meters)
                     outcomes.append(RegionOutcome(store.name, True))
                     say(f"region {store.name}: uploaded")
                 except ResilienceError as exc:

@@ -29,6 +29,7 @@ from resilience.backup import dump as pgdump
 from resilience.backup.manifest import BackupManifest, dump_key
 from resilience.config import Settings
 from resilience.errors import ConfigError, DataError, VerificationError
+from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.s3 import RegionStore
 
 
@@ -68,10 +69,12 @@ def scratch_database(admin_dsn: str, timeout: float) -> Iterator[str]:
             )
 
 
-def download_checked(store: RegionStore, manifest: BackupManifest, work: Path) -> Path:
+def download_checked(
+    store: RegionStore, manifest: BackupManifest, work: Path, meters: Meters = NO_METERS
+) -> Path:
     """The dump, downloaded and checked against the manifest (VerificationError otherwise)."""
     path = work / f"{manifest.id}.pgc"
-    digest = store.download(dump_key(manifest.id), path)
+    digest = store.download(dump_key(manifest.id), path, meters=meters)
     size = path.stat().st_size
     if size != manifest.size:
         raise VerificationError(

@@ -20,6 +20,7 @@ from typing import Any
 
 from resilience.config import Settings
 from resilience.errors import ConfigError, ResilienceError
+from resilience.infra.progress import NO_METERS, Meters
 
 #: Operator's region name -> S3 region id (brief §9: a Moscow-region and an EU-region store).
 REGIONS = {"moscow": "ru-central1", "eu": "eu-central-1"}
@@ -116,12 +117,16 @@ class RegionStore:
             raise self._error(exc, "reaching the bucket") from None
 
     # --- objects -------------------------------------------------------------------------------
-    def upload(self, path: Path, key: str, *, sha256: str | None = None) -> dict[str, Any]:
-        """Upload a file (transfer manager, SSE, SHA-256 checksum); checks the stored size."""
+    def upload(
+        self, path: Path, key: str, *, sha256: str | None = None, meters: Meters = NO_METERS
+    ) -> dict[str, Any]:
+        """Upload a file (transfer manager, SSE, SHA-256 checksum); checks the stored size.
+        ``meters`` shows the bytes sent (the transfer manager's callback)."""
         from boto3.s3.transfer import TransferConfig
 
         size = path.stat().st_size
         digest = sha256 or sha256_file(path)
+        meter = meters.start(f"upload to {self.name}", size, "bytes")
         try:
             self.client.upload_file(
                 str(path),
@@ -132,10 +137,13 @@ class RegionStore:
                     "Metadata": {"sha256": digest},
                 },
                 Config=TransferConfig(multipart_threshold=64 * 1024 * 1024, use_threads=True),
+                Callback=meter.advance,
             )
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
             raise self._error(exc, f"uploading {key}") from None
+        finally:
+            meter.close()
         if int(head.get("ContentLength", -1)) != size:
             raise StorageError(
                 f"region {self.name}: {key} stored with {head.get('ContentLength')} bytes, "
@@ -158,17 +166,21 @@ class RegionStore:
             raise self._error(exc, f"reading {key}") from None
         return body
 
-    def download(self, key: str, path: Path) -> str:
-        """Download to `path` (removed again on any failure); returns its SHA-256."""
+    def download(self, key: str, path: Path, *, meters: Meters = NO_METERS) -> str:
+        """Download to `path` (removed again on any failure); returns its SHA-256. ``meters``
+        shows the bytes received."""
+        meter = meters.start(f"download from {self.name}", None, "bytes")
         try:
-            self.client.download_file(self.bucket, key, str(path))
+            self.client.download_file(self.bucket, key, str(path), Callback=meter.advance)
         except Exception as exc:
+            meter.close()
             path.unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 raise StorageError(
                     f"region {self.name}: cannot write {key} to {path.parent}: {exc.strerror}"
                 ) from None
             raise self._error(exc, f"downloading {key}") from None
+        meter.close()
         return sha256_file(path)
 
     def keys(self, prefix: str = "") -> Iterator[tuple[str, int]]:

@@ -49,6 +49,7 @@ def switch(
     force: bool = False,
     confirm: Callable[[Preflight], bool] | None = None,
     progress: Progress | None = None,
+    meters: Meters = NO_METERS,
 ) -> SwitchRun:
     """The emergency switch in `direction`, recorded; on a failed step the done steps are
     undone, a Sentry event (no secrets) is sent, and :class:`StepFailed` is raised."""
@@ -63,6 +64,7 @@ def switch(
                 force=force,
                 confirm=confirm,
                 progress=progress,
+                meters=meters,
             )
         except StepFailed as failed:
             _alert_failed_switch(settings, direction, target.company_id, failed)

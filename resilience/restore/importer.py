@@ -48,6 +48,7 @@ from resilience.authstate.pgstore import PgAuthStore, database_errors, read_tran
 from resilience.authstate.view import CompanyView, view_of
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError
+from resilience.infra.progress import NO_METERS, Meters
 from resilience.restore.manifest import Manifest, read_manifest
 
 Ref = tuple[str, str]
@@ -245,7 +246,12 @@ class ImportResult:
 
 
 def import_company(
-    store: PgAuthStore, root: Path, company_id: str, *, dry_run: bool = False
+    store: PgAuthStore,
+    root: Path,
+    company_id: str,
+    *,
+    dry_run: bool = False,
+    meters: Meters = NO_METERS,
 ) -> ImportResult:
     """Import ``root/company_<id>`` into PostgreSQL in one verified transaction (module text).
 
@@ -294,9 +300,17 @@ def import_company(
     with database_errors("importing the auth state"), conn.transaction():
         # One import per company at a time; released at commit or rollback.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"import:{company_id}",))
-        synced = store.sync_company(
-            company_id, state.creds, state.keys(), where=lambda t, i: file_name_for(t, i)
-        )
+        meter = meters.start(f"import {company_id}", len(state.files), "keys")
+        try:
+            synced = store.sync_company(
+                company_id,
+                state.creds,
+                state.keys(),
+                where=lambda t, i: file_name_for(t, i),
+                advance=meter.advance,
+            )
+        finally:
+            meter.close()
     upserted, deleted = synced.upserted, len(synced.deleted)
     gone = {file_name_for(t, i) for t, i in synced.deleted} - set(state.files)
     return ImportResult(

@@ -22,6 +22,7 @@ from typing import Any
 from resilience.authstate.pgstore import DbLink, PgAuthStore, connect
 from resilience.authstate.view import view_of
 from resilience.errors import InputError, ResilienceError, VerificationError
+from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 from resilience.mirror.fallback import mirror_fallback, stop_mirror_process
 from resilience.restore import export as export_mod
@@ -52,10 +53,16 @@ class _Plan:
     mode: Mode
 
     def __init__(
-        self, target: Target, facts: Preflight, force: bool, link: DbLink | None = None
+        self,
+        target: Target,
+        facts: Preflight,
+        force: bool,
+        link: DbLink | None = None,
+        meters: Meters = NO_METERS,
     ) -> None:
         self.target = target
         self.link = link  # the preflight's connection, kept for the export
+        self.meters = meters  # progress of the export or import
         self.settings = target.settings
         self.facts = facts
         self.force = force
@@ -130,9 +137,14 @@ class ToFiles(_Plan):
     mode: Mode = "file"
 
     def __init__(
-        self, target: Target, facts: Preflight, force: bool, link: DbLink | None = None
+        self,
+        target: Target,
+        facts: Preflight,
+        force: bool,
+        link: DbLink | None = None,
+        meters: Meters = NO_METERS,
     ) -> None:
-        super().__init__(target, facts, force, link)
+        super().__init__(target, facts, force, link, meters)
         # "export", "keep-directory", "install-snapshot" or "install-mirror"
         self.source: str | None = None
         self.mirror_stopped = False  # the install-mirror step stopped the mirror process
@@ -237,7 +249,11 @@ class ToFiles(_Plan):
         with contextlib.ExitStack() as opened:
             conn = self.link.conn if self.link else opened.enter_context(self._connect())
             result = export_mod.export_company(
-                PgAuthStore(conn), t.auth_root, t.company_id, source=redact_dsn(t.service_dsn)
+                PgAuthStore(conn),
+                t.auth_root,
+                t.company_id,
+                source=redact_dsn(t.service_dsn),
+                meters=self.meters,
             )
         self.expected_digest = result.digest
         self.source = "export"
@@ -327,8 +343,10 @@ class ToFiles(_Plan):
 class ToPostgres(_Plan):
     mode: Mode = "postgres"
 
-    def __init__(self, target: Target, facts: Preflight, force: bool) -> None:
-        super().__init__(target, facts, force)
+    def __init__(
+        self, target: Target, facts: Preflight, force: bool, meters: Meters = NO_METERS
+    ) -> None:
+        super().__init__(target, facts, force, meters=meters)
         self.tag_ref: str | None = None  # the ref the code step left (for its undo)
 
     def steps(self) -> list[Step]:
@@ -405,7 +423,9 @@ class ToPostgres(_Plan):
     def do_import(self, details: Details) -> None:
         t = self.target
         with self._connect() as conn:
-            result = importer.import_company(PgAuthStore(conn), t.auth_root, t.company_id)
+            result = importer.import_company(
+                PgAuthStore(conn), t.auth_root, t.company_id, meters=self.meters
+            )
         self.expected_digest = result.digest_db
         details.update(result.to_dict())
 
@@ -434,12 +454,18 @@ class ToPostgres(_Plan):
 
 
 def build_plan(
-    target: Target, facts: Preflight, *, force: bool, link: DbLink | None = None
+    target: Target,
+    facts: Preflight,
+    *,
+    force: bool,
+    link: DbLink | None = None,
+    meters: Meters = NO_METERS,
 ) -> list[Step]:
-    """The steps; ``link`` is the preflight's connection, which the export reuses."""
+    """The steps; ``link`` is the preflight's connection, which the export reuses; ``meters``
+    shows the export's or the import's progress."""
     if facts.direction == "to-files":
-        return ToFiles(target, facts, force, link).steps()
-    return ToPostgres(target, facts, force).steps()
+        return ToFiles(target, facts, force, link, meters).steps()
+    return ToPostgres(target, facts, force, meters).steps()
 
 
 # --- one call for commands and drills -------------------------------------------------------------
@@ -469,6 +495,7 @@ def run_switch(
     force: bool = False,
     confirm: Callable[[Preflight], bool] | None = None,
     progress: Callable[[str], None] | None = None,
+    meters: Meters = NO_METERS,
 ) -> SwitchOutcome:
     """Preflight, plan, (confirm), run. Raises on refusal, or on failure after undoing the done
     steps (:class:`~.runner.StepFailed`)."""
@@ -481,7 +508,8 @@ def run_switch(
         if confirm is not None and not confirm(facts):
             raise InputError("not confirmed: nothing changed")
         return SwitchOutcome(
-            facts, Runner(journal, progress).run(build_plan(target, facts, force=force))
+            facts,
+            Runner(journal, progress).run(build_plan(target, facts, force=force, meters=meters)),
         )
     # to-files: one connection for the preflight and the export, its round trips counted
     link = DbLink(target.service_dsn, timeout=target.settings.db_connect_timeout)
@@ -492,7 +520,9 @@ def run_switch(
             return SwitchOutcome(facts, None, link.round_trips)
         if confirm is not None and not confirm(facts):
             raise InputError("not confirmed: nothing changed")
-        result = Runner(journal, progress).run(build_plan(target, facts, force=force, link=link))
+        result = Runner(journal, progress).run(
+            build_plan(target, facts, force=force, link=link, meters=meters)
+        )
     finally:
         link.close()
         journal.event(

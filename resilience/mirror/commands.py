@@ -3,8 +3,6 @@ its PM2 entry, and its status."""
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -12,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from resilience.authstate.pgstore import connect
-from resilience.config import ENV_PREFIX, Settings
+from resilience.config import Settings
 from resilience.errors import DataError, ResilienceError
-from resilience.infra.fsutil import atomic_write
-from resilience.infra.pm2 import pm2_for
+from resilience.infra import daemon
+from resilience.infra.daemon import Daemon
 from resilience.infra.redact import Redactor, redact_dsn
 from resilience.mirror import feed
 from resilience.mirror.mirror import CycleResult, Mirror, mirror_dsn
@@ -112,30 +110,15 @@ def mirror_status(settings: Settings, *, database: bool = True) -> dict[str, Any
     return doc
 
 
+def mirror_daemon(settings: Settings) -> Daemon:
+    return Daemon(settings.mirror_app, "mirror.run", "mirror.log")
+
+
 def mirror_ecosystem(
     settings: Settings, project: Path, log_dir: Path, env: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    """The mirror as a PM2 app: restarted when it exits, stopped with SIGINT and a grace."""
-    if env is None:
-        env = {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
-    env = {**env, "TZ": "UTC"}
-    return {
-        "apps": [
-            {
-                "name": settings.mirror_app,
-                "script": str(project / "run"),
-                "args": ["mirror.run"],
-                "cwd": str(project),
-                "interpreter": "none",
-                "autorestart": True,
-                "kill_timeout": 10000,
-                "time": True,
-                "out_file": str(log_dir / "mirror.log"),
-                "error_file": str(log_dir / "mirror.log"),
-                "env": env,
-            }
-        ]
-    }
+    """The mirror as a PM2 app (:func:`resilience.infra.daemon.ecosystem`)."""
+    return daemon.ecosystem(mirror_daemon(settings), project, log_dir, env)
 
 
 def install_mirror(
@@ -149,32 +132,17 @@ def install_mirror(
 ) -> dict[str, Any]:
     """Write the mirror's ecosystem file and start (or restart) it under the deployment's
     PM2. Re-runs converge: the app is replaced by the file's definition."""
-    ecosystem = mirror_ecosystem(settings, project, log_dir, env)
-    plan: dict[str, Any] = {
-        "app": settings.mirror_app,
-        "ecosystem_file": str(ecosystem_file),
-        "log_file": str(log_dir / "mirror.log"),
-        "mirror_dir": str(settings.mirror_dir),
-        "dry_run": dry_run,
-        "env_names": sorted(ecosystem["apps"][0]["env"]),
-    }
-    if dry_run:
-        return plan
-    ecosystem_file.parent.mkdir(parents=True, exist_ok=True)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(ecosystem_file, json.dumps(ecosystem, indent=2).encode())
-    pm2 = pm2_for(settings)
-    if pm2.describe(settings.mirror_app) is not None:
-        pm2.delete(settings.mirror_app)  # the file's definition wins (env, args)
-    pm2.start(ecosystem_file)
-    app = pm2.require(settings.mirror_app)
-    plan.update({"pid": app.pid, "status": app.status})
-    return plan
+    return daemon.install(
+        settings,
+        mirror_daemon(settings),
+        project,
+        ecosystem_file,
+        log_dir,
+        dry_run=dry_run,
+        env=env,
+        shown={"mirror_dir": str(settings.mirror_dir)},
+    )
 
 
 def uninstall_mirror(settings: Settings) -> bool:
-    pm2 = pm2_for(settings)
-    if pm2.describe(settings.mirror_app) is None:
-        return False
-    pm2.delete(settings.mirror_app)
-    return True
+    return daemon.uninstall(settings, settings.mirror_app)

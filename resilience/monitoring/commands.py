@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -12,9 +10,9 @@ from typing import Any
 
 import httpx
 
-from resilience.config import ENV_PREFIX, Settings
-from resilience.infra.fsutil import atomic_write
-from resilience.infra.pm2 import pm2_for
+from resilience.config import Settings
+from resilience.infra import daemon
+from resilience.infra.daemon import Daemon
 from resilience.monitoring.monitor import EXIT_CODES, Monitor
 from resilience.monitoring.server import serve
 
@@ -85,32 +83,15 @@ def exit_code(doc: dict[str, Any]) -> int:
     return EXIT_CODES.get(str(doc.get("status")), 2)
 
 
+def monitor_daemon(settings: Settings) -> Daemon:
+    return Daemon(settings.monitor_app, "monitor.run", "monitor.log")
+
+
 def monitor_ecosystem(
     settings: Settings, project: Path, log_dir: Path, env: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    """The monitor as a PM2 app: restarted when it exits, stopped with SIGINT and a grace.
-    Settings come from the project's files; ``env`` (default: the ``RESILIENCE_*`` variables
-    of the installing environment) goes into the app's env (the file is 0600)."""
-    if env is None:
-        env = {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
-    env = {**env, "TZ": "UTC"}
-    return {
-        "apps": [
-            {
-                "name": settings.monitor_app,
-                "script": str(project / "run"),
-                "args": ["monitor.run"],
-                "cwd": str(project),
-                "interpreter": "none",
-                "autorestart": True,
-                "kill_timeout": 10000,
-                "time": True,
-                "out_file": str(log_dir / "monitor.log"),
-                "error_file": str(log_dir / "monitor.log"),
-                "env": env,
-            }
-        ]
-    }
+    """The monitor as a PM2 app (:func:`resilience.infra.daemon.ecosystem`)."""
+    return daemon.ecosystem(monitor_daemon(settings), project, log_dir, env)
 
 
 def install_monitor(
@@ -124,32 +105,17 @@ def install_monitor(
 ) -> dict[str, Any]:
     """Write the monitor's ecosystem file and start (or restart) it under the deployment's
     PM2. Re-runs converge: the app is replaced by the file's definition."""
-    ecosystem = monitor_ecosystem(settings, project, log_dir, env)
-    plan: dict[str, Any] = {
-        "app": settings.monitor_app,
-        "ecosystem_file": str(ecosystem_file),
-        "log_file": str(log_dir / "monitor.log"),
-        "url": monitor_url(settings),
-        "dry_run": dry_run,
-        "env_names": sorted(ecosystem["apps"][0]["env"]),
-    }
-    if dry_run:
-        return plan
-    ecosystem_file.parent.mkdir(parents=True, exist_ok=True)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(ecosystem_file, json.dumps(ecosystem, indent=2).encode())
-    pm2 = pm2_for(settings)
-    if pm2.describe(settings.monitor_app) is not None:
-        pm2.delete(settings.monitor_app)  # the file's definition wins (env, args)
-    pm2.start(ecosystem_file)
-    app = pm2.require(settings.monitor_app)
-    plan.update({"pid": app.pid, "status": app.status})
-    return plan
+    return daemon.install(
+        settings,
+        monitor_daemon(settings),
+        project,
+        ecosystem_file,
+        log_dir,
+        dry_run=dry_run,
+        env=env,
+        shown={"url": monitor_url(settings)},
+    )
 
 
 def uninstall_monitor(settings: Settings) -> bool:
-    pm2 = pm2_for(settings)
-    if pm2.describe(settings.monitor_app) is None:
-        return False
-    pm2.delete(settings.monitor_app)
-    return True
+    return daemon.uninstall(settings, settings.monitor_app)

@@ -106,27 +106,38 @@ def _check(found: str, expected: str, what: str) -> None:
 # --- the raw limits ---------------------------------------------------------------------------
 
 
-def _raw_export(conn: Conn, company_id: str, payloads: dict[str, bytes], root: Path) -> None:
-    """Read the same rows with COPY and write the same bytes the export wrote, same policy."""
+def _copy_out(conn: Conn, companies: list[str]) -> None:
+    """Read the creds and key rows of ``companies`` with COPY, in one snapshot."""
     with read_transaction(conn), conn.cursor() as cur:
         for query in (
-            "COPY (SELECT creds FROM whatsapp_auth WHERE company_id = %s) TO STDOUT",
-            "COPY (SELECT key_type, key_id, value, updated_at, expires_at FROM whatsapp_keys "
-            "WHERE company_id = %s) TO STDOUT",
+            "COPY (SELECT company_id, creds FROM whatsapp_auth WHERE company_id = ANY(%s)) "
+            "TO STDOUT",
+            "COPY (SELECT company_id, key_type, key_id, value, updated_at, expires_at "
+            "FROM whatsapp_keys WHERE company_id = ANY(%s)) TO STDOUT",
         ):
-            with cur.copy(query, (company_id,)) as copy:
+            with cur.copy(query, (companies,)) as copy:
                 for _block in copy:
                     pass
-    os.mkdir(root, DIR_MODE)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
-    staged = staging / company_dir_name(company_id)
-    os.mkdir(staged, DIR_MODE)
-    dir_fd = os.open(staged, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _write_files(directory: Path, payloads: dict[str, bytes]) -> None:
+    """Create ``directory`` and the files, as the export does (no fsync: see make_durable)."""
+    os.mkdir(directory, DIR_MODE)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for name, payload in payloads.items():
             create_file(dir_fd, name, payload)
     finally:
         os.close(dir_fd)
+
+
+def _raw_export(conn: Conn, company_id: str, payloads: dict[str, bytes], root: Path) -> None:
+    """Read the same rows with COPY and write the same bytes the export wrote, same policy."""
+    _copy_out(conn, [company_id])
+    os.mkdir(root, DIR_MODE)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    staged = staging / company_dir_name(company_id)
+    _write_files(staged, payloads)
     make_durable(staged, payloads)
     os.rename(staged, root / company_dir_name(company_id))
     fsync_dir(root)
@@ -295,26 +306,10 @@ def _raw_export_many(
 ) -> None:
     """COPY the same rows of every company, and write the same bytes into a directory per
     company: one stream, one writer."""
-    with read_transaction(conn), conn.cursor() as cur:
-        for query in (
-            "COPY (SELECT company_id, creds FROM whatsapp_auth WHERE company_id = ANY(%s)) "
-            "TO STDOUT",
-            "COPY (SELECT company_id, key_type, key_id, value, updated_at, expires_at "
-            "FROM whatsapp_keys WHERE company_id = ANY(%s)) TO STDOUT",
-        ):
-            with cur.copy(query, (companies,)) as copy:
-                for _block in copy:
-                    pass
+    _copy_out(conn, companies)
     os.mkdir(root, DIR_MODE)
     for company_id in companies:
-        staged = root / company_dir_name(company_id)
-        os.mkdir(staged, DIR_MODE)
-        dir_fd = os.open(staged, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for name, payload in payloads.items():
-                create_file(dir_fd, name, payload)
-        finally:
-            os.close(dir_fd)
+        _write_files(root / company_dir_name(company_id), payloads)
     make_durable(root, [])
 
 

@@ -117,7 +117,7 @@ from werkzeug.wrappers import Request, Response
 from resilience.alerting.channels import SentryChannel
 from resilience.authstate.credscache import DEFAULT_TTL_S, CacheEntry, CredsCache
 from resilience.authstate.filestore import FileAuthStore
-from resilience.authstate.fingerprint import KeyFingerprint, set_digest
+from resilience.authstate.fingerprint import KeyFingerprint, digest_of_fingerprints
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect
 from resilience.authstate.view import view_of
 from resilience.config import validate_company_id
@@ -386,6 +386,10 @@ def read_config(cwd: Path, environ: Mapping[str, str] | None = None) -> StandinC
 # --- backends ------------------------------------------------------------------------------------
 
 KeyMap = dict[tuple[str, str], Any]
+
+
+def _fingerprints(keys: KeyMap) -> dict[tuple[str, str], str]:
+    return {(t, i): KeyFingerprint.of(t, i, v) for (t, i), v in keys.items()}
 
 
 class WriteFailed(Exception):
@@ -765,7 +769,10 @@ class ServiceState:
         self._digest: tuple[int, str] | None = None
         # what was loaded at start, before any write: what a restore verifies against
         self.loaded_key_count = len(self.keys)
-        self.loaded_digest = set_digest(creds, ((t, i, v) for (t, i), v in self.keys.items()))
+        # one fingerprint per key, kept current by every write: /health's live digest is then
+        # a sort and a hash, not a re-encoding of every value (100k keys under steady writes)
+        self._prints = _fingerprints(self.keys)
+        self.loaded_digest = digest_of_fingerprints(creds, self._prints.values())
         # creds saves and the creds cache (None TTL: no cache)
         self.creds_saves_ok = 0
         self.creds_saves_failed = 0
@@ -787,8 +794,10 @@ class ServiceState:
             for write in writes:
                 if write.deleted:
                     self.keys.pop(write.ref, None)
+                    self._prints.pop(write.ref, None)
                 else:
                     self.keys[write.ref] = write.value
+                    self._prints[write.ref] = KeyFingerprint.of(*write.ref, write.value)
             self.writes_ok += len(writes)
             self.last_write_at = at
             self.last_seq = last_seq
@@ -825,11 +834,13 @@ class ServiceState:
     def leave_cache(self, creds: Any, keys: KeyMap) -> float:
         """A good load ended cache mode: hold what it loaded; returns the seconds spent on the
         cache."""
-        digest = set_digest(creds, ((t, i, v) for (t, i), v in keys.items()))
+        prints = _fingerprints(keys)
+        digest = digest_of_fingerprints(creds, prints.values())
         with self.lock:
             since = self.serving_since or _now()
             self.creds = creds
             self.keys = dict(keys)
+            self._prints = prints
             self.keys_known = True
             self.loaded_key_count = len(self.keys)
             self.loaded_digest = digest
@@ -936,9 +947,9 @@ class ServiceState:
                 }
                 version, creds = self.version, self.creds
                 stale = known and (self._digest is None or self._digest[0] != version)
-                items = list(self.keys.items()) if stale else []
+                prints = list(self._prints.values()) if stale else []
             if stale:
-                digest = set_digest(creds, ((t, i, v) for (t, i), v in items))
+                digest = digest_of_fingerprints(creds, prints)
                 self._digest = (version, digest)
             report["digest"] = None if not known or self._digest is None else self._digest[1]
         return report

@@ -64,10 +64,11 @@ BENCH_DEFAULT_SIZES = {
         "run and keys for the monitor cycle, 20000,100000; mirror: changes in the burst, 10000; "
         "pitr: database MB, 50)",
         "repeat": "measurements per size (median and min are reported)",
+        "tenants": "restore: the many-companies case as COMPANIESxKEYS (default 500x1313)",
     },
 )
 @operator_task
-def bench(c: Context, name: str, sizes: str = "", repeat: int = 3) -> None:
+def bench(c: Context, name: str, sizes: str = "", repeat: int = 3, tenants: str = "") -> None:
     """Benchmark as JSON: `bench restore`, `cleanup`, `backup`, `monitoring` or `mirror`.
 
     restore: export/import beside the raw COPY + file-write limit, 500 companies exported in
@@ -93,6 +94,9 @@ def bench(c: Context, name: str, sizes: str = "", repeat: int = 3) -> None:
         counts = tuple(int(n) for n in sizes.split(",") if n.strip())
     except ValueError:
         raise InputError(f"--sizes must be comma-separated integers, not {sizes!r}") from None
+    many = _tenants(tenants) if name == "restore" else None
+    if tenants and name != "restore":
+        raise InputError("--tenants is for bench restore only")
     if name == "monitoring" and not 1 <= len(counts) <= 2:
         raise InputError("bench monitoring --sizes is ITERATIONS[,KEYS], e.g. 20000,100000")
     out = Output(True)
@@ -126,8 +130,24 @@ def bench(c: Context, name: str, sizes: str = "", repeat: int = 3) -> None:
                 stack.endpoints.admin_dsn, sizes=counts, repeat=repeat, progress=out.progress
             )
         else:
-            result = _bench_restore(stack, settings, Path(work), counts, repeat, out.progress)
+            result = _bench_restore(stack, settings, Path(work), counts, repeat, out.progress, many)
     sys.stdout.write(json_mod.dumps(result, indent=2) + "\n")
+
+
+def _tenants(text: str) -> tuple[int, int] | None:
+    """``COMPANIESxKEYS`` (e.g. 500x1313), or None for the default."""
+    from resilience.errors import InputError
+
+    if not text:
+        return None
+    parts = text.lower().split("x")
+    try:
+        companies, keys = (int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--tenants must be COMPANIESxKEYS, e.g. 500x1313, not {text!r}") from None
+    if companies < 1 or keys < 1:
+        raise InputError(f"--tenants needs at least one company and one key, not {text!r}")
+    return companies, keys
 
 
 def _bench_restore(
@@ -137,8 +157,9 @@ def _bench_restore(
     sizes: tuple[int, ...],
     repeat: int,
     progress: Any,
+    tenants: tuple[int, int] | None,
 ) -> dict[str, Any]:
-    from resilience.drill.bench.restore import bench_restore
+    from resilience.drill.bench.restore import DEFAULT_TENANTS, bench_restore
     from resilience.drill.bench.rto import bench_rto
 
     result = bench_restore(
@@ -148,6 +169,7 @@ def _bench_restore(
         repeat=repeat,
         progress=progress,
         workers=settings.restore_workers,
+        tenants=tenants or DEFAULT_TENANTS,
     )
     result["rto"] = bench_rto(stack, settings, work, repeat=repeat, progress=progress)
     return result

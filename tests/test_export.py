@@ -562,3 +562,38 @@ def test_export_and_import_count_every_key_for_the_progress_bar(
     done = import_company(store, root, company, meters=imported)
     assert imported.started == [(f"import {company}", done.key_count, "keys")]
     assert imported.advanced == done.key_count and imported.closed == 1
+
+
+def test_parallel_exports_into_a_new_root_all_succeed(tmp_path: Path) -> None:
+    """Workers that create the same new export root at once: none may take the others' fresh
+    directory for "exists and is not a directory" (a 500-company bench run failed so)."""
+    import threading
+
+    from resilience.restore.staging import ensure_root
+
+    for attempt in range(40):
+        root = tmp_path / f"new-{attempt}" / "root"
+        barrier = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def make(
+            root: Path = root,
+            barrier: threading.Barrier = barrier,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            barrier.wait()
+            try:
+                ensure_root(root)
+            except BaseException as exc:  # collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=make) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and root.is_dir()
+        assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(InputError, match="exists and is not a directory"):
+        ensure_root(tmp_path / "a-file")

@@ -75,9 +75,14 @@ def ensure_root(root: Path) -> None:
     """Create ``root`` (0700) if missing; refuse a root that exists but is not a directory."""
     if root.is_dir():
         return
-    if root.exists() or root.is_symlink():
+    if root.is_symlink():
         raise InputError(f"export dir {root} exists and is not a directory")
-    root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    try:
+        root.mkdir(mode=DIR_MODE, parents=True)
+    except FileExistsError:
+        if root.is_dir():  # made meanwhile by another export (companies run in parallel)
+            return
+        raise InputError(f"export dir {root} exists and is not a directory") from None
     os.chmod(root, DIR_MODE)
 
 

@@ -319,7 +319,12 @@ def test_g_a_row_written_with_the_triggers_off_is_repaired_and_reported(
 
         repaired = wait_until(repair_reported, 30, "the reconciliation repairing the missed key")
         present = (directory / name).exists()
-        logged = f"{service.company}: {name}" in mirror_log(tmp_path)
+        # the position is written before PM2 has the log line on disk: wait for it too
+        logged = wait_until(
+            lambda: f"{service.company}: {name}" in mirror_log(tmp_path),
+            15,
+            "the repair in the mirror's log",
+        )
         service.pm2.stop(service.deployed.app)
         fresh_position(ms, service.company, datetime.now(UTC) + timedelta(seconds=0.2))
         mirror_digest, db_digest = _mirror_digest_equals_db(service, ms.mirror_dir)

@@ -94,10 +94,10 @@ def test_bad_arguments_are_refused(iterations: int, keys: int, repeat: int) -> N
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["bench", "monitoring"], {"name": "monitoring", "sizes": "", "repeat": 3}),
+        (["bench", "monitoring"], {"name": "monitoring", "sizes": "", "repeat": 3, "tenants": ""}),
         (
             ["bench", "monitoring", "--sizes", "500,1000", "--repeat", "2"],
-            {"name": "monitoring", "sizes": "500,1000", "repeat": 2},
+            {"name": "monitoring", "sizes": "500,1000", "repeat": 2, "tenants": ""},
         ),
     ],
 )

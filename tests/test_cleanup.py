@@ -615,12 +615,18 @@ def test_task_reports_how_far_a_stopped_run_got(
 @pytest.mark.parametrize(
     ("argv", "expected_kwargs"),
     [
-        (["bench", "restore"], {"name": "restore", "sizes": "", "repeat": 3}),
-        (["bench", "backup", "--sizes", "5"], {"name": "backup", "sizes": "5", "repeat": 3}),
-        (["bench", "cleanup", "--repeat", "2"], {"name": "cleanup", "sizes": "", "repeat": 2}),
+        (["bench", "restore"], {"name": "restore", "sizes": "", "repeat": 3, "tenants": ""}),
+        (
+            ["bench", "backup", "--sizes", "5"],
+            {"name": "backup", "sizes": "5", "repeat": 3, "tenants": ""},
+        ),
+        (
+            ["bench", "cleanup", "--repeat", "2"],
+            {"name": "cleanup", "sizes": "", "repeat": 2, "tenants": ""},
+        ),
         (
             ["bench", "--sizes", "50,200", "cleanup"],
-            {"name": "cleanup", "sizes": "50,200", "repeat": 3},
+            {"name": "cleanup", "sizes": "50,200", "repeat": 3, "tenants": ""},
         ),
     ],
 )

@@ -230,3 +230,80 @@ def test_root_name_is_kept_short_and_printable() -> None:
         codec.decode(bad, where="session/" + "\n" * 3 + "x" * 500)
     message = str(caught.value)
     assert "\n" not in message and len(message) < 200
+
+
+# --- orjson beside the json module: same values read, same bytes written --------------------
+
+_wide_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()  # beyond 64 bits too: orjson reads those as floats, so the json module does
+    | st.floats(allow_nan=False, allow_infinity=False)  # 1e-07, 1e+16: json's spelling kept
+    | st.text(st.characters(exclude_categories=[]), max_size=20)  # lone surrogates too
+    | st.sampled_from(["\ud800", "a\udfffb", "\x00\x1f\x7f\u2028", "é😀"])
+)
+_json_values = st.recursive(
+    _wide_scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(_keys, inner, max_size=5),
+    max_leaves=25,
+)
+
+
+@given(_json_values, st.booleans())
+def test_written_bytes_are_the_json_modules(value: Any, sort_keys: bool) -> None:
+    encoded = codec._encode(value, "base64", "value", js_numbers=True)
+    assert codec._dumps(encoded, sort_keys=sort_keys) == codec._dumps_json(
+        encoded, sort_keys=sort_keys
+    )
+
+
+@given(_json_values, st.booleans())
+def test_parsed_values_are_the_json_modules(value: Any, as_bytes: bool) -> None:
+    text = json.dumps(value, ensure_ascii=False)
+    raw: str | bytes = text
+    if as_bytes:
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = json.dumps(value).encode("ascii")  # lone surrogates travel escaped
+    parsed = codec.parse(raw)
+    expected = json.loads(raw)
+    assert json.dumps(parsed) == json.dumps(expected)  # floats compared by spelling, -0.0 too
+    assert type(parsed) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "18446744073709551616",  # beyond 64 bits: orjson would read a float
+        "-9223372036854775809",
+        '{"a": 1, "b": 2, "a": 3}',  # the last duplicate wins, in the first one's place
+        '"\\ud800"',  # a lone surrogate escape: orjson refuses it
+        "1e400",  # beyond a double: json reads infinity (refused later by the encoder)
+        "[" * 2000 + "]" * 2000,  # deeper than orjson's 1024
+    ],
+)
+def test_what_orjson_reads_differently_goes_through_json(text: str) -> None:
+    try:
+        expected: Any = json.loads(text)
+    except RecursionError:
+        with pytest.raises(DataError, match="nested too deeply"):
+            codec.parse(text)
+        return
+    found = codec.parse(text)
+    assert json.dumps(found) == json.dumps(expected)
+    assert list(found) == list(expected) if isinstance(expected, dict) else True
+
+
+@pytest.mark.parametrize("text", ["", "{", "[NaN]", "[1,]", '{"a" 1}', '"\x01"'])
+def test_invalid_json_is_named_by_the_json_module(text: str) -> None:
+    with pytest.raises(DataError, match="invalid JSON"):
+        codec.parse(text, where="session/1.0")
+
+
+@given(mixed())
+def test_db_forms_are_encode_and_canonical(pair: tuple[Any, Any]) -> None:
+    value, mixed_value = pair
+    stored, canonical_form = codec.db_forms(mixed_value)
+    assert stored == codec.encode(mixed_value, "array")
+    assert canonical_form == codec.canonical(mixed_value) == codec.canonical(value)

@@ -78,13 +78,20 @@ class Manifest:
             "key_count": self.key_count,
             "counts_by_type": dict(self.counts_by_type),
             "digest": self.digest,
-            "files": {name: [t, i] for name, (t, i) in self.files.items()},
             "collisions": [collision_to_dict(c) for c in self.collisions],
+            "files": {name: [t, i] for name, (t, i) in self.files.items()},
         }
 
     def to_json(self) -> bytes:
-        # ASCII only: ids from the network stay readable and never break the file's encoding.
-        return (json.dumps(self.to_dict(), indent=1, ensure_ascii=True) + "\n").encode("ascii")
+        """One member per line, each value compact (``files`` last: the summary reads first).
+        ASCII only: ids from the network stay readable and never break the file's encoding.
+        Compact values go through json's C encoder; an indented dump of 100k files took a
+        second in its pure-Python one."""
+        members = [
+            f" {json.dumps(name)}: {json.dumps(value, ensure_ascii=True)}"
+            for name, value in self.to_dict().items()
+        ]
+        return ("{\n" + ",\n".join(members) + "\n}\n").encode("ascii")
 
 
 def _bad(path: Path, why: str) -> DataError:

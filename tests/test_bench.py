@@ -82,7 +82,8 @@ def test_bench_restore_reports_every_size_and_cleans_up(
     assert many["companies"] == 3 and many["keys_per_company"] == 40 and many["workers"] == 2
     assert many["rows"] >= 3 * 40
     assert _positive_finite(many["ratio_export_all"])
-    assert _positive_finite(many["peak_rss_mb"]["export_all"])
+    peaks = many["peak_rss_mb"]  # each measured in a fresh process
+    assert _positive_finite(peaks["one_company"]) and _positive_finite(peaks["all_companies"])
     assert any("seeding" in p for p in phases) and any("raw import" in p for p in phases)
     assert _bench_companies(conn) == before
     assert list(tmp_path.iterdir()) == []
@@ -119,7 +120,7 @@ def test_bad_arguments_are_refused(sizes: tuple[int, ...], repeat: int, tmp_path
         )
 
 
-# --- durable="batch", the write path the export uses ---------------------------------------------
+# --- durable="batch": a new directory written whole, made durable once ----------------------------
 
 KEYS = [("pre-key", "1", {"private": b"a", "public": b"b"}), ("session", "79001.0", b"s")]
 

@@ -21,7 +21,7 @@ from resilience.authstate.codec import canonical, loads
 from resilience.authstate.dataset import generate
 from resilience.authstate.model import KeyRecord
 from resilience.authstate.naming import CREDS_FILE, company_dir_name
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect
+from resilience.authstate.pgstore import Conn, CredsRow, PgAuthStore, connect
 from resilience.authstate.view import digest_of_keys, view_of
 from resilience.drill.stack import Stack
 from resilience.errors import DataError, InputError, VerificationError
@@ -182,9 +182,9 @@ def test_nul_and_overlong_ids_are_refused_and_the_previous_export_kept(
 
     class WithNul(PgAuthStore):
         # PostgreSQL TEXT cannot hold NUL, so such an id can only reach us from a caller: fake it
-        def read_company(self, company_id: str, **kw: Any) -> tuple[Any, list[KeyRecord]]:
-            creds, records = super().read_company(company_id, **kw)
-            return creds, [*records, KeyRecord(company_id, "session", "ab\0c", b"x")]
+        def stream_company(self, company_id: str, **kw: Any) -> Iterator[CredsRow | KeyRecord]:
+            yield from super().stream_company(company_id, **kw)
+            yield KeyRecord(company_id, "session", "ab\0c", b"x")
 
     with pytest.raises(InputError, match="NUL"):
         export_company(WithNul(store.conn), root, company, source=SOURCE)
@@ -597,3 +597,38 @@ def test_parallel_exports_into_a_new_root_all_succeed(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(InputError, match="exists and is not a directory"):
         ensure_root(tmp_path / "a-file")
+
+
+def _is_one_of(item: CredsRow | KeyRecord, refs: set[tuple[str, str]]) -> bool:
+    return isinstance(item, KeyRecord) and (item.key_type, item.key_id) in refs
+
+
+@pytest.mark.parametrize("order", ["reversed", "losers-first"])
+def test_a_file_written_from_a_losing_row_is_replaced_by_the_winner(
+    store: PgAuthStore, company: str, root: Path, order: str
+) -> None:
+    """Rows stream in no set order: when a legacy twin that loses its collision comes first,
+    its file is written, then replaced by the winner's once every row is in."""
+    data = generate(company, 1313)
+    store.insert_raw(company, data.creds, data.rows())
+    view = view_of(company, store.load_creds(company), store.records(company))
+    losers = {(t, i) for c in view.collisions for t, i, _ in c.dropped}
+    assert len(losers) == 2
+
+    class Ordered(PgAuthStore):
+        def stream_company(self, company_id: str, **kw: Any) -> Iterator[CredsRow | KeyRecord]:
+            items = list(super().stream_company(company_id, **kw))
+            if order == "reversed":
+                items.reverse()
+            else:
+                items.sort(key=lambda r: not _is_one_of(r, losers))
+            yield from items
+
+    result = export_company(Ordered(store.conn), root, company, source=SOURCE)
+    directory = root / company_dir_name(company)
+    assert result.digest == view.digest().digest == _directory_digest(directory, company)
+    for collision in view.collisions:
+        winner = view.entries[collision.file_name].record
+        on_disk = loads((directory / collision.file_name).read_bytes())
+        assert canonical(on_disk) == canonical(winner.value)
+    assert set(os.listdir(directory)) == set(view.entries) | {CREDS_FILE, MANIFEST_FILE}

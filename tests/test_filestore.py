@@ -223,3 +223,87 @@ def test_array_style_input_is_written_as_base64(store: FileAuthStore) -> None:
 def test_refuses_none_creds(store: FileAuthStore) -> None:
     with pytest.raises(InputError):
         store.write_creds(CID, None)
+
+
+# --- SyncGroup: one syncfs shared by the threads waiting for it ----------------------------------
+
+
+def test_sync_group_shares_one_syncfs_among_the_callers_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from resilience.authstate import filestore
+    from resilience.infra.waiting import wait_until
+
+    group = filestore.SyncGroup()
+    release_first = threading.Event()
+    calls: list[tuple[float, float]] = []
+
+    def fake_syncfs(fd: int) -> bool:
+        started = time.monotonic()
+        if not calls and not release_first.is_set():
+            release_first.wait(10)
+        calls.append((started, time.monotonic()))
+        return True
+
+    monkeypatch.setattr(filestore, "_syncfs", fake_syncfs)
+    monkeypatch.setattr(filestore, "syncfs_available", lambda: True)
+    spans: list[tuple[float, float]] = []
+
+    def caller() -> None:
+        entered = time.monotonic()
+        group(tmp_path, [])
+        spans.append((entered, time.monotonic()))
+
+    first = threading.Thread(target=caller)
+    first.start()
+    wait_until(lambda: group._running, 5, "the first syncfs under way")
+    others = [threading.Thread(target=caller) for _ in range(7)]
+    for thread in others:
+        thread.start()
+    wait_until(lambda: len(group._cond._waiters) == 7, 5, "seven callers waiting")  # type: ignore[attr-defined]
+    release_first.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert len(calls) == 2  # the first, then one for the seven who came while it ran
+    for entered, returned in spans:  # each returned after a syncfs that began after it came
+        assert any(entered <= start and end <= returned for start, end in calls)
+
+
+def test_sync_group_failure_reaches_the_caller_and_the_next_tries_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resilience.authstate import filestore
+
+    outcomes = iter([OSError(5, "Input/output error"), True])
+
+    def flaky_syncfs(fd: int) -> bool:
+        outcome = next(outcomes)
+        if isinstance(outcome, OSError):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(filestore, "_syncfs", flaky_syncfs)
+    monkeypatch.setattr(filestore, "syncfs_available", lambda: True)
+    group = filestore.SyncGroup()
+    with pytest.raises(OSError, match="Input/output error"):
+        group(tmp_path, [])
+    group(tmp_path, [])  # a syncfs of its own, which succeeds
+    assert group._done == 2 and not group._running
+
+
+def test_read_regular_file_refuses_what_is_not_one(tmp_path: Path) -> None:
+    from resilience.authstate.filestore import read_regular_file
+
+    (tmp_path / "key.json").write_bytes(b'{"a":1}' * 20000)
+    assert read_regular_file(tmp_path, "key.json") == b'{"a":1}' * 20000
+    os.mkfifo(tmp_path / "fifo.json")  # a FIFO does not hang the read
+    with pytest.raises(DataError, match="not a regular file"):
+        read_regular_file(tmp_path, "fifo.json")
+    (tmp_path / "link.json").symlink_to(tmp_path / "key.json")
+    with pytest.raises(DataError, match="cannot read"):
+        read_regular_file(tmp_path, "link.json")
+    with pytest.raises(FileNotFoundError):
+        read_regular_file(tmp_path, "gone.json")

@@ -5,15 +5,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from psycopg.types.json import Jsonb
 
 from resilience.authstate.codec import canonical
 from resilience.authstate.dataset import generate
-from resilience.authstate.pgstore import BATCH_SIZE, Conn, PgAuthStore, connect
+from resilience.authstate.pgstore import BATCH_SIZE, Conn, DbLink, PgAuthStore, connect
+from resilience.authstate.view import view_of
 from resilience.drill.stack import Stack
 from resilience.errors import DataError, InputError
+from resilience.restore.export import export_company
 
 pytestmark = pytest.mark.stack
 
@@ -137,3 +140,22 @@ def test_deleting_a_key_deletes_its_legacy_twin(conn: Conn, company: str) -> Non
     _, deleted = store.set_keys(company, {"pre-key": {"5": None}})
     assert deleted == 2
     assert [(r.key_type, r.key_id) for r in store.records(company)] == [("pre", "key-6")]
+
+
+def test_a_streamed_export_over_a_link_is_one_round_trip(
+    stack: Stack, conn: Conn, company: str, tmp_path: Path
+) -> None:
+    """The switch's round trips: connecting, one preflight statement, one export statement,
+    however many chunks the rows come in (libpq's protocol trace counts the turns)."""
+    data = generate(company, 2500)  # more rows than one chunk of the stream
+    PgAuthStore(conn).insert_raw(company, data.creds, data.rows())
+    with DbLink(stack.endpoints.service_dsn) as link:
+        store = PgAuthStore(link.conn)
+        connecting = link.round_trips
+        assert 1 <= connecting <= 3  # startup, and the SCRAM exchange
+        assert store.stored_bytes(company)[1] == len(data.keys)
+        result = export_company(
+            store, tmp_path, company, source="test", expected_rows=len(data.keys)
+        )
+        assert link.round_trips - connecting == 2
+    assert result.digest == view_of(company, data.creds, data.keys).digest().digest

@@ -22,11 +22,22 @@ from typing import Any
 import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
+from psycopg.copy import QueuedLibpqWriter
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
-from resilience.authstate.codec import Style, canonical, decode, encode, loads, parse
+from resilience.authstate.codec import (
+    Style,
+    canonical,
+    db_forms,
+    decode,
+    encode,
+    json_bytes,
+    loads,
+    parse,
+)
+from resilience.authstate.fingerprint import KeyFingerprint
 from resilience.authstate.model import KeyRecord, ttl_for
 from resilience.authstate.schema import TABLES
 from resilience.config import validate_company_id
@@ -40,6 +51,8 @@ from resilience.errors import (
 from resilience.infra.redact import Redactor, dsn_problems, redact_dsn
 
 BATCH_SIZE = 100
+#: Rows per chunk when a company is streamed (libpq's chunked rows mode).
+STREAM_ROWS = 1000
 DB_STYLE: Style = "array"
 Conn = psycopg.Connection[TupleRow]
 
@@ -259,6 +272,17 @@ def read_transaction(conn: Conn) -> Iterator[None]:
         yield
 
 
+@dataclass(frozen=True)
+class CredsRow:
+    """A company's creds as :meth:`PgAuthStore.stream_company` yields them."""
+
+    value: Any
+
+
+def _record_order(record: KeyRecord) -> tuple[str, str]:
+    return record.key_type, record.key_id
+
+
 class PgAuthStore:
     """Auth state of every company in one database, through one connection."""
 
@@ -280,7 +304,7 @@ class PgAuthStore:
             self.conn.execute(
                 "INSERT INTO whatsapp_auth (company_id, creds) VALUES (%s, %s) "
                 "ON CONFLICT (company_id) DO UPDATE SET creds = EXCLUDED.creds",
-                (company_id, Jsonb(encode(creds, style, where="creds"))),
+                (company_id, Jsonb(encode(creds, style, where="creds"), dumps=json_bytes)),
             )
 
     # --- keys ---------------------------------------------------------------------------------
@@ -330,7 +354,13 @@ class PgAuthStore:
         values = sql.SQL(", ").join(sql.SQL("(%s, %s, %s, %s, now() + %s)") for _ in batch)
         params: list[Any] = []
         for key_type, key_id, value in batch:
-            params += [company_id, key_type, key_id, Jsonb(value), ttl_for(key_type)]
+            params += [
+                company_id,
+                key_type,
+                key_id,
+                Jsonb(value, dumps=json_bytes),
+                ttl_for(key_type),
+            ]
         self.conn.execute(
             sql.SQL(
                 "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value, expires_at) "
@@ -366,11 +396,28 @@ class PgAuthStore:
     def read_company(
         self, company_id: str, *, decoded: bool = True
     ) -> tuple[Any | None, list[KeyRecord]]:
-        """A company's creds and every key row (legacy rows included), read by one statement:
-        one snapshot of the database and one round trip, whatever the isolation level. Values
-        travel as JSON text and are parsed once, by the codec; decoded (Buffers as bytes)
-        unless ``decoded`` is False (Buffer objects as stored: what an export re-encodes in
-        one walk, see :func:`~resilience.authstate.codec.file_forms`)."""
+        """A company's creds and every key row (legacy rows included, sorted by type and id),
+        read by one statement (see :meth:`stream_company`)."""
+        creds: Any | None = None
+        records: list[KeyRecord] = []
+        for item in self.stream_company(company_id, decoded=decoded):
+            if isinstance(item, CredsRow):
+                creds = item.value
+            else:
+                records.append(item)
+        records.sort(key=_record_order)
+        return creds, records
+
+    def stream_company(
+        self, company_id: str, *, decoded: bool = True
+    ) -> Iterator[CredsRow | KeyRecord]:
+        """A company's creds (a :class:`CredsRow`, if it has any) and every key row (legacy
+        rows included), in no particular order, as the server sends them: one statement, one
+        snapshot of the database and one round trip, whatever the isolation level; rows arrive
+        in chunks (libpq's chunked rows mode), so the caller works on them while the server
+        sends the rest. Values travel as JSON text and are parsed once, by the codec; decoded
+        (Buffers as bytes) unless ``decoded`` is False (Buffer objects as stored: what an
+        export re-encodes in one walk, see :func:`~resilience.authstate.codec.file_forms`)."""
         read = loads if decoded else parse
         validate_company_id(company_id)
         conn = self.conn
@@ -380,23 +427,21 @@ class PgAuthStore:
         with (
             database_errors("reading the auth state"),
             conn.transaction() if own else nullcontext(),
+            conn.cursor() as cur,
         ):
-            rows = conn.execute(
+            for part, key_type, key_id, text, updated, expires in cur.stream(
                 "SELECT 0 AS part, NULL AS key_type, NULL AS key_id, creds::text, updated_at, "
                 "NULL::timestamptz FROM whatsapp_auth WHERE company_id = %(c)s UNION ALL "
                 "SELECT 1, key_type, key_id, value::text, updated_at, expires_at "
-                "FROM whatsapp_keys WHERE company_id = %(c)s ORDER BY 1, 2, 3",
+                "FROM whatsapp_keys WHERE company_id = %(c)s",
                 {"c": company_id},
-            ).fetchall()
-        creds: Any | None = None
-        records: list[KeyRecord] = []
-        for part, key_type, key_id, text, updated, expires in rows:
-            if part == 0:
-                creds = read(text, where="creds")
-            else:
-                value = read(text, where=f"{key_type}/{key_id}")
-                records.append(KeyRecord(company_id, key_type, key_id, value, updated, expires))
-        return creds, records
+                size=STREAM_ROWS,
+            ):
+                if part == 0:
+                    yield CredsRow(read(text, where="creds"))
+                else:
+                    value = read(text, where=f"{key_type}/{key_id}")
+                    yield KeyRecord(company_id, key_type, key_id, value, updated, expires)
 
     def sync_company(
         self,
@@ -406,6 +451,7 @@ class PgAuthStore:
         *,
         where: Callable[[str, str], str] | None = None,
         advance: Callable[[int], None] | None = None,
+        prints: list[str] | None = None,
     ) -> SyncResult:
         """Make the company's rows exactly ``creds`` and ``keys`` (``{(type, id): value}``)
         inside the caller's transaction, with the service's semantics: a key new or changed is
@@ -419,20 +465,30 @@ class PgAuthStore:
         The server then compares the company's rows with the uploaded ones (count, jsonb
         equality or decoded equality checked here, creds) and a difference raises
         :class:`VerificationError`, so the caller's transaction rolls back. A value that
-        cannot be encoded raises :class:`DataError` naming ``where(type, id)``."""
+        cannot be encoded raises :class:`DataError` naming ``where(type, id)``. With ``prints``
+        the fingerprint of every key uploaded is appended to it (its canonical form comes from
+        the same encoding walk, while the server parses the previous rows)."""
         validate_company_id(company_id)
         if self.conn.info.transaction_status == TransactionStatus.IDLE:
             raise DatabaseError("sync_company must run inside the caller's transaction")
         conn = self.conn
         ttls: dict[str, timedelta] = {}
         with database_errors("importing the auth state"):
+            # A primary key, and statistics once filled: without them the planner, trusting
+            # old statistics that put the company at a handful of rows, joined 100k rows by a
+            # nested loop over a scan of this table (the DELETE below ran for minutes).
             conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS resilience_import (key_type text, key_id text, "
-                "value jsonb, ttl interval, keep boolean NOT NULL DEFAULT false) ON COMMIT DROP"
+                "value jsonb, ttl interval, keep boolean NOT NULL DEFAULT false, "
+                "PRIMARY KEY (key_type, key_id)) ON COMMIT DROP"
             )
             conn.execute("TRUNCATE resilience_import")
-            with conn.cursor().copy(
-                "COPY resilience_import (key_type, key_id, value, ttl) FROM STDIN"
+            # psycopg's queued writer sends the data from a thread of its own: the server
+            # parses one batch while this thread encodes the next
+            cur = conn.cursor()
+            with cur.copy(
+                "COPY resilience_import (key_type, key_id, value, ttl) FROM STDIN",
+                writer=QueuedLibpqWriter(cur),
             ) as copy:
                 for (key_type, key_id), value in keys.items():
                     ttl = ttls.get(key_type)
@@ -441,9 +497,13 @@ class PgAuthStore:
                     shown = where(key_type, key_id) if where else f"{key_type}/{key_id}"
                     if advance is not None:
                         advance(1)
-                    copy.write_row(
-                        (key_type, key_id, Jsonb(encode(value, DB_STYLE, where=shown)), ttl)
-                    )
+                    if prints is None:
+                        stored = encode(value, DB_STYLE, where=shown)
+                    else:
+                        stored, canonical_form = db_forms(value, where=shown)
+                        prints.append(KeyFingerprint.of_canonical(key_type, key_id, canonical_form))
+                    copy.write_row((key_type, key_id, Jsonb(stored, dumps=json_bytes), ttl))
+            conn.execute("ANALYZE resilience_import")
             differing = conn.execute(
                 "SELECT i.key_type, i.key_id, k.value::text FROM resilience_import i "
                 "JOIN whatsapp_keys k ON k.company_id = %s AND k.key_type = i.key_type "
@@ -558,7 +618,9 @@ class PgAuthStore:
                             company_id,
                             record.key_type,
                             record.key_id,
-                            Jsonb(encode(record.value, style, where=record.key_id)),
+                            Jsonb(
+                                encode(record.value, style, where=record.key_id), dumps=json_bytes
+                            ),
                             updated,
                             updated,
                             record.expires_at,

@@ -29,23 +29,33 @@ before anything is written.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Generator, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from resilience.authstate.codec import file_forms
-from resilience.authstate.filestore import FileAuthStore, NewDirWriter, make_durable
+from resilience.authstate.dirwriter import NewDirWriter
+from resilience.authstate.filestore import FileAuthStore, MakeDurable, SyncGroup, make_durable
 from resilience.authstate.fingerprint import KeyFingerprint, digest_of_fingerprints
-from resilience.authstate.naming import CREDS_FILE, MANIFEST_FILE, Collision, company_dir_name
-from resilience.authstate.pgstore import PgAuthStore, read_transaction
-from resilience.authstate.view import view_of
+from resilience.authstate.model import KeyRecord
+from resilience.authstate.naming import (
+    CREDS_FILE,
+    MANIFEST_FILE,
+    Collision,
+    company_dir_name,
+    file_name_for,
+)
+from resilience.authstate.pgstore import CredsRow, PgAuthStore, read_transaction
+from resilience.authstate.view import CompanyView, baileys_ref, view_of
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError
 from resilience.infra.progress import NO_METERS, Meters
@@ -208,10 +218,19 @@ def export_company(
     progress: Progress | None = None,
     verify: bool = True,
     meters: Meters = NO_METERS,
+    set_aside: list[Path] | None = None,
+    durable: MakeDurable = make_durable,
+    expected_rows: int | None = None,
 ) -> ExportResult:
     """Export one company from PostgreSQL to ``root/company_<id>`` (see the module text).
 
-    ``source`` names where the data came from (a DSN is redacted again here). With ``verify``
+    ``source`` names where the data came from (a DSN is redacted again here). With
+    ``set_aside`` the previous directory is left for the caller to remove (see
+    :func:`~resilience.restore.staging.stage_and_swap`). ``durable`` makes the staged
+    directory durable before the swap (a :class:`~resilience.authstate.filestore.SyncGroup`
+    when several companies are exported at once). ``expected_rows`` (the company's key rows,
+    when the caller knows) is the progress bar's total; with a bar and no total the rows are
+    counted first. With ``verify``
     the staged directory is read back and its digest compared before it replaces anything.
     Raises :class:`InputError` (unknown company, hostile ids, unwritable or full export dir),
     :class:`DataError` (keys without creds, values that do not decode),
@@ -220,59 +239,69 @@ def export_company(
     started = time.monotonic()
     report = progress or _no_progress
     validate_company_id(company_id)
-    try:
-        # one statement, one snapshot; Buffers left as stored: each value is re-encoded for
-        # its file and fingerprinted in one walk below
-        creds, records = store.read_company(company_id, decoded=False)
-    except DataError as exc:
-        raise DataError(f"company {company_id} was not exported: {exc}") from None
-    report(f"company {company_id}: read creds and {len(records)} key rows")
-    if creds is None and not records:
+    # One statement, one snapshot, streamed: each key is re-encoded for its file (Buffers as
+    # stored, re-encoded and fingerprinted in one walk) and handed to the writer as it arrives,
+    # so files are created while the server still sends rows. Nothing is visible before the swap.
+    if meters is not NO_METERS and expected_rows is None:
+        expected_rows = store.count_keys(company_id)  # a bar shows time left
+    rows = _translated(store.stream_company(company_id, decoded=False), company_id)
+    first = next(rows, None)
+    if first is None:
         raise InputError(f"unknown company {company_id}: no creds and no keys in the database")
-    if creds is None:
-        raise DataError(
-            f"company {company_id} has {len(records)} keys but no creds in the database: "
-            "the account must be re-paired (QR code)"
-        )
-    view = view_of(company_id, creds, records)  # every file name checked before any write
-    del records
-    for collision in view.collisions:
-        report(
-            f"company {company_id}: {collision.file_name} named by "
-            f"{1 + len(collision.dropped)} rows; kept {collision.chosen[0]}/{collision.chosen[1]}"
-        )
-    made: dict[str, Manifest] = {}
+    made: dict[str, Any] = {}
 
     def fill(staging: Path) -> tuple[int, int]:
-        # The staging directory is invisible until the swap: write it whole, sync it once.
-        # A writer thread creates the files while this one encodes the next and digests.
         staged = staging / company_dir_name(company_id)
         FileAuthStore(staging).make_new_dir(company_id)
         writer = NewDirWriter(staged)
-        prints: list[str] = []
-        meter = meters.start(f"export {company_id}", len(view.entries), "keys")
+        meter = meters.start(f"export {company_id}", expected_rows, "keys")
+        creds: Any | None = None
+        records: list[KeyRecord] = []
+        written_from: dict[str, KeyRecord] = {}  # file name -> the row whose bytes it holds
+        prints: dict[str, str] = {}
+        sizes: dict[str, int] = {}
         try:
-            creds_payload = file_forms(creds, where="creds")[0]
-            size = len(creds_payload)
-            writer.put(CREDS_FILE, creds_payload)
-            for name, entry in view.entries.items():
-                record = entry.record
-                try:
-                    payload, canonical_form = file_forms(
-                        record.value, where=f"{record.key_type}/{record.key_id}"
-                    )
-                except DataError as exc:
-                    raise DataError(f"company {company_id} was not exported: {exc}") from None
-                writer.put(name, payload)
-                size += len(payload)
+            for item in itertools.chain([first], rows):
+                if isinstance(item, CredsRow):
+                    creds = item.value
+                    continue
+                records.append(item)
                 meter.advance()
-                prints.append(
-                    KeyFingerprint.of_canonical(entry.key_type, entry.key_id, canonical_form)
+                name = file_name_for(item.key_type, item.key_id)  # a hostile id is refused
+                if name in written_from:
+                    continue  # rows naming one file: resolved once every row is in, below
+                payload, prints[name] = _file_of(item, company_id)
+                writer.put(name, payload)
+                sizes[name] = len(payload)
+                written_from[name] = item
+            report(f"company {company_id}: read creds and {len(records)} key rows")
+            if creds is None:
+                raise DataError(
+                    f"company {company_id} has {len(records)} keys but no creds in the "
+                    "database: the account must be re-paired (QR code)"
                 )
-            digest = digest_of_fingerprints(creds, prints)
+            view = made["view"] = view_of(company_id, creds, records)
+            for collision in view.collisions:
+                name = collision.file_name
+                report(
+                    f"company {company_id}: {name} named by {1 + len(collision.dropped)} rows; "
+                    f"kept {collision.chosen[0]}/{collision.chosen[1]}"
+                )
+                winner = view.entries[name].record
+                if written_from[name] is not winner:  # the file holds a row that lost
+                    payload, prints[name] = _file_of(winner, company_id)
+                    writer.replace(name, payload)
+                    sizes[name] = len(payload)
+            creds_payload = file_forms(creds, where="creds")[0]
+            writer.put(CREDS_FILE, creds_payload)
+            size = len(creds_payload) + sum(sizes.values())
+            digest = digest_of_fingerprints(creds, prints.values())
+        except BaseException:
+            writer.abort()  # this error is the one raised, not the writer's
+            raise
         finally:
             meter.close()
-            written = writer.close()
+        written = writer.close()
         manifest = made["manifest"] = Manifest(
             company_id=company_id,
             source=redact_dsn(source),
@@ -285,15 +314,25 @@ def export_company(
         )
         manifest_json = manifest.to_json()
         write_private(staged / MANIFEST_FILE, manifest_json, fsync=False)
-        make_durable(staged, [*written, MANIFEST_FILE])
+        durable(staged, [*written, MANIFEST_FILE])
         # every file was read back as written (the writer) and the listing is checked below:
         # count and size come from what was written, not from a stat of every file
         if verify:
             _verify_staged(staged, company_id, set(written) | {MANIFEST_FILE})
         return len(written) + 1, size + len(manifest_json)
 
-    directory, (files, size) = stage_and_swap(Path(root), company_id, fill)
-    manifest = made["manifest"]
+    made_dirs = _missing_dirs(Path(root))
+    try:
+        directory, (files, size) = stage_and_swap(Path(root), company_id, fill, set_aside=set_aside)
+    except BaseException:
+        for path in made_dirs:  # a root this failed export created goes again (when empty)
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+    finally:
+        rows.close()  # a failure before the last row: the rest of the stream is dropped
+    manifest: Manifest = made["manifest"]
+    view: CompanyView = made["view"]
     report(f"company {company_id}: {manifest.key_count} keys in place at {directory}")
     return ExportResult(
         company_id=company_id,
@@ -306,6 +345,38 @@ def export_company(
         bytes_written=size,
         duration_s=time.monotonic() - started,
     )
+
+
+def _missing_dirs(root: Path) -> list[Path]:
+    """``root`` and its parents that do not exist yet, deepest first."""
+    missing: list[Path] = []
+    path = root.absolute()
+    while not path.exists() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _translated(
+    rows: Iterator[CredsRow | KeyRecord], company_id: str
+) -> Generator[CredsRow | KeyRecord, None, None]:
+    """``rows``, a value that does not parse named as the company's failed export."""
+    try:
+        yield from rows
+    except DataError as exc:
+        raise DataError(f"company {company_id} was not exported: {exc}") from None
+
+
+def _file_of(record: KeyRecord, company_id: str) -> tuple[bytes, str]:
+    """(the bytes of the row's file, its fingerprint under the Baileys reference)."""
+    try:
+        payload, canonical_form = file_forms(
+            record.value, where=f"{record.key_type}/{record.key_id}"
+        )
+    except DataError as exc:
+        raise DataError(f"company {company_id} was not exported: {exc}") from None
+    key_type, key_id = baileys_ref(record.key_type, record.key_id)
+    return payload, KeyFingerprint.of_canonical(key_type, key_id, canonical_form)
 
 
 def companies_to_export(store: PgAuthStore, companies: list[str] | None) -> list[str]:
@@ -357,15 +428,20 @@ def export_all(
     many = len(wanted) > 1
     overall = meters.start("companies", len(wanted), "companies") if many else None
     inner = NO_METERS if many else meters  # one bar: companies, or the one company's keys
+    parallel = workers if stores is not None else 1
+    # companies written side by side share their flushes of the file system
+    durable: MakeDurable = SyncGroup() if parallel > 1 else make_durable
 
     def one(company_id: str) -> ExportResult:
-        if stores is None:
+        with stores() if stores is not None else nullcontext(store) as own:
             return export_company(
-                store, root, company_id, source=source, progress=progress, meters=inner
-            )
-        with stores() as own:
-            return export_company(
-                own, root, company_id, source=source, progress=progress, meters=inner
+                own,
+                root,
+                company_id,
+                source=source,
+                progress=progress,
+                meters=inner,
+                durable=durable,
             )
 
     def done(company_id: str, outcome: ExportResult | ResilienceError) -> None:
@@ -378,7 +454,6 @@ def export_all(
                 f"({failure.error}): {failure.message}"
             )
 
-    parallel = workers if stores is not None else 1
     try:
         outcomes = per_company(wanted, one, workers=parallel, done=done)
     finally:

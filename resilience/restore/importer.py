@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 from psycopg.pq import TransactionStatus
 
 from resilience.authstate.codec import canonical, loads, parse
-from resilience.authstate.filestore import key_file_names, read_raw_files
+from resilience.authstate.filestore import key_file_names, read_raw_files, read_regular_file
 from resilience.authstate.fingerprint import AuthDigest, KeyFingerprint, digest_of_fingerprints
 from resilience.authstate.model import KeyRecord
 from resilience.authstate.naming import (
@@ -117,15 +118,9 @@ class DirectoryState:
         return AuthDigest(self.company_id, len(prints), digest_of_fingerprints(creds, prints))
 
 
-def read_directory(company_dir: Path, company_id: str, *, decoded: bool = True) -> DirectoryState:
-    """Read every file of a company directory once, decode it and map names back (with
-    ``decoded`` False, values keep their Buffer objects as written: digests and encodings
-    accept them, and the import re-encodes each in one walk).
-
-    Raises :class:`DataError` for unmappable names (listed), files that do not decode, and an
-    invalid or foreign manifest.
-    """
-    company_dir = Path(company_dir)
+def _mapped(company_dir: Path, company_id: str) -> tuple[Manifest | None, dict[str, Ref]]:
+    """The directory's manifest and its key files mapped back; :class:`DataError` listing the
+    names that cannot be mapped without guessing."""
     validate_company_id(company_id)
     if company_dir.name != company_dir_name(company_id):
         raise InputError(f"{company_dir} is not the directory of company {company_id}")
@@ -136,6 +131,46 @@ def read_directory(company_dir: Path, company_id: str, *, decoded: bool = True) 
             f"{len(unmappable)} key file(s) in {company_dir} cannot be mapped back to a key id "
             f"without guessing: {_listed(unmappable)}; nothing was imported"
         )
+    return manifest, mapped
+
+
+class FileValues(Mapping[Ref, Any]):
+    """A directory's key files as ``{(type, id): value}``, each file read and parsed when its
+    value is asked for (Buffers as written): an import streams them into ``COPY`` as it reads
+    them, instead of reading the whole directory first. A file gone meanwhile, or not a
+    regular file, raises :class:`DataError`."""
+
+    def __init__(self, company_dir: Path, files: Mapping[str, Ref]) -> None:
+        self.company_dir = company_dir
+        self._names = {ref: name for name, ref in files.items()}
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __iter__(self) -> Iterator[Ref]:
+        return iter(self._names)
+
+    def __getitem__(self, ref: Ref) -> Any:
+        name = self._names[ref]
+        try:
+            raw = read_regular_file(self.company_dir, name)
+        except FileNotFoundError:  # a live service deleted it since the listing
+            raise DataError(
+                f"{name[:80]!r} in {self.company_dir} vanished while it was being read"
+            ) from None
+        return parse(raw, where=name)
+
+
+def read_directory(company_dir: Path, company_id: str, *, decoded: bool = True) -> DirectoryState:
+    """Read every file of a company directory once, decode it and map names back (with
+    ``decoded`` False, values keep their Buffer objects as written: digests and encodings
+    accept them, and the import re-encodes each in one walk).
+
+    Raises :class:`DataError` for unmappable names (listed), files that do not decode, and an
+    invalid or foreign manifest.
+    """
+    company_dir = Path(company_dir)
+    manifest, mapped = _mapped(company_dir, company_id)
     raw = read_raw_files(company_dir)
     creds_raw = raw.get(CREDS_FILE)
     read = loads if decoded else parse
@@ -267,13 +302,12 @@ def import_company(
     company_dir = safe_path(Path(root), company_dir_name(company_id))
     if not company_dir.is_dir():
         raise InputError(f"no Baileys directory {company_dir} to import for company {company_id}")
-    state = read_directory(company_dir, company_id, decoded=False)
-    if state.creds is None:
-        raise DataError(f"no {CREDS_FILE} in {company_dir}: nothing to import without creds")
-    digest_dir = state.digest()
     conn = store.conn
-
     if dry_run:
+        state = read_directory(company_dir, company_id, decoded=False)
+        if state.creds is None:
+            raise DataError(f"no {CREDS_FILE} in {company_dir}: nothing to import without creds")
+        digest_dir = state.digest()
         with read_transaction(conn):
             db_creds = store.load_creds(company_id)
             records = store.records(company_id)
@@ -297,22 +331,39 @@ def import_company(
             "import needs a transaction of its own but the connection is already inside one: "
             "commit or roll back first"
         )
+    # the key files are read as they are streamed into COPY (see FileValues)
+    _manifest, files = _mapped(company_dir, company_id)
+    try:
+        creds = parse(read_regular_file(company_dir, CREDS_FILE), where=CREDS_FILE)
+    except FileNotFoundError:
+        raise DataError(
+            f"no {CREDS_FILE} in {company_dir}: nothing to import without creds"
+        ) from None
     with database_errors("importing the auth state"), conn.transaction():
         # One import per company at a time; released at commit or rollback.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"import:{company_id}",))
-        meter = meters.start(f"import {company_id}", len(state.files), "keys")
+        meter = meters.start(f"import {company_id}", len(files), "keys")
+        prints: list[str] = []  # the directory's digest, computed on the way
         try:
             synced = store.sync_company(
                 company_id,
-                state.creds,
-                state.keys(),
+                creds,
+                FileValues(company_dir, files),
                 where=lambda t, i: file_name_for(t, i),
                 advance=meter.advance,
+                prints=prints,
             )
         finally:
             meter.close()
+        appeared = set(key_file_names(company_dir)) - set(files)
+        if appeared:  # raised inside the transaction: nothing is imported
+            raise DataError(
+                f"{company_dir} changed while it was being read: {_listed(sorted(appeared))} "
+                "appeared"
+            )
+    digest_dir = AuthDigest(company_id, len(prints), digest_of_fingerprints(creds, prints))
     upserted, deleted = synced.upserted, len(synced.deleted)
-    gone = {file_name_for(t, i) for t, i in synced.deleted} - set(state.files)
+    gone = {file_name_for(t, i) for t, i in synced.deleted} - set(files)
     return ImportResult(
         company_id=company_id,
         upserted=upserted,

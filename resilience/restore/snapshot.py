@@ -27,13 +27,14 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
-from resilience.authstate.filestore import DIR_MODE, make_durable
+from resilience.authstate.dirwriter import NewDirWriter
+from resilience.authstate.filestore import DIR_MODE, MakeDurable, SyncGroup, make_durable
 from resilience.authstate.naming import MANIFEST_FILE, company_dir_name, safe_path
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import validate_company_id
@@ -247,13 +248,13 @@ def take_snapshot(
     def fill(staging: Path) -> None:
         error_classes: set[type[ResilienceError]] = set()
 
-        def one(company_id: str) -> ExportResult:
-            if stores is None:
-                return export_company(store, staging, company_id, source=source)
-            with stores() as own:
-                return export_company(own, staging, company_id, source=source)
-
         parallel = workers if stores is not None else 1
+        durable: MakeDurable = SyncGroup() if parallel > 1 else make_durable
+
+        def one(company_id: str) -> ExportResult:
+            with stores() if stores is not None else nullcontext(store) as own:
+                return export_company(own, staging, company_id, source=source, durable=durable)
+
         meter = meters.start("snapshot", len(wanted), "companies")
         try:
             outcomes = per_company(wanted, one, workers=parallel, done=lambda *_: meter.advance())
@@ -331,12 +332,15 @@ def _nothing_to_keep(
     )
 
 
-def install_snapshot(snapshot: Snapshot, company_id: str, root: Path) -> ExportResult:
+def install_snapshot(
+    snapshot: Snapshot, company_id: str, root: Path, *, set_aside: list[Path] | None = None
+) -> ExportResult:
     """Verify the snapshot's copy of ``company_id`` and install it as ``root/company_<id>``.
 
     Every file is read once, checked against the manifest digest (and the digest recorded in
     ``snapshot.json``), and the very bytes checked are written, through the export's staging and
-    swap. A corrupt snapshot raises :class:`VerificationError` and changes nothing.
+    swap (``set_aside``: see :func:`~resilience.restore.staging.stage_and_swap`). A corrupt
+    snapshot raises :class:`VerificationError` and changes nothing.
     """
     started = time.monotonic()
     validate_company_id(company_id)
@@ -365,13 +369,18 @@ def install_snapshot(snapshot: Snapshot, company_id: str, root: Path) -> ExportR
     def fill(staging: Path) -> int:
         target = staging / company_dir_name(company_id)
         os.mkdir(target, DIR_MODE)
-        written = 0
-        for file_name, payload in state.raw.items():
-            written += write_private(safe_path(target, file_name), payload, fsync=False)
-        make_durable(target, state.raw)  # once, before the staged directory is swapped in
-        return written
+        writer = NewDirWriter(target, expected=len(state.raw))
+        try:
+            for file_name, payload in state.raw.items():
+                writer.put(file_name, payload)
+        except BaseException:
+            writer.abort()
+            raise
+        names = writer.close()
+        make_durable(target, names)  # once, before the staged directory is swapped in
+        return sum(len(payload) for payload in state.raw.values())
 
-    directory, size = stage_and_swap(Path(root), company_id, fill)
+    directory, size = stage_and_swap(Path(root), company_id, fill, set_aside=set_aside)
     return ExportResult(
         company_id=company_id,
         directory=directory,

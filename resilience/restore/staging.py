@@ -109,7 +109,9 @@ def sweep_stale(directory: Path, previous_of: str | None = None) -> None:
                 shutil.rmtree(entry.path, ignore_errors=True)
 
 
-def _swap(root: Path, staged: Path, final: Path) -> None:
+def _swap(root: Path, staged: Path, final: Path) -> Path | None:
+    """Put ``staged`` in place of ``final``; the previous directory's new path (not removed
+    yet), or None when there was none."""
     previous: Path | None = None
     if final.is_symlink() or (final.exists() and not final.is_dir()):
         raise InputError(f"{final} exists and is not a directory: refusing to replace it")
@@ -123,8 +125,7 @@ def _swap(root: Path, staged: Path, final: Path) -> None:
             os.rename(previous, final)
         raise
     fsync_dir(root)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
+    return previous
 
 
 @contextlib.contextmanager
@@ -143,14 +144,22 @@ def _staging_dir(parent: Path, what: str) -> Iterator[Path]:
         raise os_error(exc, parent, what) from None
 
 
-def stage_and_swap(root: Path, company_id: str, fill: Callable[[Path], T]) -> tuple[Path, T]:
+def stage_and_swap(
+    root: Path,
+    company_id: str,
+    fill: Callable[[Path], T],
+    *,
+    set_aside: list[Path] | None = None,
+) -> tuple[Path, T]:
     """Build ``company_<id>`` in a fresh staging directory of ``root`` and swap it into place.
 
     ``fill(staging)`` must create ``staging/company_<id>/`` with its content. On success the
-    previous ``root/company_<id>`` (if any) is replaced and removed; on any failure the staging
-    directory is removed and the previous one is left as it was. OSErrors become one-line
-    :class:`InputError`\\ s (not writable, no space, ...). Returns the final path and what
-    ``fill`` returned.
+    previous ``root/company_<id>`` (if any) is replaced and removed, or, with ``set_aside``,
+    renamed to ``.previous-company_<id>-<stamp>`` and its path appended there for the caller
+    to remove later (a switch removes it after the service is back: deleting a thousand files
+    is not part of the recovery); on any failure the staging directory is removed and the
+    previous one is left as it was. OSErrors become one-line :class:`InputError`\\ s (not
+    writable, no space, ...). Returns the final path and what ``fill`` returned.
     """
     name = company_dir_name(company_id)
     root = Path(root)
@@ -162,7 +171,12 @@ def stage_and_swap(root: Path, company_id: str, fill: Callable[[Path], T]) -> tu
             raise InputError(f"nothing was staged for company {company_id!r} in {staging}")
         os.chmod(staged, DIR_MODE)
         fsync_dir(staged)
-        _swap(root, staged, final)
+        previous = _swap(root, staged, final)
+    if previous is not None and set_aside is not None:
+        set_aside.append(previous)
+        return final, out
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
     sweep_stale(root, name)
     return final, out
 

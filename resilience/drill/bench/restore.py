@@ -51,7 +51,7 @@ from resilience.authstate.pgstore import (
     read_transaction,
 )
 from resilience.authstate.view import view_of
-from resilience.drill.bench import measure
+from resilience.drill.bench import measure, rss_probe
 from resilience.errors import ResilienceError, VerificationError
 from resilience.infra.fsutil import fsync_dir
 from resilience.restore.export import ExportBatch, export_all, export_company
@@ -219,6 +219,7 @@ def _bench_size(
         ]
         for runs, action in pair if rep % 2 == 0 else reversed(pair):
             runs.append(measure.timed(action))
+        report(f"{n} keys: export {export_s[-1]:.2f} s, raw export {raw_export_s[-1]:.2f} s")
         _check(exported[0], expected, "the export")
         shutil.rmtree(ours_dir)
         shutil.rmtree(raw_dir)
@@ -250,6 +251,7 @@ def _bench_size(
             _empty(store, company_id)
             runs.append(measure.timed(action))
             after()
+        report(f"{n} keys: import {import_s[-1]:.2f} s, raw import {raw_import_s[-1]:.2f} s")
 
     return {
         "keys": n,
@@ -279,26 +281,6 @@ def _cleanup(store: PgAuthStore, company_id: str, work: Path, report: Progress) 
 
 
 # --- many tenants -------------------------------------------------------------------------------
-
-
-def _peak_rss_reset() -> bool:
-    """Reset this process's peak RSS (Linux: ``5`` to ``/proc/self/clear_refs``)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _peak_rss_mb() -> float | None:
-    """This process's peak RSS since the last reset, in MiB (``VmHWM``)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
 
 
 def _raw_export_many(
@@ -350,31 +332,21 @@ def _bench_tenants(
         }
         ours_s: list[float] = []
         raw_s: list[float] = []
-        ours_rss: list[float] = []
-        raw_rss: list[float] = []
         with StorePool(admin_dsn, workers=workers, timeout=30) as pool:
             for rep in range(repeat):
                 report(f"{count} companies: export_all ({workers} workers) and raw, run {rep + 1}")
                 ours_dir, raw_dir = work / f"many-{rep}", work / f"many-raw-{rep}"
                 batches: list[ExportBatch] = []
-                pair: list[tuple[list[float], list[float], Callable[[], object]]] = [
+                pair: list[tuple[list[float], Callable[[], object]]] = [
                     (
                         ours_s,
-                        ours_rss,
                         partial(_export_many, store, ours_dir, companies, workers, pool, batches),
                     ),
-                    (
-                        raw_s,
-                        raw_rss,
-                        partial(_raw_export_many, store.conn, companies, payloads, raw_dir),
-                    ),
+                    (raw_s, partial(_raw_export_many, store.conn, companies, payloads, raw_dir)),
                 ]
-                for runs, rss, action in pair if rep % 2 == 0 else reversed(pair):
-                    _peak_rss_reset()
+                for runs, action in pair if rep % 2 == 0 else reversed(pair):
                     runs.append(measure.timed(action))
-                    peak = _peak_rss_mb()
-                    if peak is not None:
-                        rss.append(peak)
+                report(f"{count} companies: export_all {ours_s[-1]:.2f} s, raw {raw_s[-1]:.2f} s")
                 batch = batches[0]
                 if batch.failures or len(batch.results) != count:
                     raise VerificationError(
@@ -386,6 +358,9 @@ def _bench_tenants(
                     raise VerificationError(f"bench: companies {bad[:3]} exported other keys")
                 shutil.rmtree(ours_dir)
                 shutil.rmtree(raw_dir)
+        report("peak memory of export_all: one company, then all, each in a process of its own")
+        peak_one = rss_probe.measure(admin_dsn, work / "rss-one", workers, companies[:1])
+        peak_all = rss_probe.measure(admin_dsn, work / "rss-all", workers, companies)
     finally:
         report(f"removing the {count} bench companies")
         for company_id in companies:
@@ -400,8 +375,9 @@ def _bench_tenants(
         "raw_export_s": measure.stats(raw_s),
         "ratio_export_all": measure.ratio(ours_s, raw_s),
         "peak_rss_mb": {
-            "export_all": max(ours_rss) if ours_rss else None,
-            "raw": max(raw_rss) if raw_rss else None,
+            "how": "export_all in a fresh process: of one company, and of all of them",
+            "one_company": peak_one["peak_rss_mb"],
+            "all_companies": peak_all["peak_rss_mb"],
             "bytes_of_all_companies_mb": round(
                 sum(len(p) for p in payloads.values()) * count / 2**20, 1
             ),

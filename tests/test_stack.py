@@ -82,7 +82,7 @@ def test_stack_up_is_a_deployment_the_operators_commands_run_on(tmp_path: Path) 
         switched = _in(tmp_path, "restore.to-files", "--yes", "--json")
         assert switched.returncode == 0, switched.stderr
         data = json.loads(switched.stdout)
-        assert [s["name"] for s in data["run"]["steps"]][-1] == "verify"
+        assert [s["name"] for s in data["run"]["steps"]][-2:] == ["verify", "remove-previous"]
         record = Path(data["record"])
         assert record.parent == tmp_path / "runs"
         journal = json.loads((record / "journal.json").read_text())

@@ -55,7 +55,15 @@ from resilience.service.modes import FILE_MODE_FLAGS, POSTGRES_MODE_FLAGS
 ROOT = Path(__file__).resolve().parents[1]
 INVOKE = str(Path(sys.executable).parent / "invoke")
 KEYS = 60  # plus the dataset's legacy rows
-TO_FILES_STEPS = ["stop-service", "export", "code", "env", "start-service", "verify"]
+TO_FILES_STEPS = [
+    "stop-service",
+    "export",
+    "code",
+    "env",
+    "start-service",
+    "verify",
+    "remove-previous",
+]
 
 pytestmark = pytest.mark.stack
 
@@ -362,6 +370,7 @@ def test_dry_run_returns_the_plan_and_changes_nothing(shared: Service) -> None:
         f"set the three file-mode flags in {shared.deployed.env_file}",
         f"restart PM2 app {s.pm2_app}",
         "wait for the file-mode line",
+        f"remove the directory the new {company_dir_name(shared.company)} replaced",
     ]
     assert len(plan) == len(expected_starts)
     for line, start in zip(plan, expected_starts, strict=True):
@@ -407,7 +416,7 @@ def test_failed_verify_is_undone_and_reported_without_secrets(service: Service) 
     assert "did not log /this line is never logged for" in str(failed)
     result = failed.result
     assert [(r.name, r.status) for r in result.steps] == [
-        *((name, "ok") for name in TO_FILES_STEPS[:-1]),
+        *((name, "ok") for name in TO_FILES_STEPS[:-2]),
         ("verify", "failed"),
     ]
     # undone in reverse order, file-mode writes carried back first; export has no undo
@@ -696,3 +705,54 @@ def test_the_runbooks_before_an_incident_settings_are_enough(
     assert service.wait_mode("file")["company"] == service.company
     for secret in secrets_of(service):
         assert secret not in done.stdout + done.stderr + (record / "journal.html").read_text()
+
+
+def test_unreachable_postgres_installs_the_snapshot_beside_the_stop(
+    service: Service, tmp_path: Path
+) -> None:
+    """PostgreSQL unreachable: the stop runs beside the snapshot's install and is waited for
+    before the code and flags change; the RTO ends at verify, and the directory the snapshot
+    replaced is removed after it."""
+    ep = service.stack.endpoints
+    snaps = tmp_path / "snapshots"
+    with connect(ep.service_dsn) as conn:
+        store = PgAuthStore(conn)
+        taken = snapshot.take_snapshot(store, snaps, [service.company], keep=2, source="test")
+        export_company(store, service.auth_root, service.company, source="test")  # replaced
+    target = target_of(service, snapshot_dir=snaps)
+    with (
+        ToxiproxyClient(ep.toxiproxy_url) as toxiproxy,
+        faults.proxy_disabled(toxiproxy, ep.toxiproxy_proxy, allowed=ep.drill_target),
+    ):
+        outcome = run_switch(target, "to-files", journal=Journal("unreachable"))
+        result = outcome.result
+        assert result is not None and result.ok
+        assert [s.name for s in result.steps] == [
+            "stop-service",
+            "install-snapshot",
+            "service-stopped",
+            "code",
+            "env",
+            "start-service",
+            "verify",
+            "remove-previous",
+        ]
+        assert step_named(result, "stop-service").details["overlapped"] is True
+        assert (
+            step_named(result, "install-snapshot").details["digest"]
+            == (taken.companies[service.company]["digest"])
+        )
+        assert (
+            service.wait_mode("file")["loaded_digest"] == taken.companies[service.company]["digest"]
+        )
+        removed = step_named(result, "remove-previous").details["removed"]
+        assert len(removed) == 1 and ".previous-company_" in removed[0]
+        assert not Path(removed[0]).exists()
+        assert [p.name for p in service.auth_root.iterdir() if p.name.startswith(".prev")] == []
+        assert result.rto_s is not None
+        verified_at = sum(s.duration_s for s in result.steps[:-1])
+        assert result.rto_s == pytest.approx(verified_at, abs=0.05)
+        assert result.rto_s < result.duration_s
+        assert outcome.to_dict()["rto_s"] == round(result.rto_s, 3)
+    back = run_switch(target_of(service), "to-postgres", journal=Journal("back"))
+    assert back.result is not None and back.result.ok

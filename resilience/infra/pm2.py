@@ -59,6 +59,31 @@ class Pm2App:
     cwd: Path | None
 
 
+@dataclass
+class Pm2Call:
+    """One PM2 command under way (see :meth:`Pm2.begin`)."""
+
+    command: str
+    process: subprocess.Popen[str]
+    timeout: float
+
+    def wait(self) -> str:
+        """Its output once it ended; :class:`StackError` when it failed or did not end
+        within the timeout (then it is killed)."""
+        try:
+            out, err = self.process.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise StackError(
+                f"pm2 {self.command} did not answer within {self.timeout:.0f} s"
+            ) from None
+        if self.process.returncode != 0:
+            last = (err or out).strip().splitlines()[-1:]
+            raise StackError(f"pm2 {self.command} failed: {' '.join(last)}")
+        return out
+
+
 @dataclass(frozen=True)
 class Pm2:
     """One PM2 daemon, addressed by its PM2_HOME."""
@@ -74,21 +99,19 @@ class Pm2:
         return env
 
     def run(self, *args: str) -> str:
-        try:
-            result = subprocess.run(
-                [str(self.binary), *args],
-                capture_output=True,
-                text=True,
-                env=self._env(),
-                timeout=self.timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise StackError(f"pm2 {args[0]} did not answer within {self.timeout:.0f} s") from None
-        if result.returncode != 0:
-            last = (result.stderr or result.stdout).strip().splitlines()[-1:]
-            raise StackError(f"pm2 {args[0]} failed: {' '.join(last)}")
-        return result.stdout
+        return self.begin(*args).wait()
+
+    def begin(self, *args: str) -> Pm2Call:
+        """Start ``pm2 ARGS`` and return at once; :meth:`Pm2Call.wait` gives what :meth:`run`
+        would (each PM2 command starts node, about half a second: the caller works meanwhile)."""
+        process = subprocess.Popen(
+            [str(self.binary), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self._env(),
+        )
+        return Pm2Call(args[0], process, self.timeout)
 
     def ping(self) -> None:
         """Start the daemon if needed and wait until it answers."""

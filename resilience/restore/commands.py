@@ -69,9 +69,9 @@ def switch(
         except StepFailed as failed:
             _alert_failed_switch(settings, direction, target.company_id, failed)
             raise
-        record.journal.measurements.update(
-            {"rto_s": round(outcome.result.duration_s, 3)} if outcome.result else {}
-        )
+        if outcome.result is not None:  # RTO: until verified; duration: with the tidying up
+            record.journal.measurements["rto_s"] = outcome.to_dict()["rto_s"]
+            record.journal.measurements["duration_s"] = round(outcome.result.duration_s, 3)
     return SwitchRun(outcome, record.path, record.journal.to_dict())
 
 

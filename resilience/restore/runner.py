@@ -23,6 +23,9 @@ class Step:
     description: str  # one line for the plan an operator confirms
     do: Callable[[Details], None]  # fills the details it wants journaled
     undo: Callable[[], Details | None] | None = None  # may return details to journal
+    #: the service is back once this step is done (a switch's RTO ends here; what follows
+    #: is tidying up)
+    recovers: bool = False
 
 
 @dataclass
@@ -37,11 +40,13 @@ class StepResult:
 @dataclass
 class RunResult:
     ok: bool
-    duration_s: float  # the RTO of a switch: first step start to last step end
+    duration_s: float  # first step start to last step end
     steps: list[StepResult]
     rollbacks: list[StepResult]
     error: str | None = None
     halted: str | None = None  # why the undo stopped before the first step (UndoHalted)
+    #: first step start to the end of the last step that ``recovers`` (else the whole run)
+    rto_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def one(r: StepResult) -> dict[str, Any]:
@@ -60,6 +65,7 @@ class RunResult:
             "rollbacks": [one(r) for r in self.rollbacks],
             "error": self.error,
             "halted": self.halted,
+            "rto_s": None if self.rto_s is None else round(self.rto_s, 3),
         }
 
 
@@ -87,6 +93,7 @@ class Runner:
         started = time.monotonic()
         done: list[Step] = []
         results: list[StepResult] = []
+        recovered: float | None = None
         for number, step in enumerate(steps, 1):
             self.progress(f"[{number}/{len(steps)}] {step.description}")
             t0 = time.monotonic()
@@ -106,7 +113,10 @@ class Runner:
                 raise StepFailed(exc, result) from exc
             results.append(StepResult(step.name, status, time.monotonic() - t0, dict(details)))
             done.append(step)
-        return RunResult(True, time.monotonic() - started, results, [])
+            if step.recovers:
+                recovered = time.monotonic() - started
+        total = time.monotonic() - started
+        return RunResult(True, total, results, [], rto_s=total if recovered is None else recovered)
 
     def _undo(self, done: list[Step]) -> tuple[list[StepResult], str | None]:
         """Undo in reverse; an undo that fails is reported and the rest still run, except

@@ -3,7 +3,10 @@
 Each direction is preflight facts (:mod:`.preflight`) -> a plan of steps with do/undo -> the
 runner. The steps: stop the service, export (live, or the newest snapshot when PostgreSQL is
 unreachable) or import, the code step (git tag), the env step (three flags), start, and verify
-(:mod:`.verify`: the service's log lines and health, never a file we wrote).
+(:mod:`.verify`: the service's log lines and health, never a file we wrote). When PostgreSQL is
+unreachable the stop runs beside the install of the copy (waited for before the code and flags
+change). The RTO ends with verify; the directory the new one replaced is removed after it (a
+failed switch leaves it as ``.previous-company_<id>-<stamp>``; the next export sweeps it).
 
 A plan is an object whose attributes are the state its steps share: what the switch recorded
 for the way back (:class:`~.state.SwitchState`), the digest the service must load, the log
@@ -13,6 +16,7 @@ watch set up at the restart. Steps are its methods.
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +25,8 @@ from typing import Any
 
 from resilience.authstate.pgstore import DbLink, PgAuthStore, connect
 from resilience.authstate.view import view_of
-from resilience.errors import InputError, ResilienceError, VerificationError
+from resilience.errors import InputError, ResilienceError, StackError, VerificationError
+from resilience.infra.pm2 import Pm2Call
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 from resilience.mirror.fallback import mirror_fallback, stop_mirror_process
@@ -69,6 +74,7 @@ class _Plan:
         self.state = SwitchState.read(target.state_file) or SwitchState()
         self.expected_digest: str | None = None
         self.watch: LogWatch | None = None
+        self._stopping: Pm2Call | None = None  # a stop under way (see stop_step)
 
     def steps(self) -> list[Step]:
         raise NotImplementedError
@@ -80,8 +86,18 @@ class _Plan:
         return connect(self.target.service_dsn, timeout=self.settings.db_connect_timeout)
 
     # --- the service ---------------------------------------------------------------------------
-    def stop_step(self) -> Step:
+    def stop_step(self, *, overlapped: bool = False) -> Step:
+        """Stop the service. ``overlapped``: the stop is sent and the next steps run while
+        PM2 carries it out (each PM2 command starts node, about half a second);
+        :meth:`stopped_step` waits for it before anything the running service could see."""
         app = self.settings.pm2_app
+        if overlapped:
+            return Step(
+                "stop-service",
+                f"stop PM2 app {app} (no writes during the switch; the next step runs meanwhile)",
+                self.begin_stop,
+                self.restart_service,
+            )
         return Step(
             "stop-service",
             f"stop PM2 app {app} (no writes during the switch)",
@@ -93,7 +109,26 @@ class _Plan:
         self.target.pm2.stop(self.settings.pm2_app)
         details["app"] = self.settings.pm2_app
 
+    def begin_stop(self, details: Details) -> None:
+        self._stopping = self.target.pm2.begin("stop", self.settings.pm2_app)
+        details["app"] = self.settings.pm2_app
+        details["overlapped"] = True
+
+    def stopped_step(self) -> Step:
+        app = self.settings.pm2_app
+        return Step("service-stopped", f"wait until PM2 has stopped {app}", self.wait_stopped)
+
+    def wait_stopped(self, details: Details) -> None:
+        call, self._stopping = self._stopping, None
+        if call is not None:
+            call.wait()
+        details["app"] = self.settings.pm2_app
+
     def restart_service(self) -> None:
+        call, self._stopping = self._stopping, None
+        if call is not None:  # undone while the stop is under way: it ends first
+            with contextlib.suppress(StackError):
+                call.wait()
         self.target.pm2.restart(self.settings.pm2_app)
 
     def start_service(self, details: Details) -> None:
@@ -129,6 +164,7 @@ class _Plan:
                 "verify",
                 f"wait for the {self.mode}-mode line, 'connection open' and health",
                 self.verify,
+                recovers=True,
             ),
         ]
 
@@ -148,6 +184,8 @@ class ToFiles(_Plan):
         # "export", "keep-directory", "install-snapshot" or "install-mirror"
         self.source: str | None = None
         self.mirror_stopped = False  # the install-mirror step stopped the mirror process
+        # the directory the new one replaced, removed once the service is back
+        self.set_aside: list[Path] = []
 
     def after_start_undo(self) -> Details | None:
         """The service ran in file mode, if only briefly, and may have acknowledged writes
@@ -178,12 +216,16 @@ class ToFiles(_Plan):
 
     def steps(self) -> list[Step]:
         t, facts = self.target, self.facts
-        steps = [self.stop_step()]
-        if (
+        keep = (
             facts.env_mode == "file"
             and t.company_dir.is_dir()
             and self.state.company_id in (None, t.company_id)
-        ):
+        )
+        # PostgreSQL unreachable: the service cannot write while a copy is installed, so the
+        # stop runs beside the install (an export or a kept directory needs it done first)
+        overlapped = not keep and not facts.db_reachable
+        steps = [self.stop_step(overlapped=overlapped)]
+        if keep:
             # A re-run after the env step: the service may already have written to these files,
             # so they are never replaced; the service is stopped, so their digest is stable.
             steps.append(
@@ -217,6 +259,8 @@ class ToFiles(_Plan):
                     self.install_snapshot,
                 )
             )
+        if overlapped:
+            steps.append(self.stopped_step())  # before the code or flags change under it
         s = self.settings
         if s.fallback_tag and s.service_dir:
             steps.append(
@@ -235,7 +279,22 @@ class ToFiles(_Plan):
                 self.restore_flags,
             )
         )
-        return steps + self.start_and_verify()
+        return [
+            *steps,
+            *self.start_and_verify(),
+            Step(
+                "remove-previous",
+                f"remove the directory the new {t.company_dir.name} replaced, if any",
+                self.remove_previous,
+            ),
+        ]
+
+    def remove_previous(self, details: Details) -> None:
+        removed = [str(path) for path in self.set_aside]
+        for path in self.set_aside:
+            shutil.rmtree(path, ignore_errors=True)
+        self.set_aside.clear()
+        details["removed"] = removed
 
     def keep_directory(self, details: Details) -> None:
         t = self.target
@@ -254,6 +313,8 @@ class ToFiles(_Plan):
                 t.company_id,
                 source=redact_dsn(t.service_dsn),
                 meters=self.meters,
+                set_aside=self.set_aside,
+                expected_rows=self.facts.key_count,  # the preflight counted: no round trip
             )
         self.expected_digest = result.digest
         self.source = "export"
@@ -267,7 +328,9 @@ class ToFiles(_Plan):
         age = found.age_s()
         if age > s.snapshot_max_age and not self.force:
             raise InputError(f"newest snapshot is {age:.0f} s old: --force to use it")
-        result = snapshot.install_snapshot(found, t.company_id, t.auth_root)
+        result = snapshot.install_snapshot(
+            found, t.company_id, t.auth_root, set_aside=self.set_aside
+        )
         self.expected_digest = result.digest
         self.source = "install-snapshot"
         details.update(result.to_dict())
@@ -289,7 +352,9 @@ class ToFiles(_Plan):
         if age > s.snapshot_max_age and not self.force:
             raise InputError(f"the mirror's position is {age:.0f} s old: --force to use it")
         try:
-            result = snapshot.install_snapshot(found.as_snapshot(), t.company_id, t.auth_root)
+            result = snapshot.install_snapshot(
+                found.as_snapshot(), t.company_id, t.auth_root, set_aside=self.set_aside
+            )
         except VerificationError as exc:
             raise VerificationError(f"the mirror's copy does not check out: {exc}") from None
         self.expected_digest = result.digest
@@ -480,7 +545,8 @@ class SwitchOutcome:
         data: dict[str, Any] = {"preflight": self.preflight.to_dict()}
         if self.result is not None:
             data["run"] = self.result.to_dict()
-            data["rto_s"] = round(self.result.duration_s, 3)
+            rto = self.result.rto_s
+            data["rto_s"] = round(self.result.duration_s if rto is None else rto, 3)
         if self.round_trips is not None:
             data["db_round_trips"] = self.round_trips
         return data

@@ -18,7 +18,8 @@ from resilience.errors import VerificationError
 from resilience.infra.waiting import wait_until
 from resilience.service.modes import Mode
 
-POLL_S = 0.1
+#: How often the log and the health endpoint are looked at (the RTO floor polls as often).
+POLL_S = 0.05
 
 
 class LogWatch:

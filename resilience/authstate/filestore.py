@@ -77,17 +77,20 @@ def _syncfs(fd: int) -> bool:
     return True
 
 
-def make_durable(directory: Path, names: Iterable[str]) -> None:
+def make_durable(
+    directory: Path, names: Iterable[str], *, syncfs: Callable[[int], bool] | None = None
+) -> None:
     """Flush files just written into ``directory`` (without fsync) and the directory itself.
 
     One ``syncfs(2)`` of the directory's file system where the C library has it (Linux 5.8+
     also reports writeback errors through it), else an fsync of each named file in a second
-    pass; then an fsync of the directory. Raises :class:`OSError` when the data cannot be made
-    durable.
+    pass; then an fsync of the directory. ``syncfs`` replaces the call to ``syncfs(2)`` (a
+    :class:`SyncGroup` shares one among threads). Raises :class:`OSError` when the data cannot
+    be made durable.
     """
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if not _syncfs(dir_fd):
+        if not (syncfs or _syncfs)(dir_fd):
             for name in names:
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
                 try:
@@ -118,17 +121,11 @@ class SyncGroup:
         self._running = False
 
     def __call__(self, directory: Path, names: list[str]) -> None:
-        if not syncfs_available():
-            make_durable(directory, names)
-            return
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            self._shared_syncfs(dir_fd)
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        make_durable(directory, names, syncfs=self._shared_syncfs)
 
-    def _shared_syncfs(self, dir_fd: int) -> None:
+    def _shared_syncfs(self, dir_fd: int) -> bool:
+        if not syncfs_available():
+            return False  # make_durable fsyncs the caller's own files
         with self._cond:
             wanted = self._started + 1  # one that starts after this caller's files were written
             while self._done < wanted:
@@ -139,7 +136,7 @@ class SyncGroup:
                     break
                 self._cond.wait()
             else:
-                return
+                return True
         ok = False
         try:
             _syncfs(dir_fd)
@@ -150,6 +147,7 @@ class SyncGroup:
                 if ok:  # on failure the waiters run their own and meet the error themselves
                     self._done = number
                 self._cond.notify_all()
+        return True
 
 
 def check_entry_name(name: str) -> None:
@@ -472,11 +470,9 @@ def read_raw_files(company_dir: Path) -> dict[str, bytes]:
         if not entry.is_file(follow_symlinks=False):
             raise DataError(f"{name[:60]!r} in {company_dir} is not a regular file")
         try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as exc:
+            out[name] = read_regular_file(company_dir, name)
+        except FileNotFoundError as exc:
             raise DataError(f"cannot read {name[:60]!r} in {company_dir}: {exc.strerror}") from None
-        with os.fdopen(fd, "rb") as handle:
-            out[name] = handle.read()
     return dict(sorted(out.items()))
 
 

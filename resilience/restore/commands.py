@@ -69,8 +69,9 @@ def switch(
         except StepFailed as failed:
             _alert_failed_switch(settings, direction, target.company_id, failed)
             raise
-        if outcome.result is not None:  # RTO: until verified; duration: with the tidying up
-            record.journal.measurements["rto_s"] = outcome.to_dict()["rto_s"]
+        if outcome.result is not None and outcome.rto_s is not None:
+            # RTO: until verified; duration: with the tidying up after it
+            record.journal.measurements["rto_s"] = round(outcome.rto_s, 3)
             record.journal.measurements["duration_s"] = round(outcome.result.duration_s, 3)
     return SwitchRun(outcome, record.path, record.journal.to_dict())
 

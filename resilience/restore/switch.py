@@ -541,12 +541,20 @@ class SwitchOutcome:
     #: client-server round trips to PostgreSQL, preflight and export together (to-files)
     round_trips: int | None = None
 
+    @property
+    def rto_s(self) -> float | None:
+        """First step start to the service verified (the whole run when no step recovers);
+        None for a dry run."""
+        if self.result is None:
+            return None
+        rto = self.result.rto_s
+        return self.result.duration_s if rto is None else rto
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"preflight": self.preflight.to_dict()}
-        if self.result is not None:
+        if self.result is not None and self.rto_s is not None:
             data["run"] = self.result.to_dict()
-            rto = self.result.rto_s
-            data["rto_s"] = round(self.result.duration_s if rto is None else rto, 3)
+            data["rto_s"] = round(self.rto_s, 3)
         if self.round_trips is not None:
             data["db_round_trips"] = self.round_trips
         return data

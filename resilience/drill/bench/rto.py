@@ -78,10 +78,9 @@ def _scenario(service: ServiceUnderTest, fault: str, steps: dict[str, list[float
             )
         with injected:
             run = service.switch("to-files")
-    result = run.outcome.result
-    if result is None or not result.ok:
+    result, rto = run.outcome.result, run.outcome.rto_s  # until verified
+    if result is None or rto is None or not result.ok:
         raise VerificationError(f"bench: the switch in scenario {fault} did not complete")
-    rto = result.duration_s if result.rto_s is None else result.rto_s  # until verified
     for step in result.to_dict()["steps"]:
         steps.setdefault(f"{fault}/{step['name']}", []).append(step["duration_s"])
     service.switch("to-postgres")

@@ -124,6 +124,11 @@ def snapshot(
     def human(con: Any, d: dict[str, Any]) -> None:
         companies = ", ".join(f"{k} ({v['key_count']} keys)" for k, v in d["companies"].items())
         con.print(f"snapshot {d['path']}: {companies}")
+        standby = d.get("standby")
+        if standby and "directory" in standby:
+            con.print(f"standby copy of {standby['company_id']}: {standby['directory']}")
+        elif standby:
+            con.print(f"standby copy of {standby['company_id']} NOT written: {standby['message']}")
         con.print(f"run record: {d['record']}")
 
     out.result({"ok": True, **run.to_dict()}, human)

@@ -27,6 +27,8 @@ from resilience.restore.snapshot import (
     install_snapshot,
     list_snapshots,
     newest_snapshot,
+    prepare_standby,
+    standby_name,
     take_snapshot,
 )
 
@@ -176,6 +178,62 @@ def test_corrupt_snapshot_is_refused(store: PgAuthStore, company: str, tmp_path:
     with pytest.raises(VerificationError, match="digest mismatch"):
         install_snapshot(snap, company, root)
     assert _files(root / company_dir_name(company)) == before
+    assert sorted(os.listdir(root)) == [company_dir_name(company)]
+
+
+# --- the standby copy ---------------------------------------------------------------------------
+
+
+def test_a_standby_copy_is_renamed_into_place_and_the_snapshot_stays_intact(
+    store: PgAuthStore, company: str, tmp_path: Path
+) -> None:
+    snaps, root = tmp_path / "snapshots", tmp_path / "auth"
+    snap = take_snapshot(store, snaps, [company], keep=3, source=SOURCE)
+    prepared = prepare_standby(snap, company, root)
+    standby = root / standby_name(company)
+    assert prepared.directory == standby and prepared.installed_from == "copy"
+    assert _files(standby) == _files(snap.company_dir(company))
+    assert stat.S_IMODE(standby.stat().st_mode) == 0o700
+    inode = (standby / CREDS_FILE).stat().st_ino
+    export_company(store, root, company, source=SOURCE)  # the directory in place, replaced
+
+    set_aside: list[Path] = []
+    result = install_snapshot(snap, company, root, set_aside=set_aside)
+
+    directory = root / company_dir_name(company)
+    assert result.installed_from == "standby" and result.files_written == 0
+    assert (directory / CREDS_FILE).stat().st_ino == inode  # the very files, renamed
+    assert result.digest == snap.companies[company]["digest"]
+    assert read_directory(directory, company).digest().digest == result.digest
+    assert not standby.exists() and len(set_aside) == 1
+    # the service writing in file mode changes the installed copy, never the snapshot
+    (directory / CREDS_FILE).write_text('{"changed": true}')
+    assert _files(snap.company_dir(company))[CREDS_FILE] != b'{"changed": true}'
+    again = install_snapshot(snap, company, root)  # no standby left: copied
+    assert again.installed_from == "copy" and _files(directory) == _files(snap.company_dir(company))
+
+
+def test_a_standby_of_another_snapshot_or_damaged_is_not_used(
+    store: PgAuthStore, company: str, tmp_path: Path
+) -> None:
+    snaps, root = tmp_path / "snapshots", tmp_path / "auth"
+    old = take_snapshot(store, snaps, [company], keep=3, source=SOURCE)
+    prepare_standby(old, company, root)
+    store.set_keys(company, {"session": {"79000000001.0": b"newer"}})
+    new = take_snapshot(store, snaps, [company], keep=3, source=SOURCE)
+
+    result = install_snapshot(new, company, root)  # the standby is of the older snapshot
+
+    directory = root / company_dir_name(company)
+    assert result.installed_from == "copy"
+    assert read_directory(directory, company).digest().digest == new.companies[company]["digest"]
+    assert not (root / standby_name(company)).exists()  # claimed and dropped
+
+    prepare_standby(new, company, root)
+    key_file = next(p for p in (root / standby_name(company)).iterdir() if "session-" in p.name)
+    key_file.write_bytes(b"{not json")
+    assert install_snapshot(new, company, root).installed_from == "copy"
+    assert _files(directory) == _files(new.company_dir(company))
     assert sorted(os.listdir(root)) == [company_dir_name(company)]
 
 

@@ -103,3 +103,8 @@ class ServiceUnderTest:
     def switch(self, direction: Direction, **options: Any) -> commands.SwitchRun:
         """The switch exactly as the operator runs it: the same command, on these settings."""
         return commands.switch(self.settings, direction, company_id=self.company, **options)
+
+    def snapshot(self, keep: int = 3) -> commands.SnapshotRun:
+        """``restore.snapshot`` of the service's company as the operator's cron runs it (with
+        the standby copy beside the service's directory)."""
+        return commands.snapshot(self.settings, company_id=self.company, keep=keep)

@@ -7,6 +7,7 @@ the path as `record`. Tasks only parse flags and format what these return.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,19 +16,20 @@ from typing import Any
 from resilience.alerting.channels import notify
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.config import Settings, validate_company_id
-from resilience.errors import ConfigError, DataError, PartialFailure
+from resilience.errors import ConfigError, DataError, PartialFailure, ResilienceError
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 from resilience.restore.export import ExportBatch, ExportResult, export_all
 from resilience.restore.parallel import StorePool
 from resilience.restore.preflight import Direction, Preflight
 from resilience.restore.runner import StepFailed
-from resilience.restore.snapshot import Snapshot, take_snapshot
+from resilience.restore.snapshot import Snapshot, prepare_standby, take_snapshot
 from resilience.restore.switch import SwitchOutcome, run_switch
 from resilience.restore.target import make_target, service_dsn
 from resilience.runs.record import recorded_run
 
 Progress = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -168,9 +170,12 @@ def export(
 class SnapshotRun:
     snapshot: Snapshot
     record: Path | None
+    #: the standby copy of the service's company, or why it was not written (None: not asked)
+    standby: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "standby": self.standby,
             "path": str(self.snapshot.path),
             "taken_at": self.snapshot.taken_at.isoformat(),
             "companies": self.snapshot.companies,
@@ -212,10 +217,30 @@ def snapshot(
         record.journal.measurements.update(
             path=str(taken.path), companies=taken.companies, failed=taken.failed
         )
+        standby = _standby_for_service(settings, taken)
+        if standby is not None:
+            record.journal.measurements["standby"] = standby
         _failed_companies(
             "the snapshot",
             {c: e["message"] for c, e in taken.failed.items()},
             DataError.exit_code,
             SnapshotRun(taken, None).to_dict(),
         )
-    return SnapshotRun(taken, record.path)
+    return SnapshotRun(taken, record.path, standby)
+
+
+def _standby_for_service(settings: Settings, taken: Snapshot) -> dict[str, Any] | None:
+    """The standby copy of the service's company (``RESILIENCE_COMPANY_ID``) beside its
+    directory (:func:`~resilience.restore.snapshot.prepare_standby`), when the settings name
+    that directory and the snapshot holds the company; None otherwise. A standby that cannot
+    be written is reported, not raised: the snapshot itself is what counts, and an install
+    without a standby copies the files instead."""
+    root, company = settings.auth_root, settings.company_id
+    if root is None or company not in taken.companies:
+        return None
+    try:
+        made = prepare_standby(taken, company, root)
+    except ResilienceError as exc:
+        log.warning("standby copy of %s not written: %s", company, exc)
+        return {"company_id": company, "error": type(exc).__name__, "message": str(exc)}
+    return {"company_id": company, "directory": str(made.directory), "digest": made.digest}

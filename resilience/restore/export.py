@@ -91,9 +91,13 @@ class ExportResult:
     files_written: int
     bytes_written: int
     duration_s: float
+    #: a snapshot install: "copy" (files written) or "standby" (renamed into place)
+    installed_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        installed = {} if self.installed_from is None else {"installed_from": self.installed_from}
         return {
+            **installed,
             "company_id": self.company_id,
             "directory": str(self.directory),
             "key_count": self.key_count,

@@ -150,8 +150,10 @@ def stage_and_swap(
     fill: Callable[[Path], T],
     *,
     set_aside: list[Path] | None = None,
+    final_name: str | None = None,
 ) -> tuple[Path, T]:
-    """Build ``company_<id>`` in a fresh staging directory of ``root`` and swap it into place.
+    """Build ``company_<id>`` in a fresh staging directory of ``root`` and swap it into place
+    (as ``root/<final_name>`` when given: a standby copy).
 
     ``fill(staging)`` must create ``staging/company_<id>/`` with its content. On success the
     previous ``root/company_<id>`` (if any) is replaced and removed, or, with ``set_aside``,
@@ -164,7 +166,7 @@ def stage_and_swap(
     name = company_dir_name(company_id)
     root = Path(root)
     with _staging_dir(root, f"company {company_id}") as staging:
-        final = safe_path(root, name)
+        final = safe_path(root, final_name or name)
         out = fill(staging)
         staged = staging / name
         if not staged.is_dir():
@@ -177,7 +179,7 @@ def stage_and_swap(
         return final, out
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
-    sweep_stale(root, name)
+    sweep_stale(root, final.name)
     return final, out
 
 

@@ -88,12 +88,13 @@ def venv_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def confirm_on_terminal(out: Any, yes: bool) -> Callable[[Any], bool]:
-    """Ask on the terminal before a switch; without one, --yes is required."""
+def confirm_on_terminal(out: Any, yes: bool) -> Callable[[Any], bool] | None:
+    """Ask on the terminal before a switch; without one, --yes is required. None with --yes
+    (nobody to ask: the switch may begin stopping the service during its preflight)."""
+    if yes:
+        return None
 
     def ask(facts: Any) -> bool:
-        if yes:
-            return True
         if not sys.stdin.isatty():
             from resilience.errors import InputError
 

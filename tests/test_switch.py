@@ -64,6 +64,8 @@ TO_FILES_STEPS = [
     "verify",
     "remove-previous",
 ]
+#: without anyone to confirm (--yes), the preflight begins the stop while the database answers
+UNATTENDED_TO_FILES_STEPS = ["stop-service", "service-stopped", *TO_FILES_STEPS[1:]]
 
 pytestmark = pytest.mark.stack
 
@@ -195,6 +197,32 @@ def test_unknown_company_is_refused(shared: Service) -> None:
     target = Target(shared.settings, shared.stack.endpoints.service_dsn, unknown)
     message = refused(shared, target, f"unknown company {unknown}: no keys in the database")
     assert message.startswith("preflight refused to-files: ")
+
+
+def test_a_refusal_from_the_database_starts_the_stopped_service_again(
+    stack: Stack, settings: DrillSettings, tmp_path: Path
+) -> None:
+    """With --yes (no confirm) the stop begins once every check that needs no database passed
+    and the service says it serves the company; the database then says it holds no keys of
+    it: refused, and the service is started again in the mode it was in."""
+    for service in _deploy(stack, settings, tmp_path, write_interval_ms=0):
+        with connect(stack.endpoints.admin_dsn) as conn:
+            PgAuthStore(conn).delete_company(service.company)
+        before = service.pm2.require(service.deployed.app)
+        env_before = service.deployed.env_file.read_bytes()
+        journal = Journal("refused late")
+        with pytest.raises(InputError) as info:
+            run_switch(target_of(service), "to-files", journal=journal)
+        message = str(info.value)
+        assert f"unknown company {service.company}: no keys in the database" in message
+        assert message.endswith("the service, stopped meanwhile, was started again")
+        kinds = [event["kind"] for event in journal.to_dict()["events"]]
+        assert kinds.index("stop-begun") < kinds.index("service-started-again")
+        assert journal.steps == []
+        after = service.pm2.require(service.deployed.app)
+        assert after.status == "online" and after.pid != before.pid
+        assert service.deployed.env_file.read_bytes() == env_before  # still PostgreSQL mode
+        assert not (service.auth_root / company_dir_name(service.company)).exists()
 
 
 def test_wrong_password_is_refused_without_showing_it(shared: Service, tmp_path: Path) -> None:
@@ -416,7 +444,7 @@ def test_failed_verify_is_undone_and_reported_without_secrets(service: Service) 
     assert "did not log /this line is never logged for" in str(failed)
     result = failed.result
     assert [(r.name, r.status) for r in result.steps] == [
-        *((name, "ok") for name in TO_FILES_STEPS[:-2]),
+        *((name, "ok") for name in UNATTENDED_TO_FILES_STEPS[:-2]),
         ("verify", "failed"),
     ]
     # undone in reverse order, file-mode writes carried back first; export has no undo
@@ -520,7 +548,8 @@ def test_rerun_after_a_crash_converges_and_returns_to_main(
     health = service.wait_mode("file")
     # before the env step the re-run exports again; after it the directory is kept as it is
     first = "export" if crash == "after-code" else "keep-directory"
-    assert [s.name for s in there.result.steps][1] == first
+    stopping = ("stop-service", "service-stopped")
+    assert next(s.name for s in there.result.steps if s.name not in stopping) == first
     loaded = next(s for s in there.result.steps if s.name == first)
     assert health["loaded_digest"] == loaded.details["digest"]
 
@@ -701,7 +730,7 @@ def test_the_runbooks_before_an_incident_settings_are_enough(
     assert record.parent == Path(chosen["RESILIENCE_RUNS_DIR"])
     journal = json.loads((record / "journal.json").read_text())
     assert journal["status"] == "completed"
-    assert [s["name"] for s in journal["steps"]] == TO_FILES_STEPS
+    assert [s["name"] for s in journal["steps"]] == UNATTENDED_TO_FILES_STEPS
     assert service.wait_mode("file")["company"] == service.company
     for secret in secrets_of(service):
         assert secret not in done.stdout + done.stderr + (record / "journal.html").read_text()
@@ -753,6 +782,9 @@ def test_unreachable_postgres_installs_the_snapshot_beside_the_stop(
         verified_at = sum(s.duration_s for s in result.steps[:-1])
         assert result.rto_s == pytest.approx(verified_at, abs=0.05)
         assert result.rto_s < result.duration_s
-        assert outcome.to_dict()["rto_s"] == round(result.rto_s, 3)
+        # the operator's RTO: the preflight (PM2 session, DB refused), then the steps
+        assert outcome.preflight_s > 0
+        assert outcome.to_dict()["rto_s"] == round(outcome.preflight_s + result.rto_s, 3)
+        assert outcome.to_dict()["preflight_s"] == round(outcome.preflight_s, 3)
     back = run_switch(target_of(service), "to-postgres", journal=Journal("back"))
     assert back.result is not None and back.result.ok

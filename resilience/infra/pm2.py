@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from resilience.errors import ConfigError, StackError
 
@@ -59,13 +66,23 @@ class Pm2App:
     cwd: Path | None
 
 
+class Pending(Protocol):
+    """A PM2 command under way (see :meth:`Pm2.begin`)."""
+
+    command: str
+    started: float  # time.monotonic() when it was sent
+
+    def wait(self) -> str: ...
+
+
 @dataclass
 class Pm2Call:
-    """One PM2 command under way (see :meth:`Pm2.begin`)."""
+    """One PM2 command under way as a CLI process (see :meth:`Pm2.begin`)."""
 
     command: str
     process: subprocess.Popen[str]
     timeout: float
+    started: float = field(default_factory=time.monotonic)
 
     def wait(self) -> str:
         """Its output once it ended; :class:`StackError` when it failed or did not end
@@ -84,6 +101,131 @@ class Pm2Call:
         return out
 
 
+SESSION_SCRIPT = Path(__file__).with_name("pm2_session.js")
+#: what a session carries out; anything else (start, kill, ping) still runs the CLI
+SESSION_COMMANDS = frozenset({"stop", "restart", "delete", "jlist"})
+
+
+def pm2_package(binary: Path) -> Path | None:
+    """The pm2 npm package a ``pm2`` binary belongs to (``<package>/bin/pm2``), or None."""
+    package = binary.resolve().parent.parent
+    try:
+        name = json.loads((package / "package.json").read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return package if name == "pm2" else None
+
+
+@dataclass
+class SessionCall:
+    """One command sent over a :class:`Pm2Session`."""
+
+    command: str
+    answer: Future[str]
+    timeout: float
+    started: float = field(default_factory=time.monotonic)
+
+    def wait(self) -> str:
+        try:
+            return self.answer.result(timeout=self.timeout)
+        except FutureTimeout:
+            raise StackError(
+                f"pm2 {self.command} did not answer within {self.timeout:.0f} s"
+            ) from None
+
+
+class Pm2Session:
+    """One connection to the PM2 daemon, held by a small node process through pm2's own API:
+    a command then costs milliseconds where the CLI starts node and loads PM2 each time (about
+    0.4 s). Written here because PM2's daemon speaks only to node (its RPC has no Python client).
+    It connects in the background: :meth:`begin` waits for that, and answers None when the
+    session could not be had (then the caller runs the CLI)."""
+
+    def __init__(self, package: Path, env: dict[str, str], timeout: float) -> None:
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, tuple[str, Future[str]]] = {}  # request id: command, answer
+        self._lock = threading.Lock()
+        self._ready: Future[bool] = Future()
+        self.refused: str | None = None  # why the session could not be had
+        self._process = subprocess.Popen(
+            ["node", str(SESSION_SCRIPT), str(package)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        self._reader = threading.Thread(target=self._read, name="pm2-session", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if "ready" in message:
+                self.refused = None if message["ready"] else str(message.get("error"))
+                self._ready.set_result(bool(message["ready"]))
+                continue
+            with self._lock:
+                waiting = self._waiting.pop(message.get("id"), None)
+            if waiting is None:
+                continue
+            command, answer = waiting
+            if message.get("ok"):
+                answer.set_result(str(message.get("out", "")))
+            else:
+                answer.set_exception(StackError(f"pm2 {command} failed: {message.get('error')}"))
+        # the session ended: nothing more will be answered
+        if not self._ready.done():
+            self.refused = "the PM2 session ended before it connected"
+            self._ready.set_result(False)
+        with self._lock:
+            unanswered, self._waiting = self._waiting, {}
+        for command, answer in unanswered.values():
+            answer.set_exception(StackError(f"pm2 {command}: the session to PM2 ended"))
+
+    def ready(self) -> bool:
+        try:
+            return self._ready.result(timeout=self.timeout)
+        except FutureTimeout:
+            self.refused = f"no connection to the PM2 daemon within {self.timeout:.0f} s"
+            return False
+
+    def begin(self, *args: str) -> SessionCall | None:
+        """Send ``args`` (a command of :data:`SESSION_COMMANDS`); None without a session."""
+        if args[0] not in SESSION_COMMANDS or not self.ready():
+            return None
+        answer: Future[str] = Future()
+        request = next(self._ids)
+        with self._lock:
+            self._waiting[request] = (args[0], answer)
+        try:
+            assert self._process.stdin is not None
+            self._process.stdin.write(json.dumps({"id": request, "args": list(args)}) + "\n")
+            self._process.stdin.flush()
+        except OSError:
+            with self._lock:
+                self._waiting.pop(request, None)
+            return None
+        return SessionCall(args[0], answer, self.timeout)
+
+    def close(self) -> None:
+        """End the session (the daemon and its apps go on)."""
+        with contextlib.suppress(OSError):
+            if self._process.stdin is not None:
+                self._process.stdin.close()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._reader.join(timeout=5)
+
+
 @dataclass(frozen=True)
 class Pm2:
     """One PM2 daemon, addressed by its PM2_HOME."""
@@ -91,6 +233,8 @@ class Pm2:
     binary: Path
     home: Path | None = None  # None: the operator's default PM2_HOME (staging)
     timeout: float = 60.0
+    #: commands go through this connection when it is there (see :meth:`connected`)
+    session: Pm2Session | None = field(default=None, compare=False, repr=False)
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -101,9 +245,29 @@ class Pm2:
     def run(self, *args: str) -> str:
         return self.begin(*args).wait()
 
-    def begin(self, *args: str) -> Pm2Call:
-        """Start ``pm2 ARGS`` and return at once; :meth:`Pm2Call.wait` gives what :meth:`run`
-        would (each PM2 command starts node, about half a second: the caller works meanwhile)."""
+    @contextlib.contextmanager
+    def connected(self) -> Iterator[Pm2]:
+        """This PM2 with one connection to its daemon, for a run that makes several calls
+        (see :class:`Pm2Session`): connecting starts at once, in the background. Where node
+        or the pm2 package cannot be found, or the session fails, the CLI is used as before."""
+        package = pm2_package(self.binary)
+        if package is None or self.session is not None or shutil.which("node") is None:
+            yield self
+            return
+        session = Pm2Session(package, self._env(), self.timeout)
+        try:
+            yield replace(self, session=session)
+        finally:
+            session.close()
+
+    def begin(self, *args: str) -> Pending:
+        """Start ``pm2 ARGS`` and return at once; its ``wait()`` gives what :meth:`run`
+        would (each PM2 CLI command starts node, about half a second: the caller works
+        meanwhile; through a session it takes milliseconds)."""
+        if self.session is not None:
+            call = self.session.begin(*args)
+            if call is not None:
+                return call
         process = subprocess.Popen(
             [str(self.binary), *args],
             stdout=subprocess.PIPE,

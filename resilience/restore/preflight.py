@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -74,30 +76,81 @@ class Preflight:
 
 
 def preflight(
-    target: Target, direction: Direction, *, force: bool = False, link: DbLink | None = None
+    target: Target,
+    direction: Direction,
+    *,
+    force: bool = False,
+    link: DbLink | None = None,
+    before_query: Callable[[Preflight], None] | None = None,
 ) -> Preflight:
     """The facts. With ``link`` the database is asked through that connection (kept open for
-    the export: one connect, one statement here)."""
+    the export: one connect, one statement here).
+
+    ``before_query`` (to-files) is called once connected, when every check that does not need
+    the database's answer has passed and the service itself says it serves this company: the
+    switch begins stopping the service then, so the stop runs while the statement waits for a
+    slow database. Problems found in the answer are the caller's to undo."""
     validate_company_id(target.company_id)
     s = target.settings
     facts = Preflight(direction, target.company_id)
-    try:
-        with contextlib.ExitStack() as opened:
-            if link is None:
-                conn = opened.enter_context(
-                    connect(target.service_dsn, timeout=s.db_connect_timeout)
-                )
-            else:
-                conn = link.conn
+    with contextlib.ExitStack() as opened:
+        conn = _database(facts, lambda: link.conn if link else opened.enter_context(
+            connect(target.service_dsn, timeout=s.db_connect_timeout)
+        ))  # fmt: skip
+        _check_company(target, facts)
+        facts.warnings += alert_warnings(s)
+        try:
+            mode = envfile.current_mode(target.env_file)
+            facts.env_mode = mode
+        except ResilienceError as exc:
+            facts.problems.append(str(exc))
+        try:
+            described = target.pm2.require(s.pm2_app)
+            facts.pm2_status = described.status
+            facts.pm2_out_log = str(described.out_log) if described.out_log else None
+        except StackError as exc:
+            facts.problems.append(str(exc))
+        if direction == "to-files":
+            _preflight_code(target, facts, force)
+        if conn is not None:
             store = PgAuthStore(conn)
+            if direction == "to-files":
+                _export_dir_checks(target, facts)
+            if (
+                before_query is not None
+                and direction == "to-files"
+                and not facts.problems
+                and facts.service_company == target.company_id
+            ):
+                before_query(facts)
+            answered: object
             if direction == "to-files":  # one statement: the count and the disk estimate
-                stored = store.stored_bytes(target.company_id)
-                facts.key_count = stored[1]
-                facts.disk_needed = export_mod.estimate_from_stored(*stored)
+                answered = stored = _database(facts, lambda: store.stored_bytes(target.company_id))
+                if stored is not None:
+                    facts.key_count = stored[1]
+                    facts.disk_needed = export_mod.estimate_from_stored(*stored)
             else:
-                facts.key_count = store.count_keys(target.company_id)
-        facts.db_reachable = True
-        facts.db_verdict = "reachable"
+                answered = facts.key_count = _database(
+                    facts, lambda: store.count_keys(target.company_id)
+                )
+            if answered is not None:
+                facts.db_reachable = True
+                facts.db_verdict = "reachable"
+
+    if direction == "to-files":
+        _preflight_to_files(target, facts, force)
+    else:
+        _preflight_to_postgres(target, facts)
+    return facts
+
+
+_T = TypeVar("_T")
+
+
+def _database(facts: Preflight, ask: Callable[[], _T]) -> _T | None:
+    """``ask()`` of the database, or None with the verdict and the problem in ``facts``."""
+    try:
+        return ask()
     except DatabaseUnreachable as exc:
         facts.db_verdict, facts.db_error = "outage", str(exc)
     except ConfigError as exc:
@@ -111,25 +164,7 @@ def preflight(
         facts.problems.append(
             f"cannot tell whether PostgreSQL is down ({exc}): not falling back to a snapshot"
         )
-    _check_company(target, facts)
-    facts.warnings += alert_warnings(s)
-    try:
-        mode = envfile.current_mode(target.env_file)
-        facts.env_mode = mode
-    except ResilienceError as exc:
-        facts.problems.append(str(exc))
-    try:
-        described = target.pm2.require(s.pm2_app)
-        facts.pm2_status = described.status
-        facts.pm2_out_log = str(described.out_log) if described.out_log else None
-    except StackError as exc:
-        facts.problems.append(str(exc))
-
-    if direction == "to-files":
-        _preflight_to_files(target, facts, force)
-    else:
-        _preflight_to_postgres(target, facts)
-    return facts
+    return None
 
 
 def _preflight_code(target: Target, facts: Preflight, force: bool) -> None:
@@ -157,25 +192,20 @@ def _preflight_code(target: Target, facts: Preflight, force: bool) -> None:
 
 def _preflight_to_files(target: Target, facts: Preflight, force: bool) -> None:
     s = target.settings
-    _preflight_code(target, facts, force)
     if facts.db_verdict not in ("reachable", "outage"):
         return  # the problem is said already; neither an export nor a snapshot
     if facts.db_reachable:
         if facts.key_count == 0:
             facts.problems.append(f"unknown company {target.company_id}: no keys in the database")
-        root = target.auth_root
-        probe = root if root.exists() else root.parent
-        if not probe.exists():
-            facts.problems.append(f"export dir {root} does not exist and neither does its parent")
-        else:
-            facts.disk_free = shutil.disk_usage(probe).free
-            if facts.disk_needed and facts.disk_free < facts.disk_needed:
-                facts.problems.append(
-                    f"not enough disk for the export: {facts.disk_free} bytes free in {probe}, "
-                    f"about {facts.disk_needed} needed"
-                )
-            if not os.access(probe, os.W_OK):
-                facts.problems.append(f"export dir {probe} is not writable")
+        if (
+            facts.disk_free is not None
+            and facts.disk_needed
+            and facts.disk_free < facts.disk_needed
+        ):
+            facts.problems.append(
+                f"not enough disk for the export: {facts.disk_free} bytes free in "
+                f"{_export_probe(target)}, about {facts.disk_needed} needed"
+            )
     elif not _preflight_mirror(target, facts, force):
         found = snapshot.newest_snapshot(s.snapshot_dir, target.company_id)
         if found is None:
@@ -191,6 +221,25 @@ def _preflight_to_files(target: Target, facts: Preflight, force: bool) -> None:
                     f"newest snapshot is {found.age_s():.0f} s old, over the limit of "
                     f"{s.snapshot_max_age:.0f} s (RESILIENCE_SNAPSHOT_MAX_AGE): --force to use it"
                 )
+
+
+def _export_probe(target: Target) -> Path:
+    root = target.auth_root
+    return root if root.exists() else root.parent
+
+
+def _export_dir_checks(target: Target, facts: Preflight) -> None:
+    """Whether the export can be written where it goes (the free space is compared with what
+    the export needs once the database said how much)."""
+    probe = _export_probe(target)
+    if not probe.exists():
+        facts.problems.append(
+            f"export dir {target.auth_root} does not exist and neither does its parent"
+        )
+        return
+    facts.disk_free = shutil.disk_usage(probe).free
+    if not os.access(probe, os.W_OK):
+        facts.problems.append(f"export dir {probe} is not writable")
 
 
 def _preflight_mirror(target: Target, facts: Preflight, force: bool) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from typing import Any
 from resilience.authstate.pgstore import DbLink, PgAuthStore, connect
 from resilience.authstate.view import view_of
 from resilience.errors import InputError, ResilienceError, StackError, VerificationError
-from resilience.infra.pm2 import Pm2Call
+from resilience.infra.pm2 import Pending
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 from resilience.mirror.fallback import mirror_fallback, stop_mirror_process
@@ -64,6 +65,7 @@ class _Plan:
         force: bool,
         link: DbLink | None = None,
         meters: Meters = NO_METERS,
+        stopping: Pending | None = None,
     ) -> None:
         self.target = target
         self.link = link  # the preflight's connection, kept for the export
@@ -74,7 +76,9 @@ class _Plan:
         self.state = SwitchState.read(target.state_file) or SwitchState()
         self.expected_digest: str | None = None
         self.watch: LogWatch | None = None
-        self._stopping: Pm2Call | None = None  # a stop under way (see stop_step)
+        self._stopping: Pending | None = stopping  # a stop under way (see stop_step)
+        #: the stop was begun by the preflight, while the database answered (see run_switch)
+        self.stop_begun = stopping is not None
 
     def steps(self) -> list[Step]:
         raise NotImplementedError
@@ -91,6 +95,13 @@ class _Plan:
         PM2 carries it out (each PM2 command starts node, about half a second);
         :meth:`stopped_step` waits for it before anything the running service could see."""
         app = self.settings.pm2_app
+        if self.stop_begun:
+            return Step(
+                "stop-service",
+                f"stop PM2 app {app} (begun by the preflight while the database answered)",
+                self.note_stop_begun,
+                self.restart_service,
+            )
         if overlapped:
             return Step(
                 "stop-service",
@@ -114,6 +125,10 @@ class _Plan:
         details["app"] = self.settings.pm2_app
         details["overlapped"] = True
 
+    def note_stop_begun(self, details: Details) -> None:
+        details["app"] = self.settings.pm2_app
+        details["begun_by_preflight"] = True
+
     def stopped_step(self) -> Step:
         app = self.settings.pm2_app
         return Step("service-stopped", f"wait until PM2 has stopped {app}", self.wait_stopped)
@@ -122,6 +137,8 @@ class _Plan:
         call, self._stopping = self._stopping, None
         if call is not None:
             call.wait()
+            # from the stop sent to the service gone: the stop part of a restart's floor
+            details["stop_s"] = round(time.monotonic() - call.started, 3)
         details["app"] = self.settings.pm2_app
 
     def restart_service(self) -> None:
@@ -179,8 +196,9 @@ class ToFiles(_Plan):
         force: bool,
         link: DbLink | None = None,
         meters: Meters = NO_METERS,
+        stopping: Pending | None = None,
     ) -> None:
-        super().__init__(target, facts, force, link, meters)
+        super().__init__(target, facts, force, link, meters, stopping)
         # "export", "keep-directory", "install-snapshot" or "install-mirror"
         self.source: str | None = None
         self.mirror_stopped = False  # the install-mirror step stopped the mirror process
@@ -225,6 +243,8 @@ class ToFiles(_Plan):
         # stop runs beside the install (an export or a kept directory needs it done first)
         overlapped = not keep and not facts.db_reachable
         steps = [self.stop_step(overlapped=overlapped)]
+        if self.stop_begun and not overlapped:  # an export or a kept directory: stopped first
+            steps.append(self.stopped_step())
         if keep:
             # A re-run after the env step: the service may already have written to these files,
             # so they are never replaced; the service is stopped, so their digest is stable.
@@ -525,11 +545,13 @@ def build_plan(
     force: bool,
     link: DbLink | None = None,
     meters: Meters = NO_METERS,
+    stopping: Pending | None = None,
 ) -> list[Step]:
     """The steps; ``link`` is the preflight's connection, which the export reuses; ``meters``
-    shows the export's or the import's progress."""
+    shows the export's or the import's progress; ``stopping``: the service's stop the
+    preflight began (to-files)."""
     if facts.direction == "to-files":
-        return ToFiles(target, facts, force, link, meters).steps()
+        return ToFiles(target, facts, force, link, meters, stopping).steps()
     return ToPostgres(target, facts, force, meters).steps()
 
 
@@ -540,21 +562,23 @@ class SwitchOutcome:
     result: RunResult | None  # None for a dry run
     #: client-server round trips to PostgreSQL, preflight and export together (to-files)
     round_trips: int | None = None
+    preflight_s: float = 0.0  # how long the preflight took (part of the RTO)
 
     @property
     def rto_s(self) -> float | None:
-        """First step start to the service verified (the whole run when no step recovers);
-        None for a dry run."""
+        """The preflight, then first step start to the service verified (the whole run when
+        no step recovers); None for a dry run. An operator's time to confirm is not in it."""
         if self.result is None:
             return None
         rto = self.result.rto_s
-        return self.result.duration_s if rto is None else rto
+        return self.preflight_s + (self.result.duration_s if rto is None else rto)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"preflight": self.preflight.to_dict()}
         if self.result is not None and self.rto_s is not None:
             data["run"] = self.result.to_dict()
             data["rto_s"] = round(self.rto_s, 3)
+            data["preflight_s"] = round(self.preflight_s, 3)
         if self.round_trips is not None:
             data["db_round_trips"] = self.round_trips
         return data
@@ -572,46 +596,106 @@ def run_switch(
     meters: Meters = NO_METERS,
 ) -> SwitchOutcome:
     """Preflight, plan, (confirm), run. Raises on refusal, or on failure after undoing the done
-    steps (:class:`~.runner.StepFailed`)."""
+    steps (:class:`~.runner.StepFailed`). PM2 is reached through one connection for the whole
+    run, made while the preflight starts."""
     journal.register_secret(target.service_dsn)
-    if direction != "to-files":
-        facts = _checked_preflight(target, direction, journal, force, None)
-        if dry_run:
-            journal.event("dry-run", "dry run: nothing changed")
-            return SwitchOutcome(facts, None)
-        if confirm is not None and not confirm(facts):
-            raise InputError("not confirmed: nothing changed")
-        return SwitchOutcome(
-            facts,
-            Runner(journal, progress).run(build_plan(target, facts, force=force, meters=meters)),
-        )
-    # to-files: one connection for the preflight and the export, its round trips counted
-    link = DbLink(target.service_dsn, timeout=target.settings.db_connect_timeout)
-    try:
-        facts = _checked_preflight(target, direction, journal, force, link)
-        if dry_run:
-            journal.event("dry-run", "dry run: nothing changed")
-            return SwitchOutcome(facts, None, link.round_trips)
-        if confirm is not None and not confirm(facts):
-            raise InputError("not confirmed: nothing changed")
-        result = Runner(journal, progress).run(
-            build_plan(target, facts, force=force, link=link, meters=meters)
-        )
-    finally:
-        link.close()
+    with target.pm2_connected():
+        if direction != "to-files":
+            return _run(target, direction, journal, dry_run, force, confirm, progress, meters)
+        # to-files: one connection for the preflight and the export, its round trips counted
+        link = DbLink(target.service_dsn, timeout=target.settings.db_connect_timeout)
+        try:
+            return _run(target, direction, journal, dry_run, force, confirm, progress, meters, link)
+        finally:
+            link.close()
+            journal.event(
+                "round-trips",
+                f"{link.round_trips} round trip(s) to PostgreSQL over {link.connects} "
+                "connection(s)",
+                db_round_trips=link.round_trips,
+                connections=link.connects,
+            )
+
+
+def _run(
+    target: Target,
+    direction: Direction,
+    journal: Journal,
+    dry_run: bool,
+    force: bool,
+    confirm: Callable[[Preflight], bool] | None,
+    progress: Callable[[str], None] | None,
+    meters: Meters,
+    link: DbLink | None = None,
+) -> SwitchOutcome:
+    started = time.perf_counter()
+    stopping: list[Pending] = []
+
+    def begin_stop(_facts: Preflight) -> None:
+        stopping.append(target.pm2.begin("stop", target.settings.pm2_app))
         journal.event(
-            "round-trips",
-            f"{link.round_trips} round trip(s) to PostgreSQL over {link.connects} connection(s)",
-            db_round_trips=link.round_trips,
-            connections=link.connects,
+            "stop-begun",
+            "every check that needs no database passed: the service is stopped while the "
+            "database answers the preflight",
         )
-    return SwitchOutcome(facts, result, link.round_trips)
+
+    # no operator to confirm (--yes), a live database to export: the stop need not wait for
+    # the preflight's statement (on a slow database, a whole round trip)
+    early = begin_stop if link is not None and not dry_run and confirm is None else None
+    try:
+        facts = _checked_preflight(target, direction, journal, force, link, early)
+    except InputError as refused:
+        if stopping:
+            raise _started_again(target, stopping[0], journal, refused) from None
+        raise
+    preflight_s = time.perf_counter() - started
+    if dry_run:
+        journal.event("dry-run", "dry run: nothing changed")
+        return SwitchOutcome(facts, None, None if link is None else link.round_trips)
+    if confirm is not None and not confirm(facts):  # the operator's time to answer: not RTO
+        raise InputError("not confirmed: nothing changed")
+    result = Runner(journal, progress).run(
+        build_plan(
+            target,
+            facts,
+            force=force,
+            link=link,
+            meters=meters,
+            stopping=stopping[0] if stopping else None,
+        )
+    )
+    return SwitchOutcome(facts, result, None if link is None else link.round_trips, preflight_s)
+
+
+def _started_again(
+    target: Target, stopping: Pending, journal: Journal, refused: InputError
+) -> InputError:
+    """The refusal of a preflight that had begun stopping the service, once the service is
+    started again (or the refusal saying that it could not be)."""
+    app = target.settings.pm2_app
+    with contextlib.suppress(StackError):
+        stopping.wait()
+    try:
+        target.pm2.restart(app)
+    except StackError as exc:
+        note = f"; the service, stopped meanwhile, did not start again ({exc}): pm2 restart {app}"
+    else:
+        note = "; the service, stopped meanwhile, was started again"
+        journal.event("service-started-again", f"PM2 app {app} started again after the refusal")
+    again = InputError(str(refused) + note)
+    again.details = getattr(refused, "details", None)
+    return again
 
 
 def _checked_preflight(
-    target: Target, direction: Direction, journal: Journal, force: bool, link: DbLink | None
+    target: Target,
+    direction: Direction,
+    journal: Journal,
+    force: bool,
+    link: DbLink | None,
+    before_query: Callable[[Preflight], None] | None = None,
 ) -> Preflight:
-    facts = preflight(target, direction, force=force, link=link)
+    facts = preflight(target, direction, force=force, link=link, before_query=before_query)
     facts.plan = [step.description for step in build_plan(target, facts, force=False)]
     journal.event("preflight", f"{direction} preflight", **facts.to_dict())
     if facts.problems:

@@ -7,6 +7,8 @@ the company: nothing about test stacks. The embedded stack is just one more depl
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,23 @@ class Target:
         if self._pm2 is None:
             self._pm2 = pm2_for(self.settings)
         return self._pm2
+
+    @contextlib.contextmanager
+    def pm2_connected(self) -> Iterator[None]:
+        """PM2 commands through one connection to its daemon for the length of a run
+        (:meth:`Pm2.connected`), connecting from now on; PM2 not found: nothing changes here
+        (the preflight says what is missing)."""
+        try:
+            pm2 = self.pm2
+        except ConfigError:
+            yield
+            return
+        with pm2.connected() as connected:
+            self._pm2 = connected
+            try:
+                yield
+            finally:
+                self._pm2 = pm2
 
     @property
     def env_file(self) -> Path:

@@ -4,10 +4,14 @@ The floor is what no switch can beat: with the files already in place (exported 
 timed), the file-mode flags are set and the stand-in restarted by PM2 until its health answers
 in file mode. The switch is the operator's ``restore.to-files --yes`` while PostgreSQL is
 unreachable, scenario (a) the fault proxy disabled and (b) the server stopped, each falling back
-to a snapshot taken just before (not timed); its RTO is the run's duration as the switch reports
-it. Each repetition measures the floor and both scenarios side by side, and goes back to
-PostgreSQL mode with ``restore.to-postgres`` between them (not timed). Ratios are medians over
-medians (and minimums over minimums), since absolute seconds on shared machines vary.
+to a snapshot taken just before by ``restore.snapshot`` (not timed; its standby copy included);
+its RTO is what the switch reports: the preflight, then the steps until the service is verified.
+The floor is measured twice: the operator's ``pm2 restart`` (the CLI starts node and loads PM2,
+about 0.4 s), and the same restart through a PM2 session connected within the timed span, as the
+switch reaches PM2; the target must hold against both. Each repetition measures the floors and
+both scenarios side by side, and goes back to PostgreSQL mode with ``restore.to-postgres``
+between them (not timed). Ratios are medians over medians (and minimums over minimums), since
+absolute seconds on shared machines vary.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from resilience.drill.standin.deploy import standin_on_stack
 from resilience.errors import VerificationError
 from resilience.infra.waiting import wait_until
 from resilience.restore import export as export_mod
-from resilience.restore import snapshot
 from resilience.service import envfile
 from resilience.service.modes import FILE_MODE_FLAGS, POSTGRES_MODE_FLAGS
 
@@ -44,8 +47,10 @@ def _answers_in(service: ServiceUnderTest, mode: str) -> None:
     wait_until(ok, 60, f"the stand-in answering in {mode} mode", interval=0.05)
 
 
-def _floor(service: ServiceUnderTest) -> float:
-    """Files in place (not timed); then flags, PM2 restart, health in file mode (timed)."""
+def _floor(service: ServiceUnderTest, *, session: bool) -> float:
+    """Files in place (not timed); then flags, PM2 restart, health in file mode (timed). The
+    restart by the CLI (``session`` False), or through a PM2 session connected within the
+    timed span, as the switch does."""
     env_file = service.deployed.env_file
     with connect(service.stack.endpoints.service_dsn) as conn:
         export_mod.export_company(
@@ -53,7 +58,11 @@ def _floor(service: ServiceUnderTest) -> float:
         )
     started = time.perf_counter()
     envfile.set_values(env_file, FILE_MODE_FLAGS)
-    service.pm2.restart(service.deployed.app)
+    if session:
+        with service.pm2.connected() as pm2:
+            pm2.restart(service.deployed.app)
+    else:
+        service.pm2.restart(service.deployed.app)
     _answers_in(service, "file")
     took = time.perf_counter() - started
     envfile.set_values(env_file, POSTGRES_MODE_FLAGS)
@@ -64,11 +73,7 @@ def _floor(service: ServiceUnderTest) -> float:
 
 def _scenario(service: ServiceUnderTest, fault: str, steps: dict[str, list[float]]) -> float:
     ep = service.stack.endpoints
-    with connect(ep.service_dsn) as conn:
-        snapshot.take_snapshot(
-            PgAuthStore(conn), service.settings.snapshot_dir, [service.company], keep=3,
-            source="bench",
-        )  # fmt: skip
+    service.snapshot()  # as the operator's cron takes it, standby copy included
     with ToxiproxyClient(ep.toxiproxy_url) as toxiproxy:
         if fault == "proxy-disabled":
             injected: Any = faults.proxy_disabled(toxiproxy, ep.toxiproxy_proxy)
@@ -93,6 +98,7 @@ def bench_rto(
 ) -> dict[str, Any]:
     """The floor and scenarios (a) and (b), ``repeat`` times side by side; a JSON-ready dict."""
     floor_s: list[float] = []
+    session_floor_s: list[float] = []
     a_s: list[float] = []
     b_s: list[float] = []
     steps: dict[str, list[float]] = {}
@@ -101,23 +107,30 @@ def bench_rto(
         service.wait_mode("postgres")
         for rep in range(repeat):
             progress(f"RTO floor and scenarios (a), (b): run {rep + 1}/{repeat}")
-            floor_s.append(_floor(service))
+            floor_s.append(_floor(service, session=False))
+            session_floor_s.append(_floor(service, session=True))
             a_s.append(_scenario(service, "proxy-disabled", steps))
             b_s.append(_scenario(service, "postgres-stopped", steps))
     ratio_a = measure.ratio(a_s, floor_s)
     ratio_b = measure.ratio(b_s, floor_s)
+    session_a = measure.ratio(a_s, session_floor_s)
+    session_b = measure.ratio(b_s, session_floor_s)
+    ratios = [r for r in (ratio_a, ratio_b, session_a, session_b) if r is not None]
     return {
         "floor": "file-mode flags set, PM2 restart, health answering in file mode (files in place)",
         "floor_s": measure.stats(floor_s),
+        "session_floor": "the same, the restart through a PM2 session connected in the timed span",
+        "session_floor_s": measure.stats(session_floor_s),
         "a_proxy_disabled_s": measure.stats(a_s),
         "b_postgres_stopped_s": measure.stats(b_s),
         "ratio_a": ratio_a,
         "ratio_b": ratio_b,
         "ratio_a_min": measure.ratio(a_s, floor_s, min),
         "ratio_b_min": measure.ratio(b_s, floor_s, min),
+        "ratio_a_session_floor": session_a,
+        "ratio_b_session_floor": session_b,
         "steps_s": {name: measure.stats(runs) for name, runs in steps.items()},
         "target_ratio_max": RTO_FLOOR_RATIO_TARGET,
-        "met": None
-        if ratio_a is None or ratio_b is None
-        else max(ratio_a, ratio_b) <= RTO_FLOOR_RATIO_TARGET,
+        # against both floors: the lower one is the stricter
+        "met": None if len(ratios) < 4 else max(ratios) <= RTO_FLOOR_RATIO_TARGET,
     }

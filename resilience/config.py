@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     fallback_tag: str | None = None  # e.g. emergency-file-fallback-v1; unset: no code step
     health_url: str | None = None  # the service's health endpoint, if it has one
     service_company_var: str = "COMPANY_ID"  # the .env variable naming the company it serves
+    # TOML, one [tenants.<company>] table per service: what `--company all` switches
+    # (resilience.restore.tenants); unset: only the service above
+    tenants_file: Path | None = None
     file_mode_pattern: str = r"\[auth\] using file auth state .* for company {company}\b"
     postgres_mode_pattern: str = r"\[auth\] using PostgreSQL auth state for company {company}\b"
     connected_pattern: str = r"connection open"

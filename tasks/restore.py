@@ -15,7 +15,10 @@ from tasks._run import caller_path, confirm_on_terminal, operator_task, positive
 
 WORKERS_HELP = "companies exported at the same time (default: RESILIENCE_RESTORE_WORKERS, 4)"
 SWITCH_HELP = {
-    "company": "company id (default: RESILIENCE_COMPANY_ID)",
+    "company": "company id (default: RESILIENCE_COMPANY_ID); 'all': every service of "
+    "RESILIENCE_TENANTS_FILE, needs --yes or --dry-run",
+    "workers": "with --company all: tenants switched at the same time (default: "
+    "RESILIENCE_RESTORE_WORKERS, 4)",
     "dry_run": "run the preflight and print the plan; change nothing",
     "yes": "do not ask for confirmation (unattended runs)",
     "force": "use a snapshot older than the limit / discard local changes in the work tree",
@@ -41,14 +44,55 @@ def _render_switch(console: Any, data: dict[str, Any]) -> None:
         console.print(f"run record: {data['record']}")
 
 
+def _render_switch_all(console: Any, data: dict[str, Any]) -> None:
+    from resilience.infra.output import table
+
+    rows = []
+    for company, one in data["companies"].items():
+        if one["ok"]:
+            rto = "dry run" if one.get("rto_s") is None else f"{one['rto_s']:.3f} s"
+            rows.append([company, "ok", rto, one.get("record") or ""])
+        else:
+            rows.append([company, one["error"], one["message"], one.get("record") or ""])
+    console.print(table(data["direction"], ["company", "status", "RTO / why", "record"], rows))
+    console.print(f"{data['switched']} switched, {data['failed']} failed")
+    if data.get("record"):
+        console.print(f"run record: {data['record']}")
+
+
 def _switch(
-    direction: str, company: str | None, dry_run: bool, yes: bool, force: bool, json: bool
+    direction: str,
+    company: str | None,
+    dry_run: bool,
+    yes: bool,
+    force: bool,
+    json: bool,
+    workers: int | None = None,
 ) -> None:
     from resilience.config import load_settings
+    from resilience.errors import InputError
     from resilience.infra.output import Output
     from resilience.restore import commands
 
     out = Output(json)
+    if company == "all":
+        if not (yes or dry_run):
+            raise InputError(
+                "--company all switches every tenant's service: see each plan with --dry-run, "
+                "then run with --yes"
+            )
+        runs = commands.switch_all(
+            load_settings(),
+            direction,  # type: ignore[arg-type]
+            workers=positive_int("--workers", workers),
+            dry_run=dry_run,
+            force=force,
+            progress=out.progress,
+        )
+        out.result({"ok": True, **runs.to_dict()}, _render_switch_all)
+        return
+    if workers is not None:
+        raise InputError("--workers is for --company all")
     run = commands.switch(
         load_settings(),
         direction,  # type: ignore[arg-type]
@@ -71,9 +115,10 @@ def to_files(
     yes: bool = False,
     force: bool = False,
     json: bool = False,
+    workers: int | None = None,
 ) -> None:
     """Emergency switch to files: export (or newest snapshot), code, env, restart, verify."""
-    _switch("to-files", company, dry_run, yes, force, json)
+    _switch("to-files", company, dry_run, yes, force, json, workers)
 
 
 @task(auto_shortflags=False, help=SWITCH_HELP)
@@ -85,9 +130,10 @@ def to_postgres(
     yes: bool = False,
     force: bool = False,
     json: bool = False,
+    workers: int | None = None,
 ) -> None:
     """Switch back: import the directory in one transaction, verify digests, env, code, restart."""
-    _switch("to-postgres", company, dry_run, yes, force, json)
+    _switch("to-postgres", company, dry_run, yes, force, json, workers)
 
 
 @task(

@@ -20,12 +20,13 @@ from resilience.errors import ConfigError, DataError, PartialFailure, Resilience
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 from resilience.restore.export import ExportBatch, ExportResult, export_all
-from resilience.restore.parallel import StorePool
+from resilience.restore.parallel import StorePool, per_company
 from resilience.restore.preflight import Direction, Preflight
 from resilience.restore.runner import StepFailed
 from resilience.restore.snapshot import Snapshot, prepare_standby, take_snapshot
 from resilience.restore.switch import SwitchOutcome, run_switch
 from resilience.restore.target import make_target, service_dsn
+from resilience.restore.tenants import tenant_settings
 from resilience.runs.record import recorded_run
 
 Progress = Callable[[str], None]
@@ -78,6 +79,89 @@ def switch(
     return SwitchRun(outcome, record.path, record.journal.to_dict())
 
 
+@dataclass
+class SwitchAllRun:
+    """``--company all``: each tenant's switch (its own recorded run) or its error."""
+
+    direction: Direction
+    runs: dict[str, SwitchRun]
+    failures: dict[str, ResilienceError]
+    record: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        companies: dict[str, Any] = {}
+        for company, run in self.runs.items():
+            companies[company] = {"ok": True, **run.to_dict()}
+        for company, error in self.failures.items():
+            record = getattr(error, "record", None)
+            companies[company] = {
+                "ok": False,
+                "error": type(error).__name__,
+                "message": str(error),
+                "record": str(record) if record else None,
+            }
+        return {
+            "direction": self.direction,
+            "switched": len(self.runs),
+            "failed": len(self.failures),
+            "companies": companies,
+            "record": str(self.record) if self.record else None,
+        }
+
+
+def switch_all(
+    settings: Settings,
+    direction: Direction,
+    *,
+    workers: int | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> SwitchAllRun:
+    """The switch of every tenant the tenants file lists (:mod:`.tenants`), ``workers`` at a
+    time, each exactly as :func:`switch` of that company runs it, unattended. A tenant's
+    failure (refusal, failed step undone) is reported with its id and never stops the others;
+    :class:`PartialFailure` when any failed, with the exit code of the first failure."""
+    tenants = tenant_settings(settings)
+    count = workers or settings.restore_workers
+    with recorded_run(settings, f"restore.{direction}", None) as record:
+        record.journal.event(
+            "tenants", f"{len(tenants)} tenant(s), {count} at a time", companies=list(tenants)
+        )
+
+        def one(company: str) -> SwitchRun:
+            return switch(
+                tenants[company], direction, company_id=company, dry_run=dry_run, force=force
+            )
+
+        def done(company: str, outcome: SwitchRun | ResilienceError) -> None:
+            failed = isinstance(outcome, ResilienceError)
+            if progress is not None:
+                progress(f"{company}: {'FAILED' if failed else 'switched'}")
+
+        outcomes = per_company(list(tenants), one, workers=count, done=done)
+        runs = {c: o for c, o in outcomes if not isinstance(o, ResilienceError)}
+        failures = {c: o for c, o in outcomes if isinstance(o, ResilienceError)}
+        result = SwitchAllRun(direction, runs, failures)
+        record.journal.measurements.update(
+            workers=count,
+            switched=sorted(runs),
+            failed={c: type(e).__name__ for c, e in failures.items()},
+            rto_s={c: r.outcome.rto_s for c, r in runs.items()},
+        )
+        if failures:
+            first = next(iter(failures.values()))
+            _failed_companies(
+                f"restore.{direction}",
+                {c: str(e) for c, e in failures.items()},
+                first.exit_code,
+                result.to_dict(),
+                done_verb="switched",
+            )
+    result.record = record.path
+    return result
+
+
 def _alert_failed_switch(
     settings: Settings, direction: str, company_id: str, failed: StepFailed
 ) -> None:
@@ -108,11 +192,14 @@ class ExportRun:
         return {**self.batch.to_dict(), "record": str(self.record) if self.record else None}
 
 
-def _failed_companies(what: str, failures: dict[str, str], exit_code: int, details: Any) -> None:
+def _failed_companies(
+    what: str, failures: dict[str, str], exit_code: int, details: Any, done_verb: str = "written"
+) -> None:
     if failures:
         listed = "; ".join(f"company {c}: {why}" for c, why in failures.items())
         raise PartialFailure(
-            f"{what} failed for {len(failures)} company(ies), the others were written: {listed}",
+            f"{what} failed for {len(failures)} company(ies), the others were {done_verb}: "
+            f"{listed}",
             exit_code,
             details,
         )

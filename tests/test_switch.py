@@ -225,6 +225,25 @@ def test_a_refusal_from_the_database_starts_the_stopped_service_again(
         assert not (service.auth_root / company_dir_name(service.company)).exists()
 
 
+def test_a_preflight_that_breaks_after_the_stop_began_starts_the_service_again(
+    shared: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = shared.pm2.require(shared.deployed.app)
+
+    def broken(self: PgAuthStore, company_id: str) -> Any:
+        raise RuntimeError("the preflight's statement broke")
+
+    monkeypatch.setattr(PgAuthStore, "stored_bytes", broken)
+    journal = Journal("broken preflight")
+    with pytest.raises(RuntimeError, match="statement broke"):
+        run_switch(target_of(shared), "to-files", journal=journal)
+    kinds = [event["kind"] for event in journal.to_dict()["events"]]
+    assert "stop-begun" in kinds and "service-started-again" in kinds
+    after = shared.pm2.require(shared.deployed.app)
+    assert after.status == "online" and after.pid != before.pid
+    shared.wait_mode("postgres")
+
+
 def test_wrong_password_is_refused_without_showing_it(shared: Service, tmp_path: Path) -> None:
     parts = urlsplit(shared.stack.endpoints.service_dsn)
     wrong = "Wr0ng-pa55word-" + uuid.uuid4().hex[:6]

@@ -254,7 +254,11 @@ class Pm2:
         if package is None or self.session is not None or shutil.which("node") is None:
             yield self
             return
-        session = Pm2Session(package, self._env(), self.timeout)
+        try:
+            session = Pm2Session(package, self._env(), self.timeout)
+        except OSError:  # node would not start: the CLI, as without a session
+            yield self
+            return
         try:
             yield replace(self, session=session)
         finally:

@@ -644,9 +644,14 @@ def _run(
     early = begin_stop if link is not None and not dry_run and confirm is None else None
     try:
         facts = _checked_preflight(target, direction, journal, force, link, early)
-    except InputError as refused:
-        if stopping:
-            raise _started_again(target, stopping[0], journal, refused) from None
+    except BaseException as failed:
+        if not stopping:
+            raise
+        note = _start_again(target, stopping[0], journal)
+        if isinstance(failed, InputError):  # refused: said in one line, with what was done
+            again = InputError(str(failed) + note)
+            again.details = failed.details
+            raise again from None
         raise
     preflight_s = time.perf_counter() - started
     if dry_run:
@@ -667,24 +672,19 @@ def _run(
     return SwitchOutcome(facts, result, None if link is None else link.round_trips, preflight_s)
 
 
-def _started_again(
-    target: Target, stopping: Pending, journal: Journal, refused: InputError
-) -> InputError:
-    """The refusal of a preflight that had begun stopping the service, once the service is
-    started again (or the refusal saying that it could not be)."""
+def _start_again(target: Target, stopping: Pending, journal: Journal) -> str:
+    """Start the service the preflight had begun to stop, before its failure is raised; what
+    was done, as a note for the refusal."""
     app = target.settings.pm2_app
     with contextlib.suppress(StackError):
         stopping.wait()
     try:
         target.pm2.restart(app)
     except StackError as exc:
-        note = f"; the service, stopped meanwhile, did not start again ({exc}): pm2 restart {app}"
-    else:
-        note = "; the service, stopped meanwhile, was started again"
-        journal.event("service-started-again", f"PM2 app {app} started again after the refusal")
-    again = InputError(str(refused) + note)
-    again.details = getattr(refused, "details", None)
-    return again
+        journal.event("service-not-started-again", f"PM2 app {app} did not start again: {exc}")
+        return f"; the service, stopped meanwhile, did not start again ({exc}): pm2 restart {app}"
+    journal.event("service-started-again", f"PM2 app {app} started again after the preflight")
+    return "; the service, stopped meanwhile, was started again"
 
 
 def _checked_preflight(

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,3 +174,20 @@ def test_make_durable_reports_a_failed_sync(
     monkeypatch.setattr(filestore, "_syncfs", failing)
     with pytest.raises(OSError, match="Input/output error"):
         make_durable(tmp_path, [])
+
+
+def test_the_memory_probe_reports_its_own_peak_not_its_parents() -> None:
+    """Linux carries ``ru_maxrss`` across ``execve``: a probe started by a big bench process
+    would report the bench's peak. The probe reads its own high-water mark instead."""
+    ballast = bytearray(300 * 1024 * 1024)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touched: resident
+    code = (
+        "import resource\n"
+        "from resilience.drill.bench.rss_probe import _peak_kib\n"
+        "print(_peak_kib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    own, inherited = (int(n) for n in done.stdout.split())
+    assert inherited > 300 * 1024  # what the old probe reported
+    assert own < 150 * 1024
+    del ballast

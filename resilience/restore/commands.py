@@ -19,7 +19,7 @@ from resilience.config import Settings, validate_company_id
 from resilience.errors import ConfigError, DataError, PartialFailure, ResilienceError
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
-from resilience.restore.export import ExportBatch, ExportResult, export_all
+from resilience.restore.export import CompanyFailure, ExportBatch, ExportResult, export_all
 from resilience.restore.parallel import StorePool, per_company
 from resilience.restore.preflight import Direction, Preflight
 from resilience.restore.runner import StepFailed
@@ -96,8 +96,7 @@ class SwitchAllRun:
             record = getattr(error, "record", None)
             companies[company] = {
                 "ok": False,
-                "error": type(error).__name__,
-                "message": str(error),
+                **CompanyFailure.of(company, error).to_dict(),
                 "record": str(record) if record else None,
             }
         return {
@@ -329,5 +328,5 @@ def _standby_for_service(settings: Settings, taken: Snapshot) -> dict[str, Any] 
         made = prepare_standby(taken, company, root)
     except ResilienceError as exc:
         log.warning("standby copy of %s not written: %s", company, exc)
-        return {"company_id": company, "error": type(exc).__name__, "message": str(exc)}
+        return CompanyFailure.of(company, exc).to_dict()
     return {"company_id": company, "directory": str(made.directory), "digest": made.digest}

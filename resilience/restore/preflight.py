@@ -123,17 +123,14 @@ def preflight(
                 and facts.service_company == target.company_id
             ):
                 before_query(facts)
-            answered: object
             if direction == "to-files":  # one statement: the count and the disk estimate
-                answered = stored = _database(facts, lambda: store.stored_bytes(target.company_id))
+                stored = _database(facts, lambda: store.stored_bytes(target.company_id))
                 if stored is not None:
                     facts.key_count = stored[1]
                     facts.disk_needed = export_mod.estimate_from_stored(*stored)
             else:
-                answered = facts.key_count = _database(
-                    facts, lambda: store.count_keys(target.company_id)
-                )
-            if answered is not None:
+                facts.key_count = _database(facts, lambda: store.count_keys(target.company_id))
+            if facts.key_count is not None:  # the database answered
                 facts.db_reachable = True
                 facts.db_verdict = "reachable"
 

@@ -37,6 +37,7 @@ from typing import Any, TypedDict
 
 from resilience.authstate.dirwriter import NewDirWriter
 from resilience.authstate.filestore import DIR_MODE, MakeDurable, SyncGroup, make_durable
+from resilience.authstate.fingerprint import AuthDigest
 from resilience.authstate.naming import MANIFEST_FILE, company_dir_name, safe_path
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import validate_company_id
@@ -50,7 +51,7 @@ from resilience.restore.export import (
     export_company,
     shown_company,
 )
-from resilience.restore.importer import read_directory
+from resilience.restore.importer import DirectoryState, read_directory
 from resilience.restore.parallel import per_company
 from resilience.restore.staging import stage_and_swap, stage_new, sweep_stale, write_private
 
@@ -352,7 +353,9 @@ def prepare_standby(snapshot: Snapshot, company_id: str, root: Path) -> ExportRe
     unreachable, :func:`install_snapshot` of this snapshot then renames it into place instead of
     creating every file during the incident (a thousand file creations cost 0.2-1 s of kernel
     time on the machines we measured). Taken with the snapshot, not in an incident."""
-    return _verified_copy(snapshot, company_id, root, None, standby_name(company_id))
+    return _verified_copy(
+        snapshot, company_id, root, None, standby_name(company_id), time.monotonic()
+    )
 
 
 def install_snapshot(
@@ -379,7 +382,7 @@ def install_snapshot(
             )
         except _NoStandby as why:
             log.warning("install of %s: standby copy not used (%s): copying", company_id, why)
-    return _verified_copy(snapshot, company_id, root, set_aside, None)
+    return _verified_copy(snapshot, company_id, root, set_aside, None, started)
 
 
 def _entry(snapshot: Snapshot, company_id: str) -> CompanyEntry:
@@ -399,9 +402,7 @@ def _from_standby(
     set_aside: list[Path] | None,
     started: float,
 ) -> ExportResult:
-    checked: dict[str, Any] = {}
-
-    def claim(staging: Path) -> None:
+    def claim(staging: Path) -> tuple[DirectoryState, AuthDigest]:
         target = staging / company_dir_name(company_id)
         try:
             os.rename(standby, target)
@@ -414,10 +415,10 @@ def _from_standby(
         found = state.digest()
         if state.manifest is None or found.digest != digest:
             raise _NoStandby(f"it is not a copy of snapshot {snapshot.path.name}")
-        checked.update(state=state, found=found)
+        return state, found
 
-    directory, _ = stage_and_swap(Path(root), company_id, claim, set_aside=set_aside)
-    state, found = checked["state"], checked["found"]
+    directory, (state, found) = stage_and_swap(Path(root), company_id, claim, set_aside=set_aside)
+    assert state.manifest is not None  # checked by claim
     return ExportResult(
         company_id=company_id,
         directory=directory,
@@ -438,8 +439,8 @@ def _verified_copy(
     root: Path,
     set_aside: list[Path] | None,
     final_name: str | None,
+    started: float,
 ) -> ExportResult:
-    started = time.monotonic()
     entry = _entry(snapshot, company_id)
     name = snapshot.path.name
     source = snapshot.company_dir(company_id)

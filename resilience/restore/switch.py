@@ -143,10 +143,7 @@ class _Plan:
 
     def restart_service(self) -> None:
         call, self._stopping = self._stopping, None
-        if call is not None:  # undone while the stop is under way: it ends first
-            with contextlib.suppress(StackError):
-                call.wait()
-        self.target.pm2.restart(self.settings.pm2_app)
+        _restart_after(self.target, call)
 
     def start_service(self, details: Details) -> None:
         app = self.settings.pm2_app
@@ -672,14 +669,21 @@ def _run(
     return SwitchOutcome(facts, result, None if link is None else link.round_trips, preflight_s)
 
 
+def _restart_after(target: Target, stopping: Pending | None) -> None:
+    """Restart the service; a stop still under way ends first (its failure does not matter:
+    the restart is what counts)."""
+    if stopping is not None:
+        with contextlib.suppress(StackError):
+            stopping.wait()
+    target.pm2.restart(target.settings.pm2_app)
+
+
 def _start_again(target: Target, stopping: Pending, journal: Journal) -> str:
     """Start the service the preflight had begun to stop, before its failure is raised; what
     was done, as a note for the refusal."""
     app = target.settings.pm2_app
-    with contextlib.suppress(StackError):
-        stopping.wait()
     try:
-        target.pm2.restart(app)
+        _restart_after(target, stopping)
     except StackError as exc:
         journal.event("service-not-started-again", f"PM2 app {app} did not start again: {exc}")
         return f"; the service, stopped meanwhile, did not start again ({exc}): pm2 restart {app}"

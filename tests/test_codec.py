@@ -307,3 +307,42 @@ def test_db_forms_are_encode_and_canonical(pair: tuple[Any, Any]) -> None:
     stored, canonical_form = codec.db_forms(mixed_value)
     assert stored == codec.encode(mixed_value, "array")
     assert canonical_form == codec.canonical(mixed_value) == codec.canonical(value)
+
+
+@given(mixed())
+def test_file_forms_are_dumps_file_and_canonical(pair: tuple[Any, Any]) -> None:
+    value, mixed_value = pair
+    payload, canonical_form = codec.file_forms(mixed_value)
+    assert payload == codec.dumps_file(mixed_value)
+    assert canonical_form == codec.canonical(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"type": "other", "n": 1},  # a "type" that is not a Buffer: an ordinary map
+        {"buffer": False, "x": [1.0, 1e-07]},
+        {"type": "Buffer"},  # no data: an empty Buffer
+        {"type": "Buffer", "data": None},
+        {"k": {"buffer": True, "value": "AAE="}},
+        {"k": bytearray(b"\x00\x01"), "m": memoryview(b"\x02")},
+        {"k": (1, 2), "f": 2.0},
+    ],
+)
+def test_the_forms_of_unusual_values_are_the_general_walks(value: Any) -> None:
+    assert codec.file_forms(value) == (codec.dumps_file(value), codec.canonical(value))
+    assert codec.db_forms(value) == (codec.encode(value, "array"), codec.canonical(value))
+
+
+@pytest.mark.parametrize("data", BAD_DATA)
+def test_the_forms_refuse_bad_buffer_data_naming_the_path(data: Any) -> None:
+    for forms in (codec.file_forms, codec.db_forms):
+        with pytest.raises(DataError, match=r"^session/1\.k\.inner:") as caught:
+            forms({"k": {"inner": {"type": "Buffer", "data": data}}}, where="session/1")
+        assert "c2VjcmV0" not in str(caught.value)
+
+
+def test_the_forms_refuse_keys_that_are_not_strings() -> None:
+    for forms in (codec.file_forms, codec.db_forms):
+        with pytest.raises(InputError, match="object key of type int"):
+            forms({"k": {1: "a"}})

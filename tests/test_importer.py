@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from resilience.authstate import pgstore
 from resilience.authstate.codec import canonical, dumps_file, loads
 from resilience.authstate.dataset import generate
 from resilience.authstate.filestore import FileAuthStore
@@ -16,7 +17,7 @@ from resilience.authstate.naming import CREDS_FILE, company_dir_name, file_name_
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect
 from resilience.authstate.view import digest_of_keys, view_of
 from resilience.drill.stack import Stack
-from resilience.errors import DataError, InputError, VerificationError
+from resilience.errors import DatabaseError, DataError, InputError, VerificationError
 from resilience.restore.export import export_company
 from resilience.restore.importer import import_company, map_directory
 
@@ -288,4 +289,43 @@ def test_import_into_an_empty_database_rebuilds_the_company(
     assert result.upserted == result.key_count == exported.key_count
     assert (result.deleted, result.unchanged, result.creds_changed) == (0, 0, True)
     assert result.digest_db == exported.digest == _db_view_digest(store, company)
-    assert not any(t == "pre" for t, *_ in _rows(conn, company))  # legacy names are not re-made
+    rows = _rows(conn, company)
+    assert not any(t == "pre" for t, *_ in rows)  # legacy names are not re-made
+    # one COPY into the table: each key with the transaction's now() plus its type's TTL, as
+    # the upsert writes it, and the service's encoding (Buffers as arrays)
+    assert {expires - updated - ttl_for(t) for t, _i, _v, updated, expires in rows} == {
+        timedelta(0)
+    }
+    assert len({updated for *_, updated, _e in rows}) == 1
+    pre_key = next(value for t, _i, value, *_ in rows if t == "pre-key")
+    assert isinstance(pre_key["public"]["data"], list)
+
+
+def test_rows_written_beside_an_import_into_an_empty_company_roll_it_back(
+    stack: Stack, store: PgAuthStore, conn: Conn, company: str, root: Path, monkeypatch: Any
+) -> None:
+    """A key row the service writes while the keys are being copied: the COPY meets it, the
+    import says so and nothing of it stays."""
+    data = generate(company, 50)
+    store.insert_raw(company, data.creds, data.rows())
+    export_company(store, root, company, source=SOURCE)
+    store.delete_company(company)
+    upload = pgstore._upload_rows
+
+    def with_a_writer(*args: Any, **kwargs: Any) -> Any:
+        rows = upload(*args, **kwargs)
+        first = next(rows)
+        with connect(stack.endpoints.admin_dsn, autocommit=True) as other:
+            other.execute(
+                "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) "
+                "VALUES (%s, %s, %s, '{}')",
+                (company, first[0], first[1]),
+            )
+        yield first
+        yield from rows
+
+    monkeypatch.setattr(pgstore, "_upload_rows", with_a_writer)
+    with pytest.raises(DatabaseError, match="written by another session.*run the import again"):
+        import_company(store, root, company)
+    assert store.load_creds(company) is None
+    assert len(_rows(conn, company)) == 1  # the other session's row, nothing of the import

@@ -38,7 +38,7 @@ from resilience.authstate.codec import (
     parse,
 )
 from resilience.authstate.fingerprint import KeyFingerprint
-from resilience.authstate.model import KeyRecord, ttl_for
+from resilience.authstate.model import LONG_TTL, SHORT_TTL, KeyRecord, ttl_for
 from resilience.authstate.schema import TABLES
 from resilience.config import validate_company_id
 from resilience.errors import (
@@ -279,6 +279,26 @@ class CredsRow:
     value: Any
 
 
+def _upload_rows(
+    keys: Mapping[tuple[str, str], Any],
+    where: Callable[[str, str], str] | None,
+    advance: Callable[[int], None] | None,
+    prints: list[str] | None,
+) -> Iterator[tuple[str, str, Jsonb, timedelta]]:
+    """``(type, id, value as the service stores it, TTL)`` of each key of ``keys``, encoded
+    as it is asked for (sync_company); its fingerprint appended to ``prints`` when given."""
+    for (key_type, key_id), value in keys.items():
+        shown = where(key_type, key_id) if where else f"{key_type}/{key_id}"
+        if advance is not None:
+            advance(1)
+        if prints is None:
+            stored = encode(value, DB_STYLE, where=shown)
+        else:
+            stored, canonical_form = db_forms(value, where=shown)
+            prints.append(KeyFingerprint.of_canonical(key_type, key_id, canonical_form))
+        yield key_type, key_id, Jsonb(stored, dumps=json_bytes), ttl_for(key_type)
+
+
 def _record_order(record: KeyRecord) -> tuple[str, str]:
     return record.key_type, record.key_id
 
@@ -459,95 +479,57 @@ class PgAuthStore:
         (same decoded value, whatever its Buffer encoding) is not touched, every other row of
         the company is deleted (legacy twins, keys gone), creds are saved when they differ.
 
-        The keys are streamed by ``COPY`` into a temporary table; rows whose stored jsonb
-        differs are compared by decoded value (a row stored with base64 Buffers is unchanged);
-        then one ``INSERT ... ON CONFLICT DO UPDATE`` and one ``DELETE`` apply the difference.
-        The server then compares the company's rows with the uploaded ones (count, jsonb
-        equality or decoded equality checked here, creds) and a difference raises
-        :class:`VerificationError`, so the caller's transaction rolls back. A value that
-        cannot be encoded raises :class:`DataError` naming ``where(type, id)``. With ``prints``
-        the fingerprint of every key uploaded is appended to it (its canonical form comes from
-        the same encoding walk, while the server parses the previous rows)."""
+        A company without key rows gets its keys by one ``COPY`` into ``whatsapp_keys``, each
+        with ``now()`` plus its type's TTL as the server computes them: every key is new, so
+        this is the upsert's result, at the cost of the raw ``COPY``. Otherwise the keys are
+        streamed by ``COPY`` into a temporary table; rows whose stored jsonb differs are
+        compared by decoded value (a row stored with base64 Buffers is unchanged); then one
+        ``INSERT ... ON CONFLICT DO UPDATE`` and one ``DELETE`` apply the difference.
+
+        The server then compares the company's rows with the uploaded ones and a difference
+        raises :class:`VerificationError`, so the caller's transaction rolls back: the count,
+        and each row's jsonb (or decoded value) against the uploaded row. After the direct
+        ``COPY`` the count is the check: the rows it wrote are the uploaded values and no other
+        session can change them before commit. Creds are compared too. A value that cannot be
+        encoded raises :class:`DataError` naming ``where(type, id)``. With ``prints`` the
+        fingerprint of every key uploaded is appended to it (its canonical form comes from the
+        same encoding walk, while the server parses the previous rows)."""
         validate_company_id(company_id)
         if self.conn.info.transaction_status == TransactionStatus.IDLE:
             raise DatabaseError("sync_company must run inside the caller's transaction")
         conn = self.conn
-        ttls: dict[str, timedelta] = {}
+        rows = _upload_rows(keys, where, advance, prints)
         with database_errors("importing the auth state"):
-            # A primary key, and statistics once filled: without them the planner, trusting
-            # old statistics that put the company at a handful of rows, joined 100k rows by a
-            # nested loop over a scan of this table (the DELETE below ran for minutes).
-            conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS resilience_import (key_type text, key_id text, "
-                "value jsonb, ttl interval, keep boolean NOT NULL DEFAULT false, "
-                "PRIMARY KEY (key_type, key_id)) ON COMMIT DROP"
-            )
-            conn.execute("TRUNCATE resilience_import")
-            # psycopg's queued writer sends the data from a thread of its own: the server
-            # parses one batch while this thread encodes the next
-            cur = conn.cursor()
-            with cur.copy(
-                "COPY resilience_import (key_type, key_id, value, ttl) FROM STDIN",
-                writer=QueuedLibpqWriter(cur),
-            ) as copy:
-                for (key_type, key_id), value in keys.items():
-                    ttl = ttls.get(key_type)
-                    if ttl is None:
-                        ttl = ttls[key_type] = ttl_for(key_type)
-                    shown = where(key_type, key_id) if where else f"{key_type}/{key_id}"
-                    if advance is not None:
-                        advance(1)
-                    if prints is None:
-                        stored = encode(value, DB_STYLE, where=shown)
-                    else:
-                        stored, canonical_form = db_forms(value, where=shown)
-                        prints.append(KeyFingerprint.of_canonical(key_type, key_id, canonical_form))
-                    copy.write_row((key_type, key_id, Jsonb(stored, dumps=json_bytes), ttl))
-            conn.execute("ANALYZE resilience_import")
-            differing = conn.execute(
-                "SELECT i.key_type, i.key_id, k.value::text FROM resilience_import i "
-                "JOIN whatsapp_keys k ON k.company_id = %s AND k.key_type = i.key_type "
-                "AND k.key_id = i.key_id WHERE k.value <> i.value",
-                (company_id,),
-            ).fetchall()
-            same = [
-                (t, i)
-                for t, i, text in differing
-                if canonical(loads(text, where=f"{t}/{i}")) == canonical(keys[(t, i)])
-            ]
-            if same:
-                conn.execute(
-                    "UPDATE resilience_import SET keep = true FROM unnest(%s::text[], %s::text[])"
-                    " AS u(t, i) WHERE key_type = u.t AND key_id = u.i",
-                    ([t for t, _ in same], [i for _, i in same]),
-                )
-            upserted = conn.execute(
-                "INSERT INTO whatsapp_keys AS k (company_id, key_type, key_id, value, expires_at) "
-                "SELECT %s, key_type, key_id, value, now() + ttl FROM resilience_import "
-                "WHERE NOT keep ON CONFLICT (company_id, key_type, key_id) DO UPDATE SET "
-                "value = EXCLUDED.value, expires_at = EXCLUDED.expires_at "
-                "WHERE k.value IS DISTINCT FROM EXCLUDED.value",
-                (company_id,),
-            ).rowcount
-            deleted = conn.execute(
-                "DELETE FROM whatsapp_keys k WHERE k.company_id = %s AND NOT EXISTS "
-                "(SELECT 1 FROM resilience_import i "
-                "WHERE i.key_type = k.key_type AND i.key_id = k.key_id) "
-                "RETURNING k.key_type, k.key_id",
-                (company_id,),
-            ).fetchall()
+            head = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM whatsapp_keys WHERE company_id = %s), "
+                "now() + %s, now() + %s",
+                (company_id, SHORT_TTL, LONG_TTL),
+            ).fetchone()
+            direct = head is not None and not head[0]
+            deleted: list[tuple[str, str]] = []
+            if head is not None and direct:
+                self._copy_new_keys(company_id, rows, {SHORT_TTL: head[1], LONG_TTL: head[2]})
+                upserted = len(keys)
+            else:
+                upserted, deleted = self._upsert_keys(company_id, keys, rows)
             stored_creds = self.load_creds(company_id)
             creds_changed = stored_creds is None or canonical(stored_creds) != canonical(creds)
             if creds_changed:
                 self.save_creds(company_id, creds)
-            check = conn.execute(
-                "SELECT (SELECT count(*) FROM whatsapp_keys WHERE company_id = %(c)s), "
-                "(SELECT count(*) FROM resilience_import), "
-                "(SELECT count(*) FROM resilience_import i JOIN whatsapp_keys k ON "
-                "k.company_id = %(c)s AND k.key_type = i.key_type AND k.key_id = i.key_id "
-                "AND (k.value = i.value OR i.keep))",
-                {"c": company_id},
-            ).fetchone()
+            if direct:  # the COPY wrote the uploaded rows: the count is the check (above)
+                row = conn.execute(
+                    "SELECT count(*) FROM whatsapp_keys WHERE company_id = %s", (company_id,)
+                ).fetchone()
+                check = None if row is None else (row[0], len(keys), len(keys))
+            else:
+                check = conn.execute(
+                    "SELECT (SELECT count(*) FROM whatsapp_keys WHERE company_id = %(c)s), "
+                    "(SELECT count(*) FROM resilience_import), "
+                    "(SELECT count(*) FROM resilience_import i JOIN whatsapp_keys k ON "
+                    "k.company_id = %(c)s AND k.key_type = i.key_type AND k.key_id = i.key_id "
+                    "AND (k.value = i.value OR i.keep))",
+                    {"c": company_id},
+                ).fetchone()
             after_creds = self.load_creds(company_id) if creds_changed else stored_creds
         stored, uploaded, equal = check if check is not None else (0, 0, 0)
         creds_equal = after_creds is not None and canonical(after_creds) == canonical(creds)
@@ -557,7 +539,91 @@ class PgAuthStore:
                 f"{equal} equal to the {len(keys)} uploaded, creds "
                 f"{'equal' if creds_equal else 'different'}; rolled back"
             )
-        return SyncResult(len(keys), upserted, [(t, i) for t, i in deleted], creds_changed)
+        return SyncResult(len(keys), upserted, deleted, creds_changed)
+
+    def _copy_new_keys(
+        self,
+        company_id: str,
+        rows: Iterator[tuple[str, str, Jsonb, timedelta]],
+        expires: Mapping[timedelta, datetime],
+    ) -> None:
+        """COPY ``rows`` into ``whatsapp_keys`` for a company that has none (sync_company)."""
+        cur = self.conn.cursor()
+        try:
+            # psycopg's queued writer sends the data from a thread of its own: the server
+            # parses one batch while this thread encodes the next
+            with cur.copy(
+                "COPY whatsapp_keys (company_id, key_type, key_id, value, expires_at) FROM STDIN",
+                writer=QueuedLibpqWriter(cur),
+            ) as copy:
+                for key_type, key_id, value, ttl in rows:
+                    copy.write_row((company_id, key_type, key_id, value, expires[ttl]))
+        except psycopg.errors.UniqueViolation:
+            raise DatabaseError(
+                f"import of company {company_id}: key rows of the company were written by "
+                "another session while the import ran (is the service writing to PostgreSQL?); "
+                "rolled back, nothing changed: run the import again"
+            ) from None
+
+    def _upsert_keys(
+        self,
+        company_id: str,
+        keys: Mapping[tuple[str, str], Any],
+        rows: Iterator[tuple[str, str, Jsonb, timedelta]],
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """Upsert ``rows`` through the temporary table ``resilience_import`` and delete the
+        company's other rows (sync_company): (rows upserted, rows deleted)."""
+        conn = self.conn
+        # A primary key, and statistics once filled: without them the planner, trusting
+        # old statistics that put the company at a handful of rows, joined 100k rows by a
+        # nested loop over a scan of this table (the DELETE below ran for minutes).
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS resilience_import (key_type text, key_id text, "
+            "value jsonb, ttl interval, keep boolean NOT NULL DEFAULT false, "
+            "PRIMARY KEY (key_type, key_id)) ON COMMIT DROP"
+        )
+        conn.execute("TRUNCATE resilience_import")
+        cur = conn.cursor()
+        with cur.copy(
+            "COPY resilience_import (key_type, key_id, value, ttl) FROM STDIN",
+            writer=QueuedLibpqWriter(cur),
+        ) as copy:
+            for row in rows:
+                copy.write_row(row)
+        conn.execute("ANALYZE resilience_import")
+        differing = conn.execute(
+            "SELECT i.key_type, i.key_id, k.value::text FROM resilience_import i "
+            "JOIN whatsapp_keys k ON k.company_id = %s AND k.key_type = i.key_type "
+            "AND k.key_id = i.key_id WHERE k.value <> i.value",
+            (company_id,),
+        ).fetchall()
+        same = [
+            (t, i)
+            for t, i, text in differing
+            if canonical(loads(text, where=f"{t}/{i}")) == canonical(keys[(t, i)])
+        ]
+        if same:
+            conn.execute(
+                "UPDATE resilience_import SET keep = true FROM unnest(%s::text[], %s::text[])"
+                " AS u(t, i) WHERE key_type = u.t AND key_id = u.i",
+                ([t for t, _ in same], [i for _, i in same]),
+            )
+        upserted = conn.execute(
+            "INSERT INTO whatsapp_keys AS k (company_id, key_type, key_id, value, expires_at) "
+            "SELECT %s, key_type, key_id, value, now() + ttl FROM resilience_import "
+            "WHERE NOT keep ON CONFLICT (company_id, key_type, key_id) DO UPDATE SET "
+            "value = EXCLUDED.value, expires_at = EXCLUDED.expires_at "
+            "WHERE k.value IS DISTINCT FROM EXCLUDED.value",
+            (company_id,),
+        ).rowcount
+        deleted = conn.execute(
+            "DELETE FROM whatsapp_keys k WHERE k.company_id = %s AND NOT EXISTS "
+            "(SELECT 1 FROM resilience_import i "
+            "WHERE i.key_type = k.key_type AND i.key_id = k.key_id) "
+            "RETURNING k.key_type, k.key_id",
+            (company_id,),
+        ).fetchall()
+        return upserted, [(t, i) for t, i in deleted]
 
     def stored_bytes(self, company_id: str) -> tuple[int, int, int]:
         """(bytes of the key values as stored, number of keys, bytes of the creds), read by one

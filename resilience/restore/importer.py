@@ -9,17 +9,19 @@ back to its ``(type, id)`` by, in order:
 3. nothing else: a name neither can map is refused, listed, and nothing is imported.
 
 The import makes the company's rows exactly the directory's keys, in one transaction, with the
-service's write semantics (:meth:`PgAuthStore.sync_company`): the keys are streamed by ``COPY``
-into a temporary table, then one ``INSERT ... ON CONFLICT DO UPDATE`` upserts the new and changed
-ones with their type's TTL (an unchanged row is not touched), and one ``DELETE`` removes every
-other row of the company (legacy twins of a file, files gone). Creds are saved when they differ.
+service's write semantics (:meth:`PgAuthStore.sync_company`): into a company without key rows
+the keys go by one ``COPY`` with their type's TTL (every key is new); otherwise they are
+streamed by ``COPY`` into a temporary table, then one ``INSERT ... ON CONFLICT DO UPDATE``
+upserts the new and changed ones with their type's TTL (an unchanged row is not touched), and
+one ``DELETE`` removes every other row of the company (legacy twins of a file, files gone).
+Creds are saved when they differ.
 
 Still inside the transaction the server compares the company's rows with the uploaded ones
-(count, jsonb equality, creds); a difference raises :class:`VerificationError` and rolls
-everything back. The uploaded rows are the directory's decoded values, encoded as the service
-writes them (the codec round trip is property-tested), so the database's digest is then the
-directory's. ``--dry-run`` still reads both sides and plans the diff by file name
-(:func:`plan_import`).
+(count, jsonb equality, creds; after the direct ``COPY`` the count); a difference raises
+:class:`VerificationError` and rolls everything back. The uploaded rows are the directory's
+decoded values, encoded as the service writes them (the codec round trip is property-tested),
+so the database's digest is then the directory's. ``--dry-run`` still reads both sides and
+plans the diff by file name (:func:`plan_import`).
 """
 
 from __future__ import annotations

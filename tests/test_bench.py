@@ -68,12 +68,13 @@ def test_bench_restore_reports_every_size_and_cleans_up(
         assert entry["keys"] == n
         assert entry["rows"] >= n and entry["files"] >= n and entry["bytes"] > 0
         assert len(entry["digest"]) == 64
-        for name in ("export_s", "raw_export_s", "import_s", "raw_import_s"):
+        for name in ("export_s", "raw_export_s", "import_s", "raw_import_s", "import_over_rows_s"):
             stats = entry[name]
             assert len(stats["runs"]) == 1
             assert _positive_finite(stats["median"]) and stats["min"] <= stats["median"]
         assert _positive_finite(entry["ratio_export"])
         assert _positive_finite(entry["ratio_import"])
+        assert _positive_finite(entry["ratio_import_over_rows"])
     assert result["sizes"]["200"]["bytes"] > result["sizes"]["50"]["bytes"]
     # No 100k size measured: the target is reported as not evaluated, not as met.
     assert result["targets"]["export_100k_ratio_max"] == 1.5
@@ -87,6 +88,27 @@ def test_bench_restore_reports_every_size_and_cleans_up(
     peaks = many["peak_rss_mb"]  # each measured in a fresh process
     assert _positive_finite(peaks["one_company"]) and _positive_finite(peaks["all_companies"])
     assert any("seeding" in p for p in phases) and any("raw import" in p for p in phases)
+    assert any("import over the rows" in p for p in phases)
+    assert _bench_companies(conn) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.stack
+def test_bench_refuses_rounds_the_file_system_has_no_room_for(
+    stack: Stack, conn: Conn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export rounds are kept until the size is done: too little room is said first."""
+    asked: list[int] = []
+
+    def no_room(root: Path, needed: int) -> tuple[bool, int]:
+        asked.append(needed)
+        return False, 5 * 2**20
+
+    monkeypatch.setattr(bench, "free_space_ok", no_room)
+    before = _bench_companies(conn)
+    with pytest.raises(InputError, match=r"need about \d+ MiB .* 5 MiB are free"):
+        bench_restore(stack.endpoints.admin_dsn, work_dir=tmp_path, sizes=(50,), repeat=2)
+    assert asked and asked[0] > 2 * 2 * 50 * 4096  # two rounds of ours and raw, a block a file
     assert _bench_companies(conn) == before
     assert list(tmp_path.iterdir()) == []
 

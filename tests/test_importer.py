@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,41 @@ def test_failed_verification_rolls_everything_back(
             conn.execute("DROP FUNCTION lose_one_key()")
     assert _rows(conn, company) == rows
     assert store.load_creds(company) == creds
+
+
+def test_a_key_lost_by_the_direct_copy_is_caught_by_the_count(
+    store: PgAuthStore, conn: Conn, company: str, root: Path
+) -> None:
+    """Into a company without key rows the keys go by one COPY, checked by the count: a write
+    path that loses one of them (a trigger here) rolls the whole import back."""
+    data = generate(company, 50)
+    store.insert_raw(company, data.creds, data.rows())
+    lost = next(k for k in data.keys if k.key_type == "pre-key")
+    export_company(store, root, company, source=SOURCE)
+    store.delete_company(company)
+    with conn.transaction():
+        conn.execute(
+            "CREATE FUNCTION lose_one_key() RETURNS trigger AS $$ BEGIN "
+            f"IF NEW.key_id = '{lost.key_id}' THEN RETURN NULL; END IF; RETURN NEW; END $$ "
+            "LANGUAGE plpgsql"
+        )
+        conn.execute(
+            "CREATE TRIGGER lose_one_key BEFORE INSERT ON whatsapp_keys "
+            "FOR EACH ROW EXECUTE FUNCTION lose_one_key()"
+        )
+    try:
+        with pytest.raises(VerificationError, match="rolled back") as caught:
+            import_company(store, root, company)
+        found = re.search(
+            r"holds (\d+) key rows, \d+ equal to the (\d+) uploaded", str(caught.value)
+        )
+        assert found is not None and int(found[1]) == int(found[2]) - 1
+    finally:
+        with conn.transaction():
+            conn.execute("DROP TRIGGER lose_one_key ON whatsapp_keys")
+            conn.execute("DROP FUNCTION lose_one_key()")
+    assert _rows(conn, company) == []
+    assert store.load_creds(company) is None
 
 
 def test_bad_input(stack: Stack, store: PgAuthStore, company: str, root: Path) -> None:

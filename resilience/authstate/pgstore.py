@@ -279,6 +279,11 @@ class CredsRow:
     value: Any
 
 
+#: What one way of writing a company's keys did: (rows upserted, rows deleted, and the check:
+#: (the company's key rows, rows uploaded, rows the server found equal to the uploaded ones)).
+_KeysCheck = tuple[int, list[tuple[str, str]], tuple[int, int, int]]
+
+
 def _upload_rows(
     keys: Mapping[tuple[str, str], Any],
     where: Callable[[str, str], str] | None,
@@ -505,33 +510,18 @@ class PgAuthStore:
                 "now() + %s, now() + %s",
                 (company_id, SHORT_TTL, LONG_TTL),
             ).fetchone()
-            direct = head is not None and not head[0]
-            deleted: list[tuple[str, str]] = []
-            if head is not None and direct:
-                self._copy_new_keys(company_id, rows, {SHORT_TTL: head[1], LONG_TTL: head[2]})
-                upserted = len(keys)
+            if head is not None and not head[0]:
+                keys_check = self._copy_new_keys(
+                    company_id, rows, {SHORT_TTL: head[1], LONG_TTL: head[2]}, len(keys)
+                )
             else:
-                upserted, deleted = self._upsert_keys(company_id, keys, rows)
+                keys_check = self._upsert_keys(company_id, keys, rows)
             stored_creds = self.load_creds(company_id)
             creds_changed = stored_creds is None or canonical(stored_creds) != canonical(creds)
             if creds_changed:
                 self.save_creds(company_id, creds)
-            if direct:  # the COPY wrote the uploaded rows: the count is the check (above)
-                row = conn.execute(
-                    "SELECT count(*) FROM whatsapp_keys WHERE company_id = %s", (company_id,)
-                ).fetchone()
-                check = None if row is None else (row[0], len(keys), len(keys))
-            else:
-                check = conn.execute(
-                    "SELECT (SELECT count(*) FROM whatsapp_keys WHERE company_id = %(c)s), "
-                    "(SELECT count(*) FROM resilience_import), "
-                    "(SELECT count(*) FROM resilience_import i JOIN whatsapp_keys k ON "
-                    "k.company_id = %(c)s AND k.key_type = i.key_type AND k.key_id = i.key_id "
-                    "AND (k.value = i.value OR i.keep))",
-                    {"c": company_id},
-                ).fetchone()
             after_creds = self.load_creds(company_id) if creds_changed else stored_creds
-        stored, uploaded, equal = check if check is not None else (0, 0, 0)
+        upserted, deleted, (stored, uploaded, equal) = keys_check
         creds_equal = after_creds is not None and canonical(after_creds) == canonical(creds)
         if not (stored == equal == uploaded == len(keys) and creds_equal):
             raise VerificationError(
@@ -546,8 +536,11 @@ class PgAuthStore:
         company_id: str,
         rows: Iterator[tuple[str, str, Jsonb, timedelta]],
         expires: Mapping[timedelta, datetime],
-    ) -> None:
-        """COPY ``rows`` into ``whatsapp_keys`` for a company that has none (sync_company)."""
+        uploaded: int,
+    ) -> _KeysCheck:
+        """COPY ``rows`` (``uploaded`` of them) into ``whatsapp_keys`` for a company that has
+        none (sync_company). The rows it wrote are the uploaded values and no other session can
+        change them before commit: the company's row count is the check."""
         cur = self.conn.cursor()
         try:
             # psycopg's queued writer sends the data from a thread of its own: the server
@@ -564,15 +557,19 @@ class PgAuthStore:
                 "another session while the import ran (is the service writing to PostgreSQL?); "
                 "rolled back, nothing changed: run the import again"
             ) from None
+        row = self.conn.execute(
+            "SELECT count(*) FROM whatsapp_keys WHERE company_id = %s", (company_id,)
+        ).fetchone()
+        return uploaded, [], (row[0] if row else 0, uploaded, uploaded)
 
     def _upsert_keys(
         self,
         company_id: str,
         keys: Mapping[tuple[str, str], Any],
         rows: Iterator[tuple[str, str, Jsonb, timedelta]],
-    ) -> tuple[int, list[tuple[str, str]]]:
-        """Upsert ``rows`` through the temporary table ``resilience_import`` and delete the
-        company's other rows (sync_company): (rows upserted, rows deleted)."""
+    ) -> _KeysCheck:
+        """Upsert ``rows`` through the temporary table ``resilience_import``, delete the
+        company's other rows, and count what the server finds equal (sync_company)."""
         conn = self.conn
         # A primary key, and statistics once filled: without them the planner, trusting
         # old statistics that put the company at a handful of rows, joined 100k rows by a
@@ -623,7 +620,16 @@ class PgAuthStore:
             "RETURNING k.key_type, k.key_id",
             (company_id,),
         ).fetchall()
-        return upserted, [(t, i) for t, i in deleted]
+        check = conn.execute(
+            "SELECT (SELECT count(*) FROM whatsapp_keys WHERE company_id = %(c)s), "
+            "(SELECT count(*) FROM resilience_import), "
+            "(SELECT count(*) FROM resilience_import i JOIN whatsapp_keys k ON "
+            "k.company_id = %(c)s AND k.key_type = i.key_type AND k.key_id = i.key_id "
+            "AND (k.value = i.value OR i.keep))",
+            {"c": company_id},
+        ).fetchone()
+        counts = (check[0], check[1], check[2]) if check else (0, 0, 0)
+        return upserted, [(t, i) for t, i in deleted], counts
 
     def stored_bytes(self, company_id: str) -> tuple[int, int, int]:
         """(bytes of the key values as stored, number of keys, bytes of the creds), read by one

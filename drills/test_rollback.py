@@ -3,12 +3,17 @@
 Each scenario is steady state -> fault -> method (the real `run_switch`) -> assertions ->
 rollbacks, with the stand-in writing keys throughout. Keys are compared by fingerprint
 (SHA-256 over type, id and decoded value): the seeded 1,313 plus every write the stand-in
-journaled as acknowledged. For a fallback from a snapshot, the keys written after the
-snapshot are the measured loss window: listed in the report, never hidden.
+journaled as acknowledged. For a fallback from a snapshot, the keys written to PostgreSQL
+after the snapshot are the loss window: writes the service could not see while on files. When
+the database survived, the way back merges three ways and none of them is lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 import time
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -22,6 +27,7 @@ from resilience.authstate.fingerprint import KeyFingerprint
 from resilience.authstate.naming import company_dir_name
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
+from resilience.config import settings_as_env
 from resilience.drill.evidence import (
     Fingerprints,
     database_state,
@@ -32,14 +38,19 @@ from resilience.drill.evidence import (
 from resilience.drill.report import DrillReport
 from resilience.drill.service import ServiceUnderTest
 from resilience.drill.standin.writelog import WriteEntry
+from resilience.errors import DataError, LockHeld
+from resilience.infra.fsutil import atomic_write
 from resilience.infra.waiting import wait_until
 from resilience.restore import commands, importer
 from resilience.restore.runner import StepFailed
 from resilience.restore.state import SwitchState
 from resilience.restore.target import make_target
 from resilience.runs.journal import Journal
+from resilience.service import gitref
 
-from .conftest import SEEDED_KEYS
+from .conftest import ROOT, SEEDED_KEYS
+
+INVOKE = str(Path(sys.executable).parent / "invoke")
 
 RTO_LIMIT_S = 600.0
 #: Scenario (c): the injected latency, and the round trips the switch may make to PostgreSQL.
@@ -176,6 +187,7 @@ def _fallback_from_snapshot(
                 journal.steady_state("after", steady_state(service))
                 # the database as it was lost is read once it is back, against the files
                 service.pm2.stop(service.deployed.app)
+            journal.event("fault-removed", f"{fault} removed: PostgreSQL is back")
         db_creds, db_prints, _ = db_state(service)
         entries = service.acknowledged_writes()
         file_writes = [e for e in entries or [] if e.mode == "file"]
@@ -185,7 +197,7 @@ def _fallback_from_snapshot(
         assert installed["digest"] == snap.companies[service.company]["digest"]
         if taken.standby is not None and "directory" in taken.standby:
             assert installed["installed_from"] == "standby"  # renamed in, no file created
-        lost = differences(db_prints, _unreplay(files_now, file_writes, db_prints))
+        unseen = differences(db_prints, _unreplay(files_now, file_writes, db_prints))
         assert db_creds == files_creds
         if entries is not None:  # every difference must be a write acknowledged after it
             after_snapshot = {
@@ -193,11 +205,28 @@ def _fallback_from_snapshot(
                 for e in entries
                 if e.mode == "postgres" and e.time >= snap.taken_at.isoformat()
             }
-            unexplained = [k for k in lost if k not in after_snapshot]
+            unexplained = [k for k in unseen if k not in after_snapshot]
             assert unexplained == [], (
                 f"keys differ without a write after the snapshot: {unexplained[:5]}"
             )
         loaded = check_loaded_digest(service, health, installed["digest"])  # runs on it
+        # the way back, with the service writing in file mode again: a three-way merge
+        service.pm2.restart(service.deployed.app)
+        service.wait_mode("file")
+        wait_for_writes(service, 10)
+        back = switch(service, journal, "to-postgres")
+        service.wait_mode("postgres")
+        service.pm2.stop(service.deployed.app)
+        merged = step(back, "import")["merge"]
+        _, after, _ = db_state(service)
+        entries = service.acknowledged_writes()
+        lost = (
+            differences(after, replay(seeded_prints(service), entries))
+            if entries is not None
+            else None
+        )
+        assert lost in ([], None), f"acknowledged writes lost on the way back: {lost}"
+        assert all(after.get(k) == db_prints.get(k) for k in unseen if k not in _touched(entries))
         journal.finish(
             "completed",
             deviated=False,
@@ -212,12 +241,22 @@ def _fallback_from_snapshot(
                 "keys_in_files": len(files_now),
                 "writes_acknowledged": _count(entries),
                 "writes_in_file_mode": len(file_writes) if entries is not None else None,
-                "loss_window_keys": len(lost),
-                "loss_window": [f"{t}/{i}" for t, i in lost],
+                # writes the service could not see while on files: kept by the way back
+                "loss_window_keys": len(unseen),
+                "loss_window": [f"{t}/{i}" for t, i in unseen],
                 "snapshot_digest": installed["digest"],
                 "health_loaded_digest": loaded,
+                "rto_back_s": back["rto_s"],
+                "merge": merged,
+                "keys_lost_after_way_back": len(lost) if lost is not None else _count(None),
+                "keys_lost_after_way_back_max": 0,
             },
         )
+
+
+def _touched(entries: list[WriteEntry] | None) -> set[tuple[str, str]]:
+    """The keys the service wrote in file mode (their PostgreSQL values were rightly replaced)."""
+    return {(e.type, e.id) for e in entries or [] if e.mode == "file"}
 
 
 def _count(entries: list[WriteEntry] | None) -> int | str:
@@ -446,5 +485,204 @@ def test_e_failed_verification_carries_file_mode_writes_back(
                 "keys_in_db_after": len(db_prints),
                 "db_digest_after": db_digest,
                 "mode_after": health.get("mode"),
+            },
+        )
+
+
+# --- nothing lost under real operator behaviour -----------------------------------------------
+def _task(service: ServiceUnderTest, *args: str) -> subprocess.Popen[str]:
+    """The operator's command in a process of its own, configured by the settings alone."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESILIENCE_")}
+    env |= settings_as_env(service.settings) | {"RESILIENCE_COMPANY_ID": service.company}
+    return subprocess.Popen(
+        [INVOKE, "--search-root", str(ROOT), *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _way_back_loses_nothing(
+    service: ServiceUnderTest, journal: Journal
+) -> tuple[dict[str, Any], int | str]:
+    """The way back with the service writing in file mode; every acknowledged write of both
+    modes must be in PostgreSQL afterwards. (the switch's data, keys lost)"""
+    service.wait_mode("file")
+    wait_for_writes(service, 10)
+    back = switch(service, journal, "to-postgres")
+    service.wait_mode("postgres")
+    journal.steady_state("after", steady_state(service))
+    service.pm2.stop(service.deployed.app)
+    _, after, _ = db_state(service)
+    entries = service.acknowledged_writes()
+    if entries is None:
+        return back, _count(None)
+    lost = differences(after, replay(seeded_prints(service), entries))
+    assert lost == [], f"acknowledged writes lost: {lost[:10]}"
+    return back, 0
+
+
+@pytest.mark.parametrize(
+    ("gap_s", "latency_ms"), [(0.5, 0), (6.0, 2000)], ids=["0.5s-apart", "latency-6s-apart"]
+)
+def test_f_two_switches_at_once_one_is_refused(
+    drill_service: ServiceUnderTest, rollback_report: DrillReport, gap_s: float, latency_ms: int
+) -> None:
+    service = drill_service
+    ep = service.stack.endpoints
+    title = f"f) two restore.to-files --yes {gap_s} s apart" + (
+        f" ({latency_ms} ms latency)" if latency_ms else ""
+    )
+    with scenario(rollback_report, title, service) as journal:
+        journal.steady_state("before", steady_state(service))
+        original_ref = gitref.current_ref(service.workdir)
+        with contextlib.ExitStack() as fault:
+            if latency_ms:
+                toxiproxy = fault.enter_context(ToxiproxyClient(ep.toxiproxy_url))
+                fault.enter_context(
+                    faults.latency(
+                        toxiproxy, ep.toxiproxy_proxy, latency_ms, allowed=ep.drill_target
+                    )
+                )
+                journal.event("fault", f"{latency_ms} ms latency toxic on the PostgreSQL proxy")
+            first = _task(service, "restore.to-files", "--yes", "--json")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                first.wait(timeout=gap_s)  # the gap between the two operators
+            second = _task(service, "restore.to-files", "--yes", "--json")
+            journal.event("method", f"two restore.to-files --yes started {gap_s} s apart")
+            outs = [p.communicate(timeout=300) for p in (first, second)]
+        codes = [first.returncode, second.returncode]
+        journal.event("outcome", f"exit codes {codes}", stderr=[e for _, e in outs])
+        assert sorted(codes) == [0, LockHeld.exit_code], outs
+        refused = outs[codes.index(LockHeld.exit_code)][1]
+        winner = (first, second)[codes.index(0)]
+        assert "locked by restore.to-files" in refused and f"pid {winner.pid}" in refused
+        state = SwitchState.read(state_file(service))
+        assert state is not None and state.previous_ref == original_ref
+        back, lost = _way_back_loses_nothing(service, journal)
+        assert gitref.current_ref(service.workdir) == original_ref
+        journal.finish(
+            "completed",
+            deviated=False,
+            measurements={
+                "exit_codes": codes,
+                "refused_with": refused.strip().splitlines()[-1][:300],
+                "previous_ref": state.previous_ref,
+                "original_ref": original_ref,
+                "ref_after_way_back": gitref.current_ref(service.workdir),
+                "keys_lost": lost,
+                "keys_lost_max": 0,
+                "rto_back_s": back["rto_s"],
+            },
+        )
+
+
+def test_g_way_back_after_snapshot_fallback_keeps_what_postgres_held(
+    drill_service: ServiceUnderTest, rollback_report: DrillReport
+) -> None:
+    """PostgreSQL only unreachable for seconds: the writes it acknowledged after the snapshot
+    survive the way back, every file-mode write too; both-sided changes are listed."""
+    service = drill_service
+    ep = service.stack.endpoints
+    with scenario(
+        rollback_report, "g) way back after a snapshot fallback, PostgreSQL intact", service
+    ) as journal:
+        journal.steady_state("before", steady_state(service))
+        taken = service.snapshot()
+        wait_for_writes(service, 30)  # PostgreSQL moves on after the snapshot
+        with (
+            ToxiproxyClient(ep.toxiproxy_url) as toxiproxy,
+            faults.proxy_disabled(toxiproxy, ep.toxiproxy_proxy, allowed=ep.drill_target),
+        ):
+            journal.event("fault", "proxy disabled")
+            there = switch(service, journal, "to-files")
+            service.wait_mode("file")
+        journal.event("fault-removed", "proxy enabled: PostgreSQL reachable again")
+        wait_for_writes(service, 20)  # file-mode writes, some over keys PostgreSQL changed
+        preview = service.switch("to-postgres", dry_run=True).outcome.preflight
+        assert preview.base_source == "install-snapshot" and preview.merge is not None
+        back = switch(service, journal, "to-postgres")
+        service.wait_mode("postgres")
+        journal.steady_state("after", steady_state(service))
+        service.pm2.stop(service.deployed.app)
+        merge = step(back, "import")["merge"]
+        _, after, _ = db_state(service)
+        entries = service.acknowledged_writes()
+        taken_at = taken.snapshot.taken_at.isoformat()
+        if entries is not None:
+            assert differences(after, replay(seeded_prints(service), entries)) == []
+            pg_after = {
+                (e.type, e.id) for e in entries if e.mode == "postgres" and e.time >= taken_at
+            }
+            in_files = _touched(entries)
+            kept = pg_after - in_files
+            assert kept, "no write reached PostgreSQL between the snapshot and the outage"
+            # each of them is in PostgreSQL with the value it acknowledged
+            last = replay({}, [e for e in entries if e.mode == "postgres"])
+            assert all(after.get(k) == last.get(k) for k in kept)
+            moved = merge["kept_from_postgres"]["count"]
+            assert moved + merge["deleted_in_postgres_kept_deleted"]["count"] > 0
+        journal.finish(
+            "completed",
+            deviated=False,
+            measurements={
+                "rto_s": there["rto_s"],
+                "rto_back_s": back["rto_s"],
+                "merge_preview": preview.merge,
+                "merge": merge,
+                "writes_in_postgres_after_snapshot": len(pg_after) if entries else _count(None),
+                "writes_in_file_mode": len(in_files) if entries else _count(None),
+                "keys_lost": 0 if entries is not None else _count(None),
+                "keys_lost_max": 0,
+            },
+        )
+
+
+def test_h_corrupt_files_are_refused_before_the_stop(
+    drill_service: ServiceUnderTest, rollback_report: DrillReport
+) -> None:
+    service = drill_service
+    with scenario(
+        rollback_report, "h) corrupt files in file mode: refused before the stop", service
+    ) as journal:
+        switch(service, journal, "to-files")
+        service.wait_mode("file")
+        journal.steady_state("before", steady_state(service))
+        company_dir = service.auth_root / company_dir_name(service.company)
+        key_file = next(p for p in sorted(company_dir.glob("app-state-sync-key-*.json")))
+        refusals: dict[str, Any] = {}
+        for broken, payload in (
+            (company_dir / "creds.json", b"{not json"),
+            (key_file, b'{"keyData": {"type": "Buffer", "data": "%%% not base64 %%%"}}'),
+        ):
+            good = broken.read_bytes()
+            atomic_write(broken, payload)
+            journal.event("fault", f"{broken.name} made undecodable")
+            pid = service.pm2.require(service.deployed.app).pid
+            writes = int(service.health()["writes_ok"])
+            done = _task(service, "restore.to-postgres", "--yes", "--json")
+            _out, err = done.communicate(timeout=120)
+            assert done.returncode == DataError.exit_code, err
+            assert broken.name in err and "nothing was stopped" in err
+            # the service kept serving: same process, file mode, still acknowledging writes
+            assert service.pm2.require(service.deployed.app).pid == pid
+            assert service.health()["mode"] == "file"
+            wait_for_writes(service, 3)
+            assert int(service.health()["writes_ok"]) > writes
+            refusals[broken.name] = {"exit_code": done.returncode, "message": err.strip()[:300]}
+            atomic_write(broken, good)
+        back, lost = _way_back_loses_nothing(service, journal)
+        journal.finish(
+            "completed",
+            deviated=False,
+            measurements={
+                "refusals": refusals,
+                "service_restarts_during_refusals": 0,
+                "keys_lost": lost,
+                "keys_lost_max": 0,
+                "rto_back_s": back["rto_s"],
             },
         )

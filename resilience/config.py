@@ -140,6 +140,8 @@ class Settings(BaseSettings):
     snapshot_dir: Path = Path("snapshots")
     snapshot_keep: int = Field(24, ge=1)
     snapshot_max_age: float = Field(3600.0, gt=0)  # seconds; older needs --force (RPO < 1 h)
+    # where restore.export writes without --dir (never the service's live auth directory)
+    export_dir: Path = Path("exports")
     # companies exported at the same time by restore.export and restore.snapshot (--workers)
     restore_workers: int = Field(4, ge=1, le=64)
 

@@ -74,3 +74,10 @@ class PartialFailure(ResilienceError):
         super().__init__(message)
         self.exit_code = exit_code
         self.details = details
+
+
+class LockHeld(ResilienceError):
+    """Another command holds the lock of this deployment and company (it is named): refused at
+    once, nothing changed."""
+
+    exit_code = 7

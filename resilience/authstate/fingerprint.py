@@ -41,6 +41,17 @@ class KeyFingerprint:
         return digest.hexdigest()
 
 
+def creds_fingerprint(creds: Any | None) -> str | None:
+    """The fingerprint of creds (by decoded value), None for absent creds."""
+    return None if creds is None else KeyFingerprint.of_canonical("creds", "", canonical(creds))
+
+
+def next_pre_key_id(creds: Any | None) -> int | None:
+    """Baileys' ``nextPreKeyId`` of creds: every pre-key id from it on is issued later."""
+    value = creds.get("nextPreKeyId") if isinstance(creds, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def set_digest(creds: Any | None, keys: Iterable[tuple[str, str, Any]]) -> str:
     """SHA-256 hex over the creds (absent creds differ from JSON ``null``) and the sorted key
     fingerprints; independent of the order of ``keys``."""

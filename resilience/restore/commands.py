@@ -7,8 +7,9 @@ the path as `record`. Tasks only parse flags and format what these return.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from typing import Any
 from resilience.alerting.channels import notify
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.config import Settings, validate_company_id
-from resilience.errors import ConfigError, DataError, PartialFailure, ResilienceError
+from resilience.errors import DataError, InputError, PartialFailure, ResilienceError
+from resilience.infra.oplock import company_lock
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 from resilience.restore.export import CompanyFailure, ExportBatch, ExportResult, export_all
@@ -25,8 +27,14 @@ from resilience.restore.preflight import Direction, Preflight
 from resilience.restore.runner import StepFailed
 from resilience.restore.snapshot import Snapshot, prepare_standby, take_snapshot
 from resilience.restore.switch import SwitchOutcome, run_switch
-from resilience.restore.target import make_target, service_dsn
+from resilience.restore.target import (
+    file_mode_evidence,
+    make_target,
+    same_directory,
+    service_dsn,
+)
 from resilience.restore.tenants import tenant_settings
+from resilience.runs.journal import Journal
 from resilience.runs.record import recorded_run
 
 Progress = Callable[[str], None]
@@ -57,18 +65,20 @@ def switch(
     """The emergency switch in `direction`, recorded; on a failed step the done steps are
     undone, a Sentry event (no secrets) is sent, and :class:`StepFailed` is raised."""
     target = make_target(settings, company_id)
-    with recorded_run(settings, f"restore.{direction}", target.company_id) as record:
+    command = f"restore.{direction}"
+    with recorded_run(settings, command, target.company_id) as record:
         try:
-            outcome = run_switch(
-                target,
-                direction,
-                journal=record.journal,
-                dry_run=dry_run,
-                force=force,
-                confirm=confirm,
-                progress=progress,
-                meters=meters,
-            )
+            with _locked(settings, target.company_id, command, record.journal, skip=dry_run):
+                outcome = run_switch(
+                    target,
+                    direction,
+                    journal=record.journal,
+                    dry_run=dry_run,
+                    force=force,
+                    confirm=confirm,
+                    progress=progress,
+                    meters=meters,
+                )
         except StepFailed as failed:
             _alert_failed_switch(settings, direction, target.company_id, failed)
             raise
@@ -77,6 +87,27 @@ def switch(
             record.journal.measurements["rto_s"] = round(outcome.rto_s, 3)
             record.journal.measurements["duration_s"] = round(outcome.result.duration_s, 3)
     return SwitchRun(outcome, record.path, record.journal.to_dict())
+
+
+@contextlib.contextmanager
+def _locked(
+    settings: Settings, company_id: str, command: str, journal: Journal, *, skip: bool = False
+) -> Iterator[None]:
+    """The company's lock (:mod:`resilience.infra.oplock`) for the body, a holder that died
+    taken over and journaled; ``skip`` for a read-only run (a dry run takes none)."""
+    if skip:
+        yield
+        return
+    with company_lock(settings, company_id, command) as stale:
+        if stale is not None:
+            journal.event(
+                "lock-taken-over",
+                f"the lock of company {company_id} was left by {stale.describe()}, which is "
+                "gone: taken over",
+                holder=stale.to_dict(),
+            )
+            log.warning("lock of company %s taken over from %s", company_id, stale.describe())
+        yield
 
 
 @dataclass
@@ -215,15 +246,22 @@ def export(
 ) -> ExportRun:
     """Export one company (or every company, ``workers`` at a time, default
     RESILIENCE_RESTORE_WORKERS) to Baileys files, without switching anything."""
-    root = directory or settings.auth_root
-    if root is None:
-        raise ConfigError("give --dir, or set RESILIENCE_AUTH_DIR or RESILIENCE_SERVICE_DIR")
+    root = directory or settings.export_dir
     if company_id is not None:
         validate_company_id(company_id)
+    live = _refuse_live_file_mode(settings, root)
     dsn = service_dsn(settings)
     with recorded_run(settings, "restore.export", company_id) as record:
         count = workers or settings.restore_workers
         with (
+            # into the service's own directory: the company's lock, as a switch takes it
+            _locked(
+                settings,
+                company_id or settings.company_id,
+                "restore.export",
+                record.journal,
+                skip=not live,
+            ),
             connect(dsn, timeout=settings.db_connect_timeout) as conn,
             StorePool(dsn, workers=count, timeout=settings.db_connect_timeout) as pool,
         ):
@@ -250,6 +288,23 @@ def export(
             batch.to_dict(),
         )
     return ExportRun(batch, record.path)
+
+
+def _refuse_live_file_mode(settings: Settings, root: Path) -> bool:
+    """Whether ``root`` is the service's live auth directory; refused (InputError) while the
+    service runs in file mode there: its files hold writes PostgreSQL has not, which an export
+    would replace."""
+    live = settings.auth_root
+    if live is None or not same_directory(root, live):
+        return False
+    evidence = file_mode_evidence(settings)
+    if evidence is not None:
+        raise InputError(
+            f"{root} is the live auth directory of a service in file mode ({evidence}): an "
+            "export there would replace the writes it made; export elsewhere (--dir, or the "
+            "default RESILIENCE_EXPORT_DIR), or switch back first (restore.to-postgres)"
+        )
+    return True
 
 
 @dataclass
@@ -325,7 +380,9 @@ def _standby_for_service(settings: Settings, taken: Snapshot) -> dict[str, Any] 
     if root is None or company not in taken.companies:
         return None
     try:
-        made = prepare_standby(taken, company, root)
+        # beside the service's directory: the company's lock (a switch may be claiming it)
+        with company_lock(settings, company, "restore.snapshot (standby copy)"):
+            made = prepare_standby(taken, company, root)
     except ResilienceError as exc:
         log.warning("standby copy of %s not written: %s", company, exc)
         return CompanyFailure.of(company, exc).to_dict()

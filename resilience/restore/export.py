@@ -45,7 +45,12 @@ from typing import Any
 from resilience.authstate.codec import file_forms
 from resilience.authstate.dirwriter import NewDirWriter
 from resilience.authstate.filestore import FileAuthStore, MakeDurable, SyncGroup, make_durable
-from resilience.authstate.fingerprint import KeyFingerprint, digest_of_fingerprints
+from resilience.authstate.fingerprint import (
+    KeyFingerprint,
+    creds_fingerprint,
+    digest_of_fingerprints,
+    next_pre_key_id,
+)
 from resilience.authstate.model import KeyRecord
 from resilience.authstate.naming import (
     CREDS_FILE,
@@ -93,6 +98,11 @@ class ExportResult:
     duration_s: float
     #: a snapshot install: "copy" (files written) or "standby" (renamed into place)
     installed_from: str | None = None
+    #: file name -> key fingerprint of what was put in place, and the creds' fingerprint: the
+    #: base of the way back's merge (resilience.restore.merge); not in to_dict
+    fingerprints: dict[str, str] = field(default_factory=dict, repr=False)
+    creds_print: str | None = None
+    next_pre_key_id: int | None = None  # the creds' nextPreKeyId (pre-keys issued after it)
 
     def to_dict(self) -> dict[str, Any]:
         installed = {} if self.installed_from is None else {"installed_from": self.installed_from}
@@ -300,6 +310,7 @@ def export_company(
             writer.put(CREDS_FILE, creds_payload)
             size = len(creds_payload) + sum(sizes.values())
             digest = digest_of_fingerprints(creds, prints.values())
+            made["prints"], made["creds"] = prints, creds
         except BaseException:
             writer.abort()  # this error is the one raised, not the writer's
             raise
@@ -348,6 +359,9 @@ def export_company(
         files_written=files,
         bytes_written=size,
         duration_s=time.monotonic() - started,
+        fingerprints=made["prints"],
+        creds_print=creds_fingerprint(made["creds"]),
+        next_pre_key_id=next_pre_key_id(made["creds"]),
     )
 
 

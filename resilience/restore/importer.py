@@ -37,7 +37,13 @@ from psycopg.pq import TransactionStatus
 
 from resilience.authstate.codec import canonical, loads, parse
 from resilience.authstate.filestore import key_file_names, read_raw_files, read_regular_file
-from resilience.authstate.fingerprint import AuthDigest, KeyFingerprint, digest_of_fingerprints
+from resilience.authstate.fingerprint import (
+    AuthDigest,
+    KeyFingerprint,
+    creds_fingerprint,
+    digest_of_fingerprints,
+    next_pre_key_id,
+)
 from resilience.authstate.model import KeyRecord
 from resilience.authstate.naming import (
     CREDS_FILE,
@@ -53,6 +59,12 @@ from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.restore.manifest import Manifest, read_manifest
+from resilience.restore.merge import (
+    InstalledBase,
+    Side,
+    plan_merge,
+    pre_keys_issued_in_files,
+)
 
 Ref = tuple[str, str]
 SHOWN_UNMAPPABLE = 10
@@ -102,22 +114,32 @@ class DirectoryState:
     values: dict[str, Any]  # file name -> decoded value
     manifest: Manifest | None
     raw: dict[str, bytes] = field(repr=False, default_factory=dict)  # every *.json, as read
+    _prints: dict[str, str] | None = field(default=None, repr=False)
 
     def keys(self) -> dict[Ref, Any]:
         return {self.files[name]: value for name, value in self.values.items()}
 
+    def fingerprints(self) -> dict[str, str]:
+        """File name -> key fingerprint (a value that does not decode raises
+        :class:`DataError` naming its file); computed once."""
+        if self._prints is None:
+            self._prints = {
+                name: KeyFingerprint.of_canonical(t, i, canonical(self.values[name], where=name))
+                for name, (t, i) in self.files.items()
+            }
+        return self._prints
+
     def digest(self) -> AuthDigest:
         """The digest of what the directory holds (a value that does not decode raises
         :class:`DataError` naming its file)."""
-        prints = [
-            KeyFingerprint.of_canonical(t, i, canonical(self.values[name], where=name))
-            for name, (t, i) in self.files.items()
-        ]
+        prints = self.fingerprints()
         creds = self.creds
         if creds is not None:
             canonical(creds, where=CREDS_FILE)  # named in the error, if any
         validate_company_id(self.company_id)
-        return AuthDigest(self.company_id, len(prints), digest_of_fingerprints(creds, prints))
+        return AuthDigest(
+            self.company_id, len(prints), digest_of_fingerprints(creds, prints.values())
+        )
 
 
 def _mapped(company_dir: Path, company_id: str) -> tuple[Manifest | None, dict[str, Ref]]:
@@ -265,9 +287,13 @@ class ImportResult:
     dry_run: bool = False
     creds_changed: bool = False
     removed_files: int = 0
+    #: the three-way merge's summary (:mod:`.merge`), when the import merged
+    merge: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        merged = {} if self.merge is None else {"merge": self.merge}
         return {
+            **merged,
             "company_id": self.company_id,
             "upserted": self.upserted,
             "deleted": self.deleted,
@@ -289,8 +315,14 @@ def import_company(
     *,
     dry_run: bool = False,
     meters: Meters = NO_METERS,
+    three_way: bool = False,
+    base: InstalledBase | None = None,
 ) -> ImportResult:
     """Import ``root/company_<id>`` into PostgreSQL in one verified transaction (module text).
+
+    With ``three_way`` the way back merges ``base`` (what the switch installed), the directory
+    and PostgreSQL (:mod:`.merge`; no base: the directory whole), inside the transaction, and
+    the server verifies the merge's result; the summary is in ``merge``.
 
     The connection must not be inside a transaction (the import needs its own, committed here).
     ``dry_run`` reads both sides and returns the plan (``digest_db`` is then the database's
@@ -305,6 +337,8 @@ def import_company(
     if not company_dir.is_dir():
         raise InputError(f"no Baileys directory {company_dir} to import for company {company_id}")
     conn = store.conn
+    if three_way:
+        return _merge_import(store, company_dir, company_id, base, dry_run, meters, started)
     if dry_run:
         state = read_directory(company_dir, company_id, decoded=False)
         if state.creds is None:
@@ -379,4 +413,177 @@ def import_company(
         duration_s=time.monotonic() - started,
         creds_changed=synced.creds_changed,
         removed_files=len(gone),
+    )
+
+
+# --- the way back as a three-way merge (resilience.restore.merge) ---------------------------------
+
+
+def _read_ours(
+    company_dir: Path, files: Mapping[str, Ref], *, tolerant: bool
+) -> tuple[dict[str, Any], dict[str, Side]]:
+    """Every key file's value (Buffers as written) and its :class:`Side`. A value that does
+    not decode raises :class:`DataError` naming its file; with ``tolerant`` (the service may
+    still be writing: a preview) a file deleted meanwhile is left out, else it is an error."""
+    values: dict[str, Any] = {}
+    sides: dict[str, Side] = {}
+    for name, (key_type, key_id) in files.items():
+        try:
+            raw = read_regular_file(company_dir, name)
+        except FileNotFoundError:
+            if tolerant:
+                continue
+            raise DataError(
+                f"{name[:80]!r} in {company_dir} vanished while it was being read"
+            ) from None
+        value = parse(raw, where=name)
+        values[name] = value
+        sides[name] = Side(
+            (key_type, key_id),
+            KeyFingerprint.of_canonical(key_type, key_id, canonical(value, where=name)),
+        )
+    return values, sides
+
+
+def read_creds_file(company_dir: Path) -> Any:
+    """``creds.json`` parsed and decodable; :class:`DataError` naming it otherwise."""
+    try:
+        creds = parse(read_regular_file(company_dir, CREDS_FILE), where=CREDS_FILE)
+    except FileNotFoundError:
+        raise DataError(
+            f"no {CREDS_FILE} in {company_dir}: nothing to import without creds"
+        ) from None
+    canonical(creds, where=f"{company_dir.name}/{CREDS_FILE}")
+    if not isinstance(creds, dict) or not creds:
+        raise DataError(f"{CREDS_FILE} in {company_dir} holds no creds (empty or not an object)")
+    return creds
+
+
+def check_directory(company_dir: Path, company_id: str) -> int:
+    """Whether the service can load ``company_dir``: a real directory (no symlink), every file
+    name mapped back, ``creds.json`` and every key file decoding. Read while the service may be
+    writing (a file deleted meanwhile is skipped). The number of key files; :class:`DataError`
+    or :class:`InputError` naming the first problem."""
+    if company_dir.is_symlink():
+        raise InputError(
+            f"{company_dir} is a symlink: refusing to read or replace what it points to"
+        )
+    if not company_dir.is_dir():
+        raise InputError(f"no Baileys directory {company_dir}")
+    _manifest, files = _mapped(company_dir, company_id)
+    read_creds_file(company_dir)
+    values, _sides = _read_ours(company_dir, files, tolerant=True)
+    return len(values)
+
+
+def _read_theirs(
+    store: PgAuthStore, company_id: str
+) -> tuple[str | None, dict[str, Any], dict[str, Side]]:
+    """PostgreSQL now as the service sees it: creds' fingerprint, and by file name each chosen
+    row's value (as stored) and :class:`Side` under its Baileys reference."""
+    creds: Any | None = None
+    records: list[KeyRecord] = []
+    for item in store.stream_company(company_id, decoded=False):
+        if isinstance(item, KeyRecord):
+            records.append(item)
+        else:
+            creds = item.value
+    view = view_of(company_id, creds, records)
+    values = {name: entry.record.value for name, entry in view.entries.items()}
+    sides = {
+        name: Side(
+            (entry.key_type, entry.key_id),
+            KeyFingerprint.of(entry.key_type, entry.key_id, entry.record.value),
+        )
+        for name, entry in view.entries.items()
+    }
+    return creds_fingerprint(creds), values, sides
+
+
+def _merge_import(
+    store: PgAuthStore,
+    company_dir: Path,
+    company_id: str,
+    base: InstalledBase | None,
+    dry_run: bool,
+    meters: Meters,
+    started: float,
+) -> ImportResult:
+    _manifest, files = _mapped(company_dir, company_id)
+    conn = store.conn
+    if dry_run:
+        creds = read_creds_file(company_dir)
+        ours, our_sides = _read_ours(company_dir, files, tolerant=True)
+        with read_transaction(conn):
+            theirs_creds, theirs, their_sides = _read_theirs(store, company_id)
+        owned = pre_keys_issued_in_files(base, next_pre_key_id(creds), our_sides, their_sides)
+        plan = plan_merge(base, our_sides, their_sides, theirs_creds, owned)
+        merged = {s.fingerprint for n, s in our_sides.items() if n in plan.from_files}
+        merged |= {their_sides[n].fingerprint for n in plan.from_postgres}
+        digest = digest_of_fingerprints(creds, merged)
+        return ImportResult(
+            company_id=company_id,
+            upserted=sum(
+                1
+                for n in plan.from_files
+                if n not in their_sides or their_sides[n].fingerprint != our_sides[n].fingerprint
+            ),
+            deleted=len(plan.deleted_in_files),
+            unchanged=plan.unchanged,
+            key_count=len(merged),
+            digest_db=digest,
+            digest_dir=digest_of_fingerprints(creds, (s.fingerprint for s in our_sides.values())),
+            duration_s=time.monotonic() - started,
+            dry_run=True,
+            creds_changed=theirs_creds != creds_fingerprint(creds),
+            removed_files=len(plan.deleted_in_files),
+            merge=plan.summary(),
+        )
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise InputError(
+            "import needs a transaction of its own but the connection is already inside one: "
+            "commit or roll back first"
+        )
+    creds = read_creds_file(company_dir)
+    ours, our_sides = _read_ours(company_dir, files, tolerant=False)
+    with database_errors("importing the auth state"), conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"import:{company_id}",))
+        theirs_creds, theirs, their_sides = _read_theirs(store, company_id)
+        owned = pre_keys_issued_in_files(base, next_pre_key_id(creds), our_sides, their_sides)
+        plan = plan_merge(base, our_sides, their_sides, theirs_creds, owned)
+        keys: dict[Ref, Any] = {ref: ours[name] for name, ref in plan.from_files.items()}
+        keys.update({ref: theirs[name] for name, ref in plan.from_postgres.items()})
+        meter = meters.start(f"import {company_id}", len(keys), "keys")
+        prints: list[str] = []  # the merge's digest, computed on the way
+        try:
+            synced = store.sync_company(
+                company_id,
+                creds,
+                keys,
+                where=lambda t, i: file_name_for(t, i),
+                advance=meter.advance,
+                prints=prints,
+            )
+        finally:
+            meter.close()
+        appeared = set(key_file_names(company_dir)) - set(files)
+        if appeared:  # raised inside the transaction: nothing is imported
+            raise DataError(
+                f"{company_dir} changed while it was being read: {_listed(sorted(appeared))} "
+                "appeared"
+            )
+    result = AuthDigest(company_id, len(prints), digest_of_fingerprints(creds, prints))
+    return ImportResult(
+        company_id=company_id,
+        upserted=synced.upserted,
+        deleted=len(synced.deleted),
+        unchanged=synced.key_count - synced.upserted,
+        key_count=synced.key_count,
+        # the server compared the rows with the uploaded ones (the merge's result)
+        digest_db=result.digest,
+        digest_dir=digest_of_fingerprints(creds, (s.fingerprint for s in our_sides.values())),
+        duration_s=time.monotonic() - started,
+        creds_changed=synced.creds_changed,
+        removed_files=len(plan.deleted_in_files),
+        merge=plan.summary(),
     )

@@ -25,12 +25,14 @@ from resilience.errors import (
     ConfigError,
     DatabaseError,
     DatabaseUnreachable,
+    DataError,
     ResilienceError,
     StackError,
 )
 from resilience.mirror.fallback import mirror_fallback
 from resilience.restore import export as export_mod
 from resilience.restore import importer, snapshot
+from resilience.restore.merge import InstalledBase
 from resilience.restore.state import SwitchState
 from resilience.restore.target import Target
 from resilience.service import envfile, gitref
@@ -67,6 +69,12 @@ class Preflight:
     disk_free: int | None = None
     disk_needed: int | None = None
     unmappable: list[str] = field(default_factory=list)
+    #: to-postgres: what the switch to files installed, and the three-way merge's preview
+    base_source: str | None = None
+    merge: dict[str, Any] | None = None
+    #: what kind of refusal the problems make: "input" (exit 2), "data" (a file that does
+    #: not decode, exit 4) or "database" (unreachable on the way back, exit 6)
+    refusal: str = "input"
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # said, but they do not block the run
     plan: list[str] = field(default_factory=list)
@@ -98,6 +106,7 @@ def preflight(
             connect(target.service_dsn, timeout=s.db_connect_timeout)
         ))  # fmt: skip
         _check_company(target, facts)
+        _check_local(target, facts, direction)
         facts.warnings += alert_warnings(s)
         try:
             mode = envfile.current_mode(target.env_file)
@@ -130,6 +139,8 @@ def preflight(
                     facts.disk_needed = export_mod.estimate_from_stored(*stored)
             else:
                 facts.key_count = _database(facts, lambda: store.count_keys(target.company_id))
+                if facts.key_count is not None:
+                    _merge_preview(target, facts, store)
             if facts.key_count is not None:  # the database answered
                 facts.db_reachable = True
                 facts.db_verdict = "reachable"
@@ -266,6 +277,9 @@ def _preflight_mirror(target: Target, facts: Preflight, force: bool) -> bool:
 def _preflight_to_postgres(target: Target, facts: Preflight) -> None:
     if facts.db_verdict == "outage":
         facts.problems.append(f"PostgreSQL must be reachable to switch back: {facts.db_error}")
+        facts.refusal = "database"
+    if target.company_dir.is_symlink():
+        return  # said by _check_local
     if not target.company_dir.is_dir():
         facts.problems.append(f"no Baileys directory {target.company_dir} to import")
     else:
@@ -280,6 +294,89 @@ def _preflight_to_postgres(target: Target, facts: Preflight) -> None:
     if state and target.settings.service_dir and state.previous_ref:
         facts.current_ref = gitref.current_ref(target.settings.service_dir)
         facts.tag = state.previous_ref
+
+
+ROOM_FOR_STATE = 1 << 20  # bytes: the switch state, the merge base and the .env copy
+
+
+def _check_local(target: Target, facts: Preflight, direction: Direction) -> None:
+    """What needs no database and would otherwise fail after the stop: the switch state
+    readable, the company directory a real one, room beside it for the switch's own files,
+    and (when the service already runs on it, or for the way back) every file decoding."""
+    try:
+        SwitchState.read(target.state_file)
+    except ResilienceError as exc:
+        facts.problems.append(f"{exc}: fix or move it away (it holds the way back)")
+    company_dir = target.company_dir
+    if company_dir.is_symlink():
+        facts.problems.append(
+            f"{company_dir} is a symlink: refusing to read or replace what it points to; make "
+            "it a real directory"
+        )
+        return
+    probe = _export_probe(target)
+    if probe.exists():
+        free = shutil.disk_usage(probe).free
+        if free < ROOM_FOR_STATE:
+            facts.problems.append(
+                f"no room in {probe} ({free} bytes free): the switch writes its state there; "
+                "free some space first"
+            )
+    keeps = direction == "to-files" and company_dir.is_dir() and facts.env_mode == "file"
+    if direction == "to-files" and not keeps:
+        try:
+            keeps = envfile.current_mode(target.env_file) == "file" and company_dir.is_dir()
+        except ResilienceError:
+            keeps = False
+    if keeps:  # a re-run: the service runs on this directory and will again
+        _check_files(target, facts)
+
+
+def _check_files(target: Target, facts: Preflight) -> None:
+    try:
+        importer.check_directory(target.company_dir, target.company_id)
+    except DataError as exc:
+        facts.problems.append(f"{exc}: nothing was stopped, the service keeps serving")
+        facts.refusal = "data"
+    except ResilienceError as exc:
+        facts.problems.append(str(exc))
+
+
+def _merge_preview(target: Target, facts: Preflight, store: PgAuthStore) -> None:
+    """The way back's three-way merge as a dry run: every file decoded (a corrupt one refused
+    by name, before anything stops), and what would be taken from where."""
+    root, company = target.auth_root, target.company_id
+    if target.company_dir.is_symlink() or not target.company_dir.is_dir():
+        return  # said elsewhere
+    try:
+        if importer.map_directory(target.company_dir)[1]:
+            return  # names that cannot be mapped back: listed by _preflight_to_postgres
+        base = InstalledBase.read(root, company)
+        facts.base_source = base.source if base is not None else None
+        if base is None:
+            facts.warnings.append(
+                "no record of what the switch to files installed: the directory replaces the "
+                "company's rows whole (keys PostgreSQL wrote meanwhile are deleted)"
+            )
+        importer.check_directory(target.company_dir, company)
+        preview = importer.import_company(
+            store, root, company, dry_run=True, three_way=True, base=base
+        )
+        facts.merge = preview.merge
+    except DataError as exc:
+        facts.problems.append(f"{exc}: nothing was stopped, the service keeps serving")
+        facts.refusal = "data"
+    except (DatabaseUnreachable, ConfigError, DatabaseError) as exc:
+        _database(facts, _raiser(exc))
+    except ResilienceError as exc:
+        facts.problems.append(str(exc))
+
+
+def _raiser(exc: Exception) -> Callable[[], None]:
+    def again() -> None:
+        raise exc
+
+    return again
 
 
 def _check_company(target: Target, facts: Preflight) -> None:

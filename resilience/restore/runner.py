@@ -129,7 +129,10 @@ class Runner:
             try:
                 with self.journal.rollback(f"undo {step.name}") as record:
                     record.details.update(step.undo() or {})
-                rollbacks.append(StepResult(step.name, "ok", time.monotonic() - t0))
+                # what the undo did (what it carried back) is in --json and the alert too
+                rollbacks.append(
+                    StepResult(step.name, "ok", time.monotonic() - t0, dict(record.details))
+                )
             except UndoHalted as exc:
                 rollbacks.append(
                     StepResult(step.name, "halted", time.monotonic() - t0, {}, str(exc))

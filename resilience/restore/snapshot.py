@@ -37,7 +37,7 @@ from typing import Any, TypedDict
 
 from resilience.authstate.dirwriter import NewDirWriter
 from resilience.authstate.filestore import DIR_MODE, MakeDurable, SyncGroup, make_durable
-from resilience.authstate.fingerprint import AuthDigest
+from resilience.authstate.fingerprint import AuthDigest, creds_fingerprint, next_pre_key_id
 from resilience.authstate.naming import MANIFEST_FILE, company_dir_name, safe_path
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import validate_company_id
@@ -430,6 +430,9 @@ def _from_standby(
         bytes_written=0,
         duration_s=time.monotonic() - started,
         installed_from="standby",
+        fingerprints=state.fingerprints(),
+        creds_print=creds_fingerprint(state.creds),
+        next_pre_key_id=next_pre_key_id(state.creds),
     )
 
 
@@ -489,4 +492,7 @@ def _verified_copy(
         bytes_written=size,
         duration_s=time.monotonic() - started,
         installed_from="copy",
+        fingerprints=state.fingerprints(),
+        creds_print=creds_fingerprint(state.creds),
+        next_pre_key_id=next_pre_key_id(state.creds),
     )

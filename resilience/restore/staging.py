@@ -90,17 +90,22 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def sweep_stale(directory: Path, previous_of: str | None = None) -> None:
+def sweep_stale(
+    directory: Path, previous_of: str | None = None, *, keep: Path | None = None
+) -> None:
     """Remove what crashed runs left in ``directory``: staging directories untouched for
     :data:`STALE_AFTER_S` and, when ``previous_of`` names a company directory now in place,
-    its ``.previous-`` copies. Errors are ignored (the next run tries again)."""
+    its ``.previous-`` copies other than ``keep`` (the one this run set aside for its caller).
+    Errors are ignored (the next run tries again)."""
     now = time.time()
     with contextlib.suppress(OSError), os.scandir(directory) as entries:
         for entry in entries:
             if not entry.is_dir(follow_symlinks=False):
                 continue
-            stale_previous = previous_of is not None and entry.name.startswith(
-                f"{PREVIOUS_PREFIX}{previous_of}-"
+            stale_previous = (
+                previous_of is not None
+                and entry.name.startswith(f"{PREVIOUS_PREFIX}{previous_of}-")
+                and (keep is None or entry.name != keep.name)
             )
             stale_staging = entry.name.startswith(STAGING_PREFIX) and (
                 now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
@@ -176,6 +181,7 @@ def stage_and_swap(
         previous = _swap(root, staged, final)
     if previous is not None and set_aside is not None:
         set_aside.append(previous)
+        sweep_stale(root, final.name, keep=previous)  # copies earlier runs left
         return final, out
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)

@@ -24,15 +24,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from resilience.authstate.fingerprint import creds_fingerprint, next_pre_key_id
 from resilience.authstate.pgstore import DbLink, PgAuthStore, connect
 from resilience.authstate.view import view_of
-from resilience.errors import InputError, ResilienceError, StackError, VerificationError
+from resilience.errors import (
+    DatabaseUnreachable,
+    DataError,
+    InputError,
+    ResilienceError,
+    StackError,
+    VerificationError,
+)
 from resilience.infra.pm2 import Pending
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 from resilience.mirror.fallback import mirror_fallback, stop_mirror_process
 from resilience.restore import export as export_mod
 from resilience.restore import importer, snapshot
+from resilience.restore.merge import InstalledBase, base_path, record_base, remove_base
 from resilience.restore.preflight import Direction, Preflight, preflight
 from resilience.restore.runner import Details, Runner, RunResult, Step, UndoHalted
 from resilience.restore.state import SwitchState
@@ -209,17 +218,14 @@ class ToFiles(_Plan):
         and leave the service in file mode: reverting would lose those writes."""
         t, app = self.target, self.settings.pm2_app
         t.pm2.stop(app)  # no more writes while they are carried back
-        if self.source in ("install-snapshot", "install-mirror"):
-            t.pm2.restart(app)
-            raise UndoHalted(
-                f"the service ran in file mode on a {self.source.removeprefix('install-')} "
-                f"in {t.company_dir}: reverting "
-                "would lose its writes and importing could undo newer database writes; it "
-                "stays in file mode: run restore.to-postgres once the database is back"
-            )
         try:
+            # three ways: what was installed, the directory now, the database now (a snapshot
+            # or the mirror's copy lacks newer database writes: those are kept)
+            base = InstalledBase.read(t.auth_root, t.company_id)
             with self._connect() as conn:
-                result = importer.import_company(PgAuthStore(conn), t.auth_root, t.company_id)
+                result = importer.import_company(
+                    PgAuthStore(conn), t.auth_root, t.company_id, three_way=True, base=base
+                )
         except ResilienceError as exc:
             t.pm2.restart(app)
             raise UndoHalted(
@@ -319,6 +325,30 @@ class ToFiles(_Plan):
         self.expected_digest = state.digest().digest
         self.source = "keep-directory"
         details.update(kept=str(t.company_dir), digest=self.expected_digest)
+        # the first run recorded what it installed; a directory switched by hand has no record:
+        # what is there now is the base (writes made before this run count as PostgreSQL's)
+        if InstalledBase.read(t.auth_root, t.company_id) is None:
+            self._record_base("keep-directory", self.expected_digest, state.creds, state)
+        details["base"] = str(base_path(t.auth_root, t.company_id))
+
+    def _record_base(
+        self, source: str, digest: str, creds: Any, state: importer.DirectoryState
+    ) -> None:
+        t = self.target
+        record_base(
+            t.auth_root, t.company_id, source, digest, creds_fingerprint(creds),
+            state.fingerprints(), next_pre_key_id(creds),
+        )  # fmt: skip
+
+    def _record_installed(self, source: str, result: export_mod.ExportResult) -> str:
+        """Record what was installed (the way back's merge base), before the service runs on
+        it; its path."""
+        t = self.target
+        record_base(
+            t.auth_root, t.company_id, source, result.digest, result.creds_print,
+            result.fingerprints, result.next_pre_key_id,
+        )  # fmt: skip
+        return str(base_path(t.auth_root, t.company_id))
 
     def export(self, details: Details) -> None:
         t = self.target
@@ -336,6 +366,7 @@ class ToFiles(_Plan):
         self.expected_digest = result.digest
         self.source = "export"
         details.update(result.to_dict())
+        details["base"] = self._record_installed("export", result)
 
     def install_snapshot(self, details: Details) -> None:
         t, s = self.target, self.settings
@@ -351,6 +382,7 @@ class ToFiles(_Plan):
         self.expected_digest = result.digest
         self.source = "install-snapshot"
         details.update(result.to_dict())
+        details["base"] = self._record_installed("install-snapshot", result)
         details["snapshot"] = str(found.path)
         details["snapshot_age_s"] = round(age, 1)
         details["snapshot_taken_at"] = found.taken_at.isoformat()
@@ -377,6 +409,7 @@ class ToFiles(_Plan):
         self.expected_digest = result.digest
         self.source = "install-mirror"
         details.update(result.to_dict())
+        details["base"] = self._record_installed("install-mirror", result)
         details.update(found.to_dict())
         newest = snapshot.newest_snapshot(s.snapshot_dir, t.company_id)
         details["snapshot_age_s"] = round(newest.age_s(), 1) if newest else None
@@ -433,7 +466,15 @@ class ToPostgres(_Plan):
 
     def steps(self) -> list[Step]:
         t, s = self.target, self.settings
-        steps = [self.stop_step()]
+        app = s.pm2_app
+        steps = [
+            Step(
+                "stop-service",
+                f"stop PM2 app {app} (no writes during the switch)",
+                self.stop_service,
+                self.restart_in_file_mode,
+            )
+        ]
         if self.facts.env_mode == "postgres":
             # A re-run after the env step: the import is done and the service may have written
             # to the database since; importing the older directory again would undo those.
@@ -445,13 +486,7 @@ class ToPostgres(_Plan):
                 )
             )
         else:
-            steps.append(
-                Step(
-                    "import",
-                    f"import {t.company_dir} into PostgreSQL (one transaction, digest-checked)",
-                    self.do_import,
-                )
-            )
+            steps.append(Step("import", self._import_description(), self.do_import))
         steps.append(
             Step(
                 "env",
@@ -486,6 +521,10 @@ class ToPostgres(_Plan):
                 result = export_mod.export_company(
                     PgAuthStore(conn), t.auth_root, t.company_id, source=redact_dsn(t.service_dsn)
                 )
+            record_base(
+                t.auth_root, t.company_id, "export", result.digest, result.creds_print,
+                result.fingerprints, result.next_pre_key_id,
+            )  # fmt: skip
         except ResilienceError as exc:
             t.pm2.restart(app)
             raise UndoHalted(
@@ -502,14 +541,48 @@ class ToPostgres(_Plan):
         self.expected_digest = view.digest().digest
         details.update(kept="database", digest=self.expected_digest)
 
+    def _import_description(self) -> str:
+        t, merge = self.target, self.facts.merge
+        what = f"import {t.company_dir} into PostgreSQL (one transaction, digest-checked)"
+        if merge is None:
+            return what
+        if self.facts.base_source is None:
+            return f"{what}: no record of what was installed, the directory replaces the rows"
+        return (
+            f"{what}, merged three ways with what the switch installed ({merge['base']}): "
+            f"{merge['written_from_files']['count']} key(s) written and "
+            f"{merge['deleted_in_files']['count']} deleted as in file mode, "
+            f"{merge['kept_from_postgres']['count']} newer in PostgreSQL kept, "
+            f"{merge['conflicts_files_won']['count']} conflict(s) where file mode wins"
+        )
+
     def do_import(self, details: Details) -> None:
         t = self.target
+        base = InstalledBase.read(t.auth_root, t.company_id)
         with self._connect() as conn:
             result = importer.import_company(
-                PgAuthStore(conn), t.auth_root, t.company_id, meters=self.meters
+                PgAuthStore(conn),
+                t.auth_root,
+                t.company_id,
+                meters=self.meters,
+                three_way=True,
+                base=base,
             )
         self.expected_digest = result.digest_db
         details.update(result.to_dict())
+
+    def restart_in_file_mode(self) -> None:
+        """Undo of the stop: the service goes back to file mode on its directory, unless the
+        directory would not load (then it stays stopped: a crash loop serves nobody)."""
+        t = self.target
+        try:
+            importer.check_directory(t.company_dir, t.company_id)
+        except ResilienceError as exc:
+            raise UndoHalted(
+                f"the service was not started again in file mode: {exc}; fix the file, then "
+                f"pm2 restart {self.settings.pm2_app}"
+            ) from None
+        self.restart_service()
 
     def restore_postgres_flags(self, details: Details) -> None:
         before = self.state.env_before or POSTGRES_MODE_FLAGS
@@ -531,8 +604,10 @@ class ToPostgres(_Plan):
             gitref.checkout(self.settings.service_dir, self.tag_ref, force=True)
 
     def forget(self, details: Details) -> None:
-        self.target.state_file.unlink(missing_ok=True)
-        details["removed"] = str(self.target.state_file)
+        t = self.target
+        t.state_file.unlink(missing_ok=True)
+        remove_base(t.auth_root, t.company_id)
+        details["removed"] = str(t.state_file)
 
 
 def build_plan(
@@ -645,8 +720,8 @@ def _run(
         if not stopping:
             raise
         note = _start_again(target, stopping[0], journal)
-        if isinstance(failed, InputError):  # refused: said in one line, with what was done
-            again = InputError(str(failed) + note)
+        if isinstance(failed, ResilienceError) and failed.details:  # refused: said in one
+            again = type(failed)(str(failed) + note)  # line, with what was done
             again.details = failed.details
             raise again from None
         raise
@@ -691,6 +766,14 @@ def _start_again(target: Target, stopping: Pending, journal: Journal) -> str:
     return "; the service, stopped meanwhile, was started again"
 
 
+#: the exit code of a refusal follows its kind (README: 2 input, 4 data, 6 database)
+_REFUSALS: dict[str, type[ResilienceError]] = {
+    "input": InputError,
+    "data": DataError,
+    "database": DatabaseUnreachable,
+}
+
+
 def _checked_preflight(
     target: Target,
     direction: Direction,
@@ -703,7 +786,8 @@ def _checked_preflight(
     facts.plan = [step.description for step in build_plan(target, facts, force=False)]
     journal.event("preflight", f"{direction} preflight", **facts.to_dict())
     if facts.problems:
-        refused = InputError(f"preflight refused {direction}: " + "; ".join(facts.problems))
+        kind = _REFUSALS.get(facts.refusal, InputError)
+        refused = kind(f"preflight refused {direction}: " + "; ".join(facts.problems))
         refused.details = {"preflight": facts.to_dict()}
         raise refused
     return facts

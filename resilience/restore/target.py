@@ -14,8 +14,9 @@ from pathlib import Path
 
 from resilience.authstate.naming import company_dir_name
 from resilience.config import Settings, validate_company_id
-from resilience.errors import ConfigError
+from resilience.errors import ConfigError, ResilienceError
 from resilience.infra.pm2 import Pm2, pm2_for
+from resilience.service import envfile
 
 STATE_FILE = ".restore-state.json"
 
@@ -80,6 +81,30 @@ class Target:
     @property
     def state_file(self) -> Path:
         return self.auth_root / STATE_FILE
+
+
+def same_directory(a: Path, b: Path) -> bool:
+    """Whether two paths name one directory (symlinks and relative paths resolved)."""
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def file_mode_evidence(settings: Settings) -> str | None:
+    """Why the service is taken to run in file mode on its auth directory (a switch state in
+    that directory, or the file-mode flags in its .env), or None."""
+    root = settings.auth_root
+    if root is not None and (root / STATE_FILE).exists():
+        return f"switch state {root / STATE_FILE}"
+    env = settings.env_path
+    if env is not None and env.is_file():
+        try:
+            if envfile.current_mode(env) == "file":
+                return f"the file-mode flags in {env}"
+        except ResilienceError:
+            return None
+    return None
 
 
 def make_target(settings: Settings, company_id: str | None = None) -> Target:

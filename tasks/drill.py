@@ -52,7 +52,7 @@ def _drill(
 @task(auto_shortflags=False, help=HELP)
 @operator_task
 def rollback(c: Context, backend: str | None = None, k: str = "", yes: bool = False) -> None:
-    """Emergency rollback drill, all four scenarios: reports/drill-rollback.{html,json}."""
+    """Emergency rollback drill, scenarios a-h: reports/drill-rollback.{html,json}."""
     _drill(c, "rollback", ["drills/test_rollback.py"], backend, yes, k=k)
 
 

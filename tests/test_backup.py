@@ -361,3 +361,14 @@ def test_list_reports_a_hanging_region_beside_the_other(
         assert doc["exit_code"] == 6
     assert bounded.s3_secret_access_key is not None
     assert bounded.s3_secret_access_key.get_secret_value() not in out + err
+
+
+def test_restore_refuses_an_id_and_a_time_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, err = run_task(
+        backup_tasks.restore, {}, tmp_path, monkeypatch, capsys,
+        id="20260101T000000000000Z", at="2026-01-02T00:00:00",
+    )  # fmt: skip
+    assert code == 2
+    assert err.strip() == "error: --id and --at both pick the backup: give one"

@@ -153,6 +153,8 @@ def restore_backup(
     meters: Meters = NO_METERS,
 ) -> RestoreRun:
     say = progress or (lambda _m: None)
+    if backup_id is not None and at is not None:
+        raise InputError("--id and --at both pick the backup: give one")
     if company is not None:
         validate_company_id(company)
     with recorded_run(settings, "backup.restore", company) as record:

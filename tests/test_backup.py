@@ -277,6 +277,7 @@ def test_a_hanging_region_is_alerted_and_caught_up_while_the_other_is_backed_up(
     assert info.value.exit_code == 6 and "missed moscow" in str(info.value)
     details = info.value.details or {}
     backup_id = details["backup"]["id"]
+    assert info.value.record is not None and "record" not in details  # its JSON shows the record
     outcome = {r["region"]: r for r in details["regions"]}
     assert outcome["eu"]["ok"] and not outcome["moscow"]["ok"]
     assert outcome["moscow"]["error"].startswith("region moscow (")
@@ -315,6 +316,7 @@ def test_validate_reports_an_unreachable_region_and_retakes_nothing(
     assert statuses == {("eu", "valid"), ("moscow", "unreachable")}
     assert details["unreachable"] == ["moscow"] and details["invalid"] == []
     assert details["retaken"] is None
+    assert info.value.record is not None and "record" not in details  # its JSON shows the record
     moscow, eu = regions_from_settings(bounded)
     assert [m.id for m in list_region(eu).manifests] == [first.id]  # nothing re-taken
     assert [m.id for m in list_region(moscow).manifests] == [first.id]

@@ -215,14 +215,14 @@ def take_backup(
                 f"backup {manifest.id} reached no region (kept in {settings.backup_spool_dir} "
                 "to catch up): " + "; ".join(f"{o.region}: {o.error}" for o in outcomes)
             )
-            error.details = run.to_dict()
+            error.details = _details(run)
             raise error
         if missed:
             raise PartialFailure(
                 f"backup {manifest.id} is in {len(outcomes) - len(missed)} region(s); "
                 f"missed {', '.join(missed)} (kept in {settings.backup_spool_dir} to catch up)",
                 6,
-                run.to_dict(),
+                _details(run),
             )
     run.record = record.path
     return run
@@ -255,3 +255,11 @@ def _alert(settings: Settings, run: BackupRun) -> None:
         return
     text = f"backup {run.manifest.id}: " + "; ".join(problems)
     notify(settings, text, level="warning", tags={"backup": run.manifest.id})
+
+
+def _details(run: BackupRun) -> dict[str, Any]:
+    """The error's facts, without `record`: the error's own is set when the record is written
+    (a `None` here would hide it in the JSON)."""
+    details = run.to_dict()
+    del details["record"]
+    return details

@@ -202,7 +202,7 @@ def validate(settings: Settings, *, progress: Progress | None = None) -> Validat
                 + _summary(bad)
                 + (f"; re-taken as {result.retaken}" if result.retaken else "; re-take FAILED")
             )
-            error.details = result.to_dict()
+            error.details = _details(result)
             raise error
         if result.failed:
             failed = result.failed
@@ -210,7 +210,7 @@ def validate(settings: Settings, *, progress: Progress | None = None) -> Validat
                 f"{len(failed)} backup check(s) could not be made, nothing re-taken: "
                 + _summary(failed),
                 failed[0].exit_code,
-                result.to_dict(),
+                _details(result),
             )
             raise error
     result.record = record.path
@@ -227,3 +227,11 @@ def _alert(settings: Settings, result: Validation) -> None:
     if result.retaken:
         text += f"; re-taken as {result.retaken}"
     notify(settings, text, level="error")
+
+
+def _details(result: Validation) -> dict[str, Any]:
+    """The error's facts, without `record`: the error's own is set when the record is written
+    (a `None` here would hide it in the JSON)."""
+    details = result.to_dict()
+    del details["record"]
+    return details

@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     s3_bucket_eu: str = "baileys-backups-eu"
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
+    # every region's S3 calls are bounded (resilience.infra.s3): seconds to connect, seconds
+    # without an answer, attempts per call (the first included), and seconds of S3 calls one
+    # command may spend on one region; a region that does not answer is given up for the
+    # rest of the command, the other region goes on
+    s3_connect_timeout: float = Field(5.0, gt=0)
+    s3_read_timeout: float = Field(30.0, gt=0)
+    s3_max_attempts: int = Field(3, ge=1, le=10)
+    s3_region_timeout: float = Field(900.0, gt=0)
     # a role that may create databases, where restores are verified in a scratch database
     restore_dsn: SecretStr | None = None
     backup_whole_database: bool = False  # dump the whole database, not only the auth tables

@@ -5,7 +5,6 @@ credentials, and RESILIENCE_RESTORE_DSN for the scratch databases); every run le
 
 from __future__ import annotations
 
-import json as json_module
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,55 +53,20 @@ def run(c: Context, kind: str = "auto", json: bool = False) -> None:
 @operator_task
 def list_(c: Context, region: str | None = None, json: bool = False) -> None:
     """Every backup per region: kind, age, size, the last validation result; base backups
-    and the WAL range of point-in-time recovery beside them."""
-    from resilience.backup.barman import Archive
-    from resilience.backup.base import list_pitr
-    from resilience.backup.catalog import list_region
+    and the WAL range of point-in-time recovery beside them. A region that cannot be read is
+    listed as unreachable beside the others (exit 6)."""
+    from resilience.backup.listing import list_backups
     from resilience.config import load_settings
-    from resilience.errors import InputError, ResilienceError
-    from resilience.infra.s3 import regions_from_settings
+    from resilience.errors import PartialFailure
+    from resilience.infra.output import Output
 
-    settings = load_settings()
-    stores = regions_from_settings(settings)
-    if region is not None:
-        stores = [s for s in stores if s.name == region]
-        if not stores:
-            raise InputError(f"unknown or unconfigured region {region!r} (moscow or eu)")
-    last: dict[tuple[str, str], bool] = {}
-    if settings.backup_validation_log.exists():
-        for line in settings.backup_validation_log.read_text().splitlines():
-            try:
-                entry = json_module.loads(line)
-            except ValueError:
-                continue
-            if entry.get("backup_id"):
-                last[(entry["region"], entry["backup_id"])] = bool(entry.get("valid"))
-    now = datetime.now(UTC)
-    regions: dict[str, Any] = {}
-    for store in stores:
-        try:
-            listing = list_region(store)
-        except ResilienceError as exc:
-            regions[store.name] = {"error": str(exc)}
-            continue
-        regions[store.name] = {
-            "backups": [
-                {
-                    **m.summary(),
-                    "age_s": round((now - m.created).total_seconds()),
-                    "validated": last.get((store.name, m.id)),
-                }
-                for m in listing.manifests
-            ],
-            "orphans": listing.orphans,
-            "unreadable": listing.unreadable,
-        }
-        try:
-            archive = Archive(store, settings.pitr_prefix, settings.pitr_server)
-            regions[store.name]["pitr"] = list_pitr(settings, archive)
-        except ResilienceError as exc:
-            regions[store.name]["pitr"] = {"error": str(exc)}
-    _print(json, {"regions": regions})
+    try:
+        listing = list_backups(load_settings(), region)
+    except PartialFailure as exc:
+        if not json:  # the regions that answered, then the error line (--json: one document)
+            Output(False).result({"ok": False, **(exc.details or {})})
+        raise
+    _print(json, listing)
 
 
 @task(auto_shortflags=False, help={**JSON_HELP, "yes": "delete; without it, a dry run"})

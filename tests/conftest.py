@@ -1,7 +1,11 @@
-"""Fixtures for tests of the auth-state stores: a connection, a store, a fresh company."""
+"""Fixtures for tests of the auth-state stores: a connection, a store, a fresh company; and
+endpoints that fail as S3 regions fail: one that hangs, one that refuses."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,3 +46,42 @@ def company(store: PgAuthStore) -> Iterator[str]:
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return tmp_path / "auth"
+
+
+@pytest.fixture
+def hanging_endpoint() -> Iterator[str]:
+    """The URL of a server that accepts every connection and never answers (an S3 region that
+    hangs); stopped, its connections closed, when the test ends."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    listener.settimeout(0.1)  # the accept loop notices `stop` within this
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, name="hanging-endpoint", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+        for conn in held:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
+@pytest.fixture
+def refusing_endpoint() -> str:
+    """The URL of a port nothing listens on (an S3 region that refuses)."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

@@ -7,9 +7,11 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from task_runner import run_task
 
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgstore import PgAuthStore, connect
@@ -22,12 +24,13 @@ from resilience.backup.retention import Retention
 from resilience.backup.take import take_backup
 from resilience.backup.validate import validate
 from resilience.backup.verify import restore_dsn
-from resilience.config import Settings
+from resilience.config import Settings, settings_as_env
 from resilience.drill.fakes.receivers import ReceiverClient
 from resilience.drill.stack import Stack
 from resilience.drill.standin.deploy import backup_settings as backup_settings_for
 from resilience.errors import ConfigError, DataError, InputError, PartialFailure, VerificationError
 from resilience.infra.s3 import regions_from_settings
+from tasks import backup as backup_tasks
 
 pytestmark = pytest.mark.stack
 
@@ -51,6 +54,26 @@ def backup_settings(stack: Stack, tmp_path: Path) -> Settings:
     """The operator's settings for backups on this stack, with fresh buckets."""
     alerts = Settings.model_validate({"sentry_dsn": stack.endpoints.sentry_dsn})
     return backup_settings_for(stack, alerts, tmp_path)
+
+
+@pytest.fixture
+def bounded(backup_settings: Settings) -> Settings:
+    """Short S3 bounds, so a region that hangs costs seconds (moto answers well within them)."""
+    return backup_settings.model_copy(
+        update={
+            "s3_connect_timeout": 2.0,
+            "s3_read_timeout": 3.0,
+            "s3_max_attempts": 2,
+            "s3_region_timeout": 30.0,
+        }
+    )
+
+
+def _sentry(stack: Stack, match: Any) -> dict[str, Any]:
+    ep = stack.endpoints
+    assert ep.receivers_url is not None
+    with ReceiverClient(ep.receivers_url) as receivers:
+        return receivers.wait_for("sentry", match, 15)
 
 
 def _digests(stack: Stack, companies: list[str]) -> dict[str, str]:
@@ -243,3 +266,111 @@ def test_the_monthly_restore_test_verifies_every_key_and_reports(
     with ReceiverClient(ep.receivers_url) as receivers:
         sent = receivers.wait_for("telegram", lambda r: manifest.id in r.get("text", ""), 15)
     assert "ok" in sent["text"]
+
+
+def test_a_hanging_region_is_alerted_and_caught_up_while_the_other_is_backed_up(
+    stack: Stack, companies: list[str], bounded: Settings, hanging_endpoint: str
+) -> None:
+    hung = bounded.model_copy(update={"s3_endpoint_moscow": hanging_endpoint})
+    with pytest.raises(PartialFailure) as info:
+        take_backup(hung)
+    assert info.value.exit_code == 6 and "missed moscow" in str(info.value)
+    details = info.value.details or {}
+    backup_id = details["backup"]["id"]
+    assert info.value.record is not None and "record" not in details  # its JSON shows the record
+    outcome = {r["region"]: r for r in details["regions"]}
+    assert outcome["eu"]["ok"] and not outcome["moscow"]["ok"]
+    assert outcome["moscow"]["error"].startswith("region moscow (")
+    assert f"no answer from {hanging_endpoint}" in outcome["moscow"]["error"]
+    moscow, eu = regions_from_settings(bounded)
+    assert [m.id for m in list_region(eu).manifests] == [backup_id]
+    pending = bounded.backup_spool_dir / backup_id / "pending"
+    assert pending.read_text().split() == ["moscow"]
+    event = _sentry(stack, lambda r: backup_id in (r.get("message") or ""))
+    assert "region moscow missed the backup" in (event["message"] or "")
+
+    later = take_backup(bounded)  # the region answers again: caught up, then the new one
+    caught = next(r for r in later.regions if r.region == "moscow").caught_up
+    assert caught == [backup_id]
+    assert [m.id for m in list_region(moscow).manifests] == [later.manifest.id, backup_id]
+    assert not any(bounded.backup_spool_dir.iterdir())
+
+
+@pytest.mark.parametrize("fault", ["hanging", "refusing"])
+def test_validate_reports_an_unreachable_region_and_retakes_nothing(
+    stack: Stack,
+    companies: list[str],
+    bounded: Settings,
+    fault: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    endpoint = request.getfixturevalue(f"{fault}_endpoint")
+    first = take_backup(bounded).manifest
+    cut = bounded.model_copy(update={"s3_endpoint_moscow": endpoint})
+    with pytest.raises(PartialFailure) as info:
+        validate(cut)
+    assert info.value.exit_code == 6
+    assert "nothing re-taken" in str(info.value) and "moscow" in str(info.value)
+    details = info.value.details or {}
+    statuses = {(c["region"], c["status"]) for c in details["checks"]}
+    assert statuses == {("eu", "valid"), ("moscow", "unreachable")}
+    assert details["unreachable"] == ["moscow"] and details["invalid"] == []
+    assert details["retaken"] is None
+    assert info.value.record is not None and "record" not in details  # its JSON shows the record
+    moscow, eu = regions_from_settings(bounded)
+    assert [m.id for m in list_region(eu).manifests] == [first.id]  # nothing re-taken
+    assert [m.id for m in list_region(moscow).manifests] == [first.id]
+    assert not bounded.backup_spool_dir.exists() or not any(bounded.backup_spool_dir.iterdir())
+    logged = [json.loads(x) for x in bounded.backup_validation_log.read_text().splitlines()]
+    assert {(x["region"], x["status"], x["valid"]) for x in logged} == {
+        ("eu", "valid", True),
+        ("moscow", "unreachable", False),
+    }
+    event = _sentry(
+        stack,
+        lambda r: (
+            "backup validation FAILED" in (r.get("message") or "")
+            and endpoint in (r.get("message") or "")
+        ),
+    )
+    assert event["level"] == "error" and "moscow unreachable: region moscow (" in event["message"]
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_list_reports_a_hanging_region_beside_the_other(
+    stack: Stack,
+    companies: list[str],
+    bounded: Settings,
+    hanging_endpoint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    as_json: bool,
+) -> None:
+    taken = take_backup(bounded).manifest
+    env = settings_as_env(bounded.model_copy(update={"s3_endpoint_moscow": hanging_endpoint}))
+    code, out, err = run_task(backup_tasks.list_, env, tmp_path, monkeypatch, capsys, json=as_json)
+    assert code == 6
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: 1 region(s) could not be listed (listed: eu): region moscow (")
+    doc = json.loads(out)  # one document: --json's, or the human listing
+    assert doc["ok"] is False
+    assert doc["regions"]["moscow"]["state"] == "unreachable"
+    assert f"no answer from {hanging_endpoint}" in doc["regions"]["moscow"]["error"]
+    assert doc["regions"]["eu"]["state"] == "ok"
+    assert [b["id"] for b in doc["regions"]["eu"]["backups"]] == [taken.id]
+    if as_json:
+        assert doc["exit_code"] == 6
+    assert bounded.s3_secret_access_key is not None
+    assert bounded.s3_secret_access_key.get_secret_value() not in out + err
+
+
+def test_restore_refuses_an_id_and_a_time_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, err = run_task(
+        backup_tasks.restore, {}, tmp_path, monkeypatch, capsys,
+        id="20260101T000000000000Z", at="2026-01-02T00:00:00",
+    )  # fmt: skip
+    assert code == 2
+    assert err.strip() == "error: --id and --at both pick the backup: give one"

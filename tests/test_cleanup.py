@@ -534,6 +534,39 @@ def test_tasks_refuse_a_bad_company_id(
     assert doc["ok"] is False and doc["exit_code"] == 2
 
 
+@pytest.mark.parametrize("task", [cleanup_tasks.keys, cleanup_tasks.legacy])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_tasks_refuse_a_company_that_does_not_exist(
+    stack: Stack,
+    store: PgAuthStore,
+    company: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    task: Any,
+    as_json: bool,
+) -> None:
+    other = f"t_{uuid.uuid4().hex[:12]}"  # a company that does exist stays as it was
+    try:
+        rows = seed(store, other, fresh=5, stale=5)
+        code, out, err = run_task(
+            task, task_env(stack, tmp_path / "runs"), tmp_path, monkeypatch, capsys,
+            company=company, yes=True, json=as_json,
+        )  # fmt: skip
+        assert code == InputError.exit_code == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err
+        assert lines[0].startswith(
+            f"error: unknown company {company!r}: no creds and no keys in the database"
+        )
+        if as_json:
+            doc = json.loads(out)
+            assert doc["ok"] is False and doc["exit_code"] == 2
+        assert len(refs_in(store.conn, other)) == len(rows)
+    finally:
+        store.delete_company(other)
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

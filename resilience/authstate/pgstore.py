@@ -45,6 +45,7 @@ from resilience.errors import (
     ConfigError,
     DatabaseError,
     DatabaseUnreachable,
+    InputError,
     ResilienceError,
     VerificationError,
 )
@@ -403,6 +404,24 @@ class PgAuthStore:
                 "FROM whatsapp_keys ORDER BY 1"
             ).fetchall()
         return [r[0] for r in rows]
+
+    def has_company(self, company_id: str) -> bool:
+        """The company has a creds row or a key row."""
+        validate_company_id(company_id)
+        with database_errors("looking the company up"):
+            row = self.conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM whatsapp_auth WHERE company_id = %s) "
+                "OR EXISTS (SELECT 1 FROM whatsapp_keys WHERE company_id = %s)",
+                (company_id, company_id),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def known_company(self, company_id: str) -> None:
+        """InputError (exit 2, one line naming it) unless the company has a row."""
+        if not self.has_company(company_id):
+            raise InputError(
+                f"unknown company {company_id!r}: no creds and no keys in the database"
+            )
 
     def records(self, company_id: str) -> list[KeyRecord]:
         """Every key row of a company, legacy rows included, values decoded."""

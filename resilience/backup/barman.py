@@ -164,7 +164,7 @@ def list_backups(settings: Settings, archive: Archive) -> list[dict[str, Any]]:
         "barman-cloud-backup-list",
         [*archive.cloud_args(), "--format", "json", archive.url, archive.server],
         what="listing base backups",
-        timeout=120,
+        timeout=archive.store.remaining(120, "listing base backups"),
     )
     try:
         data = json.loads(done.stdout or "{}")

@@ -33,7 +33,7 @@ from resilience.config import Settings, validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
-from resilience.infra.s3 import RegionStore, regions_from_settings
+from resilience.infra.s3 import RegionStore, StorageError, regions_from_settings
 from resilience.restore.target import service_dsn
 from resilience.runs.record import recorded_run
 
@@ -57,14 +57,21 @@ def find_backup(
     for store in stores:
         try:
             found += [(store, m) for m in list_region(store).manifests]
-        except ResilienceError as exc:
+        except StorageError as exc:
             errors.append(str(exc))
     if not found:
-        raise InputError("no backup found" + (f" ({'; '.join(errors)})" if errors else ""))
+        if errors:  # a region that cannot be read is an outage, not a wrong flag
+            raise StorageError("no backup could be read: " + "; ".join(errors))
+        raise InputError("no backup found")
     found.sort(key=lambda pair: pair[1].id, reverse=True)
     if backup_id is not None:
         match = [pair for pair in found if pair[1].id == backup_id]
         if not match:
+            if errors:
+                raise StorageError(
+                    f"no backup with id {backup_id!r} in the regions that answered; "
+                    + "; ".join(errors)
+                )
             raise InputError(f"no backup with id {backup_id!r}: see backup.list")
         return match[0]
     if at is not None:
@@ -146,6 +153,8 @@ def restore_backup(
     meters: Meters = NO_METERS,
 ) -> RestoreRun:
     say = progress or (lambda _m: None)
+    if backup_id is not None and at is not None:
+        raise InputError("--id and --at both pick the backup: give one")
     if company is not None:
         validate_company_id(company)
     with recorded_run(settings, "backup.restore", company) as record:

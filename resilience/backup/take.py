@@ -6,8 +6,10 @@
    company in that very snapshot, so the manifest describes exactly what the dump holds;
 3. judge the backup against its own history (rows down more than 20 %, size halved) and the size
    bound (1 GB): alerts, never a refusal, the backup is kept either way;
-4. upload the dump and then its manifest to every region; a region that fails is recorded in the
-   spool and alerted, the others still get the backup.
+4. upload the dump and then its manifest to every region; a region that fails (refuses, hangs
+   past its bounds, answers an error) is recorded in the spool and alerted, the others still get
+   the backup. Each region is bounded (`resilience.infra.s3`): a region that did not answer is
+   not tried again in the same run, so a hanging one costs its bound once.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from resilience.backup.manifest import BackupManifest, CompanyDigest, Kind, new_
 from resilience.config import Settings
 from resilience.errors import PartialFailure, ResilienceError
 from resilience.infra.progress import NO_METERS, Meters
-from resilience.infra.s3 import RegionStore, regions_from_settings, sha256_file
+from resilience.infra.s3 import RegionStore, StorageError, regions_from_settings, sha256_file
 from resilience.restore.target import service_dsn
 from resilience.runs.record import recorded_run
 
@@ -174,9 +176,12 @@ def take_backup(
     kind: str = "auto",
     progress: Progress | None = None,
     meters: Meters = NO_METERS,
+    stores: list[RegionStore] | None = None,
 ) -> BackupRun:
+    """One backup to every region. ``stores``: the regions of the command this run is part of
+    (`backup.validate`'s re-take), whose bounds it shares; default: fresh ones."""
     say = progress or (lambda _m: None)
-    stores = regions_from_settings(settings)
+    stores = stores if stores is not None else regions_from_settings(settings)
     dsn = service_dsn(settings)
     spool = Spool(settings.backup_spool_dir)
     with recorded_run(settings, "backup.run") as record:
@@ -206,16 +211,18 @@ def take_backup(
         record.journal.measurements.update(run.to_dict())
         _alert(settings, run)
         if all(not o.ok for o in outcomes):
-            raise ResilienceError(
-                f"backup {manifest.id} reached no region: "
-                + "; ".join(f"{o.region}: {o.error}" for o in outcomes)
+            error = StorageError(
+                f"backup {manifest.id} reached no region (kept in {settings.backup_spool_dir} "
+                "to catch up): " + "; ".join(f"{o.region}: {o.error}" for o in outcomes)
             )
+            error.details = _details(run)
+            raise error
         if missed:
             raise PartialFailure(
                 f"backup {manifest.id} is in {len(outcomes) - len(missed)} region(s); "
                 f"missed {', '.join(missed)} (kept in {settings.backup_spool_dir} to catch up)",
                 6,
-                run.to_dict(),
+                _details(run),
             )
     run.record = record.path
     return run
@@ -248,3 +255,11 @@ def _alert(settings: Settings, run: BackupRun) -> None:
         return
     text = f"backup {run.manifest.id}: " + "; ".join(problems)
     notify(settings, text, level="warning", tags={"backup": run.manifest.id})
+
+
+def _details(run: BackupRun) -> dict[str, Any]:
+    """The error's facts, without `record`: the error's own is set when the record is written
+    (a `None` here would hide it in the JSON)."""
+    details = run.to_dict()
+    del details["record"]
+    return details

@@ -42,6 +42,8 @@ def _validated(log: Path) -> dict[str, bool]:
         except ValueError:
             continue
         if isinstance(entry, dict) and entry.get("backup_id"):
+            if entry.get("status") in ("unreachable", "unchecked"):
+                continue  # the region or the check failed: nothing proven about the backup
             out[str(entry["backup_id"])] = bool(entry.get("valid"))
     return out
 

@@ -36,7 +36,13 @@ import psycopg
 from psycopg import sql
 
 from resilience.alerting.channels import notify
-from resilience.authstate.pgstore import Conn, classify_connect_error, connect, database_errors
+from resilience.authstate.pgstore import (
+    Conn,
+    PgAuthStore,
+    classify_connect_error,
+    connect,
+    database_errors,
+)
 from resilience.config import Settings, validate_company_id
 from resilience.errors import DatabaseError, DatabaseUnreachable, InputError, ResilienceError
 from resilience.infra.waiting import wait_until
@@ -467,6 +473,8 @@ def cleanup_keys(
     with recorded_run(settings, COMMAND, company_id) as record:
         journal = record.journal
         with connect(dsn, timeout=settings.db_connect_timeout, autocommit=True) as conn:
+            if company_id is not None:
+                PgAuthStore(conn).known_company(company_id)
             run = CleanupRun(
                 rule,
                 database_now(conn),

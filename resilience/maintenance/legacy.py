@@ -30,7 +30,13 @@ from typing import Any, Literal
 
 import psycopg
 
-from resilience.authstate.pgstore import Conn, connect, database_errors, read_transaction
+from resilience.authstate.pgstore import (
+    Conn,
+    PgAuthStore,
+    connect,
+    database_errors,
+    read_transaction,
+)
 from resilience.authstate.view import baileys_ref
 from resilience.config import Settings, validate_company_id
 from resilience.errors import DatabaseError, PartialFailure, ResilienceError
@@ -267,6 +273,8 @@ def cleanup_legacy(
     with recorded_run(settings, COMMAND, company_id) as record:
         dsn = service_dsn(settings)
         with connect(dsn, timeout=settings.db_connect_timeout, autocommit=True) as conn:
+            if company_id is not None:
+                PgAuthStore(conn).known_company(company_id)
             companies = [company_id] if company_id is not None else legacy_companies(conn)
             for company in companies:
                 report(f"{'purging' if yes else 'reading'} legacy rows of company {company}")

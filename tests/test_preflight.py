@@ -18,6 +18,7 @@ from test_switch import Service, observe, shared, target_of  # noqa: F401
 
 from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.backup.restore import restore_backup
 from resilience.errors import (
     DatabaseUnreachable,
     DataError,
@@ -26,6 +27,8 @@ from resilience.errors import (
     ResilienceError,
 )
 from resilience.infra.fsutil import atomic_write
+from resilience.maintenance.cleanup import cleanup_keys
+from resilience.maintenance.legacy import cleanup_legacy
 from resilience.restore import commands
 from resilience.restore.export import export_company
 from resilience.restore.preflight import Direction
@@ -199,6 +202,9 @@ def test_a_switch_or_an_export_while_another_command_holds_the_lock_is_refused(
             lambda: commands.switch(s, "to-files", company_id=shared.company),
             lambda: commands.switch(s, "to-postgres", company_id=shared.company),
             lambda: commands.export(s, company_id=shared.company, directory=s.auth_root),
+            lambda: cleanup_keys(s, company_id=shared.company, yes=True),
+            lambda: cleanup_legacy(s, company_id=shared.company, yes=True),
+            lambda: restore_backup(s, company=shared.company, yes=True),
         ):
             with pytest.raises(LockHeld, match=f"pid {holder.pid}") as info:
                 attempt()
@@ -207,6 +213,7 @@ def test_a_switch_or_an_export_while_another_command_holds_the_lock_is_refused(
         # a dry run reads only: it takes no lock
         dry: Any = commands.switch(s, "to-files", company_id=shared.company, dry_run=True)
         assert dry.outcome.result is None
+        assert cleanup_keys(s, company_id=shared.company).dry_run
     finally:
         holder.communicate("", timeout=30)
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import tempfile
 import time
@@ -31,6 +32,7 @@ from resilience.backup.manifest import BackupManifest
 from resilience.backup.verify import compare, download_checked, restore_dsn, scratch_database
 from resilience.config import Settings, validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError
+from resilience.infra.oplock import operation_lock
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 from resilience.infra.s3 import RegionStore, StorageError, regions_from_settings
@@ -157,7 +159,16 @@ def restore_backup(
         raise InputError("--id and --at both pick the backup: give one")
     if company is not None:
         validate_company_id(company)
-    with recorded_run(settings, "backup.restore", company) as record:
+    with (
+        contextlib.ExitStack() as held,
+        recorded_run(settings, "backup.restore", company) as record,
+    ):
+        # the live database's rows (a company's, or the service's whole database): the lock
+        # of the company, or of the service's company, as a switch takes it
+        service = settings.service_dsn.get_secret_value() if settings.service_dsn else None
+        locked = company if company is not None else settings.company_id
+        if yes and (company is not None or (target_dsn is not None and target_dsn == service)):
+            held.enter_context(operation_lock(settings, locked, "backup.restore", record.journal))
         if target_dsn:
             record.journal.register_secret(target_dsn)
         store, manifest = find_backup(settings, backup_id=backup_id, at=at, region=region)

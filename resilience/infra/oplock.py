@@ -23,6 +23,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import threading
@@ -30,12 +31,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from resilience.config import Settings, validate_company_id
 from resilience.errors import InputError, LockHeld
 
 LOCK_PREFIX = ".lock-company_"
+log = logging.getLogger(__name__)
 
 #: (lock file, thread) -> depth: re-entrant within one thread; another thread of this process
 #: is refused like another process (its flock on a descriptor of its own conflicts)
@@ -194,6 +196,36 @@ def _acquire(path: Path, company_id: str) -> int:
         if same:
             return fd
         os.close(fd)  # the holder released and unlinked it meanwhile: lock the new one
+
+
+class _Journal(Protocol):
+    def event(self, kind: str, message: str, **data: Any) -> None: ...
+
+
+@contextlib.contextmanager
+def operation_lock(
+    settings: Settings,
+    company_id: str,
+    command: str,
+    journal: _Journal | None = None,
+    *,
+    skip: bool = False,
+) -> Iterator[None]:
+    """:func:`company_lock` for an operator command: a holder that died is taken over and said
+    in its journal (and the log); ``skip`` for a run that only reads (a dry run takes none)."""
+    if skip:
+        yield
+        return
+    with company_lock(settings, company_id, command) as stale:
+        if stale is not None:
+            said = (
+                f"the lock of company {company_id} was left by {stale.describe()}, which is "
+                "gone: taken over"
+            )
+            log.warning("%s", said)
+            if journal is not None:
+                journal.event("lock-taken-over", said, holder=stale.to_dict())
+        yield
 
 
 def _open(path: Path) -> int:

@@ -45,6 +45,7 @@ from resilience.authstate.pgstore import (
 )
 from resilience.config import Settings, validate_company_id
 from resilience.errors import DatabaseError, DatabaseUnreachable, InputError, ResilienceError
+from resilience.infra.oplock import operation_lock
 from resilience.infra.waiting import wait_until
 from resilience.maintenance.expiry import (
     ExpiryCounts,
@@ -470,7 +471,12 @@ def cleanup_keys(
     report = progress or _no_progress
     dsn = service_dsn(settings)
     started = time.monotonic()
-    with recorded_run(settings, COMMAND, company_id) as record:
+    with (
+        recorded_run(settings, COMMAND, company_id) as record,
+        operation_lock(
+            settings, company_id or settings.company_id, COMMAND, record.journal, skip=not yes
+        ),
+    ):
         journal = record.journal
         with connect(dsn, timeout=settings.db_connect_timeout, autocommit=True) as conn:
             if company_id is not None:

@@ -40,6 +40,7 @@ from resilience.authstate.pgstore import (
 from resilience.authstate.view import baileys_ref
 from resilience.config import Settings, validate_company_id
 from resilience.errors import DatabaseError, PartialFailure, ResilienceError
+from resilience.infra.oplock import operation_lock
 from resilience.maintenance.cleanup import database_failure
 from resilience.restore.target import service_dsn
 from resilience.runs.record import recorded_run
@@ -270,7 +271,12 @@ def cleanup_legacy(
         validate_company_id(company_id)
     report = progress or _no_progress
     run = LegacyRun(dry_run=not yes, company_id=company_id)
-    with recorded_run(settings, COMMAND, company_id) as record:
+    with (
+        recorded_run(settings, COMMAND, company_id) as record,
+        operation_lock(
+            settings, company_id or settings.company_id, COMMAND, record.journal, skip=not yes
+        ),
+    ):
         dsn = service_dsn(settings)
         with connect(dsn, timeout=settings.db_connect_timeout, autocommit=True) as conn:
             if company_id is not None:

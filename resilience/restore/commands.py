@@ -7,9 +7,8 @@ the path as `record`. Tasks only parse flags and format what these return.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from resilience.alerting.channels import notify
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.config import Settings, validate_company_id
 from resilience.errors import DataError, InputError, PartialFailure, ResilienceError
-from resilience.infra.oplock import company_lock
+from resilience.infra.oplock import company_lock, operation_lock
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 from resilience.restore.export import CompanyFailure, ExportBatch, ExportResult, export_all
@@ -34,7 +33,6 @@ from resilience.restore.target import (
     service_dsn,
 )
 from resilience.restore.tenants import tenant_settings
-from resilience.runs.journal import Journal
 from resilience.runs.record import recorded_run
 
 Progress = Callable[[str], None]
@@ -68,7 +66,7 @@ def switch(
     command = f"restore.{direction}"
     with recorded_run(settings, command, target.company_id) as record:
         try:
-            with _locked(settings, target.company_id, command, record.journal, skip=dry_run):
+            with operation_lock(settings, target.company_id, command, record.journal, skip=dry_run):
                 outcome = run_switch(
                     target,
                     direction,
@@ -87,27 +85,6 @@ def switch(
             record.journal.measurements["rto_s"] = round(outcome.rto_s, 3)
             record.journal.measurements["duration_s"] = round(outcome.result.duration_s, 3)
     return SwitchRun(outcome, record.path, record.journal.to_dict())
-
-
-@contextlib.contextmanager
-def _locked(
-    settings: Settings, company_id: str, command: str, journal: Journal, *, skip: bool = False
-) -> Iterator[None]:
-    """The company's lock (:mod:`resilience.infra.oplock`) for the body, a holder that died
-    taken over and journaled; ``skip`` for a read-only run (a dry run takes none)."""
-    if skip:
-        yield
-        return
-    with company_lock(settings, company_id, command) as stale:
-        if stale is not None:
-            journal.event(
-                "lock-taken-over",
-                f"the lock of company {company_id} was left by {stale.describe()}, which is "
-                "gone: taken over",
-                holder=stale.to_dict(),
-            )
-            log.warning("lock of company %s taken over from %s", company_id, stale.describe())
-        yield
 
 
 @dataclass
@@ -255,7 +232,7 @@ def export(
         count = workers or settings.restore_workers
         with (
             # into the service's own directory: the company's lock, as a switch takes it
-            _locked(
+            operation_lock(
                 settings,
                 company_id or settings.company_id,
                 "restore.export",

@@ -36,8 +36,11 @@ def drill_service(
     if settings.backend == "external":
         yield from _real_service(stack, settings, tmp_path)
         return
-    with standin_on_stack(stack, settings, tmp_path, prefix="drill", keys=SEEDED_KEYS) as s:
-        service = ServiceUnderTest(stack, s.deployed, s.settings, s.pm2, s.dataset)
+    kind = settings.drill_service
+    with standin_on_stack(
+        stack, settings, tmp_path, prefix="drill", keys=SEEDED_KEYS, kind=kind
+    ) as s:
+        service = ServiceUnderTest(stack, s.deployed, s.settings, s.pm2, s.dataset, kind=kind)
         service.wait_mode("postgres")
         yield service
 
@@ -93,6 +96,9 @@ def _report(name: str, settings: DrillSettings) -> Iterator[DrillReport]:
 
 @pytest.fixture(scope="session")
 def rollback_report(settings: DrillSettings) -> Iterator[DrillReport]:
+    if settings.drill_service == "baileys":
+        yield from _report("rollback-baileys", settings)
+        return
     yield from _report("rollback", settings)
 
 

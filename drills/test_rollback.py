@@ -28,6 +28,7 @@ from resilience.authstate.naming import company_dir_name
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import settings_as_env
+from resilience.drill.baileys import selfcheck
 from resilience.drill.evidence import (
     Fingerprints,
     database_state,
@@ -142,10 +143,30 @@ def check_loaded_digest(
 ) -> str | None:
     """The service must report loading `expected`; without a health endpoint there is no digest
     to read from the service, and that is said, not skipped silently."""
-    if service.settings.health_url:
+    if service.settings.health_url and "loaded_digest" in health:
         assert health.get("loaded_digest") == expected
         return str(health["loaded_digest"])
+    if service.settings.health_url:
+        return "not available (the service's health has no loaded_digest)"
     return "not available (no RESILIENCE_HEALTH_URL)"
+
+
+def baileys_reads_everything(service: ServiceUnderTest, journal: Journal, mode: str) -> None:
+    """On real Baileys code: every key read back through the auth state in use (files by
+    useMultiFileAuthState's reader, rows by BufferJSON.reviver), not one Buffer left unrevived."""
+    if service.kind != "baileys":
+        return
+    checked = selfcheck(service.settings.health_url or "")
+    journal.event(
+        "baileys-read-back", f"real Baileys read back every key in {mode} mode", **checked
+    )
+    assert checked["keys"] > SEEDED_KEYS // 2 and checked["unrevived"] == 0, checked
+    assert checked["creds_unrevived"] == 0, checked
+
+
+def standin_only(service: ServiceUnderTest, why: str) -> None:
+    if service.kind == "baileys":
+        pytest.skip(f"the drill service on real Baileys code: {why}")
 
 
 # --- scenarios --------------------------------------------------------------------------------
@@ -185,6 +206,7 @@ def _fallback_from_snapshot(
                 recovered_s = time.monotonic() - outage_at
                 health = service.wait_mode("file")
                 journal.steady_state("after", steady_state(service))
+                baileys_reads_everything(service, journal, "file")
                 # the database as it was lost is read once it is back, against the files
                 service.pm2.stop(service.deployed.app)
             journal.event("fault-removed", f"{fault} removed: PostgreSQL is back")
@@ -198,7 +220,8 @@ def _fallback_from_snapshot(
         if taken.standby is not None and "directory" in taken.standby:
             assert installed["installed_from"] == "standby"  # renamed in, no file created
         unseen = differences(db_prints, _unreplay(files_now, file_writes, db_prints))
-        assert db_creds == files_creds
+        if service.kind != "baileys":  # Baileys saves creds in file mode (next pre-key id)
+            assert db_creds == files_creds
         if entries is not None:  # every difference must be a write acknowledged after it
             after_snapshot = {
                 (e.type, e.id)
@@ -216,9 +239,11 @@ def _fallback_from_snapshot(
         wait_for_writes(service, 10)
         back = switch(service, journal, "to-postgres")
         service.wait_mode("postgres")
+        baileys_reads_everything(service, journal, "postgres")
         service.pm2.stop(service.deployed.app)
         merged = step(back, "import")["merge"]
-        _, after, _ = db_state(service)
+        creds_after, after, _ = db_state(service)
+        assert creds_after == dir_state(service)[0]  # the creds the service held in file mode
         entries = service.acknowledged_writes()
         lost = (
             differences(after, replay(seeded_prints(service), entries))
@@ -310,6 +335,7 @@ def test_c_slow_postgres_live_export_loses_nothing(
     drill_service: ServiceUnderTest, rollback_report: DrillReport
 ) -> None:
     service = drill_service
+    standin_only(service, "scenario c compares creds the service does not save")
     ep = service.stack.endpoints
     with scenario(
         rollback_report, "c) PostgreSQL slow (2 s latency): live export", service
@@ -394,10 +420,12 @@ def test_d_round_trip_back_to_postgres_keeps_file_mode_writes(
         there = switch(service, journal, "to-files")
         assert SwitchState.read(state_file(service)) is not None
         service.wait_mode("file")
+        baileys_reads_everything(service, journal, "file")
         wait_for_writes(service, 30)  # keys added, changed and deleted in file mode
         back = switch(service, journal, "to-postgres")
         health = service.wait_mode("postgres")
         journal.steady_state("after", steady_state(service))
+        baileys_reads_everything(service, journal, "postgres")
         service.pm2.stop(service.deployed.app)
 
         _, db_prints, db_digest = db_state(service)
@@ -515,6 +543,7 @@ def _way_back_loses_nothing(
     back = switch(service, journal, "to-postgres")
     service.wait_mode("postgres")
     journal.steady_state("after", steady_state(service))
+    baileys_reads_everything(service, journal, "postgres")
     service.pm2.stop(service.deployed.app)
     _, after, _ = db_state(service)
     entries = service.acknowledged_writes()
@@ -532,6 +561,9 @@ def test_f_two_switches_at_once_one_is_refused(
     drill_service: ServiceUnderTest, rollback_report: DrillReport, gap_s: float, latency_ms: int
 ) -> None:
     service = drill_service
+    standin_only(
+        service, "the lock is the tool's, whatever the service (scenario f on the stand-in)"
+    )
     ep = service.stack.endpoints
     title = f"f) two restore.to-files --yes {gap_s} s apart" + (
         f" ({latency_ms} ms latency)" if latency_ms else ""
@@ -600,6 +632,7 @@ def test_g_way_back_after_snapshot_fallback_keeps_what_postgres_held(
             journal.event("fault", "proxy disabled")
             there = switch(service, journal, "to-files")
             service.wait_mode("file")
+            baileys_reads_everything(service, journal, "file")
         journal.event("fault-removed", "proxy enabled: PostgreSQL reachable again")
         wait_for_writes(service, 20)  # file-mode writes, some over keys PostgreSQL changed
         preview = service.switch("to-postgres", dry_run=True).outcome.preflight
@@ -607,6 +640,7 @@ def test_g_way_back_after_snapshot_fallback_keeps_what_postgres_held(
         back = switch(service, journal, "to-postgres")
         service.wait_mode("postgres")
         journal.steady_state("after", steady_state(service))
+        baileys_reads_everything(service, journal, "postgres")
         service.pm2.stop(service.deployed.app)
         merge = step(back, "import")["merge"]
         _, after, _ = db_state(service)
@@ -645,6 +679,9 @@ def test_h_corrupt_files_are_refused_before_the_stop(
     drill_service: ServiceUnderTest, rollback_report: DrillReport
 ) -> None:
     service = drill_service
+    standin_only(
+        service, "Baileys saves creds.json in file mode itself (scenario h on the stand-in)"
+    )
     with scenario(
         rollback_report, "h) corrupt files in file mode: refused before the stop", service
     ) as journal:

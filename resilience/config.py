@@ -291,6 +291,9 @@ class DrillSettings(Settings):
     # docker backend: official images (pulled), local ones (built here from Debian packages and
     # cached in the engine) or auto (official when a pull works, else local)
     docker_images: DockerImages = "auto"
+    # the service drills deploy on the local and docker stacks: our stand-in, or the drill
+    # service on real Baileys code (tools/baileys-service)
+    drill_service: Literal["standin", "baileys"] = "standin"
 
     # --- external (staging) stack ------------------------------------------------------------
     admin_dsn: SecretStr | None = None

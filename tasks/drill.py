@@ -28,6 +28,7 @@ def _drill(
     *,
     k: str = "",
     marks: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> None:
     from resilience.errors import InputError
 
@@ -44,16 +45,34 @@ def _drill(
         args += ["-m", repr(marks)]
     if k:
         args += ["-k", repr(k)]
-    env = {"RESILIENCE_BACKEND": backend} if backend else {}
+    env = {**(env or {}), **({"RESILIENCE_BACKEND": backend} if backend else {})}
     with c.cd(str(ROOT)):
         c.run(" ".join([venv_bin("pytest"), *args]), env=env, pty=False)
 
 
-@task(auto_shortflags=False, help=HELP)
+@task(
+    auto_shortflags=False,
+    help={
+        **HELP,
+        "service": "standin (default) or baileys: the drill service on real Baileys code "
+        "(scenarios a, b, d, e, g; reports/drill-rollback-baileys.*)",
+    },
+)
 @operator_task
-def rollback(c: Context, backend: str | None = None, k: str = "", yes: bool = False) -> None:
+def rollback(
+    c: Context,
+    backend: str | None = None,
+    k: str = "",
+    yes: bool = False,
+    service: str | None = None,
+) -> None:
     """Emergency rollback drill, scenarios a-h: reports/drill-rollback.{html,json}."""
-    _drill(c, "rollback", ["drills/test_rollback.py"], backend, yes, k=k)
+    from resilience.errors import InputError
+
+    if service not in (None, "standin", "baileys"):
+        raise InputError(f"--service must be standin or baileys, not {service!r}")
+    env = {"RESILIENCE_DRILL_SERVICE": service} if service else {}
+    _drill(c, "rollback", ["drills/test_rollback.py"], backend, yes, k=k, env=env)
 
 
 @task(
@@ -115,5 +134,8 @@ def mirror(c: Context, backend: str | None = None, k: str = "", yes: bool = Fals
 @task(auto_shortflags=False, name="all", help={"backend": BACKEND_HELP, "yes": YES_HELP})
 @operator_task
 def all_drills(c: Context, backend: str | None = None, yes: bool = False) -> None:
-    """Every drill, slow ones included (the nightly chaos run)."""
+    """Every drill, slow ones included, and the rollback drill on real Baileys code (nightly)."""
     _drill(c, "all", ["drills"], backend, yes)
+    if backend != "external":  # staging runs its own service
+        env = {"RESILIENCE_DRILL_SERVICE": "baileys"}
+        _drill(c, "rollback-baileys", ["drills/test_rollback.py"], backend, yes, env=env)

@@ -17,6 +17,7 @@ import httpx
 
 from resilience.authstate.dataset import Dataset
 from resilience.config import Settings
+from resilience.drill.baileys import read_writes
 from resilience.drill.stack.base import Stack
 from resilience.drill.standin.deploy import DeployedService
 from resilience.drill.standin.writelog import WRITELOG_FILE, WriteEntry, read_writelog
@@ -27,6 +28,16 @@ from resilience.restore import commands
 from resilience.restore.preflight import Direction
 from resilience.restore.verify import mode_patterns
 
+#: how services name their modes in health (a real service says "files")
+MODE_WORDS = {
+    "file": "file",
+    "files": "file",
+    "filesystem": "file",
+    "postgres": "postgres",
+    "postgresql": "postgres",
+    "database": "postgres",
+}
+
 
 @dataclass
 class ServiceUnderTest:
@@ -35,8 +46,11 @@ class ServiceUnderTest:
     settings: Settings  # the operator's settings naming this service
     pm2: Pm2
     dataset: Dataset | None = None
-    standin: bool = True  # the stand-in (keeps a write log), or a real service
+    #: a service we deployed (the stand-in or the Baileys drill service): it keeps a write log
+    #: and counts `writes_ok` in its health; False for a real service
+    standin: bool = True
     writing: bool = True  # it writes keys by itself: its rows move
+    kind: str = "standin"  # "standin", "baileys" (real Baileys code) or "real"
 
     @property
     def company(self) -> str:
@@ -89,7 +103,7 @@ class ServiceUnderTest:
             if self.pm2.require(self.deployed.app).status != "online":
                 return None
             body = self.health()
-            if body.get("mode") != mode:
+            if MODE_WORDS.get(str(body.get("mode")), body.get("mode")) != mode:
                 return None
             started = body.get("writes_ok", 0) > 0 or not (self.standin and self.writing)
             return body if started else None
@@ -98,6 +112,8 @@ class ServiceUnderTest:
 
     def acknowledged_writes(self) -> list[WriteEntry] | None:
         """Every write the stand-in acknowledged; None for a real service (it keeps none)."""
+        if self.kind == "baileys":
+            return read_writes(self.workdir / WRITELOG_FILE)
         return read_writelog(self.workdir / WRITELOG_FILE) if self.standin else None
 
     def switch(self, direction: Direction, **options: Any) -> commands.SwitchRun:

@@ -244,10 +244,15 @@ def standin_on_stack(
     verify_timeout: float = 60.0,
     snapshot_max_age: float = 600.0,
     extra_env: Mapping[str, str] | None = None,
+    kind: str = "standin",
 ) -> Iterator[StandinOnStack]:
     """Seed a fresh company (`keys` keys plus legacy rows) through the admin DSN, deploy the
     stand-in for it under `base`, and afterwards undo every fault and remove both again.
-    `extra_env` goes to :func:`deploy_standin`."""
+    `extra_env` goes to :func:`deploy_standin`. ``kind`` "baileys": the drill service on real
+    Baileys code instead (:mod:`resilience.drill.baileys`), its rows seeded as it writes them
+    (base64 Buffers, what Baileys' BufferJSON reads) and its creds' ``nextPreKeyId`` past the
+    seeded pre-keys."""
+    from resilience.authstate.codec import Style
     from resilience.authstate.dataset import generate
     from resilience.authstate.pgstore import PgAuthStore, connect
     from resilience.chaos.toxiproxy import ToxiproxyClient
@@ -258,19 +263,43 @@ def standin_on_stack(
     company = f"{prefix}_{secrets.token_hex(5)}"
     data = generate(company, keys)
     with connect(ep.admin_dsn) as conn:
-        PgAuthStore(conn).insert_raw(company, data.creds, data.rows())
+        if kind == "baileys":
+            numbers = [
+                int(k.key_id) for k in data.keys if k.key_type == "pre-key" and k.key_id.isdigit()
+            ]
+            data.creds["nextPreKeyId"] = data.creds["firstUnuploadedPreKeyId"] = (
+                max(numbers, default=0) + 1
+            )
+            as_baileys: Style = "base64"
+            rows = ((record, as_baileys) for record in data.keys)
+            PgAuthStore(conn).insert_raw(company, data.creds, rows, creds_style=as_baileys)
+        else:
+            PgAuthStore(conn).insert_raw(company, data.creds, data.rows())
     pm2 = Pm2(find_pm2(settings.tools_dir), home=Path(ep.pm2_home) if ep.pm2_home else None)
     app = f"baileys-{company}"
     try:
-        deployed = deploy_standin(
-            pm2,
-            base / "service",
-            service_dsn=ep.service_dsn,
-            company_id=company,
-            app=app,
-            write_interval_ms=write_interval_ms,
-            extra_env=extra_env,
-        )
+        if kind == "baileys":
+            from resilience.drill.baileys import deploy_baileys
+
+            deployed = deploy_baileys(
+                pm2,
+                base / "service",
+                settings.tools_dir,
+                service_dsn=ep.service_dsn,
+                company_id=company,
+                app=app,
+                write_interval_ms=write_interval_ms,
+            )
+        else:
+            deployed = deploy_standin(
+                pm2,
+                base / "service",
+                service_dsn=ep.service_dsn,
+                company_id=company,
+                app=app,
+                write_interval_ms=write_interval_ms,
+                extra_env=extra_env,
+            )
         switch_settings = operator_settings(stack, settings, pm2).model_copy(
             update={
                 "company_id": company,

@@ -22,7 +22,7 @@ from resilience.authstate import pgstore
 from resilience.authstate.pgstore import DbLink, connect
 from resilience.diagnose.connectivity import check_connectivity
 from resilience.errors import ConfigError, DatabaseUnreachable
-from resilience.infra.pgpeer import SSL_REQUEST, PeerVerdict, probe_peer, tcp_target
+from resilience.infra.pgpeer import LINE_END, SSL_REQUEST, PeerVerdict, probe_peer, tcp_target
 from resilience.infra.processes import free_port
 
 PASSWORD = "s3cret-Pw-not-shown"
@@ -73,6 +73,24 @@ def answers(reply: bytes) -> Behaviour:
     def act(conn: socket.socket) -> None:
         if conn.recv(8) == SSL_REQUEST:
             conn.sendall(reply)
+        conn.recv(64)
+
+    return act
+
+
+def answers_late(reply: bytes) -> Behaviour:
+    """Answers ``reply`` only once the probe, tired of waiting, sent its line end too (a slow
+    PostgreSQL: its one byte and, having read the line end, its error message)."""
+
+    def act(conn: socket.socket) -> None:
+        received = b""
+        while not received.endswith(LINE_END):
+            chunk = conn.recv(64)
+            if not chunk:
+                return
+            received += chunk
+        assert received == SSL_REQUEST + LINE_END
+        conn.sendall(reply)
         conn.recv(64)
 
     return act
@@ -135,18 +153,24 @@ def test_http_servers_are_not_postgres(http_port: int, werkzeug_port: int) -> No
         (answers(b"N"), "postgres"),  # no TLS
         (answers(b"S"), "postgres"),  # TLS offered
         (answers(b"E\x00\x00\x00\x10SFATAL\x00"), "postgres"),  # an error, from an old server
+        (answers_late(b"NE\x00\x00\x00\x10SFATAL\x00"), "postgres"),
+        (answers_late(b"SSH-2.0-OpenSSH_9.2p1\r\n"), "other"),
         (banner, "other"),  # "S..." but more than the one byte PostgreSQL answers
         (echo, "other"),
         (closes, "unknown"),
-        (silent, "unknown"),
     ],
-    ids=["N", "S", "E", "ssh-banner", "echo", "closes", "silent"],
+    ids=["N", "S", "E", "late-N-then-error", "late-banner", "ssh-banner", "echo", "closes"],
 )
 def test_the_probe_tells_postgres_from_others_and_says_when_it_cannot(
     behaviour: Behaviour, kind: str
 ) -> None:
     with peer(behaviour) as port:
-        assert probe_peer("127.0.0.1", port, bound=1.0).kind == kind
+        assert probe_peer("127.0.0.1", port, bound=10.0).kind == kind
+
+
+def test_a_peer_that_never_answers_is_cannot_tell() -> None:
+    with peer(silent) as port:
+        assert probe_peer("127.0.0.1", port, bound=0.5) == PeerVerdict("unknown")
 
 
 def test_nothing_listening_is_cannot_tell_for_the_probe() -> None:

@@ -148,8 +148,10 @@ def connect(dsn: str, *, timeout: float = 5.0, autocommit: bool = False) -> Conn
 #: A connect not done after this long has the peer probed beside it (a healthy one is done
 #: in milliseconds: it never pays for the probe, not even with a connection of its own).
 PEER_GRACE = 0.3
-#: How long the probe may take to tell (it runs beside the connect, never delays it).
-PEER_BOUND = 2.0
+#: How long the probe may take to tell. It runs beside the connect and never delays one that
+#: succeeds; a connect that failed before the probe told (refused, say) waits for it, and a
+#: peer that refuses or closes at once tells at once.
+PEER_BOUND = 5.0
 
 
 class _NotPostgres(Exception):

@@ -71,30 +71,29 @@ def _printable(data: bytes) -> str:
     return "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in text).strip()
 
 
-def _judge(data: bytes, line_sent: bool) -> PeerVerdict:
-    first = data[:1]
+def _judge(data: bytes) -> PeerVerdict:
+    first, then = data[:1], data[1:2]
     if first == b"E":  # an error message (a server too old for SSLRequest, a failed fork)
         return PeerVerdict("postgres")
-    # PostgreSQL answers exactly one byte and waits: more at once is someone else (an SSH
-    # banner starts with "S" too); once the line end went out a slow server may have said more
-    if first in (b"S", b"N") and (len(data) == 1 or line_sent):
+    # PostgreSQL answers one byte and waits; only once the line end reached it (a slow server)
+    # may more follow: its error message ("E"), or a TLS alert (0x15) after "S". Anything else
+    # after the byte is someone else (an SSH banner starts with "S" too).
+    if first in (b"S", b"N") and then in (b"", b"E", b"\x15"):
         return PeerVerdict("postgres")
     return PeerVerdict("other", _printable(data))
 
 
-def probe_peer(host: str, port: int, bound: float = 2.0) -> PeerVerdict:
+def probe_peer(host: str, port: int, bound: float = 5.0) -> PeerVerdict:
     """Ask ``host:port`` whether it speaks PostgreSQL, within ``bound`` seconds."""
     deadline = time.monotonic() + bound
     try:
         with socket.create_connection((host, port), timeout=bound) as sock:
             sock.sendall(SSL_REQUEST)
-            line_sent = False
             sock.settimeout(max(0.01, min(QUIET, deadline - time.monotonic())))
             try:
                 data = sock.recv(64)
             except TimeoutError:
                 sock.sendall(LINE_END)
-                line_sent = True
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return PeerVerdict("unknown")
@@ -104,4 +103,4 @@ def probe_peer(host: str, port: int, bound: float = 2.0) -> PeerVerdict:
         return PeerVerdict("unknown")
     if not data:  # closed without a word: a proxy whose server is gone, say
         return PeerVerdict("unknown")
-    return _judge(data, line_sent)
+    return _judge(data)

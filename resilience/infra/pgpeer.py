@@ -14,7 +14,10 @@ by then, so it never sees those bytes (a slow one that does logs a complaint abo
 closes, harmless). Any other answer is not PostgreSQL. No answer within the bound, a closed or
 refused connection: the probe cannot tell, and the ordinary connect decides.
 
-The probe never sends a user name, a password or anything else of the DSN.
+The probe never sends a user name, a password or anything else of the DSN. A server with TLS
+on answers "S" and then logs the probe's goodbye ("could not accept SSL connection: EOF
+detected"): one log line per probe, and the library probes only a connect that is slow or
+failing (resilience/authstate/pgstore.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Fixtures for tests of the auth-state stores: a connection, a store, a fresh company; and
-endpoints that fail as S3 regions fail: one that hangs, one that refuses."""
+"""Fixtures for tests of the auth-state stores: a connection, a store, a fresh company;
+endpoints that fail as S3 regions fail (one that hangs, one that refuses); a local HTTP server,
+for a DSN that points at a service which is not PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +88,27 @@ def refusing_endpoint() -> str:
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+class _QuietHandler(BaseHTTPRequestHandler):
+    timeout = 5  # a client that never ends its request line is dropped after this
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_port() -> Iterator[int]:
+    """The port of an HTTP server (the standard library's) on 127.0.0.1, stopped afterwards:
+    a peer that answers, but not as PostgreSQL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -1,7 +1,8 @@
 """`diagnose` under bad input, against the embedded stack: an unknown company, S3 that does not
-answer, manifests of an older format, a role without rights, a wrong password, an unreachable
-database. Each is said plainly (a warning, a note, a ConfigError naming what to fix), never a
-traceback and never a scenario it is not."""
+answer, manifests of an older format, a role without rights, a wrong password, a DSN pointing at
+an HTTP server, at port 70000 or at a host that does not resolve, an unreachable database. Each
+is said plainly (a warning, a note, a ConfigError naming what to fix), never a traceback and
+never a scenario it is not."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from psycopg import sql
@@ -282,6 +284,60 @@ def test_an_unreachable_database_is_scenario_1_with_the_probe_as_evidence(
     probes = doc["connectivity"]["probes"]
     assert [(p["name"], p["ok"]) for p in probes] == [("dns", True), ("tcp", False)]
     assert doc["connectivity"]["verdict"] == "outage"
+
+
+def _pointed_at(operator: Settings, host: str, port: int | str) -> tuple[Settings, str]:
+    """The operator's settings with the service DSN's host and port replaced; its password."""
+    assert operator.service_dsn is not None
+    parts = urlsplit(operator.service_dsn.get_secret_value())
+    assert parts.password
+    netloc = f"{parts.username}:{parts.password}@{host}:{port}"
+    dsn = urlunsplit(parts._replace(netloc=netloc))
+    return operator.model_copy(update={"service_dsn": SecretStr(dsn)}), parts.password
+
+
+@pytest.mark.parametrize(
+    ("where", "evidence"),
+    [
+        ("http", "answers, but not as PostgreSQL"),
+        ("port-70000", "port 70000 is out of range"),
+        ("unresolvable", "does not resolve"),
+    ],
+)
+def test_each_wrong_dsn_is_configuration_exit_2_never_scenario_1(
+    where: str,
+    evidence: str,
+    company: str,
+    operator: Settings,
+    http_port: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What the switch reads as a wrong DSN (exit 2, no snapshot), diagnose reads alike: an
+    HTTP server on the DSN's port (told in moments, not after the connect timeout), a port
+    out of range, a host that does not resolve."""
+    host, port = {
+        "http": ("127.0.0.1", http_port),
+        "port-70000": ("127.0.0.1", 70000),
+        "unresolvable": ("no-such-host.invalid", 5432),
+    }[where]
+    wrong, password = _pointed_at(operator, host, port)
+    with pytest.raises(ConfigError, match="not an outage") as info:
+        diagnose(wrong, company)
+    assert evidence in str(info.value) and password not in str(info.value)
+    code, out, err = _task(wrong, tmp_path, monkeypatch, capsys, company=company, json=True)
+    doc = json.loads(out)
+    assert code == 2 and doc["exit_code"] == 2 and "scenario" not in doc
+    assert evidence in doc["error"]
+    assert password not in out + err and "Traceback" not in out + err
+
+
+def test_a_refused_port_is_scenario_1(company: str, operator: Settings) -> None:
+    refused, _ = _pointed_at(operator, "127.0.0.1", free_port())  # nothing listens there
+    found = diagnose(refused, company)
+    assert (found.scenario, found.exit_code) == (1, 11)
+    assert found.evidence[-1].startswith("tcp: FAILED") and "refused" in found.evidence[-1]
 
 
 def test_a_corrupt_key_is_named_by_type_and_id_never_by_value(

@@ -17,7 +17,7 @@ from resilience.service.envfile import (
     restore_values,
     set_values,
 )
-from resilience.service.modes import FILE_MODE_FLAGS
+from resilience.service.modes import FILE_MODE_FLAGS, POSTGRES_MODE_FLAGS
 
 SECRET_DSN = "postgresql://svc:s3cr3t-pw@db.internal:5432/app"
 
@@ -76,14 +76,53 @@ def test_switch_to_file_mode_changes_only_the_three_values(env_path: Path) -> No
     assert dotenv_values(env_path)["DATABASE_URL"] == SECRET_DSN
 
 
-def test_backup_holds_the_old_bytes_and_keeps_the_mode(env_path: Path) -> None:
+def test_backup_holds_the_old_bytes_and_is_0600(env_path: Path) -> None:
+    """It holds the DSN: owner only, whatever the mode of the file (0640 here)."""
     change = set_values(env_path, FILE_MODE_FLAGS)
     assert change.backup is not None
     assert change.backup.parent == env_path.parent
     assert change.backup.name.startswith(".env.bak-")
     assert change.backup.read_bytes() == POSTGRES_ENV.encode()
-    assert stat.S_IMODE(change.backup.stat().st_mode) == 0o640
+    assert stat.S_IMODE(change.backup.stat().st_mode) == 0o600
+    assert change.backup.stat().st_uid == env_path.stat().st_uid
+    assert stat.S_IMODE(env_path.stat().st_mode) == 0o640
     assert backups(env_path) == [change.backup]
+
+
+def test_only_the_newest_five_backups_stay_each_0600(env_path: Path) -> None:
+    """Each switch leaves a copy holding the DSN: they do not pile up. The oldest go once a new
+    one is written (ordered by the time in the name, then by the counter of the same second);
+    one an older version left readable is tightened; other files are not touched."""
+    old = []
+    for day in range(1, 7):
+        path = env_path.with_name(f".env.bak-202001{day:02d}T000000Z")
+        path.write_bytes(POSTGRES_ENV.encode())
+        path.chmod(0o644)
+        old.append(path)
+    others = [env_path.with_name(name) for name in (".env.bak-custom", ".env.example")]
+    for path in others:
+        path.write_text("kept\n")
+
+    first = set_values(env_path, FILE_MODE_FLAGS)
+    assert first.backup is not None
+    assert backups(env_path) == sorted([*old[2:], first.backup, others[0]])
+    made = [first.backup]
+    for flags in (POSTGRES_MODE_FLAGS, FILE_MODE_FLAGS, POSTGRES_MODE_FLAGS, FILE_MODE_FLAGS):
+        change = set_values(env_path, flags)
+        assert change.backup is not None
+        made.append(change.backup)
+    timestamped = [p for p in backups(env_path) if p not in others]
+    assert set(timestamped) == set(made)  # the five made now: every older one removed
+    assert [stat.S_IMODE(p.stat().st_mode) for p in timestamped] == [0o600] * 5
+    assert all(p.read_text() == "kept\n" for p in others)
+
+    # a burst within a second: counters go on past the ones removed, the newest always stays
+    for flags in (POSTGRES_MODE_FLAGS, FILE_MODE_FLAGS, POSTGRES_MODE_FLAGS, FILE_MODE_FLAGS):
+        change = set_values(env_path, flags)
+        assert change.backup is not None and change.backup.exists()
+        made.append(change.backup)
+        remaining = {p for p in backups(env_path) if p not in others}
+        assert remaining == set(made[-5:])  # the oldest went, never a newer one
 
 
 def test_file_mode_bits_are_preserved(env_path: Path) -> None:

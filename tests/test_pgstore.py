@@ -1,4 +1,5 @@
-"""PgAuthStore against the stack's PostgreSQL: the service's read/write semantics and TTLs."""
+"""PgAuthStore against the stack's PostgreSQL: the service's read/write semantics and TTLs; the
+peer probe of its connects against the real server."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from pathlib import Path
 import pytest
 from psycopg.types.json import Jsonb
 
+from resilience.authstate import pgstore
 from resilience.authstate.codec import canonical
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgstore import BATCH_SIZE, Conn, DbLink, PgAuthStore, connect
 from resilience.authstate.view import view_of
+from resilience.chaos import faults
+from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.drill.stack import Stack
 from resilience.errors import DataError, InputError
+from resilience.infra.pgpeer import PeerVerdict, probe_peer, tcp_target
 from resilience.restore.export import export_company
 
 pytestmark = pytest.mark.stack
@@ -159,3 +164,57 @@ def test_a_streamed_export_over_a_link_is_one_round_trip(
         )
         assert link.round_trips - connecting == 2
     assert result.digest == view_of(company, data.creds, data.keys).digest().digest
+
+
+# --- the peer probe: only an outage is an outage (tests/test_pgpeer.py has the other peers) ------
+def test_the_stacks_postgresql_answers_the_probe_as_postgresql(stack: Stack) -> None:
+    ep = stack.endpoints
+    for dsn in (ep.admin_dsn, ep.service_dsn):  # direct, and through the proxy
+        where = tcp_target(dsn)
+        assert where is not None
+        assert probe_peer(*where).kind == "postgres"
+
+
+@pytest.fixture
+def probes(monkeypatch: pytest.MonkeyPatch) -> list[PeerVerdict]:
+    """Every verdict of the peer probe the library's connects ran during the test."""
+    seen: list[PeerVerdict] = []
+
+    def spy(host: str, port: int, bound: float = 5.0) -> PeerVerdict:
+        verdict = probe_peer(host, port, bound)
+        seen.append(verdict)
+        return verdict
+
+    monkeypatch.setattr(pgstore, "probe_peer", spy)
+    return seen
+
+
+def test_a_healthy_connect_is_never_probed(
+    stack: Stack, probes: list[PeerVerdict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No connection of its own, no round trip: the probe waits for a connect that is slow
+    (the grace made long here, so that a loaded machine cannot make this connect slow)."""
+    monkeypatch.setattr(pgstore, "PEER_GRACE", 60.0)
+    with connect(stack.endpoints.service_dsn) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    with DbLink(stack.endpoints.service_dsn) as link:
+        assert link.conn.execute("SELECT 1").fetchone() == (1,)
+    assert probes == []
+
+
+def test_a_slow_postgresql_is_probed_beside_the_connect_and_connects(
+    stack: Stack, probes: list[PeerVerdict]
+) -> None:
+    ep = stack.endpoints
+    with (
+        ToxiproxyClient(ep.toxiproxy_url) as toxiproxy,
+        faults.latency(toxiproxy, ep.toxiproxy_proxy, 400, allowed=ep.drill_target),
+    ):
+        with connect(ep.service_dsn, timeout=20) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        with DbLink(ep.service_dsn, timeout=20) as link:
+            opened = link.conn
+            connecting = link.round_trips
+            assert opened.execute("SELECT 1").fetchone() == (1,)
+    assert [v.kind for v in probes] == ["postgres", "postgres"]
+    assert 1 <= connecting <= 3  # the probe's own connection is not the link's

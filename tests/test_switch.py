@@ -296,6 +296,39 @@ def test_unescaped_password_in_the_dsn_is_a_configuration_error(
     ]
 
 
+def test_a_dsn_pointing_at_an_http_server_is_configuration_never_a_snapshot(
+    shared: Service, tmp_path: Path, http_port: int
+) -> None:
+    """PostgreSQL is healthy, the DSN names the port of an HTTP server: no outage, so the
+    snapshot (there is one) is not installed; the switch says so in moments (the link's
+    timeout is the settings' 20 s) and the task exits 2."""
+    ep = shared.stack.endpoints
+    snaps = tmp_path / "snapshots"
+    with connect(ep.service_dsn) as conn:
+        snapshot.take_snapshot(PgAuthStore(conn), snaps, [shared.company], keep=3, source="test")
+    parts = urlsplit(ep.service_dsn)
+    dsn = urlunsplit(
+        parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{http_port}")
+    )
+    settings = shared.settings.model_copy(update={"snapshot_dir": snaps})
+    target = Target(settings, dsn, shared.company)
+
+    facts = preflight(target, "to-files")
+    assert facts.db_verdict == "misconfigured" and facts.snapshot_path is None
+    message = refused(shared, target, "PostgreSQL is not down, the configuration is wrong")
+    assert "answers, but not as PostgreSQL" in message
+    assert "snapshot of company" not in message
+    for secret in secrets_of(shared):
+        assert secret not in message
+    done = run_task(
+        ["restore.to-files", "--dry-run", "--json"],
+        {**settings_as_env(settings), "RESILIENCE_SERVICE_DSN": dsn},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "the configuration is wrong (RESILIENCE_SERVICE_DSN)" in done.stderr
+    assert json.loads(done.stdout)["exit_code"] == 2
+
+
 def test_missing_env_file_is_refused(shared: Service) -> None:
     missing = shared.workdir / "missing.env"
     refused(shared, target_of(shared, service_env=missing), f"service env file {missing} not found")

@@ -12,6 +12,7 @@ import os
 import re
 import select
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -49,6 +50,7 @@ from resilience.errors import (
     ResilienceError,
     VerificationError,
 )
+from resilience.infra.pgpeer import PeerVerdict, probe_peer, tcp_target
 from resilience.infra.redact import Redactor, dsn_problems, redact_dsn
 
 BATCH_SIZE = 100
@@ -99,6 +101,14 @@ _CONFIG_RE = (
     (re.compile(r"invalid integer value .* port|invalid port", re.I), "port"),
     (re.compile(r"pg_hba\.conf", re.I), "user, database or client address (pg_hba.conf)"),
     (re.compile(r"invalid connection option|missing \"=\"|invalid URI", re.I), "syntax"),
+    # libpq's own words for a peer that answered, but not in PostgreSQL's protocol
+    (
+        re.compile(
+            r"invalid response to (?:SSL|GSSAPI) negotiation|expected authentication request",
+            re.I,
+        ),
+        "host and port (another service answers there)",
+    ),
 )
 
 
@@ -118,22 +128,121 @@ def classify_connect_error(exc: BaseException) -> tuple[str, str | None]:
 
 def connect(dsn: str, *, timeout: float = 5.0, autocommit: bool = False) -> Conn:
     """Open a connection. An outage raises :class:`DatabaseUnreachable`; a wrong DSN (bad
-    password, unknown role or database, unresolvable host, bad syntax) raises
-    :class:`ConfigError` naming the part to check; anything else :class:`DatabaseError`.
-    Every message passes the redactor with this DSN's secrets registered."""
+    password, unknown role or database, unresolvable host, bad syntax, a peer that is not
+    PostgreSQL) raises :class:`ConfigError` naming the part to check; anything else
+    :class:`DatabaseError`. Every message passes the redactor with this DSN's secrets
+    registered."""
     redactor = Redactor([dsn])
     problems = dsn_problems(dsn)
     if problems:
         raise ConfigError("the DSN is wrong: " + "; ".join(problems))
-    try:
+
+    def attempt(cancel: threading.Event) -> Conn:
         return psycopg.connect(dsn, connect_timeout=max(1, int(timeout)), autocommit=autocommit)
-    except psycopg.Error as exc:
+
+    try:
+        return _checked_connect(dsn, attempt, wait_cancelled=False)
+    except (psycopg.Error, _NotPostgres) as exc:
         raise _connect_error(exc, dsn, redactor) from None
 
 
-def _connect_error(exc: psycopg.Error, dsn: str, redactor: Redactor) -> ResilienceError:
-    kind, part = classify_connect_error(exc)
+#: A connect not done after this long has the peer probed beside it (a healthy one is done
+#: in milliseconds: it never pays for the probe, not even with a connection of its own).
+PEER_GRACE = 0.3
+#: How long the probe may take to tell. It runs beside the connect and never delays one that
+#: succeeds; a connect that failed before the probe told (refused, say) waits for it, and a
+#: peer that refuses or closes at once tells at once.
+PEER_BOUND = 5.0
+
+
+class _NotPostgres(Exception):
+    """The probe's verdict, raised by :func:`_checked_connect` (turned into ConfigError)."""
+
+    def __init__(self, where: tuple[str, int], verdict: PeerVerdict) -> None:
+        super().__init__(verdict.describe())
+        self.where = where
+        self.verdict = verdict
+
+
+def _checked_connect(
+    dsn: str, attempt: Callable[[threading.Event], Conn], *, wait_cancelled: bool
+) -> Conn:
+    """``attempt(cancel)`` (libpq's connect) in a thread of its own, with the peer of a TCP DSN
+    probed beside it (:mod:`resilience.infra.pgpeer`) once the attempt has run for
+    ``PEER_GRACE``, or has failed sooner with anything but a wrong DSN. When the peer is not
+    PostgreSQL, :class:`_NotPostgres` is raised at once, without waiting for the connect
+    timeout, and the attempt is abandoned: ``cancel`` is set and a connection it still opens
+    is closed (``wait_cancelled``: the attempt ends soon once cancelled, so wait for it)."""
+    where = tcp_target(dsn)
+    if where is None:  # a Unix socket: nothing else can listen there
+        return attempt(threading.Event())
+    cancel = threading.Event()
+    changed = threading.Condition()
+    outcome: list[Conn | BaseException] = []
+    verdict: list[PeerVerdict] = []
+
+    def connecting() -> None:
+        result: Conn | BaseException
+        try:
+            result = attempt(cancel)
+        except BaseException as exc:  # handed over to the caller's thread
+            result = exc
+        with changed:
+            if cancel.is_set():
+                if not isinstance(result, BaseException):
+                    result.close()
+                return
+            outcome.append(result)
+            changed.notify_all()
+
+    def probing() -> None:
+        found = probe_peer(where[0], where[1], PEER_BOUND)
+        with changed:
+            verdict.append(found)
+            changed.notify_all()
+
+    worker = threading.Thread(target=connecting, name="pg-connect", daemon=True)
+    worker.start()
+    probe: threading.Thread | None = None
+    with changed:
+        changed.wait_for(lambda: bool(outcome), timeout=PEER_GRACE)
+        while True:
+            result = outcome[0] if outcome else None
+            if result is not None and not isinstance(result, BaseException):
+                return result  # connected: the connect's word is final
+            if result is not None and (
+                not isinstance(result, psycopg.Error)
+                or classify_connect_error(result)[0] == "config"
+            ):
+                raise result  # the DSN is wrong as it is, or not a connect's failure at all
+            if verdict and verdict[0].kind == "other":
+                if result is None:
+                    cancel.set()  # under the lock: the attempt, when it ends, sees it
+                break
+            if verdict and result is not None:
+                raise result  # the peer is PostgreSQL, or it cannot tell: the failure stands
+            if probe is None:
+                probe = threading.Thread(target=probing, name="pg-peer-probe", daemon=True)
+                probe.start()
+            changed.wait()
+    if wait_cancelled and cancel.is_set():
+        worker.join()
+    raise _NotPostgres(where, verdict[0])
+
+
+def _connect_error(
+    exc: psycopg.Error | _NotPostgres, dsn: str, redactor: Redactor
+) -> ResilienceError:
     where = redactor.text(redact_dsn(dsn))
+    if isinstance(exc, _NotPostgres):
+        host, port = exc.where
+        return ConfigError(
+            redactor.text(
+                f"the DSN is wrong (check its host and port): {host}:{port} "
+                f"{exc.verdict.describe()} (at {where})"
+            )
+        )
+    kind, part = classify_connect_error(exc)
     reason = redactor.text(_first_line(exc))
     if kind == "outage":
         return DatabaseUnreachable(f"PostgreSQL unreachable at {where}: {reason}")
@@ -142,10 +251,17 @@ def _connect_error(exc: psycopg.Error, dsn: str, redactor: Redactor) -> Resilien
     return DatabaseError(f"cannot connect to PostgreSQL at {where}: {reason}")
 
 
-def _traced_connect(dsn: str, timeout: float, trace_fd: int) -> Conn:
+#: How often a traced connect looks whether it was abandoned (its socket wakes it sooner).
+_CANCEL_CHECK = 0.1
+
+
+def _traced_connect(
+    dsn: str, timeout: float, trace_fd: int, cancel: threading.Event | None = None
+) -> Conn:
     """Open a connection with libpq's protocol trace written to ``trace_fd`` from the very
     first message, so that connecting and authenticating are counted too (psycopg's
-    ``connect`` opens the connection before a trace could be set)."""
+    ``connect`` opens the connection before a trace could be set). Once ``cancel`` is set the
+    attempt gives up (within ``_CANCEL_CHECK``)."""
     pgconn = pq.PGconn.connect_start(make_conninfo(dsn).encode())
     pgconn.trace(trace_fd)
     pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
@@ -154,13 +270,23 @@ def _traced_connect(dsn: str, timeout: float, trace_fd: int) -> Conn:
         while (status := pgconn.connect_poll()) != pq.PollingStatus.OK:
             if status == pq.PollingStatus.FAILED:
                 raise psycopg.OperationalError(pgconn.get_error_message())
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise psycopg.OperationalError("timeout expired")
             reading = status == pq.PollingStatus.READING
-            select.select(
-                [pgconn.socket] if reading else [], [] if reading else [pgconn.socket], [], left
-            )
+            while True:  # libpq is polled again only once its socket is ready
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise psycopg.OperationalError("timeout expired")
+                if cancel is not None:
+                    if cancel.is_set():
+                        raise psycopg.OperationalError("abandoned")
+                    left = min(left, _CANCEL_CHECK)
+                ready = select.select(
+                    [pgconn.socket] if reading else [],
+                    [] if reading else [pgconn.socket],
+                    [],
+                    left,
+                )
+                if any(ready):
+                    break
     except BaseException:
         pgconn.untrace()  # flushes what libpq buffered, so failed attempts count too
         pgconn.finish()
@@ -199,9 +325,14 @@ class DbLink:
         problems = dsn_problems(self.dsn)
         if problems:
             raise ConfigError("the DSN is wrong: " + "; ".join(problems))
+        trace = self._trace.fileno()
         try:
-            self._conn = _traced_connect(self.dsn, self.timeout, self._trace.fileno())
-        except psycopg.Error as exc:
+            self._conn = _checked_connect(
+                self.dsn,
+                lambda cancel: _traced_connect(self.dsn, self.timeout, trace, cancel),
+                wait_cancelled=True,
+            )
+        except (psycopg.Error, _NotPostgres) as exc:
             self._trips += self._count()
             raise _connect_error(exc, self.dsn, redactor) from None
         self.connects += 1

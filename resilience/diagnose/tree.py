@@ -20,7 +20,7 @@ from resilience.diagnose.completeness import Completeness, compare
 from resilience.diagnose.connectivity import Connectivity, check_connectivity
 from resilience.diagnose.exposure import Exposure, exposure_of
 from resilience.diagnose.integrity import Integrity, check_integrity
-from resilience.errors import ConfigError, InputError
+from resilience.errors import ConfigError, DatabaseError, InputError
 from resilience.infra.redact import Redactor
 
 #: exit codes of `diagnose` (README, runbook): 0 healthy, 2 its own configuration, 11-14 the
@@ -91,8 +91,9 @@ def _company_restore(company: str, exposure: Exposure) -> tuple[str | None, str 
 
 
 def diagnose(settings: Settings, company: str | None = None) -> Diagnosis:
-    """Walk the tree; ConfigError (exit 2) for a wrong DSN, missing rights or settings,
-    InputError for an unknown company."""
+    """Walk the tree; ConfigError (exit 2) for a wrong DSN (a peer that is not PostgreSQL
+    included), missing rights or settings, InputError for an unknown company, DatabaseError
+    (exit 6) when PostgreSQL fails in a way that is neither an outage nor the DSN."""
     if company is not None:
         validate_company_id(company)
     if settings.service_dsn is None:
@@ -104,6 +105,11 @@ def diagnose(settings: Settings, company: str | None = None) -> Diagnosis:
     evidence = [f"{p.name}: {'ok' if p.ok else 'FAILED'}, {p.detail}" for p in connectivity.probes]
     if connectivity.verdict == "config":
         raise ConfigError("the service's DSN is wrong, not an outage: " + "; ".join(evidence))
+    if connectivity.verdict == "unknown":  # the switch refuses a snapshot for it too
+        raise DatabaseError(
+            "cannot tell whether PostgreSQL is down, so no scenario is named (the switch would "
+            "not fall back to a snapshot either): " + "; ".join(evidence)
+        )
     exposure = exposure_of(settings, target)
     warnings = [
         f"region {name} {info['state']}: compared without it ({info['error']})"

@@ -10,11 +10,14 @@ every byte outside the value being changed (comments, blank lines, order, `expor
 around `=`, the quote style, inline comments, line endings, unrelated keys) is kept as it was.
 
 Values in this file can be secrets (`DATABASE_URL` lives beside the flags): nothing here logs a
-value or puts one in an error message; only key names appear.
+value or puts one in an error message; only key names appear. The copy of the old file kept at
+each change holds them too: it is 0600 whatever the file's mode, and only the newest
+:data:`BACKUPS_KEPT` such copies are kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -43,6 +46,11 @@ _UNQUOTED_SAFE_RE = re.compile(r"^[^\s#'\"\\]*$")
 _BOM = "\ufeff"
 
 Style = Literal["unquoted", "single", "double"]
+
+#: Timestamped copies (``<name>.bak-<UTC time>[.<n>]``) kept beside the file; older ones go.
+BACKUPS_KEPT = 5
+BACKUP_MODE = 0o600
+_BACKUP_NAME_RE = re.compile(r"\.bak-(\d{8}T\d{6}Z)(?:\.(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -239,8 +247,11 @@ def _apply(
     return bom + new_body, previous
 
 
-def _write_like(target: Path, data: bytes, like: os.stat_result, *, replace: bool) -> None:
-    """Write ``data`` atomically to ``target`` with the mode and owner of ``like``.
+def _write_like(
+    target: Path, data: bytes, like: os.stat_result, *, replace: bool, mode: int | None = None
+) -> None:
+    """Write ``data`` atomically to ``target`` with the owner of ``like`` and its mode (or
+    ``mode``).
 
     ``replace=False`` never overwrites an existing ``target`` (hard link, then unlink the temp).
     """
@@ -248,7 +259,7 @@ def _write_like(target: Path, data: bytes, like: os.stat_result, *, replace: boo
         atomic_write(
             target,
             data,
-            mode=like.st_mode & 0o7777,
+            mode=like.st_mode & 0o7777 if mode is None else mode,
             temp_prefix=f".{target.name}.tmp-",
             owner=(like.st_uid, like.st_gid),
             replace=replace,
@@ -264,9 +275,46 @@ def _write_like(target: Path, data: bytes, like: os.stat_result, *, replace: boo
         raise
 
 
+def _timestamped_backups(real: Path) -> list[Path]:
+    """The timestamped backups of ``real`` beside it, oldest first (by the time in the name,
+    then the counter a backup of the same second got)."""
+    found: list[tuple[str, int, Path]] = []
+    for entry in real.parent.iterdir():
+        if not entry.name.startswith(real.name):
+            continue
+        match = _BACKUP_NAME_RE.fullmatch(entry.name[len(real.name) :])
+        if match and entry.is_file() and not entry.is_symlink():
+            found.append((match.group(1), int(match.group(2) or 0), entry))
+    return [entry for _, _, entry in sorted(found)]
+
+
+def _prune_backups(real: Path, new: Path) -> None:
+    """Keep ``new`` and the newest of the other timestamped backups of ``real``,
+    :data:`BACKUPS_KEPT` in all, each 0600 (a copy an older version left readable is
+    tightened); best effort: a backup that cannot be removed or tightened never fails the
+    change that was made."""
+    others = [b for b in _timestamped_backups(real) if b != new]
+    drop = max(0, len(others) - (BACKUPS_KEPT - 1))
+    for old in others[:drop]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+    for backup in others[drop:]:
+        with contextlib.suppress(OSError):
+            if backup.stat().st_mode & 0o7777 != BACKUP_MODE:
+                backup.chmod(BACKUP_MODE)
+
+
 def _backup_path(real: Path, suffix: str | None) -> Path:
-    if suffix is None:
-        suffix = ".bak-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    if suffix is None:  # timestamped: a second backup of the same second gets the next counter
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        taken = [
+            int(m.group(2) or 0)
+            for b in _timestamped_backups(real)
+            if (m := _BACKUP_NAME_RE.fullmatch(b.name[len(real.name) :])) and m.group(1) == stamp
+        ]
+        if not taken:
+            return real.with_name(f"{real.name}.bak-{stamp}")
+        return real.with_name(f"{real.name}.bak-{stamp}.{max(taken) + 1}")
     candidate = real.with_name(real.name + suffix)
     counter = 1
     while candidate.exists():
@@ -303,13 +351,15 @@ def _change(
     if keep_backup:
         backup = _backup_path(real, backup_suffix)
         try:
-            _write_like(backup, old_bytes, stat, replace=False)
+            _write_like(backup, old_bytes, stat, replace=False, mode=BACKUP_MODE)
         except FileExistsError:
             raise InputError(f"backup {backup} appeared while writing it; retry") from None
     try:
         _write_like(real, new_text.encode("utf-8"), stat, replace=True)
     except OSError as exc:
         raise InputError(f"cannot write service env file {given}: {exc.strerror}") from None
+    if backup is not None:
+        _prune_backups(real, backup)
     return EnvChange(path=given, backup=backup, before=previous, changed=True)
 
 
@@ -330,8 +380,10 @@ def set_values(
       (``changed=False``): calling it twice is the same as calling it once.
     - Otherwise a copy of the old file is kept beside it first, named ``<name><backup_suffix>``
       (default ``.bak-<UTC timestamp>``; a counter is added rather than overwrite an existing
-      backup), with the same mode and owner, and then the file is replaced atomically (temp file
-      in the same directory, fsync, rename, fsync of the directory) keeping its mode and owner.
+      backup), mode 0600 (it holds the file's secrets) and the same owner, and then the file is
+      replaced atomically (temp file in the same directory, fsync, rename, fsync of the
+      directory) keeping its mode and owner. Of the timestamped backups only the newest
+      :data:`BACKUPS_KEPT` stay: older ones are removed once the new one is written.
       A symlinked `.env` is followed: its target is rewritten and the link kept.
 
     Raises :class:`InputError` when the file is missing, unreadable or not writable, and

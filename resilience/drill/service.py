@@ -26,6 +26,7 @@ from resilience.infra.waiting import wait_until
 from resilience.restore import commands
 from resilience.restore.preflight import Direction
 from resilience.restore.verify import mode_patterns
+from resilience.service.health import mode_of_value
 
 
 @dataclass
@@ -57,6 +58,10 @@ class ServiceUnderTest:
         """The service's own view: its health endpoint, else the mode line it logged last."""
         if self.settings.health_url:
             body: dict[str, Any] = httpx.get(self.settings.health_url, timeout=2).json()
+            # "files", "postgresql", ...: the mode the settings map the value to, the value kept
+            mode = mode_of_value(self.settings, body.get("mode"))
+            if mode is not None and mode != body.get("mode"):
+                body = {**body, "mode": mode, "mode_value": body.get("mode")}
             return body
         return self._mode_from_log()
 

@@ -19,7 +19,8 @@ Creds are saved when they differ.
 Still inside the transaction the server compares the company's rows with the uploaded ones
 (count, jsonb equality, creds; after the direct ``COPY`` the count); a difference raises
 :class:`VerificationError` and rolls everything back. The uploaded rows are the directory's
-decoded values, encoded as the service writes them (the codec round trip is property-tested),
+decoded values, their Buffers in the form the store chooses (``RESILIENCE_DB_BUFFER_FORM``;
+with ``auto`` the form most of the company's rows use; the codec round trip is property-tested),
 so the database's digest is then the directory's. ``--dry-run`` still reads both sides and
 plans the diff by file name (:func:`plan_import`).
 """
@@ -265,6 +266,8 @@ class ImportResult:
     dry_run: bool = False
     creds_changed: bool = False
     removed_files: int = 0
+    #: the Buffer form written rows are in (resilience.authstate.bufferform.FormChoice)
+    buffer_form: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -279,6 +282,7 @@ class ImportResult:
             "dry_run": self.dry_run,
             "creds_changed": self.creds_changed,
             "removed_files": self.removed_files,
+            "buffer_form": self.buffer_form,
         }
 
 
@@ -313,6 +317,7 @@ def import_company(
         with read_transaction(conn):
             db_creds = store.load_creds(company_id)
             records = store.records(company_id)
+            form = store.write_form(company_id)
         plan, view = plan_import(state, db_creds, records)
         return ImportResult(
             company_id=company_id,
@@ -326,6 +331,7 @@ def import_company(
             dry_run=True,
             creds_changed=plan.creds_changed,
             removed_files=len(plan.removed_files),
+            buffer_form=form.to_dict(),
         )
 
     if conn.info.transaction_status != TransactionStatus.IDLE:
@@ -379,4 +385,5 @@ def import_company(
         duration_s=time.monotonic() - started,
         creds_changed=synced.creds_changed,
         removed_files=len(gone),
+        buffer_form=synced.buffer_form.to_dict() if synced.buffer_form else None,
     )

@@ -219,7 +219,8 @@ class ToFiles(_Plan):
             )
         try:
             with self._connect() as conn:
-                result = importer.import_company(PgAuthStore(conn), t.auth_root, t.company_id)
+                store = PgAuthStore(conn, buffer_form=self.settings.db_buffer_form)
+                result = importer.import_company(store, t.auth_root, t.company_id)
         except ResilienceError as exc:
             t.pm2.restart(app)
             raise UndoHalted(
@@ -506,7 +507,10 @@ class ToPostgres(_Plan):
         t = self.target
         with self._connect() as conn:
             result = importer.import_company(
-                PgAuthStore(conn), t.auth_root, t.company_id, meters=self.meters
+                PgAuthStore(conn, buffer_form=self.settings.db_buffer_form),
+                t.auth_root,
+                t.company_id,
+                meters=self.meters,
             )
         self.expected_digest = result.digest_db
         details.update(result.to_dict())

@@ -373,6 +373,24 @@ def test_integrity_reports_rows_the_service_cannot_read_when_the_form_is_pinned(
     assert check_integrity(admin, company, "base64").ok
 
 
+def test_the_monitors_data_checks_count_them_too(
+    operator: Settings, store: PgAuthStore, admin: Conn, company: str
+) -> None:
+    """The monitor's integrity check is diagnose's data walk over every company (scan_data):
+    with the form pinned it finds this company's array rows as scenario 2 evidence."""
+    from resilience.diagnose.tree import scan_data
+
+    _seed(store, company, 40, lambda i: "array" if i % 2 else "base64", "base64")
+    arrays = count_forms(admin, company).rows["array"]
+    found = scan_data(admin, operator.model_copy(update={"db_buffer_form": "base64"}))
+    assert found.scenario == 2
+    [mine] = [i for i in found.integrity if i.company_id == company]
+    assert mine.unreadable == {"array": arrays} and not mine.ok
+    relaxed = scan_data(admin, operator)
+    [mine] = [i for i in relaxed.integrity if i.company_id == company]
+    assert mine.ok and mine.unreadable == {}
+
+
 def _legacy_company(store: PgAuthStore, company: str, style: Style) -> None:
     data = generate(company, 60, legacy=6)  # legacy rows base64, as migrated from files
     store.insert_raw(

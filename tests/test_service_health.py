@@ -229,3 +229,25 @@ def test_a_buffer_form_it_does_not_know_is_a_configuration_error(
     assert info.value.exit_code == 2
     monkeypatch.setenv("RESILIENCE_DB_BUFFER_FORM", "base64")
     assert load_settings(env_file=None).db_buffer_form == "base64"
+
+
+def test_the_switch_output_names_a_missing_digest_and_the_form_written() -> None:
+    import io
+
+    from rich.console import Console
+
+    from tasks.restore import _render_step_notes
+
+    text = io.StringIO()
+    console = Console(file=text, width=200)
+    _render_step_notes(console, {"health": {"mode": "files", "digest_check": "not available"}})
+    _render_step_notes(console, {"health": {"mode": "file", "digest_check": "equal"}})
+    _render_step_notes(
+        console,
+        {"buffer_form": {"setting": "auto", "form": "base64", "minority": {"array": 363}}},
+    )
+    assert text.getvalue().splitlines() == [
+        "health: mode and company verified; loaded digest not available",
+        "import wrote base64 Buffers (RESILIENCE_DB_BUFFER_FORM=auto); rows in another form, "
+        "left as they were: 363 array",
+    ]

@@ -30,6 +30,9 @@ from resilience.infra.redact import dsn_problems
 ENV_PREFIX = "RESILIENCE_"
 COMPANY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
 Backend = Literal["local", "docker", "external"]
+#: How key rows are written (resilience.authstate.bufferform): the majority form of the
+#: company's rows, or one form pinned
+BufferFormSetting = Literal["auto", "array", "base64"]
 DockerImages = Literal["auto", "official", "local"]
 STACK_DIR_DEFAULT = ".stack"
 STACK_SETTINGS_FILE = "resilience.env"
@@ -142,7 +145,13 @@ class Settings(BaseSettings):
     file_mode_pattern: str = r"\[auth\] using file auth state .* for company {company}\b"
     postgres_mode_pattern: str = r"\[auth\] using PostgreSQL auth state for company {company}\b"
     connected_pattern: str = r"connection open"
+    # what the service's health may say as `mode` (comma-separated, any case), per mode
+    health_file_mode_values: str = "file,files,filesystem"
+    health_postgres_mode_values: str = "postgres,postgresql,database"
     verify_timeout: float = Field(120.0, gt=0)
+    # the Buffer form of key rows this tool writes (import, backup.restore --company,
+    # cleanup.legacy's moves, cleanup.buffer-form): auto = what most of the company's rows use
+    db_buffer_form: BufferFormSetting = "auto"
 
     # --- snapshots (the fallback when PostgreSQL is already unreachable) ----------------------
     snapshot_dir: Path = Path("snapshots")
@@ -232,6 +241,19 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         return value
 
+    @field_validator("health_file_mode_values", "health_postgres_mode_values")
+    @classmethod
+    def _mode_values(cls, value: str) -> str:
+        values = _split_values(value)
+        if not values:
+            raise ValueError("must name at least one value (comma-separated)")
+        bad = [v for v in values if not re.fullmatch(r"[a-z0-9_.-]{1,40}", v)]
+        if bad:
+            raise ValueError(
+                f"{bad[0][:40]!r} is not a mode value: 1-40 characters of a-z, 0-9, '_', '.', '-'"
+            )
+        return ",".join(values)
+
     @field_validator("file_mode_pattern", "postgres_mode_pattern", "connected_pattern")
     @classmethod
     def _pattern(cls, value: str) -> str:
@@ -241,13 +263,44 @@ class Settings(BaseSettings):
             raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_unset(cls, data: Any) -> Any:
+        """An empty value (``RESILIENCE_HEALTH_URL=``, from a file, the environment or a flag)
+        unsets an optional setting: a settings file's value can be cleared from outside."""
+        if not isinstance(data, dict):
+            return data
+        optional = _optional_fields(cls)
+        return {
+            key: None if key in optional and isinstance(value, str) and not value.strip() else value
+            for key, value in data.items()
+        }
+
     @model_validator(mode="after")
     def _thresholds(self) -> Settings:
         if self.keys_expired_critical < self.keys_expired_warn:
             raise ValueError(
                 "RESILIENCE_KEYS_EXPIRED_CRITICAL must be at least RESILIENCE_KEYS_EXPIRED_WARN"
             )
+        both = set(_split_values(self.health_file_mode_values)) & set(
+            _split_values(self.health_postgres_mode_values)
+        )
+        if both:
+            raise ValueError(
+                f"mode value(s) {', '.join(sorted(both))} in both "
+                "RESILIENCE_HEALTH_FILE_MODE_VALUES and RESILIENCE_HEALTH_POSTGRES_MODE_VALUES: "
+                "a value must name one mode"
+            )
         return self
+
+    @property
+    def health_mode_values(self) -> dict[str, tuple[str, ...]]:
+        """``{"file": (...), "postgres": (...)}``: what the health may say for each mode
+        (lower case; compare a health's value lower-cased and stripped)."""
+        return {
+            "file": _split_values(self.health_file_mode_values),
+            "postgres": _split_values(self.health_postgres_mode_values),
+        }
 
     def secret_values(self) -> list[str]:
         """Every secret these settings hold (for redactors: never to be shown)."""
@@ -314,6 +367,21 @@ class DrillSettings(Settings):
         return value
 
 
+def _split_values(text: str) -> tuple[str, ...]:
+    """Comma-separated values, stripped and lower-cased, empty items and repeats dropped."""
+    items = (item.strip().lower() for item in text.split(","))
+    return tuple(dict.fromkeys(item for item in items if item))
+
+
+def _optional_fields(cls: type[BaseSettings]) -> frozenset[str]:
+    """Fields an empty value unsets: those whose default is None (unset)."""
+    return frozenset(
+        name
+        for name, info in cls.model_fields.items()
+        if info.default is None and not info.is_required()
+    )
+
+
 def stack_settings_file() -> Path:
     """Where `stack.up` writes the settings of the embedded stack (and where they are read)."""
     stack_dir = os.environ.get(ENV_PREFIX + "STACK_DIR") or STACK_DIR_DEFAULT
@@ -351,10 +419,11 @@ def _load(cls: type[S], env_file: str | Path | None, overrides: dict[str, Any]) 
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "?"
+            field = ".".join(str(p) for p in err["loc"])
             name = (ENV_PREFIX + field if field in cls.model_fields else field).upper()
             message = str(err["msg"]).removeprefix("Value error, ")
-            problems.append(f"{name}: {message}")
+            # a check of several settings (no location) names them in its message
+            problems.append(f"{name}: {message}" if field else message)
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 

@@ -1,4 +1,4 @@
-"""`cleanup.*`: expired keys (`cleanup.keys`, daily at 03:00 UTC) and legacy rows.
+"""`cleanup.*`: expired keys (`cleanup.keys`, daily at 03:00 UTC), legacy rows and Buffer forms.
 
 Configured by the operator's settings alone; dry run unless `--yes`; every run leaves a record
 under `RESILIENCE_RUNS_DIR`.
@@ -159,3 +159,81 @@ def legacy(c: Context, company: str | None = None, yes: bool = False, json: bool
     out = Output(json)
     run = cleanup_legacy(load_settings(), company_id=company, yes=yes, progress=out.progress)
     out.result({"ok": True, **run.to_dict()}, _render_legacy)
+
+
+def _render_buffer_form(console: Any, d: dict[str, Any]) -> None:
+    from resilience.infra.output import table
+
+    rows = []
+    for c in d["companies"]:
+        keys = c["before"]["keys"]
+        rows.append(
+            [
+                c["company_id"],
+                c["form"],
+                keys["array"],
+                keys["base64"],
+                keys["mixed"],
+                c["before"]["creds"] or "-",
+                c["pending"],
+                c["rewritten"] + c["creds_rewritten"] if not d["dry_run"] else "-",
+            ]
+        )
+    console.print(
+        table(
+            f"Buffer forms (RESILIENCE_DB_BUFFER_FORM / --form: {d['setting']})",
+            ["company", "form", "array", "base64", "mixed", "creds", "to rewrite", "rewritten"],
+            rows,
+        )
+    )
+    if d["dry_run"]:
+        console.print(
+            f"dry run: {d['pending']} rows would be rewritten into their company's form; "
+            "nothing changed (--yes rewrites)"
+        )
+    else:
+        console.print(f"{d['rewritten']} rows rewritten (times kept, decoded values unchanged)")
+    if d.get("record"):
+        console.print(f"run record: {d['record']}")
+
+
+@task(
+    name="buffer-form",
+    auto_shortflags=False,
+    help={
+        "company": "one company (default: every company)",
+        "form": "auto, array or base64 (default: RESILIENCE_DB_BUFFER_FORM; auto: the form "
+        "most of each company's rows use)",
+        "dry_run": "count the rows per form; change nothing (the default without --yes)",
+        "yes": "rewrite the rows in another form, in batches",
+        "json": "print the result as JSON",
+    },
+)
+@operator_task
+def buffer_form(
+    c: Context,
+    company: str | None = None,
+    form: str | None = None,
+    dry_run: bool = False,
+    yes: bool = False,
+    json: bool = False,
+) -> None:
+    """Rewrite a company's rows into one Buffer form (base64 or array) in batches; dry run
+    unless --yes."""
+    from resilience.config import load_settings
+    from resilience.errors import InputError
+    from resilience.infra.output import Output
+    from resilience.maintenance.bufferform import rewrite_buffer_form
+
+    if form is not None and form not in ("auto", "array", "base64"):
+        raise InputError(f"--form must be auto, array or base64, not {form[:20]!r}")
+    out = Output(json)
+    run = rewrite_buffer_form(
+        load_settings(),
+        company_id=company,
+        form=form,  # type: ignore[arg-type]
+        yes=yes,
+        dry_run=dry_run,
+        progress=out.progress,
+    )
+    out.result({"ok": True, **run.to_dict()}, _render_buffer_form)

@@ -39,9 +39,26 @@ def _render_switch(console: Any, data: dict[str, Any]) -> None:
     else:
         rows = [[s["name"], s["status"], f"{s['duration_s']:.3f} s"] for s in run["steps"]]
         console.print(table("steps", ["step", "status", "duration"], rows))
+        for step in run["steps"]:
+            _render_step_notes(console, step.get("details") or {})
         console.print(f"RTO: {data['rto_s']:.3f} s")
     if data.get("record"):
         console.print(f"run record: {data['record']}")
+
+
+def _render_step_notes(console: Any, details: dict[str, Any]) -> None:
+    """What an operator should see of a step beyond its status: the Buffer form the import
+    wrote (and rows of another form left), a health that reports no digest."""
+    form = details.get("buffer_form")
+    if form:
+        minority = ", ".join(f"{n} {f}" for f, n in (form.get("minority") or {}).items())
+        console.print(
+            f"import wrote {form['form']} Buffers (RESILIENCE_DB_BUFFER_FORM={form['setting']})"
+            + (f"; rows in another form, left as they were: {minority}" if minority else "")
+        )
+    health = details.get("health")
+    if isinstance(health, dict) and health.get("digest_check") == "not available":
+        console.print("health: mode and company verified; loaded digest not available")
 
 
 def _render_switch_all(console: Any, data: dict[str, Any]) -> None:

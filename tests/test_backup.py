@@ -13,6 +13,7 @@ import pytest
 from pydantic import SecretStr
 from task_runner import run_task
 
+from resilience.authstate.bufferform import count_forms
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.authstate.view import view_of
@@ -184,6 +185,18 @@ def test_one_company_is_restored_and_the_others_are_untouched(
     assert done.mode == "company"
     assert _digests(stack, [bad]) == {bad: manifest.companies[bad].digest}
     assert _digests(stack, [good]) == good_before
+    # every row written in one Buffer form: auto, the form most of the live rows used
+    assert done.buffer_form is not None and done.buffer_form["setting"] == "auto"
+    with connect(stack.endpoints.admin_dsn) as conn:
+        assert count_forms(conn, bad).unreadable(done.buffer_form["form"]) == {}
+    # pinned: base64, as a service on Baileys' BufferJSON reads it
+    base64 = backup_settings.model_copy(update={"db_buffer_form": "base64"})
+    again = restore_backup(base64, company=bad, yes=True)
+    assert again.buffer_form is not None and again.buffer_form["form"] == "base64"
+    with connect(stack.endpoints.admin_dsn) as conn:
+        counts = count_forms(conn, bad)
+    assert counts.unreadable("base64") == {} and counts.rows["base64"] > 0
+    assert _digests(stack, [bad]) == {bad: manifest.companies[bad].digest}
 
 
 def test_a_restore_into_a_scratch_database_is_verified(

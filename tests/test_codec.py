@@ -310,6 +310,19 @@ def test_db_forms_are_encode_and_canonical(pair: tuple[Any, Any]) -> None:
 
 
 @given(mixed())
+def test_db_forms_in_the_base64_style_are_encode_and_canonical(pair: tuple[Any, Any]) -> None:
+    value, mixed_value = pair
+    stored, canonical_form = codec.db_forms(mixed_value, style="base64")
+    assert stored == codec.encode(mixed_value, "base64")
+    assert canonical_form == codec.canonical(value)
+
+
+def test_db_forms_refuse_a_style_they_do_not_know() -> None:
+    with pytest.raises(InputError, match="unknown Buffer style 'hex'"):
+        codec.db_forms({"k": b"x"}, style="hex")  # type: ignore[arg-type]
+
+
+@given(mixed())
 def test_file_forms_are_dumps_file_and_canonical(pair: tuple[Any, Any]) -> None:
     value, mixed_value = pair
     payload, canonical_form = codec.file_forms(mixed_value)
@@ -332,6 +345,10 @@ def test_file_forms_are_dumps_file_and_canonical(pair: tuple[Any, Any]) -> None:
 def test_the_forms_of_unusual_values_are_the_general_walks(value: Any) -> None:
     assert codec.file_forms(value) == (codec.dumps_file(value), codec.canonical(value))
     assert codec.db_forms(value) == (codec.encode(value, "array"), codec.canonical(value))
+    assert codec.db_forms(value, style="base64") == (
+        codec.encode(value, "base64"),
+        codec.canonical(value),
+    )
 
 
 @pytest.mark.parametrize("data", BAD_DATA)

@@ -363,6 +363,34 @@ def test_a_corrupt_key_is_named_by_type_and_id_never_by_value(
     )
 
 
+def test_rows_the_service_cannot_read_are_scenario_2_when_the_form_is_pinned(
+    company: str, operator: Settings
+) -> None:
+    """The generated company holds both Buffer forms: with the form pinned to base64 (a
+    service on Baileys' BufferJSON) its array rows are scenario 2 evidence, counted per form,
+    and the next command rewrites them; with auto they are counted, not a problem."""
+    pinned = operator.model_copy(update={"db_buffer_form": "base64"})
+    found = diagnose(pinned, company)
+    assert (found.scenario, found.exit_code, found.company_id) == (2, 12, company)
+    [integrity] = found.integrity
+    arrays = integrity.unreadable["array"]
+    assert arrays > 0 and integrity.buffer_forms is not None
+    assert integrity.buffer_forms["keys"]["base64"] > 0
+    assert found.reason == (
+        f"company {company}: invalid data: {arrays + integrity.unreadable.get('mixed', 0)} "
+        f"row(s) the service cannot read (RESILIENCE_DB_BUFFER_FORM=base64): {arrays} array"
+    )
+    assert found.next_command == (
+        f"./run cleanup.buffer-form --company {company} --form base64 --yes"
+    )
+    assert found.preview_command == (
+        f"./run cleanup.buffer-form --company {company} --form base64 --dry-run"
+    )
+    relaxed = diagnose(operator, company)  # auto: counted, not a scenario
+    assert relaxed.scenario == 0 and relaxed.integrity[0].unreadable == {}
+    assert relaxed.integrity[0].buffer_forms == integrity.buffer_forms
+
+
 def test_a_company_gone_from_the_tables_but_in_the_backup_is_scenario_3_not_unknown(
     stack: Stack, company: str, operator: Settings
 ) -> None:

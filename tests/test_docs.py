@@ -20,7 +20,8 @@ that promise to change nothing:
   `monitor.install`, `restore.to-files`, `restore.to-postgres`): the flag's promise;
 - read-only ones: `stack.status`, `backup.list`, `diagnose`, and `health` with `--once` or
   `--json` (the live view never ends);
-- dry runs by omission: `cleanup.keys`, `cleanup.legacy` and `backup.prune` without `--yes`.
+- dry runs by omission: `cleanup.keys`, `cleanup.legacy`, `cleanup.buffer-form` and
+  `backup.prune` without `--yes`.
 
 Never run: anything with `--yes`, `backup.run`, `backup.validate`, `backup.restore` (without
 `--yes` it still restores into a scratch database), snapshots and exports, `stack.up` and
@@ -94,7 +95,7 @@ EXPECTED_EXIT_CODES = {
     "stack.status": frozenset({0, 3}),
 }
 READ_ONLY = {"stack.status", "backup.list", "diagnose"}
-DRY_WITHOUT_YES = {"cleanup.keys", "cleanup.legacy", "backup.prune"}
+DRY_WITHOUT_YES = {"cleanup.keys", "cleanup.legacy", "cleanup.buffer-form", "backup.prune"}
 MUST_SUCCEED = {"backup.list", "monitor.install", *DRY_WITHOUT_YES}
 NEEDS_CRONTAB = {"schedule.install", "schedule.remove"}
 

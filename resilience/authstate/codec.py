@@ -293,16 +293,21 @@ def file_forms(value: Any, *, where: str = "value") -> tuple[bytes, bytes]:
     return _dumps(encoded, sort_keys=False), _dumps(encoded, sort_keys=True)
 
 
-def db_forms(value: Any, *, where: str = "value") -> tuple[Any, bytes]:
-    """(:func:`encode` in the ``"array"`` style, :func:`canonical`) of one value: what an import
-    writes to PostgreSQL and what it fingerprints, base64 decoded once."""
+def db_forms(value: Any, *, where: str = "value", style: Style = "array") -> tuple[Any, bytes]:
+    """(:func:`encode` in ``style``, :func:`canonical`) of one value: what an import writes to
+    PostgreSQL and what it fingerprints, from one walk (base64 decoded once). In the
+    ``"base64"`` style the stored form is the canonical walk's own (the quick walk holds no
+    float, the only thing ``js_numbers`` changes), so either style costs the same walk."""
+    if style not in ("base64", "array"):
+        raise InputError(f"unknown Buffer style {style!r}: use 'base64' or 'array'")
     try:
         stored, encoded = _quick_forms(value)
     except _Unusual:
         path = _root(where)
-        stored = _encode(value, "array", path, js_numbers=False)
+        stored = _encode(value, style, path, js_numbers=False)
         encoded = _encode(stored, "base64", path, js_numbers=True)
-    return stored, _dumps(encoded, sort_keys=True)
+        return stored, _dumps(encoded, sort_keys=True)
+    return (stored if style == "array" else encoded), _dumps(encoded, sort_keys=True)
 
 
 # --- the quick walk -----------------------------------------------------------------------------

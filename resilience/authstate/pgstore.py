@@ -2,7 +2,9 @@
 
 Keys are read by `company_id, key_type, key_id = ANY(ids)`; written by multi-row upserts in
 batches of 100 with the TTL of their type; a `None` value deletes the key; creds are one upsert.
-Values are written in the encoding the service writes ("array"); both encodings are read.
+The service's own write path (`set_keys`, `save_creds`) writes the encoding the stand-in's
+service writes ("array"); the import (`sync_company`) writes the form the store's `buffer_form`
+chooses per company (:mod:`resilience.authstate.bufferform`). Both encodings are read.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
+from resilience.authstate.bufferform import FormChoice, FormCounts, choose, choose_for, count_forms
 from resilience.authstate.codec import (
     Style,
     canonical,
@@ -41,7 +44,7 @@ from resilience.authstate.codec import (
 from resilience.authstate.fingerprint import KeyFingerprint
 from resilience.authstate.model import LONG_TTL, SHORT_TTL, KeyRecord, ttl_for
 from resilience.authstate.schema import TABLES
-from resilience.config import validate_company_id
+from resilience.config import BufferFormSetting, validate_company_id
 from resilience.errors import (
     ConfigError,
     DatabaseError,
@@ -68,6 +71,8 @@ class SyncResult:
     upserted: int  # of them, new or changed
     deleted: list[tuple[str, str]]  # rows (type, id) removed
     creds_changed: bool
+    #: the Buffer form the rows written are in, and why (with ``auto``: the rows counted)
+    buffer_form: FormChoice | None = None
 
 
 def legacy_twin(key_type: str, key_id: str) -> tuple[str, str] | None:
@@ -421,17 +426,19 @@ def _upload_rows(
     where: Callable[[str, str], str] | None,
     advance: Callable[[int], None] | None,
     prints: list[str] | None,
+    style: Style = DB_STYLE,
 ) -> Iterator[tuple[str, str, Jsonb, timedelta]]:
-    """``(type, id, value as the service stores it, TTL)`` of each key of ``keys``, encoded
-    as it is asked for (sync_company); its fingerprint appended to ``prints`` when given."""
+    """``(type, id, value with its Buffers in ``style``, TTL)`` of each key of ``keys``,
+    encoded as it is asked for (sync_company); its fingerprint appended to ``prints`` when
+    given (from the same walk)."""
     for (key_type, key_id), value in keys.items():
         shown = where(key_type, key_id) if where else f"{key_type}/{key_id}"
         if advance is not None:
             advance(1)
         if prints is None:
-            stored = encode(value, DB_STYLE, where=shown)
+            stored = encode(value, style, where=shown)
         else:
-            stored, canonical_form = db_forms(value, where=shown)
+            stored, canonical_form = db_forms(value, where=shown, style=style)
             prints.append(KeyFingerprint.of_canonical(key_type, key_id, canonical_form))
         yield key_type, key_id, Jsonb(stored, dumps=json_bytes), ttl_for(key_type)
 
@@ -441,10 +448,28 @@ def _record_order(record: KeyRecord) -> tuple[str, str]:
 
 
 class PgAuthStore:
-    """Auth state of every company in one database, through one connection."""
+    """Auth state of every company in one database, through one connection.
 
-    def __init__(self, conn: Conn) -> None:
+    ``buffer_form`` is the Buffer form :meth:`sync_company` writes rows in
+    (``RESILIENCE_DB_BUFFER_FORM``): ``auto`` (per company, the form most of its rows use),
+    ``array`` or ``base64``."""
+
+    def __init__(self, conn: Conn, *, buffer_form: BufferFormSetting = "auto") -> None:
         self.conn = conn
+        choose(buffer_form)  # an unknown form is refused here, before anything is written
+        self.buffer_form: BufferFormSetting = buffer_form
+
+    # --- Buffer forms ---------------------------------------------------------------------------
+    def buffer_form_counts(self, company_id: str) -> FormCounts:
+        """The company's rows per Buffer form (:mod:`resilience.authstate.bufferform`)."""
+        with database_errors("counting the rows' Buffer forms"):
+            return count_forms(self.conn, company_id)
+
+    def write_form(self, company_id: str, setting: BufferFormSetting | None = None) -> FormChoice:
+        """The form rows of ``company_id`` are written in: ``setting`` (default: the store's
+        ``buffer_form``), with ``auto`` the majority of the company's rows now."""
+        with database_errors("counting the rows' Buffer forms"):
+            return choose_for(self.conn, company_id, setting or self.buffer_form)
 
     # --- creds --------------------------------------------------------------------------------
     def load_creds(self, company_id: str) -> Any | None:
@@ -627,6 +652,7 @@ class PgAuthStore:
         where: Callable[[str, str], str] | None = None,
         advance: Callable[[int], None] | None = None,
         prints: list[str] | None = None,
+        buffer_form: BufferFormSetting | None = None,
     ) -> SyncResult:
         """Make the company's rows exactly ``creds`` and ``keys`` (``{(type, id): value}``)
         inside the caller's transaction, with the service's semantics: a key new or changed is
@@ -648,12 +674,18 @@ class PgAuthStore:
         session can change them before commit. Creds are compared too. A value that cannot be
         encoded raises :class:`DataError` naming ``where(type, id)``. With ``prints`` the
         fingerprint of every key uploaded is appended to it (its canonical form comes from the
-        same encoding walk, while the server parses the previous rows)."""
+        same encoding walk, while the server parses the previous rows).
+
+        Rows written (new and changed keys, creds when they differ) are in the Buffer form
+        :meth:`write_form` chooses (``buffer_form``, default the store's): with ``auto`` the
+        form most of the company's rows use before the import, base64 for a company without
+        rows. An unchanged row stays as it is, whatever its form."""
         validate_company_id(company_id)
         if self.conn.info.transaction_status == TransactionStatus.IDLE:
             raise DatabaseError("sync_company must run inside the caller's transaction")
         conn = self.conn
-        rows = _upload_rows(keys, where, advance, prints)
+        form = self.write_form(company_id, buffer_form)
+        rows = _upload_rows(keys, where, advance, prints, form.style)
         with database_errors("importing the auth state"):
             head = conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM whatsapp_keys WHERE company_id = %s), "
@@ -669,7 +701,7 @@ class PgAuthStore:
             stored_creds = self.load_creds(company_id)
             creds_changed = stored_creds is None or canonical(stored_creds) != canonical(creds)
             if creds_changed:
-                self.save_creds(company_id, creds)
+                self.save_creds(company_id, creds, style=form.style)
             after_creds = self.load_creds(company_id) if creds_changed else stored_creds
         upserted, deleted, (stored, uploaded, equal) = keys_check
         creds_equal = after_creds is not None and canonical(after_creds) == canonical(creds)
@@ -679,7 +711,7 @@ class PgAuthStore:
                 f"{equal} equal to the {len(keys)} uploaded, creds "
                 f"{'equal' if creds_equal else 'different'}; rolled back"
             )
-        return SyncResult(len(keys), upserted, deleted, creds_changed)
+        return SyncResult(len(keys), upserted, deleted, creds_changed, form)
 
     def _copy_new_keys(
         self,

@@ -5,7 +5,9 @@
 - `--company C`: only that company's rows, into the live database, in one transaction whose
   last act checks the company's digest against the manifest (scenarios 2 and 3: one tenant
   corrupt or partly deleted). Other companies are not touched. Without `--yes` it is a preflight
-  that says what would change: keys added, changed and removed, and whether creds change.
+  that says what would change: keys added, changed and removed, and whether creds change. The
+  rows are written with their Buffers in the form `RESILIENCE_DB_BUFFER_FORM` picks (`auto`: the
+  form most of the company's live rows use; the backup's when none is left).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 
 from psycopg import sql
 
-from resilience.authstate.codec import loads
+from resilience.authstate.bufferform import in_form
+from resilience.authstate.codec import Style, loads
 from resilience.authstate.fingerprint import KeyFingerprint
 from resilience.authstate.pgstore import PgAuthStore, connect, database_errors
 from resilience.authstate.view import view_of
@@ -109,6 +112,15 @@ def _fingerprint(key_type: str, key_id: str, text: str) -> str:
         return "undecodable:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+def in_rows_form(rows: RawCompany, style: Style) -> RawCompany:
+    """A company's raw rows (:meth:`PgAuthStore.raw_company`) with every Buffer of every value
+    in ``style``; times and decoded values as they were."""
+    creds, keys = rows
+    if creds is not None:
+        creds = (in_form(creds[0], style, where="creds"), *creds[1:])
+    return creds, [(t, i, in_form(v, style, where=f"{t}/{i}"), *rest) for t, i, v, *rest in keys]
+
+
 def change_between(live: RawCompany, backup: RawCompany) -> CompanyChange:
     """What replacing the live rows by the backup's changes, row by row."""
     now = {(t, i): _fingerprint(t, i, v) for t, i, v, *_ in live[1]}
@@ -130,6 +142,8 @@ class RestoreRun:
     verified: dict[str, Any] = field(default_factory=dict)
     change: dict[str, Any] | None = None
     record: Path | None = None
+    #: --company: the Buffer form the rows are written in (bufferform.FormChoice)
+    buffer_form: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -138,6 +152,7 @@ class RestoreRun:
             "mode": self.mode,
             "verified": self.verified,
             "change": self.change,
+            "buffer_form": self.buffer_form,
             "record": str(self.record) if self.record else None,
         }
 
@@ -216,13 +231,19 @@ def _restore_company(
             source = PgAuthStore(conn)
             creds, keys = source.raw_company(company)
             backup_view = view_of(company, source.load_creds(company), source.records(company))
+            backup_form = source.write_form(company, settings.db_buffer_form)
     if backup_view.digest().digest != expected.digest:
         raise VerificationError(
             f"backup {manifest.id}: company {company} does not match its manifest digest"
         )
     dsn = service_dsn(settings)
     with connect(dsn, timeout=settings.db_connect_timeout) as conn:
-        live = PgAuthStore(conn)
+        live = PgAuthStore(conn, buffer_form=settings.db_buffer_form)
+        form = live.write_form(company)
+        if form.counts is not None and not form.counts.total:
+            form = backup_form  # auto, and the company has no rows left: the backup's form
+        run.buffer_form = form.to_dict()
+        creds, keys = in_rows_form((creds, keys), form.style)
         change = change_between(live.raw_company(company), (creds, keys))
         run.change = change.to_dict()
         if not yes:
@@ -230,7 +251,8 @@ def _restore_company(
             say(
                 f"company {company}: {change.added} keys would be added, {change.changed} "
                 f"changed, {change.removed} removed; creds "
-                f"{'would change' if change.creds_changed else 'unchanged'}: --yes to restore"
+                f"{'would change' if change.creds_changed else 'unchanged'}; Buffers written "
+                f"as {form.describe()}: --yes to restore"
             )
             return
         run.mode = "company"
@@ -243,7 +265,10 @@ def _restore_company(
                     "rolled back"
                 )
     run.verified = {"company": company, "digest": expected.digest, "key_count": expected.key_count}
-    say(f"company {company}: restored to backup {manifest.id} ({expected.key_count} keys)")
+    say(
+        f"company {company}: restored to backup {manifest.id} ({expected.key_count} keys, "
+        f"Buffers as {form.describe()})"
+    )
 
 
 def _restore_target(

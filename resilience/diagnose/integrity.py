@@ -1,15 +1,20 @@
 """Is the data valid? (scenario 2). Per company: creds present and holding what Baileys needs,
-every key value decoding (BufferJSON in either encoding), no legacy collision left unresolved.
-Rows are read in batches through a server-side cursor; only ``(type, id)`` of bad rows are
-reported, never their values."""
+every key value decoding (BufferJSON in either encoding), no legacy collision left unresolved,
+and, with ``RESILIENCE_DB_BUFFER_FORM`` pinned, no row holding a Buffer in a form the service
+does not read (counted per form: :mod:`resilience.authstate.bufferform`; with ``auto`` the
+counts are in the report, never a problem: a service may well read both forms). Rows are
+read in batches through a server-side cursor; only ``(type, id)`` of bad rows are reported,
+never their values."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from resilience.authstate.bufferform import count_forms, pinned
 from resilience.authstate.codec import decode
 from resilience.authstate.pgstore import Conn
+from resilience.config import BufferFormSetting
 from resilience.errors import DataError
 from resilience.maintenance.legacy import report_company
 
@@ -35,10 +40,20 @@ class Integrity:
     bad_keys: int = 0
     bad_examples: list[dict[str, str]] = field(default_factory=list)
     unresolved_legacy: list[dict[str, str]] = field(default_factory=list)
+    #: the Buffer form setting, the rows per form, and the rows the service cannot read
+    #: (per form; only with the form pinned)
+    buffer_form: str = "auto"
+    buffer_forms: dict[str, Any] | None = None
+    unreadable: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.creds == "ok" and not self.bad_keys and not self.unresolved_legacy
+        return (
+            self.creds == "ok"
+            and not self.bad_keys
+            and not self.unresolved_legacy
+            and not self.unreadable
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +66,9 @@ class Integrity:
             "bad_examples": self.bad_examples,
             "unresolved_legacy": self.unresolved_legacy[:SHOWN],
             "unresolved_legacy_count": len(self.unresolved_legacy),
+            "buffer_form": self.buffer_form,
+            "buffer_forms": self.buffer_forms,
+            "unreadable": self.unreadable,
         }
 
 
@@ -66,7 +84,9 @@ def creds_problems(raw: Any) -> list[str]:
     return [f"missing {name}" for name in missing]
 
 
-def check_integrity(conn: Conn, company_id: str) -> Integrity:
+def check_integrity(
+    conn: Conn, company_id: str, buffer_form: BufferFormSetting = "auto"
+) -> Integrity:
     row = conn.execute(
         "SELECT creds FROM whatsapp_auth WHERE company_id = %s", (company_id,)
     ).fetchone()
@@ -91,4 +111,10 @@ def check_integrity(conn: Conn, company_id: str) -> Integrity:
                     result.bad_examples.append({"type": key_type, "id": key_id})
     legacy = report_company(conn, company_id)
     result.unresolved_legacy = [{"type": t, "id": i} for t, i in legacy.unresolved]
+    counts = count_forms(conn, company_id)
+    result.buffer_form = buffer_form
+    result.buffer_forms = counts.to_dict()
+    style = pinned(buffer_form)
+    if style is not None:
+        result.unreadable = counts.unreadable(style)
     return result

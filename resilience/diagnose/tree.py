@@ -90,6 +90,16 @@ def _company_restore(company: str, exposure: Exposure) -> tuple[str | None, str 
     )
 
 
+def _rewrite_forms(company: str, form: str) -> tuple[str, str]:
+    base = f"./run cleanup.buffer-form --company {company} --form {form}"
+    return f"{base} --yes", f"{base} --dry-run"
+
+
+def _forms(counts: dict[str, int]) -> str:
+    """``12 array, 1 mixed``."""
+    return ", ".join(f"{n} {form}" for form, n in counts.items())
+
+
 def diagnose(settings: Settings, company: str | None = None) -> Diagnosis:
     """Walk the tree; ConfigError (exit 2) for a wrong DSN (a peer that is not PostgreSQL
     included), missing rights or settings, InputError for an unknown company, DatabaseError
@@ -216,7 +226,7 @@ def _walk(
     for cid in companies:
         if cid not in known:
             continue
-        integrity = check_integrity(conn, cid)
+        integrity = check_integrity(conn, cid, settings.db_buffer_form)
         result.integrity.append(integrity)
         if not integrity.ok and result.scenario == 0:
             result.scenario = 2
@@ -229,9 +239,20 @@ def _walk(
                 problems.append(f"{integrity.bad_keys} key(s) do not decode: {shown}")
             if integrity.unresolved_legacy:
                 problems.append(f"{len(integrity.unresolved_legacy)} unresolved legacy row(s)")
+            if integrity.unreadable:
+                problems.append(
+                    f"{sum(integrity.unreadable.values())} row(s) the service cannot read "
+                    f"(RESILIENCE_DB_BUFFER_FORM={integrity.buffer_form}): "
+                    f"{_forms(integrity.unreadable)}"
+                )
             result.reason = f"company {cid}: invalid data: " + "; ".join(problems)
             result.evidence.append(result.reason)
-            result.next_command, result.preview_command = _company_restore(cid, exposure)
+            if len(problems) == 1 and integrity.unreadable:  # every value decodes: rewrite them
+                result.next_command, result.preview_command = _rewrite_forms(
+                    cid, integrity.buffer_form
+                )
+            else:
+                result.next_command, result.preview_command = _company_restore(cid, exposure)
     if result.scenario == 0:
         result.evidence.append(
             f"{len(companies)} compan{'y' if len(companies) == 1 else 'ies'}: complete and valid"

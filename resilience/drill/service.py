@@ -27,17 +27,7 @@ from resilience.infra.waiting import wait_until
 from resilience.restore import commands
 from resilience.restore.preflight import Direction
 from resilience.restore.verify import mode_patterns
-
-#: how services name their modes in health (a real service says "files")
-MODE_WORDS = {
-    "file": "file",
-    "files": "file",
-    "filesystem": "file",
-    "postgres": "postgres",
-    "postgresql": "postgres",
-    "database": "postgres",
-}
-
+from resilience.service.health import mode_of_value
 
 @dataclass
 class ServiceUnderTest:
@@ -71,6 +61,10 @@ class ServiceUnderTest:
         """The service's own view: its health endpoint, else the mode line it logged last."""
         if self.settings.health_url:
             body: dict[str, Any] = httpx.get(self.settings.health_url, timeout=2).json()
+            # "files", "postgresql", ...: the mode the settings map the value to, the value kept
+            mode = mode_of_value(self.settings, body.get("mode"))
+            if mode is not None and mode != body.get("mode"):
+                body = {**body, "mode": mode, "mode_value": body.get("mode")}
             return body
         return self._mode_from_log()
 
@@ -103,7 +97,7 @@ class ServiceUnderTest:
             if self.pm2.require(self.deployed.app).status != "online":
                 return None
             body = self.health()
-            if MODE_WORDS.get(str(body.get("mode")), body.get("mode")) != mode:
+            if body.get("mode") != mode:
                 return None
             started = body.get("writes_ok", 0) > 0 or not (self.standin and self.writing)
             return body if started else None

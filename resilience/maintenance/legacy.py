@@ -12,7 +12,8 @@ wins, the real row on a tie, so what Baileys sees and every digest stay the same
 
 - the real row is newer or as new: the legacy row is dropped;
 - the legacy row is newer, or there is no real row: it is moved to its real type and id (its
-  value, ``created_at``, ``updated_at`` and ``expires_at``; the older real row is replaced, and
+  value, with its Buffers in the form ``RESILIENCE_DB_BUFFER_FORM`` picks for the company,
+  ``created_at``, ``updated_at`` and ``expires_at``; the older real row is replaced, and
   the upsert never overwrites a row the service wrote meanwhile), then dropped; other legacy
   rows of the same key, older, are dropped.
 
@@ -30,6 +31,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from resilience.authstate.bufferform import choose_for, in_form
 from resilience.authstate.pgstore import (
     Conn,
     PgAuthStore,
@@ -38,7 +40,7 @@ from resilience.authstate.pgstore import (
     read_transaction,
 )
 from resilience.authstate.view import baileys_ref
-from resilience.config import Settings, validate_company_id
+from resilience.config import BufferFormSetting, Settings, validate_company_id
 from resilience.errors import DatabaseError, PartialFailure, ResilienceError
 from resilience.infra.oplock import operation_lock
 from resilience.maintenance.cleanup import database_failure
@@ -90,6 +92,8 @@ class CompanyLegacy:
     decisions: list[Decision] = field(default_factory=list)
     unresolved: list[tuple[str, str]] = field(default_factory=list)
     purged: bool = False
+    #: the Buffer form moved rows were written in (bufferform.FormChoice), when rows moved
+    buffer_form: dict[str, Any] | None = None
 
     def count(self, action: Action) -> int:
         return sum(1 for d in self.decisions if d.action == action)
@@ -109,6 +113,7 @@ class CompanyLegacy:
             "move": self.count("move"),
             "unresolved": [{"key_type": t, "key_id": i} for t, i in self.unresolved],
             "purged": self.purged,
+            "buffer_form": self.buffer_form,
             "rows": [d.to_dict() for d in self.decisions],
         }
 
@@ -174,7 +179,8 @@ def _plan(conn: Conn, company_id: str, *, lock: bool) -> CompanyLegacy:
 _MOVE = (
     "INSERT INTO whatsapp_keys "
     "(company_id, key_type, key_id, value, created_at, updated_at, expires_at) "
-    "SELECT company_id, %(real_type)s, %(real_id)s, value, created_at, updated_at, expires_at "
+    "SELECT company_id, %(real_type)s, %(real_id)s, %(value)s::jsonb, created_at, updated_at, "
+    "expires_at "
     "FROM whatsapp_keys WHERE company_id = %(company)s AND key_type = %(key_type)s "
     "AND key_id = %(key_id)s "
     "ON CONFLICT (company_id, key_type, key_id) DO UPDATE SET value = EXCLUDED.value, "
@@ -182,14 +188,35 @@ _MOVE = (
 )
 
 
-def purge_company(conn: Conn, company_id: str, *, lock_timeout_ms: int = 1000) -> CompanyLegacy:
-    """Apply the purge rule to one company in one transaction; returns what was done.
-    psycopg errors propagate (the transaction is rolled back: nothing of the company changed)."""
+def purge_company(
+    conn: Conn,
+    company_id: str,
+    *,
+    lock_timeout_ms: int = 1000,
+    buffer_form: BufferFormSetting = "auto",
+) -> CompanyLegacy:
+    """Apply the purge rule to one company in one transaction; returns what was done. A moved
+    row is written with its Buffers in the form ``buffer_form`` picks for the company
+    (``auto``: the form most of its rows use). psycopg errors propagate (the transaction is
+    rolled back: nothing of the company changed)."""
     validate_company_id(company_id)
     with conn.transaction():
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{lock_timeout_ms}ms",))
         plan = _plan(conn, company_id, lock=True)
         moves = [d for d in plan.decisions if d.action == "move"]
+        values: dict[tuple[str, str], str] = {}
+        if moves:
+            form = choose_for(conn, company_id, buffer_form)
+            plan.buffer_form = form.to_dict()
+            values = {
+                (t, i): in_form(text, form.style, where=f"{t}/{i}")
+                for t, i, text in conn.execute(
+                    "SELECT k.key_type, k.key_id, k.value::text FROM whatsapp_keys k "
+                    "JOIN unnest(%s::text[], %s::text[]) AS m(t, i) ON k.key_type = m.t "
+                    "AND k.key_id = m.i WHERE k.company_id = %s",
+                    ([d.key_type for d in moves], [d.key_id for d in moves], company_id),
+                ).fetchall()
+            }
         with conn.cursor() as cur:
             replaced = [d for d in moves if d.twin_updated_at is not None]
             if replaced:
@@ -208,6 +235,7 @@ def purge_company(conn: Conn, company_id: str, *, lock_timeout_ms: int = 1000) -
                             "key_id": d.key_id,
                             "real_type": d.real_type,
                             "real_id": d.real_id,
+                            "value": values[(d.key_type, d.key_id)],
                         }
                         for d in moves
                     ],
@@ -287,7 +315,10 @@ def cleanup_legacy(
                 try:
                     if yes:
                         done = purge_company(
-                            conn, company, lock_timeout_ms=settings.cleanup_lock_timeout_ms
+                            conn,
+                            company,
+                            lock_timeout_ms=settings.cleanup_lock_timeout_ms,
+                            buffer_form=settings.db_buffer_form,
                         )
                     else:
                         done = report_company(conn, company)

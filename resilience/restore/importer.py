@@ -19,7 +19,8 @@ Creds are saved when they differ.
 Still inside the transaction the server compares the company's rows with the uploaded ones
 (count, jsonb equality, creds; after the direct ``COPY`` the count); a difference raises
 :class:`VerificationError` and rolls everything back. The uploaded rows are the directory's
-decoded values, encoded as the service writes them (the codec round trip is property-tested),
+decoded values, their Buffers in the form the store chooses (``RESILIENCE_DB_BUFFER_FORM``;
+with ``auto`` the form most of the company's rows use; the codec round trip is property-tested),
 so the database's digest is then the directory's. ``--dry-run`` still reads both sides and
 plans the diff by file name (:func:`plan_import`).
 """
@@ -289,6 +290,8 @@ class ImportResult:
     removed_files: int = 0
     #: the three-way merge's summary (:mod:`.merge`), when the import merged
     merge: dict[str, Any] | None = None
+    #: the Buffer form written rows are in (resilience.authstate.bufferform.FormChoice)
+    buffer_form: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         merged = {} if self.merge is None else {"merge": self.merge}
@@ -305,6 +308,7 @@ class ImportResult:
             "dry_run": self.dry_run,
             "creds_changed": self.creds_changed,
             "removed_files": self.removed_files,
+            "buffer_form": self.buffer_form,
         }
 
 
@@ -347,6 +351,7 @@ def import_company(
         with read_transaction(conn):
             db_creds = store.load_creds(company_id)
             records = store.records(company_id)
+            form = store.write_form(company_id)
         plan, view = plan_import(state, db_creds, records)
         return ImportResult(
             company_id=company_id,
@@ -360,6 +365,7 @@ def import_company(
             dry_run=True,
             creds_changed=plan.creds_changed,
             removed_files=len(plan.removed_files),
+            buffer_form=form.to_dict(),
         )
 
     if conn.info.transaction_status != TransactionStatus.IDLE:
@@ -413,6 +419,7 @@ def import_company(
         duration_s=time.monotonic() - started,
         creds_changed=synced.creds_changed,
         removed_files=len(gone),
+        buffer_form=synced.buffer_form.to_dict() if synced.buffer_form else None,
     )
 
 
@@ -516,6 +523,7 @@ def _merge_import(
         ours, our_sides = _read_ours(company_dir, files, tolerant=True)
         with read_transaction(conn):
             theirs_creds, theirs, their_sides = _read_theirs(store, company_id)
+            form = store.write_form(company_id)
         owned = pre_keys_issued_in_files(base, next_pre_key_id(creds), our_sides, their_sides)
         plan = plan_merge(base, our_sides, their_sides, theirs_creds, owned)
         merged = {s.fingerprint for n, s in our_sides.items() if n in plan.from_files}
@@ -538,6 +546,7 @@ def _merge_import(
             creds_changed=theirs_creds != creds_fingerprint(creds),
             removed_files=len(plan.deleted_in_files),
             merge=plan.summary(),
+            buffer_form=form.to_dict(),
         )
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise InputError(
@@ -586,4 +595,5 @@ def _merge_import(
         creds_changed=synced.creds_changed,
         removed_files=len(plan.deleted_in_files),
         merge=plan.summary(),
+        buffer_form=synced.buffer_form.to_dict() if synced.buffer_form else None,
     )

@@ -223,8 +223,9 @@ class ToFiles(_Plan):
             # or the mirror's copy lacks newer database writes: those are kept)
             base = InstalledBase.read(t.auth_root, t.company_id)
             with self._connect() as conn:
+                store = PgAuthStore(conn, buffer_form=self.settings.db_buffer_form)
                 result = importer.import_company(
-                    PgAuthStore(conn), t.auth_root, t.company_id, three_way=True, base=base
+                    store, t.auth_root, t.company_id, three_way=True, base=base
                 )
         except ResilienceError as exc:
             t.pm2.restart(app)
@@ -561,7 +562,7 @@ class ToPostgres(_Plan):
         base = InstalledBase.read(t.auth_root, t.company_id)
         with self._connect() as conn:
             result = importer.import_company(
-                PgAuthStore(conn),
+                PgAuthStore(conn, buffer_form=self.settings.db_buffer_form),
                 t.auth_root,
                 t.company_id,
                 meters=self.meters,

@@ -2,7 +2,9 @@
 
 Two sources, both the service's, never a file the switch itself wrote: the lines its PM2 log
 gained since the restart (the mode line naming the company, then "connection open"), and, when
-it has one, its health endpoint (`mode`, and `loaded_digest`: the digest of what it loaded).
+it has one, its health endpoint (`mode` as the settings map its values, `company` when it says,
+and `loaded_digest`, the digest of what it loaded, when it has one;
+:mod:`resilience.service.health`).
 """
 
 from __future__ import annotations
@@ -11,11 +13,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from resilience.config import Settings
 from resilience.errors import VerificationError
 from resilience.infra.waiting import wait_until
+from resilience.service.health import (
+    Health,
+    journal_fields,
+    mode_of_value,
+    read_health,
+    unknown_mode,
+)
 from resilience.service.modes import Mode
 
 #: How often the log and the health endpoint are looked at (the RTO floor polls as often).
@@ -75,41 +82,71 @@ def mode_patterns(settings: Settings, mode: Mode, company_id: str) -> list[re.Pa
     ]
 
 
-def loaded_digest(body: dict[str, Any]) -> Any:
-    return body.get("loaded_digest", body.get("digest"))
+def wait_for_health(
+    settings: Settings, url: str, mode: Mode, company_id: str, digest: str | None, timeout: float
+) -> dict[str, Any]:
+    """Poll the health endpoint until it reports ``mode`` (any value the settings map to it)
+    and, when it says, ``company_id`` and the ``digest`` it loaded at start (``loaded_digest``;
+    a live service has written more since). Returns what the journal keeps, with
+    ``digest_check``: ``equal``, ``not available`` (the health has no digest) or ``not
+    expected`` (no digest to compare with).
 
-
-def wait_for_health(url: str, mode: str, digest: str | None, timeout: float) -> dict[str, Any]:
-    """Poll the health endpoint until it reports `mode` and, when given, `digest` as what it
-    loaded at start (`loaded_digest`; a live service has written more since)."""
-    last: list[dict[str, Any] | str] = ["no answer"]
+    A mode value the settings do not list, or another company, fails at once (they do not
+    change by waiting); no answer, HTTP errors, a body that is not a JSON object and the other
+    mode are waited out, then named at the deadline."""
+    last: list[Health | None] = [None]
 
     def healthy() -> dict[str, Any] | None:
-        try:
-            body = httpx.get(url, timeout=2).json()
-        except (httpx.HTTPError, ValueError) as exc:
-            last[0] = type(exc).__name__
+        health = read_health(url)
+        last[0] = health
+        if health.body is None:
             return None
-        last[0] = body if isinstance(body, dict) else "not a JSON object"
-        if not isinstance(body, dict):
+        value = health.mode_value
+        reported = mode_of_value(settings, value)
+        if reported is None and value is not None:
+            raise VerificationError(unknown_mode(settings, url, value))
+        if health.company is not None and health.company != company_id:
+            raise VerificationError(
+                f"health at {url} says the service serves company {health.company[:50]!r}, "
+                f"not {company_id}"
+            )
+        if reported != mode:
             return None
-        if body.get("mode") == mode and (digest is None or loaded_digest(body) == digest):
-            return dict(body)
-        return None
+        if digest is None:
+            check = "not expected"
+        elif not health.says_digest:
+            check = "not available"
+        elif health.loaded_digest == digest:
+            check = "equal"
+        else:
+            return None
+        return {**journal_fields(health), "digest_check": check}
 
     def wrong(_exc: Exception | None) -> VerificationError:
-        seen = last[0]
-        if isinstance(seen, dict):
-            got = f"mode={seen.get('mode')} loaded digest={str(loaded_digest(seen))[:12]}"
-        else:
-            got = seen
         want = f"mode={mode}" + (f" digest={digest[:12]}" if digest else "")
+        seen = last[0]
+        if seen is None or seen.body is None:
+            got = seen.problem if seen is not None else "no answer"
+        else:
+            value = seen.mode_value
+            got = "no 'mode' in the body" if value is None else f"mode {_value(value)}"
+            if seen.loaded_digest is not None:
+                got += f", loaded digest {seen.loaded_digest[:12]}"
         return VerificationError(f"health at {url} did not reach {want} in {timeout:.0f} s: {got}")
 
-    return wait_until(healthy, timeout, "health", interval=POLL_S, on_timeout=wrong)
+    return wait_until(
+        healthy,
+        timeout,
+        "health",
+        interval=POLL_S,
+        on_timeout=wrong,
+        fatal=(VerificationError,),
+    )
 
 
-HEALTH_FIELDS = ("mode", "loaded_key_count", "loaded_digest", "key_count", "digest")
+def _value(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return repr(text[:40])
 
 
 def verify_service(
@@ -127,8 +164,12 @@ def verify_service(
         )
     }
     if settings.health_url:
-        health = wait_for_health(
-            settings.health_url, mode, expected_digest, settings.verify_timeout
+        details["health"] = wait_for_health(
+            settings,
+            settings.health_url,
+            mode,
+            company_id,
+            expected_digest,
+            settings.verify_timeout,
         )
-        details["health"] = {k: health.get(k) for k in HEALTH_FIELDS}
     return details

@@ -29,6 +29,7 @@ from resilience.restore.preflight import Direction
 from resilience.restore.verify import mode_patterns
 from resilience.service.health import mode_of_value
 
+
 @dataclass
 class ServiceUnderTest:
     stack: Stack

@@ -23,6 +23,7 @@ from resilience.drill.standin.writelog import WriteEntry
 from resilience.errors import DataError, StackError
 from resilience.infra.pm2 import Pm2
 from resilience.infra.processes import free_port
+from resilience.infra.waiting import wait_until
 from resilience.service.modes import POSTGRES_MODE_FLAGS
 
 SERVICE_DIR = "baileys-service"  # under the tools dir, installed by ./run
@@ -132,5 +133,11 @@ def selfcheck(health_url: str) -> dict[str, Any]:
     """What real Baileys read back through the auth state in use: every key, and how many
     values held Buffers its reviver left as plain objects."""
     url = health_url.removesuffix("/health") + "/selfcheck"
-    body: dict[str, Any] = httpx.get(url, timeout=30).json()
-    return body
+
+    def read() -> dict[str, Any] | None:
+        # a file caught half written by the service's own write (Baileys writes in place)
+        # answers an error: read again
+        body: dict[str, Any] = httpx.get(url, timeout=30).json()
+        return body if "keys" in body else None
+
+    return wait_until(read, 30, "the Baileys service's read-back of every key")

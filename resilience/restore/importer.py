@@ -57,8 +57,9 @@ from resilience.authstate.naming import (
 from resilience.authstate.pgstore import PgAuthStore, database_errors, read_transaction
 from resilience.authstate.view import CompanyView, view_of
 from resilience.config import validate_company_id
-from resilience.errors import DataError, InputError
+from resilience.errors import DataError, InputError, ResilienceError
 from resilience.infra.progress import NO_METERS, Meters
+from resilience.infra.waiting import wait_until
 from resilience.restore.manifest import Manifest, read_manifest
 from resilience.restore.merge import (
     InstalledBase,
@@ -436,24 +437,68 @@ def _read_ours(
     sides: dict[str, Side] = {}
     for name, (key_type, key_id) in files.items():
         try:
-            raw = read_regular_file(company_dir, name)
+            value, form = _decoded(company_dir, name)
         except FileNotFoundError:
             if tolerant:
                 continue
             raise DataError(
                 f"{name[:80]!r} in {company_dir} vanished while it was being read"
             ) from None
-        value = parse(raw, where=name)
+        except DataError:
+            if not tolerant:
+                raise
+            # Baileys writes its files in place (truncate, then write): a running service's
+            # file may be caught half written; only one that stays undecodable is refused
+            found = _settled(company_dir, name)
+            if found is None:
+                continue
+            value, form = found
         values[name] = value
-        sides[name] = Side(
-            (key_type, key_id),
-            KeyFingerprint.of_canonical(key_type, key_id, canonical(value, where=name)),
-        )
+        sides[name] = Side((key_type, key_id), KeyFingerprint.of_canonical(key_type, key_id, form))
     return values, sides
 
 
-def read_creds_file(company_dir: Path) -> Any:
-    """``creds.json`` parsed and decodable; :class:`DataError` naming it otherwise."""
+#: how long a file that does not decode is read again before a live service's write counts as
+#: done (Baileys writes a key file in a few milliseconds)
+SETTLE_S = 2.0
+
+
+def _decoded(company_dir: Path, name: str) -> tuple[Any, bytes]:
+    value = parse(read_regular_file(company_dir, name), where=name)
+    return value, canonical(value, where=name)
+
+
+def _settled(company_dir: Path, name: str) -> tuple[Any, bytes] | None:
+    """The file's value once it decodes (None: deleted meanwhile); :class:`DataError` when it
+    still does not decode after :data:`SETTLE_S`."""
+    last: list[DataError] = []
+
+    def attempt() -> tuple[tuple[Any, bytes] | None] | None:
+        try:
+            return (_decoded(company_dir, name),)
+        except FileNotFoundError:
+            return (None,)
+        except DataError as exc:
+            last[:] = [exc]
+            return None
+
+    try:
+        return wait_until(attempt, SETTLE_S, f"{name} to decode", fatal=())[0]
+    except ResilienceError:
+        raise last[0] if last else DataError(f"{name} does not decode") from None
+
+
+def read_creds_file(company_dir: Path, *, tolerant: bool = False) -> Any:
+    """``creds.json`` parsed and decodable; :class:`DataError` naming it otherwise (with
+    ``tolerant``, a file caught half written by a running service is read again)."""
+    if tolerant:
+        try:
+            return read_creds_file(company_dir)
+        except DataError:
+            settled = _settled(company_dir, CREDS_FILE)
+            if settled is None:
+                raise
+            return _creds_or_refuse(company_dir, settled[0])
     try:
         creds = parse(read_regular_file(company_dir, CREDS_FILE), where=CREDS_FILE)
     except FileNotFoundError:
@@ -461,6 +506,10 @@ def read_creds_file(company_dir: Path) -> Any:
             f"no {CREDS_FILE} in {company_dir}: nothing to import without creds"
         ) from None
     canonical(creds, where=f"{company_dir.name}/{CREDS_FILE}")
+    return _creds_or_refuse(company_dir, creds)
+
+
+def _creds_or_refuse(company_dir: Path, creds: Any) -> Any:
     if not isinstance(creds, dict) or not creds:
         raise DataError(f"{CREDS_FILE} in {company_dir} holds no creds (empty or not an object)")
     return creds
@@ -478,7 +527,7 @@ def check_directory(company_dir: Path, company_id: str) -> int:
     if not company_dir.is_dir():
         raise InputError(f"no Baileys directory {company_dir}")
     _manifest, files = _mapped(company_dir, company_id)
-    read_creds_file(company_dir)
+    read_creds_file(company_dir, tolerant=True)
     values, _sides = _read_ours(company_dir, files, tolerant=True)
     return len(values)
 
@@ -519,7 +568,7 @@ def _merge_import(
     _manifest, files = _mapped(company_dir, company_id)
     conn = store.conn
     if dry_run:
-        creds = read_creds_file(company_dir)
+        creds = read_creds_file(company_dir, tolerant=True)
         ours, our_sides = _read_ours(company_dir, files, tolerant=True)
         with read_transaction(conn):
             theirs_creds, theirs, their_sides = _read_theirs(store, company_id)

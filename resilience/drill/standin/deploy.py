@@ -255,6 +255,7 @@ def standin_on_stack(
     from resilience.authstate.codec import Style
     from resilience.authstate.dataset import generate
     from resilience.authstate.pgstore import PgAuthStore, connect
+    from resilience.authstate.view import baileys_ref
     from resilience.chaos.toxiproxy import ToxiproxyClient
     from resilience.errors import DatabaseError
     from resilience.infra.pm2 import find_pm2
@@ -264,6 +265,12 @@ def standin_on_stack(
     data = generate(company, keys)
     with connect(ep.admin_dsn) as conn:
         if kind == "baileys":
+            # a site whose rows the old file migration never touched: no legacy twins (a
+            # Baileys service reads only real types, so a twin would outlive the key it deletes;
+            # legacy rows are the stand-in drills' business)
+            data.keys = [
+                k for k in data.keys if baileys_ref(k.key_type, k.key_id) == (k.key_type, k.key_id)
+            ]
             numbers = [
                 int(k.key_id) for k in data.keys if k.key_type == "pre-key" and k.key_id.isdigit()
             ]

@@ -41,6 +41,7 @@ from resilience.drill.evidence import (
 from resilience.drill.report import DrillReport
 from resilience.drill.service import ServiceUnderTest
 from resilience.drill.standin.writelog import WriteEntry
+from resilience.drill.switches import read_run, record_switch
 from resilience.errors import DataError, LockHeld
 from resilience.infra.fsutil import atomic_write
 from resilience.infra.waiting import wait_until
@@ -122,12 +123,7 @@ def switch(service: ServiceUnderTest, journal: Journal, direction: str) -> dict[
     data = run.to_dict()
     assert run.outcome.result is not None and run.outcome.result.ok
     assert run.record is not None and (run.record / "journal.json").is_file()
-    journal.event(
-        "switch",
-        f"restore.{direction}: {len(data['run']['steps'])} steps",
-        record=str(run.record),
-        steps=[(st["name"], st["status"], st["duration_s"]) for st in data["run"]["steps"]],
-    )
+    record_switch(journal, run.journal, record=run.record, rto_s=data["rto_s"])
     assert data["rto_s"] < RTO_LIMIT_S
     return data
 
@@ -516,6 +512,7 @@ def test_e_failed_verification_carries_file_mode_writes_back(
         with pytest.raises(StepFailed) as info:
             commands.switch(broken, "to-files", company_id=service.company)
         failed = info.value
+        undo = record_switch(journal, read_run(failed.record), record=failed.record)
         assert failed.result.halted is None
         undone = [(r.name, r.status) for r in failed.result.rollbacks]
         assert undone[0] == ("start-service", "ok")
@@ -533,11 +530,16 @@ def test_e_failed_verification_carries_file_mode_writes_back(
             "completed",
             deviated=False,
             measurements={
-                "run_record": str(failed.record),
+                # until the undo had the service serving on PostgreSQL again
+                "rto_s": undo["duration_s"],
+                "rto_limit_s": RTO_LIMIT_S,
                 "undone": undone,
                 "writes_in_file_mode_carried_back": _count(
                     file_writes if entries is not None else None
                 ),
+                "writes_in_file_mode_carried_back_min": 1,
+                "keys_lost": 0 if entries is not None else _count(None),
+                "keys_lost_max": 0,
                 "keys_in_db_after": len(db_prints),
                 "db_digest_after": db_digest,
                 "mode_after": health.get("mode"),
@@ -692,7 +694,9 @@ def test_g_way_back_after_snapshot_fallback_keeps_what_postgres_held(
             deviated=False,
             measurements={
                 "rto_s": there["rto_s"],
+                "rto_limit_s": RTO_LIMIT_S,
                 "rto_back_s": back["rto_s"],
+                "rto_back_limit_s": RTO_LIMIT_S,
                 "merge_preview": preview.merge,
                 "merge": merge,
                 "writes_in_postgres_after_snapshot": len(pg_after) if entries else _count(None),

@@ -105,6 +105,8 @@ def health_view(doc: dict[str, Any]) -> Any:
             f"{mirror['reconcile_repairs_total']} repaired by reconciliation",
         )
     parts.append(figures)
+    if "history" in doc:
+        parts.append(history_view(doc["history"]))
     if doc["findings"]:
         findings = Table(title="findings", title_justify="left")
         for column in ("severity", "rule", "message"):
@@ -121,6 +123,32 @@ def health_view(doc: dict[str, Any]) -> Any:
             )
         )
     return Group(*parts)
+
+
+def history_view(samples: list[dict[str, Any]]) -> Any:
+    """The monitor's recent samples as sparklines (the status page's charts, as text)."""
+    from rich.table import Table
+
+    from resilience.monitoring.charts import spark
+
+    table = Table(title="recent history (oldest left)", title_justify="left", show_header=False)
+    rows = (
+        ("latency p50", "p50", " ms"), ("latency p95", "p95", " ms"), ("latency p99", "p99", " ms"),
+        ("pool in use", "pool_pct", " %"), ("waiting", "waiting", ""),
+        ("keys past expiry", "expired", ""), ("mirror lag", "lag", " s"),
+    )  # fmt: skip
+    if not samples:
+        table.add_row("[dim]no samples (no monitor running)[/]", "")
+        return table
+    for label, key, unit in rows:
+        values = [s.get(key) for s in samples]
+        known = [v for v in values if isinstance(v, int | float)]
+        if key == "lag" and not known:
+            continue
+        last = f"{known[-1]:g}{unit}" if known else "n/a"
+        top = 100.0 if key == "pool_pct" else None
+        table.add_row(label, f"[cyan]{spark(values, 60, top)}[/]", last)
+    return table
 
 
 def _via(doc: dict[str, Any]) -> str:
@@ -150,15 +178,15 @@ def health(c: Context, once: bool = False, json: bool = False, direct: bool = Fa
     settings = load_settings()
     out = Output(json)
     if once or json:
-        doc = health_document(settings, direct=direct)
+        doc = health_document(settings, direct=direct, history=not json)
         out.result(doc, lambda console, d: console.print(health_view(d)))
         raise Exit(code=exit_code(doc))
     stop = threading.Event()
-    doc = health_document(settings, direct=direct)
+    doc = health_document(settings, direct=direct, history=True)
     try:
         with Live(health_view(doc), console=out.console, refresh_per_second=1) as live:
             while not stop.wait(10.0):
-                doc = health_document(settings, direct=direct)
+                doc = health_document(settings, direct=direct, history=True)
                 live.update(health_view(doc))
     except KeyboardInterrupt:
         pass

@@ -143,7 +143,7 @@ def test_the_page_has_an_svg_timeline_with_marks_by_kind_and_a_legend(
     assert len(tags.having("g", class_="bar")) == 4 + 1  # 3 steps and a rollback; 1 step in b
     assert len(tags.having("rect", class_="fault-window")) == 1  # injected at 4 s, removed at 45
     for label in ("fault injected", "fault removed", "alert received", "health check",
-                  "evidence", "other (switch)", "rollback", "fault window"):  # fmt: skip
+                  "evidence", "other (switch)", "undo step", "fault window"):  # fmt: skip
         assert f"</svg>{label}</span>" in page, label
 
 
@@ -348,3 +348,172 @@ def test_the_console_check_sees_what_the_policy_blocks(tmp_path: Path) -> None:
     shown = console.render_with_console(console.file_url(page))
     assert "<svg>" in shown.dom
     assert any("example.invalid" in m.message for m in shown.console)
+
+
+# --- a switch's steps, the loss window, the steady state, the run records -------------------------
+def switch_run(start: float, command: str = "restore.to-files", failed: bool = False):
+    """A switch's own journal (its run record): a preflight, steps, and on failure undo steps."""
+    names = ["stop-service", "export", "code", "env", "start-service", "verify"]
+    steps = [_step(n, start + 0.3 + i, 0.8) for i, n in enumerate(names)]
+    for s in steps:
+        s["details"] = {"key_count": 1313, "merge": {"written": {"count": 3, "first": ["a"]}},
+                        "log_lines": ["x", "y"]}  # fmt: skip
+    rollbacks = []
+    if failed:
+        steps[-1]["status"] = "failed"
+        rollbacks = [_step(f"undo {n}", start + 7 + i, 0.5, kind="rollback") for i, n in
+                     enumerate(reversed(names[:-1]))]  # fmt: skip
+    return {
+        "title": f"{command} demo",
+        "run_id": f"run-{command}-{start}",
+        "status": "failed" if failed else "completed",
+        "started_at": _at(start),
+        "ended_at": _at(start + 10),
+        "duration_s": 10.0,
+        "steps": steps,
+        "rollbacks": rollbacks,
+        "events": [_event(start + 0.25, "preflight", "to-files preflight")],
+        "measurements": {} if failed else {"rto_s": 6.1, "duration_s": 6.2},
+    }
+
+
+def switch_scenario(tmp_path: Path) -> Journal:
+    from resilience.drill.switches import record_switch
+
+    journal = Journal("a) proxy disabled: fallback from snapshot")
+    journal.start()
+    journal.started_at = _at(0)
+    journal.steady_states["before"] = {
+        "at": _at(0.1),
+        "data": {
+            "mode": "postgres",
+            "company": "demo",
+            "key_count": 1313,
+            "digest": "aa",
+            "writes_ok": 3,
+        },
+    }
+    journal.events.append(Journal.from_dict({"title": "x", "run_id": "x", "events": [
+        _event(0.5, "snapshot", "snapshot taken", taken_at=_at(0.4))]}).events[0])  # fmt: skip
+    journal.events.append(Journal.from_dict({"title": "x", "run_id": "x", "events": [
+        _event(1, "fault", "injected proxy-disabled")]}).events[0])  # fmt: skip
+    record = tmp_path / "tmp-runs" / "20250301T120001Z-restore-to-files-demo-abc123"
+    record.mkdir(parents=True)
+    run = switch_run(1.5)
+    (record / "journal.json").write_text(json.dumps(run))
+    (record / "journal.html").write_text("<!doctype html><title>run</title>")
+    record_switch(journal, run, record=record, rto_s=6.1)
+    journal.events[-1].at = _at(8)
+    journal.events.append(Journal.from_dict({"title": "x", "run_id": "x", "events": [
+        _event(9, "fault-removed", "proxy enabled")]}).events[0])  # fmt: skip
+    record_switch(journal, switch_run(12, "restore.to-postgres", failed=True))
+    journal.events[-1].at = _at(22)
+    journal.steady_state("after", {"mode": "file", "company": "demo", "key_count": 1315,
+                                   "digest": "bb", "writes_ok": 9})  # fmt: skip
+    journal.steady_states["after"]["at"] = _at(23)
+    journal.finish("completed", deviated=False, measurements={
+        "rto_s": 6.1, "rto_limit_s": 600, "exit_codes": [0, 7],
+        "undone": [["start-service", "ok"], ["env", "ok"]],
+        "loss_window_keys": 3, "loss_window": ["session/1.0", "session/2.0", "pre-key/7"],
+        "keys_lost_after_way_back": 0, "keys_lost_after_way_back_max": 0})  # fmt: skip
+    journal.ended_at = _at(24)
+    return journal
+
+
+RAW_ARRAY = re.compile(r"""\[\s*(?:\[|"|'|-?\d)""")
+
+
+def test_a_switch_is_drawn_step_by_step_with_its_rto_and_undo_steps(tmp_path: Path) -> None:
+    journal = switch_scenario(tmp_path)
+    data = journal.to_dict()
+    assert len(data["steps"]) == 7 + 7 and len(data["rollbacks"]) == 5  # preflight + 6, twice
+    t = timeline.build(data)
+    groups = [lane.title for lane in t.lanes if lane.group]
+    assert groups == ["restore.to-files", "restore.to-postgres"]
+    [span] = t.spans  # the failed switch has no RTO
+    scale = (t.plot_x1 - t.plot_x0) / t.total_s
+    assert span.x == pytest.approx(t.plot_x0 + 1.5 * scale)
+    assert span.width == pytest.approx(6.1 * scale) and span.text == "RTO 6.10 s"
+    colours = [b.color for b in t.bars]
+    assert colours.count(timeline.BARS["rollback"][1]) == 5
+    assert colours.count(timeline.BARS["failed"][1]) == 1
+    [band] = t.bands  # a fault-removed event closes the window
+    assert band.width == pytest.approx(8 * scale)
+    assert "switch" not in {m.kind for m in t.marks}  # drawn as its group, not as a dot
+    lanes = [lane.title for lane in t.lanes]
+    assert lanes.index("restore.to-postgres") > lanes.index("verify") > lanes.index("preflight")
+
+
+def test_the_page_reads_without_raw_json_and_links_run_records_copied_beside_it(
+    tmp_path: Path,
+) -> None:
+    reports = tmp_path / "reports"
+    report = DrillReport("rollback", reports)
+    report.journals.append(switch_scenario(tmp_path))
+    json_path, html_path = report.write()
+    page = html_path.read_text()
+    tags = _tags(page)
+    assert len(tags.having("g", class_="bar")) == 7 + 7 + 5
+    assert len(tags.having("g", class_="rto")) == 1
+    assert "Steps and rollbacks (14 + 5)" in page
+    text = re.sub(r"<[^>]+>", " ", page.split("<body>", 1)[1])
+    assert not RAW_ARRAY.search(html.unescape(text)), RAW_ARRAY.search(html.unescape(text))
+    # the run record: copied beside the report, linked relatively, also from the archive
+    copied = reports / "runs" / "20250301T120001Z-restore-to-files-demo-abc123"
+    assert (copied / "journal.json").is_file() and (copied / "journal.html").is_file()
+    links = {a["href"] for a in tags.having("a", class_="record")}
+    assert links == {f"runs/{copied.name}/journal.html"}
+    assert str(tmp_path) not in page
+    data = json.loads(json_path.read_text())
+    switch = next(e for e in data["scenarios"][0]["events"] if e["kind"] == "switch")
+    assert switch["data"]["record"] == f"runs/{copied.name}"
+    [archived] = (reports / "archive").glob("*.html")
+    assert f'href="../runs/{copied.name}/journal.html"' in archived.read_text()
+    # the loss window: counted by type, its span, the ids folded
+    assert "<b>3 keys</b> at risk" in page and "(12:00:00.400 UTC)" in page
+    assert '<td>session</td><td class="num">2</td>' in page
+    assert "<details><summary>the 3 key ids</summary>" in page
+
+
+def test_the_steady_state_tells_expected_changes_from_deviations(tmp_path: Path) -> None:
+    from resilience.drill.reporting import steady
+
+    data = switch_scenario(tmp_path).to_dict()
+    judged = steady.judge(data)
+    verdicts = {p.key: p.verdict for p in judged.probes}
+    # the last switch (to-postgres) was undone: the mode should have stayed where to-files put it
+    assert verdicts == {"mode": "expected", "company": "unchanged", "key_count": "expected",
+                        "digest": "expected", "writes_ok": "expected"}  # fmt: skip
+    assert judged.verdict == "held" and judged.label == "steady state held"
+    data["steady_states"]["after"]["data"]["mode"] = "postgres"
+    data["steady_states"]["after"]["data"]["writes_ok"] = 0
+    data["steady_states"]["before"]["data"]["writes_ok"] = 0
+    judged = steady.judge(data)
+    verdicts = {p.key: p.verdict for p in judged.probes}
+    assert verdicts["mode"] == "deviated" and verdicts["key_count"] == "deviated"
+    assert judged.verdict == "deviated"
+    data["steady_states"]["after"]["data"] = {"mode": "file", "alerts": 2}
+    data["steady_states"]["before"]["data"] = {"mode": "postgres", "alerts": 0}
+    assert steady.judge(data).label == "steady state: 1 change not judged"
+
+
+@chromium
+def test_the_rollback_report_in_chromium_has_step_bars_in_each_scenario_and_no_raw_json(
+    tmp_path: Path,
+) -> None:
+    reports = tmp_path / "reports"
+    report = DrillReport("rollback", reports)
+    report.journals.append(switch_scenario(tmp_path))
+    second = switch_scenario(tmp_path / "b").to_dict()
+    second["title"] = "d) round trip: files and back to PostgreSQL"
+    report.journals.append(Journal.from_dict(second))
+    _, html_path = report.write()
+    shown = console.render_with_console(console.file_url(html_path))
+    assert shown.console == []
+    sections = shown.dom.split('class="scenario"')[1:]
+    assert len(sections) == 2
+    for section in sections:
+        assert len(_tags(section).having("g", class_="bar")) == 19
+        assert _tags(section).having("g", class_="rto")
+    body = html.unescape(re.sub(r"<[^>]+>", " ", shown.dom.split("<body>", 1)[1]))
+    assert not RAW_ARRAY.search(body)

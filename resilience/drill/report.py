@@ -10,6 +10,10 @@ remembered in the reports' history and index.
     the page (:mod:`resilience.drill.reporting.render`): a summary, the environment, and per
     scenario an inline-SVG timeline, the targets table, the other measurements, the steady state,
     the steps and the events. No script and no external asset;
+``runs/<record>/``
+    a copy of every run record a scenario names (the switch's ``journal.json`` and
+    ``journal.html``), linked relatively, so the directory can be archived as a CI artifact
+    (:mod:`resilience.drill.reporting.records`);
 ``archive/``, ``history.jsonl``, ``index.html``
     a copy of this run, its history line, and the index of every run with each drill's RTO
     trend (:mod:`resilience.drill.reporting.history`).
@@ -25,10 +29,15 @@ What drills record, and how the page shows it:
   dict ``{name: {"target": ..., "measured": ..., "met": bool}}`` (``met`` may be left to an
   ``op``); :func:`resilience.drill.reporting.targets.target` builds an entry. Each row shows
   met, missed or unknown. See :mod:`resilience.drill.reporting.targets`.
-* **Timeline**: the steps and rollbacks as bars, the events as marks by kind: ``fault``
-  (a ``fault`` event whose message starts with ``removed``, or ``fault_removed``, ends its
-  window), ``alert``, ``health``, ``evidence``, ``failure``, the steady state probes; any other
-  kind in a lane of its own. See :mod:`resilience.drill.reporting.timeline`.
+* **Timeline**: the steps and rollbacks as bars (a switch's, recorded by
+  :func:`resilience.drill.switches.record_switch`, under a row marking its RTO), the events as
+  marks by kind: ``fault`` (a ``fault`` event whose message starts with ``removed``, or
+  ``fault_removed`` / ``fault-removed``, ends its window), ``alert``, ``health``, ``evidence``,
+  ``failure``, the steady state probes; any other kind in a lane of its own. See
+  :mod:`resilience.drill.reporting.timeline`.
+* **Steady state**: each probe judged unchanged, expected or deviated
+  (:mod:`resilience.drill.reporting.steady`); **loss window**: a measurement listing
+  ``type/id`` keys at risk, counted by type (:func:`render._loss_windows`).
 * **Environment**: Python, OS, backend (``RESILIENCE_BACKEND`` unless given), the PostgreSQL
   server's version (asked once, through the first PostgreSQL DSN a scenario registers as a
   secret), the git commit.
@@ -45,7 +54,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from resilience.drill.reporting import environment, history, render, targets
+from resilience.drill.reporting import environment, history, records, render, targets
 from resilience.infra.redact import Redactor
 from resilience.runs.journal import Journal, atomic_write_text, now_iso
 
@@ -126,9 +135,14 @@ class DrillReport:
         """Write the JSON and the page, archive them, append the history, rewrite the index."""
         self.reports_dir.mkdir(parents=True, exist_ok=True)
         data = self.data()
+        records.copy_records(data, self.reports_dir)
         json_text = json.dumps(data, indent=2, default=str) + "\n"
         page = render.render_drill(data)
         json_path = atomic_write_text(self.json_path, json_text)
         html_path = atomic_write_text(self.html_path, page)
-        history.record(self.reports_dir, data, page, json_text, render.render_index)
+        history.record(
+            self.reports_dir, data, render.render_drill(data, base="../"), json_text,
+            render.render_index,
+        )  # fmt: skip
+        records.prune(self.reports_dir)
         return json_path, html_path

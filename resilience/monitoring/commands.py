@@ -54,10 +54,13 @@ def run_monitor(
     return monitor.cycles
 
 
-def health_document(settings: Settings, *, direct: bool = False) -> dict[str, Any]:
+def health_document(
+    settings: Settings, *, direct: bool = False, history: bool = False
+) -> dict[str, Any]:
     """The health document: from the running monitor when one answers, else computed here
     from the service's /metrics and the database (read-only: no alert is sent, no state kept).
-    ``via`` says which."""
+    ``via`` says which. ``history``: also the monitor's recent samples as ``history`` (its
+    ``/history.json``; computed directly, the one sample of this look)."""
     url = monitor_url(settings)
     reason = "asked to compute directly" if direct else None
     if not direct:
@@ -66,6 +69,8 @@ def health_document(settings: Settings, *, direct: bool = False) -> dict[str, An
             if response.status_code == 200:
                 doc: dict[str, Any] = response.json()
                 doc["via"] = {"monitor": url}
+                if history:
+                    doc["history"] = _history(url, settings.monitor_http_timeout)
                 return doc
             reason = f"the monitor at {url} answered HTTP {response.status_code}"
         except (httpx.HTTPError, ValueError) as exc:
@@ -76,7 +81,19 @@ def health_document(settings: Settings, *, direct: bool = False) -> dict[str, An
     finally:
         monitor.close()
     doc["via"] = {"direct": reason}
+    if history:
+        doc["history"] = list(monitor.history)
     return doc
+
+
+def _history(url: str, timeout: float) -> list[dict[str, Any]]:
+    """The monitor's samples, or none when it does not serve them (an older monitor)."""
+    try:
+        response = httpx.get(url + "/history.json", timeout=timeout)
+        samples = response.json().get("samples", []) if response.status_code == 200 else []
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return []
+    return [s for s in samples if isinstance(s, dict)]
 
 
 def exit_code(doc: dict[str, Any]) -> int:

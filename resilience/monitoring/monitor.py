@@ -23,6 +23,7 @@ from resilience.config import Settings
 from resilience.errors import ResilienceError
 from resilience.infra.redact import Redactor, redact_dsn
 from resilience.mirror.health import mirror_observation
+from resilience.monitoring import charts
 from resilience.monitoring.alertstate import AlertBook, Notification
 from resilience.monitoring.latency import SlidingWindow
 from resilience.monitoring.rules import Finding, Observed, evaluate, overall
@@ -38,6 +39,7 @@ from resilience.monitoring.sources import (
 
 log = logging.getLogger(__name__)
 ERRORS_KEPT = 20
+HISTORY = "history"
 EXIT_CODES = {"ok": 0, "warning": 1, "critical": 2}
 
 
@@ -180,6 +182,12 @@ class Monitor:
         self._probe_seen = 0.0  # end time of the newest probe query already counted
         self._probe_ok = True  # the last probe's outcome, shown between probes
         self.pool_history: deque[dict[str, Any]] = deque(maxlen=settings.pool_samples)
+        #: one sample per cycle (latency, pool, keys past expiry, mirror lag), kept across
+        #: restarts with the alert states: the status page's charts, `health`'s sparklines
+        self.history: deque[dict[str, Any]] = deque(
+            self.book.memory.get(HISTORY, [])[-settings.pool_samples :],
+            maxlen=settings.pool_samples,
+        )
         self.errors: deque[dict[str, Any]] = deque(
             self.book.memory.get("errors", [])[-ERRORS_KEPT:], maxlen=ERRORS_KEPT
         )
@@ -348,7 +356,16 @@ class Monitor:
                 "success_rate": summary.success_rate,
                 "slow_in_window": window,
             }
-        return {"source": None, "slow_in_window": window}
+        # no source: the same fields, unknown (the page and the history read them)
+        return {
+            "source": None,
+            "p50_ms": None,
+            "p95_ms": None,
+            "p99_ms": None,
+            "queries": None,
+            "success_rate": None,
+            "slow_in_window": window,
+        }
 
     def cycle(self) -> dict[str, Any]:
         """One look at everything; the health document."""
@@ -411,6 +428,13 @@ class Monitor:
                 self._send(note)
         else:  # read-only: what fires now, no memory of what was sent
             pass
+        self.history.append(
+            charts.sample(
+                now,
+                {"latency": latency, "pool": pool, "keys": keys, "mirror": mirror},
+            )
+        )
+        self.book.memory[HISTORY] = list(self.history)
         self.book.memory["slow_events"] = self.slow.events(now)
         self.book.memory["errors"] = list(self.errors)
         if self.alerts is not None:

@@ -1,7 +1,10 @@
 """The monitor's HTTP face, served by Werkzeug (no HTTP parsing of ours):
 
-- ``/``: the status page (:file:`templates/status.html.j2`), self-contained, refreshing itself;
+- ``/``: the status page (:file:`templates/status.html.j2`), self-contained, refreshing itself,
+  with inline-SVG charts of the last hour (latency p50/p95/p99, pool usage and waiting, keys past
+  expiry, mirror lag) drawn from the monitor's history ring;
 - ``/health.json``: the last cycle's health document;
+- ``/history.json``: the monitor's recent samples (:mod:`.charts`), ``{"span_s", "samples"}``;
 - ``/metrics``: the monitor's own metrics (prometheus-client), for an existing Prometheus.
 """
 
@@ -22,6 +25,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from resilience.errors import StackError
+from resilience.monitoring import charts
 from resilience.monitoring.rules import SEVERITY_RANK
 
 if TYPE_CHECKING:
@@ -44,11 +48,37 @@ _env = Environment(
 _env.filters["iso"] = _iso
 
 
+def limits(doc: dict[str, Any]) -> dict[str, float | None]:
+    """The alert thresholds of each chart, from the health document."""
+    th = doc.get("thresholds") or {}
+    mirror = doc.get("mirror") or {}
+    return {
+        "latency": th.get("slow_query_ms"),
+        "pool": th.get("pool_usage_warn_pct"),
+        "waiting": th.get("pool_waiting_critical"),
+        "expired": th.get("keys_expired_warn"),
+        "lag": mirror.get("lag_alert_s"),
+    }
+
+
 def render_page(
-    doc: dict[str, Any], history: list[dict[str, Any]], refresh_s: float, *, fragment: bool = False
+    doc: dict[str, Any],
+    history: list[dict[str, Any]],
+    refresh_s: float,
+    *,
+    fragment: bool = False,
+    now: float | None = None,
+    span_s: float = 3600.0,
 ) -> str:
+    """The status page (or its body, ``fragment``) with the charts of ``history`` over the last
+    ``span_s`` seconds up to ``now`` (the newest sample's time unless given)."""
+    if now is None:
+        now = max(
+            (float(s["t"]) for s in history if isinstance(s.get("t"), int | float)), default=0
+        )
+    drawn = charts.charts(history, now, span_s, limits(doc))
     return _env.get_template("status.html.j2").render(
-        doc=doc, history=history[-120:], refresh_s=refresh_s, fragment=fragment
+        doc=doc, charts=drawn, span_min=span_s / 60, refresh_s=refresh_s, fragment=fragment
     )
 
 
@@ -156,12 +186,19 @@ def make_app(monitor: Monitor) -> Any:
             )
         if request.path == "/health.json":
             return Response(json.dumps(doc), content_type="application/json")
+        if request.path == "/history.json":
+            return Response(
+                json.dumps({"span_s": _span(monitor), "samples": list(monitor.history)}),
+                content_type="application/json",
+            )
         if request.path == "/":
             page = render_page(
                 doc,
-                list(monitor.pool_history),
+                list(monitor.history),
                 monitor.settings.monitor_page_refresh,
                 fragment=request.args.get("fragment") == "1",
+                now=monitor.clock(),
+                span_s=_span(monitor),
             )
             return Response(
                 page, content_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"}
@@ -169,6 +206,11 @@ def make_app(monitor: Monitor) -> Any:
         return Response("not found\n", status=HTTPStatus.NOT_FOUND, content_type="text/plain")
 
     return app
+
+
+def _span(monitor: Monitor) -> float:
+    """The time the history ring covers: its samples times the cycle interval."""
+    return monitor.settings.pool_samples * monitor.settings.monitor_interval
 
 
 class _Quiet(WSGIRequestHandler):

@@ -184,6 +184,13 @@ class Journal:
         """Like :meth:`step`, for undoing something (listed apart)."""
         return self._record(name, "rollback")
 
+    def add(self, record: StepRecord) -> None:
+        """Append a step or rollback timed elsewhere (the steps of a run this one started,
+        read from that run's own journal), by its ``kind``."""
+        self.start()
+        with self._lock:
+            (self.steps if record.kind == "step" else self.rollbacks).append(record)
+
     def event(self, kind: str, message: str, **data: Any) -> None:
         """Record something that happened at a point in time (fault injected, alert seen...)."""
         self.start()

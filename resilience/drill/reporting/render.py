@@ -7,15 +7,15 @@ stray external reference shows up as a console error instead of a silent fetch.
 
 from __future__ import annotations
 
-import json
 import re
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader
 
-from resilience.drill.reporting import history, targets, timeline
+from resilience.drill.reporting import history, steady, targets, timeline, values
 from resilience.infra.redact import Redactor
 from resilience.runs.html import format_duration
 
@@ -29,19 +29,6 @@ _env = Environment(
 )
 
 
-def _shown(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict | list):
-        return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
-    return targets.show(value)
-
-
-def _anchor(index: int, title: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:40]
-    return f"s{index}-{slug}" if slug else f"s{index}"
-
-
 def _offset(start: Any, stamp: Any) -> str:
     began, at = timeline.parse(start), timeline.parse(stamp)
     if began is None or at is None:
@@ -49,67 +36,155 @@ def _offset(start: Any, stamp: Any) -> str:
     return f"+{(at - began).total_seconds():.3f} s"
 
 
-def _records(journal: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
-    return [
-        {
-            **r,
-            "offset": _offset(journal.get("started_at"), r.get("started_at")),
-            "duration": format_duration(r.get("duration_s")),
-            "details_shown": _shown(r["details"]) if r.get("details") else "",
-        }
-        for r in journal.get(key, [])
+def _anchor(index: int, title: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:40]
+    return f"s{index}-{slug}" if slug else f"s{index}"
+
+
+def _step_rows(journal: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The steps table: a switch's header row (its record, RTO) before its steps."""
+    started = journal.get("started_at")
+    records = [*journal.get("steps", []), *journal.get("rollbacks", [])]
+    switches = {
+        str((e.get("data") or {}).get("run_id")): e.get("data") or {}
+        for e in journal.get("events", [])
+        if e.get("kind") == timeline.SWITCH_EVENT
+    }
+    rows = []
+    for kind, item in timeline.ordered(records):
+        if kind == "group":
+            command, run_id = item
+            rows.append({"group": command, "switch": switches.get(run_id, {})})
+            continue
+        details = dict(item.get("details") or {})
+        rows.append(
+            {
+                **item,
+                "grouped": timeline.group_of(item) is not None,
+                "offset": _offset(started, item.get("started_at")),
+                "duration": format_duration(item.get("duration_s")),
+                "details_line": values.line(details, skip=(timeline.GROUP, timeline.GROUP_RUN)),
+            }
+        )
+    return rows
+
+
+def _lost(measurements: Mapping[str, Any]) -> Any:
+    """Keys lost, as the scenario measured them (``keys_lost...``), else None."""
+    for key, value in measurements.items():
+        if key.startswith("keys_lost") and not key.endswith(("_max", "_limit", "_expected")):
+            return value
+    return None
+
+
+def _loss_windows(journal: Mapping[str, Any], measurements: Mapping[str, Any]) -> list[Any]:
+    """Each list of ``type/id`` keys at risk (``loss_window``, ``*_lost``): counted by type,
+    with the time span it covers (``<key>_from`` and ``<key>_to``, else the snapshot taken
+    and the fault injected), the ids kept for a folded list."""
+    events = journal.get("events", [])
+    snapshot = next((e for e in events if e.get("kind") == "snapshot"), None)
+    fault = next((e for e in events if e.get("kind") == "fault"), None)
+    out = []
+    for key, value in measurements.items():
+        if not ("loss" in key or key.endswith("_lost")) or not isinstance(value, list):
+            continue
+        if not all(isinstance(v, str) and "/" in v for v in value):
+            continue
+        by_type = Counter(v.split("/", 1)[0] for v in value)
+        began = measurements.get(f"{key}_from") or (
+            (snapshot.get("data") or {}).get("taken_at") or snapshot.get("at") if snapshot else None
+        )
+        ended = measurements.get(f"{key}_to") or (fault.get("at") if fault else None)
+        since, until = timeline.parse(began), timeline.parse(ended)
+        span = None
+        if since is not None and until is not None:
+            span = {
+                "from": since.strftime("%H:%M:%S.%f")[:-3],
+                "to": until.strftime("%H:%M:%S.%f")[:-3],
+                "from_what": "" if f"{key}_from" in measurements else "the snapshot taken",
+                "to_what": "" if f"{key}_to" in measurements else "the fault injected",
+                "seconds": format_duration((until - since).total_seconds()),
+            }
+        out.append(
+            {
+                "key": key,
+                "count": len(value),
+                "by_type": by_type.most_common(),
+                "ids": value,
+                "span": span,
+                "lost": _lost(measurements),
+            }
+        )
+    return out
+
+
+def _facts(
+    journal: Mapping[str, Any], measurements: Mapping[str, Any], t: timeline.Timeline
+) -> dict[str, Any]:
+    """What broke (each fault, with its window), what the switches did (their RTO)."""
+    started = journal.get("started_at")
+    faults = []
+    for e in journal.get("events", []):
+        if e.get("kind") == "fault" and not str(e.get("message", "")).lower().startswith("removed"):
+            faults.append({"message": e.get("message"), "at": _offset(started, e.get("at"))})
+    switches = [
+        e.get("data") or {}
+        for e in journal.get("events", [])
+        if e.get("kind") == timeline.SWITCH_EVENT and (e.get("data") or {}).get("run_id")
     ]
+    return {
+        "faults": faults,
+        "windows": [b.title.removeprefix("fault window ") for b in t.bands],
+        "switches": switches,
+        "at_risk": measurements.get("loss_window_keys"),
+        "lost": _lost(measurements),
+    }
 
 
-def _steady(journal: Mapping[str, Any]) -> list[dict[str, Any]]:
-    states = journal.get("steady_states") or {}
-    before = (states.get("before") or {}).get("data") or {}
-    after = (states.get("after") or {}).get("data") or {}
-    return [
-        {
-            "key": key,
-            "before": _shown(before[key]) if key in before else "-",
-            "after": _shown(after[key]) if key in after else "-",
-            "differs": key in before and key in after and before[key] != after[key],
-        }
-        for key in [*before, *(k for k in after if k not in before)]
-    ]
-
-
-def scenario_view(index: int, journal: Mapping[str, Any]) -> dict[str, Any]:
-    """What the template shows of one scenario's journal dict."""
+def scenario_view(index: int, journal: Mapping[str, Any], base: str = "") -> dict[str, Any]:
+    """What the template shows of one scenario's journal dict (``base``: the way from the page
+    to the reports directory, for links to the copied run records)."""
     measurements = journal.get("measurements") or {}
     rows, used = targets.evaluate(measurements)
+    loss = _loss_windows(journal, measurements)
+    used |= {w["key"] for w in loss}
+    judged = steady.judge(journal)
+    drawn = timeline.build(journal)
+    shown = {k: values.html(v, key=k, base=base) for k, v in measurements.items() if k not in used}
     return {
         "j": journal,
         "anchor": _anchor(index, str(journal.get("title", ""))),
         "duration": format_duration(journal.get("duration_s")),
-        "timeline": timeline.build(journal),
+        "timeline": drawn,
         "targets": rows,
         "met": sum(r.met is True for r in rows),
         "missed": sum(r.met is False for r in rows),
         "unknown": sum(r.met is None for r in rows),
         "rto": history.rto_of(measurements),
-        "measurements": [(k, _shown(v)) for k, v in measurements.items() if k not in used],
-        "steady": _steady(journal),
-        "steps": _records(journal, "steps"),
-        "rollbacks": _records(journal, "rollbacks"),
+        "measurements": list(shown.items()),
+        "steady": judged,
+        "loss": loss,
+        "facts": _facts(journal, measurements, drawn),
+        "steps": _step_rows(journal),
+        "step_count": len(journal.get("steps", [])),
+        "rollback_count": len(journal.get("rollbacks", [])),
         "events": [
             {
                 **e,
                 "offset": _offset(journal.get("started_at"), e.get("at")),
-                "data_shown": _shown(e["data"]) if e.get("data") else "",
+                "data_shown": values.html(e["data"], base=base) if e.get("data") else "",
             }
             for e in journal.get("events", [])
         ],
     }
 
 
-def render_drill(data: Mapping[str, Any]) -> str:
+def render_drill(data: Mapping[str, Any], base: str = "") -> str:
     """The page of a drill report's data (``drill``, ``status``, ``generated_at``,
-    ``environment``, ``scenarios`` as journal dicts)."""
+    ``environment``, ``scenarios`` as journal dicts); ``base`` leads from where the page is
+    written to the reports directory (``../`` for the archived copy)."""
     data = Redactor().data(dict(data))  # DSN passwords, in case of a raw dict
-    scenarios = [scenario_view(i, s) for i, s in enumerate(data.get("scenarios", []), 1)]
+    scenarios = [scenario_view(i, s, base) for i, s in enumerate(data.get("scenarios", []), 1)]
     return _env.get_template("drill.html.j2").render(
         csp=CSP,
         d=data,
@@ -120,7 +195,11 @@ def render_drill(data: Mapping[str, Any]) -> str:
         missed=sum(s["missed"] for s in scenarios),
         unknown=sum(s["unknown"] for s in scenarios),
         with_rto=any(s["rto"] is not None for s in scenarios),
+        with_lost=any(s["facts"]["lost"] is not None for s in scenarios),
         format_duration=format_duration,
+        show=targets.show,
+        base=base,
+        record_link=values.record_link,
     )
 
 

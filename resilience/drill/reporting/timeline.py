@@ -18,6 +18,13 @@ scenario's start. Event kinds with a mark of their own (:data:`MARKS`):
     the steady state measured before and after (from the journal's steady states).
 
 Any other kind gets a grey circle in a lane named after it.
+
+The steps of a switch the drill ran (:mod:`resilience.drill.switches`: records whose details
+carry ``switch`` and ``switch_run``) are drawn together under a row of their own named after
+the command, which marks the switch's RTO (its ``switch`` event's ``rto_s`` from the switch's
+start) as a bracket; its undo steps are bars in their own colour. That ``switch`` event is not
+drawn again in a lane of its own. A ``fault-removed`` event ends a fault's window like
+``fault_removed``.
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ ROW_H = 22
 MARK_R = 6
 LABEL_CHARS = 38
 REMOVED = "fault_removed"
+REMOVED_KINDS = (REMOVED, "fault-removed")
+#: Step details naming the switch a step belongs to (resilience.drill.switches).
+GROUP, GROUP_RUN, SWITCH_EVENT = "switch", "switch_run", "switch"
+RTO_COLOR = "#1d2330"
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,7 @@ BARS = {
     "failed": ("step failed", "#d04848"),
     "skipped": ("step skipped", "#b9b29a"),
     "running": ("step unfinished", "#9aa3b5"),
-    "rollback": ("rollback", "#d99a3c"),
+    "rollback": ("undo step", "#d99a3c"),
 }
 
 
@@ -74,6 +85,19 @@ class Lane:
     y: float
     label: str
     title: str
+    group: bool = False  # the header row of a switch's steps
+
+
+@dataclass(frozen=True)
+class Span:
+    """A switch's RTO: a bracket from its start, with its text after it."""
+
+    x: float
+    y: float
+    width: float
+    title: str
+    text: str
+    text_x: float
 
 
 @dataclass(frozen=True)
@@ -129,6 +153,7 @@ class Timeline:
     bars: list[Bar] = field(default_factory=list)
     marks: list[MarkPoint] = field(default_factory=list)
     bands: list[Band] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
     legend: list[LegendItem] = field(default_factory=list)
 
     @property
@@ -172,17 +197,58 @@ def tick_label(seconds: float, step: float) -> str:
 def _is_removal(event: Mapping[str, Any]) -> bool:
     kind = str(event.get("kind", ""))
     message = str(event.get("message", "")).strip().lower()
-    return kind == REMOVED or (kind == "fault" and message.startswith("removed"))
+    return kind in REMOVED_KINDS or (kind == "fault" and message.startswith("removed"))
 
 
 def _short(text: str) -> str:
     return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…"
 
 
+def group_of(record: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(command, run id) of the switch a step belongs to, else None."""
+    details = record.get("details") or {}
+    if isinstance(details, Mapping) and details.get(GROUP_RUN) and details.get(GROUP):
+        return str(details[GROUP]), str(details[GROUP_RUN])
+    return None
+
+
+def ordered(records: list[Mapping[str, Any]]) -> list[tuple[str, Any]]:
+    """Rows in order: a switch's header (``("group", (command, run id))``) before its steps and
+    undo steps (``("record", record)``, by start); any other record where it was journaled."""
+    rows: list[tuple[str, Any]] = []
+    members: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        group = group_of(record)
+        if group is None:
+            rows.append(("record", record))
+        elif group[1] not in members:
+            members[group[1]] = [record]
+            rows.append(("group", group))
+        else:
+            members[group[1]].append(record)
+    out: list[tuple[str, Any]] = []
+    for kind, item in rows:
+        out.append((kind, item))
+        if kind == "group":
+            chosen = sorted(members[item[1]], key=lambda r: str(r.get("started_at") or ""))
+            out += [("record", r) for r in chosen]
+    return out
+
+
 def build(journal: Mapping[str, Any]) -> Timeline:
     """The timeline of one journal dict (as :meth:`Journal.to_dict` returns it)."""
     steps = [*journal.get("steps", []), *journal.get("rollbacks", [])]
-    events = [dict(e) for e in journal.get("events", [])]
+    runs = {g[1] for g in map(group_of, steps) if g is not None}
+    switches = {
+        str((e.get("data") or {}).get("run_id")): e
+        for e in journal.get("events", [])
+        if e.get("kind") == SWITCH_EVENT and str((e.get("data") or {}).get("run_id")) in runs
+    }
+    events = [
+        dict(e)
+        for e in journal.get("events", [])
+        if not any(e is switch for switch in switches.values())
+    ]
     states = journal.get("steady_states") or {}
     for phase in ("before", "after"):
         at = (states.get(phase) or {}).get("at")
@@ -233,14 +299,38 @@ def build(journal: Mapping[str, Any]) -> Timeline:
         title = f"+{offset:.3f} s {kind}: {event.get('message', '')}"
         lane = lane_y["fault" if kind == REMOVED else kind]
         t.marks.append(MarkPoint(shape(mark.shape, x, lane), mark.color, kind, title))
-    # steps and rollbacks
+    # steps and rollbacks; a switch's under a header row with its RTO
+    starts: dict[str, list[Any]] = {}
     for record in steps:
+        group = group_of(record)
+        if group is not None:
+            starts.setdefault(group[1], []).append(record.get("started_at"))
+    for row, item in ordered(steps):
+        if row == "group":
+            command, run_id = item
+            t.lanes.append(Lane(y + ROW_H / 2, _short(command), command, group=True))
+            switch = (switches.get(run_id) or {}).get("data") or {}
+            origins = [x for x in map(x_of, [switch.get("started_at"), *starts[run_id]]) if x]
+            rto = switch.get("rto_s")
+            if origins and isinstance(rto, int | float):
+                x0 = min(origins)
+                width = max(2.0, min(float(rto) * scale, t.plot_x1 - x0 + 2))
+                text = f"RTO {format_duration(rto)}"
+                t.spans.append(
+                    Span(x0, y + ROW_H / 2, width, f"{command}: {text} from the switch's start"
+                         f" (+{(x0 - t.plot_x0) / scale:.3f} s)", text, x0 + width + 4)
+                )  # fmt: skip
+            y += ROW_H
+            continue
+        record = item
         x = x_of(record.get("started_at"))
         status = str(record.get("status", ""))
         kind = str(record.get("kind", "step"))
         name = str(record.get("name", ""))
         label = ("↺ " if kind == "rollback" else "") + name
-        t.lanes.append(Lane(y + ROW_H / 2, _short(label), label))
+        if group_of(record) is not None:
+            label = "  " + label
+        t.lanes.append(Lane(y + ROW_H / 2, _short(label), label.strip()))
         if x is not None:
             end = x_of(record.get("ended_at"))
             duration = record.get("duration_s")
@@ -294,4 +384,6 @@ def build(journal: Mapping[str, Any]) -> Timeline:
             t.legend.append(LegendItem(label, "M1,4h14v8h-14Z", color, bar=True))
     if t.bands:
         t.legend.append(LegendItem("fault window", "M1,1h14v14h-14Z", "#c62828", True, 0.15))
+    if t.spans:
+        t.legend.append(LegendItem("RTO of a switch", "M1,4v8M1,8h14M15,4v8", RTO_COLOR, False))
     return t

@@ -20,9 +20,9 @@ from resilience.drill.reporting import targets
 from resilience.drill.service import ServiceUnderTest
 from resilience.drill.stack import Stack
 from resilience.drill.standin.deploy import DeployedService, standin_on_stack
+from resilience.errors import ResilienceError
 from resilience.infra.pm2 import pm2_for
-from resilience.restore.state import SwitchState
-from resilience.restore.target import make_target
+from resilience.restore.target import file_mode_evidence
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "reports"
@@ -71,18 +71,36 @@ def _real_service(
         fallback_tag=settings.fallback_tag or "",
     )
     service = ServiceUnderTest(
-        stack, deployed, operator, pm2_for(operator), None, standin=False, writing=True
+        stack, deployed, operator, pm2_for(operator), None, standin=False, writing=True, kind="real"
     )
     try:
         service.wait_mode("postgres")
         yield service
     finally:
-        with ToxiproxyClient(ep.toxiproxy_url) as toxiproxy:
-            toxiproxy.reset()
-        if SwitchState.read(make_target(operator).state_file) is not None:
+        _back_to_postgres(service, operator, ep.toxiproxy_url)
+
+
+def _back_to_postgres(
+    service: ServiceUnderTest, operator: DrillSettings, toxiproxy_url: str
+) -> None:
+    """Every scenario leaves the real service in PostgreSQL mode, also when it failed: faults
+    undone, then the way back when the service is (or may be) in file mode; when that cannot be
+    done, the teardown fails saying so and what to run."""
+    with ToxiproxyClient(toxiproxy_url) as toxiproxy:
+        toxiproxy.reset()
+    evidence = file_mode_evidence(operator)
+    try:
+        if evidence is not None:
             service.switch("to-postgres")
         else:
-            service.pm2.restart(settings.pm2_app)
+            service.pm2.restart(operator.pm2_app)
+        service.wait_mode("postgres", timeout=120)
+    except ResilienceError as exc:
+        pytest.fail(
+            f"the real service could not be left in PostgreSQL mode ({evidence or 'restart'}): "
+            f"{exc}; run restore.to-postgres --company {operator.company_id} by hand",
+            pytrace=False,
+        )
 
 
 def _report(name: str, settings: DrillSettings) -> Iterator[DrillReport]:

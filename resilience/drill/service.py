@@ -8,7 +8,9 @@ line it logged last. Never from a file the switch wrote.
 
 from __future__ import annotations
 
-import re
+import contextlib
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from typing import Any
 import httpx
 
 from resilience.authstate.dataset import Dataset
+from resilience.authstate.naming import company_dir_name
+from resilience.authstate.pgstore import connect
 from resilience.config import Settings
 from resilience.drill.baileys import read_writes
 from resilience.drill.stack.base import Stack
@@ -26,7 +30,7 @@ from resilience.infra.pm2 import Pm2
 from resilience.infra.waiting import wait_until
 from resilience.restore import commands
 from resilience.restore.preflight import Direction
-from resilience.restore.verify import mode_patterns
+from resilience.restore.verify import LogWatch
 from resilience.service.health import mode_of_value
 
 
@@ -76,19 +80,14 @@ class ServiceUnderTest:
                 f"no health URL and no PM2 log for {self.settings.pm2_app}: set "
                 "RESILIENCE_HEALTH_URL or make the service log its mode line"
             )
-        text = app.out_log.read_text(errors="replace")
-        last: tuple[int, str] | None = None
-        for mode in ("file", "postgres"):
-            pattern: re.Pattern[str] = mode_patterns(self.settings, mode, self.company)[0]
-            for match in pattern.finditer(text):
-                if last is None or match.start() > last[0]:
-                    last = (match.start(), mode)
+        # one log watch for commands and drills: line by line, as the switch's verify reads it
+        last = LogWatch.whole(app.out_log).last_mode(self.settings, self.company)
         if last is None:
             raise ConfigError(
                 "no health URL, and the service's log has no mode line for company "
                 f"{self.company}: set RESILIENCE_HEALTH_URL or RESILIENCE_*_MODE_PATTERN"
             )
-        return {"mode": last[1], "company": self.company, "source": "log"}
+        return {"mode": last, "company": self.company, "source": "log"}
 
     def wait_mode(self, mode: str, timeout: float = 30) -> dict[str, Any]:
         """Wait until PM2 runs the app and the service reports `mode` (the stand-in, while
@@ -104,6 +103,36 @@ class ServiceUnderTest:
             return body if started else None
 
         return wait_until(ok, timeout, f"the service healthy in {mode} mode")
+
+    def write_marker(self) -> tuple[str, Any]:
+        """Where the service's own writes can be counted from now on: the database's clock
+        in PostgreSQL mode, the file system's in file mode (see :meth:`writes_since`)."""
+        mode = str(self.health().get("mode"))
+        if mode == "postgres":
+            with connect(self.stack.endpoints.admin_dsn) as conn:
+                row = conn.execute("SELECT now()").fetchone()
+            return mode, row[0] if row else None
+        return mode, time.time()
+
+    def writes_since(self, marker: tuple[str, Any]) -> int:
+        """Keys the service wrote since ``marker``, from its own traces (a real service keeps no
+        write log): rows' ``updated_at`` in PostgreSQL mode, files' mtimes in file mode."""
+        mode, since = marker
+        if mode == "postgres":
+            with connect(self.stack.endpoints.admin_dsn) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM whatsapp_keys WHERE company_id = %s AND updated_at > %s",
+                    (self.company, since),
+                ).fetchone()
+            return int(row[0]) if row else 0
+        directory = self.auth_root / company_dir_name(self.company)
+        count = 0
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.name != "creds.json" and entry.stat().st_mtime > since:
+                        count += 1
+        return count
 
     def acknowledged_writes(self) -> list[WriteEntry] | None:
         """Every write the stand-in acknowledged; None for a real service (it keeps none)."""

@@ -36,6 +36,24 @@ class LogWatch:
         self.path = path
         self.offset = path.stat().st_size if path and path.exists() else 0
 
+    @classmethod
+    def whole(cls, path: Path | None) -> LogWatch:
+        """A watch over the whole log, from its first line."""
+        watch = cls(path)
+        watch.offset = 0
+        return watch
+
+    def last_mode(self, settings: Settings, company_id: str) -> Mode | None:
+        """The mode of the last mode line naming the company, matched line by line as the
+        switch's verify matches them (anchored patterns work)."""
+        modes: tuple[Mode, ...] = ("file", "postgres")
+        patterns = {m: mode_patterns(settings, m, company_id)[0] for m in modes}
+        for line in reversed(self.new_text().splitlines()):
+            for mode, pattern in patterns.items():
+                if pattern.search(line):
+                    return mode
+        return None
+
     def new_text(self) -> str:
         if self.path is None or not self.path.exists():
             return ""

@@ -6,6 +6,7 @@ from invoke.collection import Collection
 
 from tasks import (
     backup,
+    check,
     cleanup,
     dev,
     diagnose,
@@ -29,6 +30,7 @@ ns = Collection(
     Collection.from_module(mirror),
     health.health,
     diagnose.diagnose,
+    check.check,
     dev.lint,
     dev.test,
     dev.bench,

@@ -4,12 +4,13 @@ developers' tasks (lint, test) stay behind `./run` in a clone."""
 
 from __future__ import annotations
 
+import os
 from importlib import metadata
 
 from invoke.collection import Collection
 from invoke.program import Program
 
-from tasks import backup, cleanup, diagnose, health, mirror, monitor, restore, schedule
+from tasks import backup, check, cleanup, diagnose, health, mirror, monitor, restore, schedule
 
 #: The namespaces an operator runs, also from cron and PM2 (`schedule.install`).
 OPERATOR_NAMESPACES = (restore, backup, cleanup, schedule, monitor, mirror)
@@ -19,6 +20,7 @@ def operator_namespace() -> Collection:
     ns = Collection(*(Collection.from_module(module) for module in OPERATOR_NAMESPACES))
     ns.add_task(health.health)
     ns.add_task(diagnose.diagnose)
+    ns.add_task(check.check)
     return ns
 
 
@@ -39,4 +41,7 @@ program = Program(
 
 
 def main() -> None:
+    from resilience.infra.commandline import PROGRAM_VARIABLE
+
+    os.environ[PROGRAM_VARIABLE] = "baileys-resilience"  # hints name this command
     program.run()

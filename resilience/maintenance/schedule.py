@@ -50,6 +50,8 @@ JOBS = (
     # backup, its retention after it; the WAL pusher is a PM2 app of its own (docs/operations.md)
     Job("pitr-base", "15 2 * * *", "backup.base", ("--json",)),
     Job("health", "*/5 * * * *", "health", ("--once", "--json")),  # a record of the status
+    # is the host still ready for an incident (credentials, tag, PM2, backups' age)?
+    Job("check", "50 5 * * *", "check", ("--json",)),
 )
 
 

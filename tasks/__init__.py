@@ -15,8 +15,10 @@ from tasks import (
     mirror,
     monitor,
     restore,
+    runs,
     schedule,
     stack,
+    status,
 )
 
 ns = Collection(
@@ -28,9 +30,11 @@ ns = Collection(
     Collection.from_module(schedule),
     Collection.from_module(monitor),
     Collection.from_module(mirror),
+    Collection.from_module(runs),
     health.health,
     diagnose.diagnose,
     check.check,
+    status.status,
     dev.lint,
     dev.test,
     dev.bench,

@@ -10,10 +10,22 @@ from importlib import metadata
 from invoke.collection import Collection
 from invoke.program import Program
 
-from tasks import backup, check, cleanup, diagnose, health, mirror, monitor, restore, schedule
+from tasks import (
+    backup,
+    check,
+    cleanup,
+    diagnose,
+    health,
+    mirror,
+    monitor,
+    restore,
+    runs,
+    schedule,
+    status,
+)
 
 #: The namespaces an operator runs, also from cron and PM2 (`schedule.install`).
-OPERATOR_NAMESPACES = (restore, backup, cleanup, schedule, monitor, mirror)
+OPERATOR_NAMESPACES = (restore, backup, cleanup, schedule, monitor, mirror, runs)
 
 
 def operator_namespace() -> Collection:
@@ -21,6 +33,7 @@ def operator_namespace() -> Collection:
     ns.add_task(health.health)
     ns.add_task(diagnose.diagnose)
     ns.add_task(check.check)
+    ns.add_task(status.status)
     return ns
 
 

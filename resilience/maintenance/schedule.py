@@ -52,6 +52,8 @@ JOBS = (
     Job("health", "*/5 * * * *", "health", ("--once", "--json")),  # a record of the status
     # is the host still ready for an incident (credentials, tag, PM2, backups' age)?
     Job("check", "50 5 * * *", "check", ("--json",)),
+    # run records past RESILIENCE_RUNS_KEEP_DAYS (dry runs and refusals sooner)
+    Job("runs-prune", "55 5 * * *", "runs.prune", ("--yes", "--json")),
 )
 
 

@@ -6,7 +6,8 @@ names it has, so a job is only ever written for a command that exists.
 
 The crontab block sits between two marker lines: a re-run replaces the block and keeps every
 other line; `remove_block` takes it out. Writing goes through `crontab -` (or a file, for a
-scratch crontab); a machine without `crontab` gets a message saying how to install cron.
+scratch crontab); on a machine without `crontab`, `install` writes the PM2 ecosystem file alone
+(start it with `pm2 start FILE`) and `remove` says how to install cron.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def write_crontab(text: str, file: Path | None = None) -> None:
 @dataclass
 class SchedulePlan:
     jobs: list[Job]
-    crontab: str  # the whole crontab after the change
+    crontab: str | None  # the whole crontab after the change; None: no crontab on this host
     block: str
     ecosystem: dict[str, object]
     ecosystem_file: Path
@@ -173,6 +174,7 @@ class SchedulePlan:
                 for j in self.jobs
             ],
             "crontab_block": self.block,
+            "crontab_installed": self.crontab is not None,
             "ecosystem_file": str(self.ecosystem_file),
             "ecosystem": self.ecosystem,
         }
@@ -187,9 +189,11 @@ def plan_install(
 ) -> SchedulePlan:
     jobs = jobs_for(available_tasks)
     block = crontab_block(jobs, project, log_dir)
+    # a host without crontab (containers, PM2-only hosts): the PM2 ecosystem file alone
+    has_cron = crontab_file is not None or shutil.which("crontab") is not None
     return SchedulePlan(
         jobs,
-        merge_block(read_crontab(crontab_file), block),
+        merge_block(read_crontab(crontab_file), block) if has_cron else None,
         block,
         pm2_ecosystem(jobs, project, log_dir),
         ecosystem_file,
@@ -202,7 +206,8 @@ def install(plan: SchedulePlan, log_dir: Path, crontab_file: Path | None = None)
     atomic_write(
         plan.ecosystem_file, (json.dumps(plan.ecosystem, indent=2) + "\n").encode(), mode=0o644
     )
-    write_crontab(plan.crontab, crontab_file)
+    if plan.crontab is not None:
+        write_crontab(plan.crontab, crontab_file)
 
 
 def uninstall(crontab_file: Path | None = None) -> str:

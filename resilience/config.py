@@ -164,6 +164,8 @@ class Settings(BaseSettings):
 
     # --- records of operator runs ----------------------------------------------------------------
     runs_dir: Path = Path("runs")
+    runs_keep_days: int = Field(90, ge=1)  # runs.prune: days a run record is kept
+    runs_keep_days_minor: int = Field(7, ge=1)  # ... a dry run's or a refusal's
 
     # --- cleanup of keys (cleanup.keys) ----------------------------------------------------------
     # a key not updated for this many days is "stale" (resilience.maintenance.expiry)

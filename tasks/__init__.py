@@ -6,6 +6,7 @@ from invoke.collection import Collection
 
 from tasks import (
     backup,
+    check,
     cleanup,
     dev,
     diagnose,
@@ -14,8 +15,10 @@ from tasks import (
     mirror,
     monitor,
     restore,
+    runs,
     schedule,
     stack,
+    status,
 )
 
 ns = Collection(
@@ -27,8 +30,11 @@ ns = Collection(
     Collection.from_module(schedule),
     Collection.from_module(monitor),
     Collection.from_module(mirror),
+    Collection.from_module(runs),
     health.health,
     diagnose.diagnose,
+    check.check,
+    status.status,
     dev.lint,
     dev.test,
     dev.bench,

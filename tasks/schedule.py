@@ -18,9 +18,14 @@ COMMON_HELP = {
 
 
 def _render(console: Any, data: dict[str, Any]) -> None:
-    console.print("crontab block:", markup=False)
-    console.print(data["crontab_block"], markup=False, end="")
+    if data["crontab_installed"]:
+        console.print("crontab block:", markup=False)
+        console.print(data["crontab_block"], markup=False, end="")
+    else:
+        console.print("no crontab on this host: the PM2 ecosystem file alone", markup=False)
     console.print(f"PM2 ecosystem file: {data['ecosystem_file']}", markup=False)
+    if not data["crontab_installed"] and not data.get("dry_run"):
+        console.print(f"start it: pm2 start {data['ecosystem_file']}", markup=False)
     if data.get("dry_run"):
         console.print("dry run: nothing written")
 

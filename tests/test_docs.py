@@ -96,8 +96,9 @@ EXPECTED_EXIT_CODES = {
 }
 READ_ONLY = {"stack.status", "backup.list", "diagnose"}
 DRY_WITHOUT_YES = {"cleanup.keys", "cleanup.legacy", "cleanup.buffer-form", "backup.prune"}
-MUST_SUCCEED = {"backup.list", "monitor.install", *DRY_WITHOUT_YES}
-NEEDS_CRONTAB = {"schedule.install", "schedule.remove"}
+# schedule.install writes the PM2 ecosystem file alone where there is no crontab
+MUST_SUCCEED = {"backup.list", "monitor.install", "schedule.install", *DRY_WITHOUT_YES}
+NEEDS_CRONTAB = {"schedule.remove"}
 
 
 @dataclass(frozen=True)

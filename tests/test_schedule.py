@@ -85,3 +85,18 @@ def test_missing_crontab_says_how_to_install_cron(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(schedule.shutil, "which", lambda _name: None)
     with pytest.raises(ConfigError, match="apt-get install cron"):
         schedule.read_crontab()
+
+
+def test_without_crontab_install_writes_the_pm2_ecosystem_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host without `crontab` (and `--ecosystem-file`, as docs/operations.md shows): the PM2
+    file is written, the crontab is left alone, and nothing fails."""
+    monkeypatch.setattr(schedule.shutil, "which", lambda _name: None)
+    ecosystem = tmp_path / "etc" / "schedule.json"
+    plan = schedule.plan_install(ns.task_names, ROOT, tmp_path / "logs", ecosystem)
+    assert plan.crontab is None and plan.to_dict()["crontab_installed"] is False
+    schedule.install(plan, tmp_path / "logs")
+    apps = json.loads(ecosystem.read_text())["apps"]
+    names = {app["name"] for app in apps}
+    assert {"baileys-resilience-check", "baileys-resilience-runs-prune"} <= names

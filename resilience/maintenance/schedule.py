@@ -6,7 +6,8 @@ names it has, so a job is only ever written for a command that exists.
 
 The crontab block sits between two marker lines: a re-run replaces the block and keeps every
 other line; `remove_block` takes it out. Writing goes through `crontab -` (or a file, for a
-scratch crontab); a machine without `crontab` gets a message saying how to install cron.
+scratch crontab); on a machine without `crontab`, `install` writes the PM2 ecosystem file alone
+(start it with `pm2 start FILE`) and `remove` says how to install cron.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ JOBS = (
     # backup, its retention after it; the WAL pusher is a PM2 app of its own (docs/operations.md)
     Job("pitr-base", "15 2 * * *", "backup.base", ("--json",)),
     Job("health", "*/5 * * * *", "health", ("--once", "--json")),  # a record of the status
+    # is the host still ready for an incident (credentials, tag, PM2, backups' age)?
+    Job("check", "50 5 * * *", "check", ("--json",)),
+    # run records past RESILIENCE_RUNS_KEEP_DAYS (dry runs and refusals sooner)
+    Job("runs-prune", "55 5 * * *", "runs.prune", ("--yes", "--json")),
 )
 
 
@@ -157,7 +162,7 @@ def write_crontab(text: str, file: Path | None = None) -> None:
 @dataclass
 class SchedulePlan:
     jobs: list[Job]
-    crontab: str  # the whole crontab after the change
+    crontab: str | None  # the whole crontab after the change; None: no crontab on this host
     block: str
     ecosystem: dict[str, object]
     ecosystem_file: Path
@@ -169,6 +174,7 @@ class SchedulePlan:
                 for j in self.jobs
             ],
             "crontab_block": self.block,
+            "crontab_installed": self.crontab is not None,
             "ecosystem_file": str(self.ecosystem_file),
             "ecosystem": self.ecosystem,
         }
@@ -183,9 +189,11 @@ def plan_install(
 ) -> SchedulePlan:
     jobs = jobs_for(available_tasks)
     block = crontab_block(jobs, project, log_dir)
+    # a host without crontab (containers, PM2-only hosts): the PM2 ecosystem file alone
+    has_cron = crontab_file is not None or shutil.which("crontab") is not None
     return SchedulePlan(
         jobs,
-        merge_block(read_crontab(crontab_file), block),
+        merge_block(read_crontab(crontab_file), block) if has_cron else None,
         block,
         pm2_ecosystem(jobs, project, log_dir),
         ecosystem_file,
@@ -198,7 +206,8 @@ def install(plan: SchedulePlan, log_dir: Path, crontab_file: Path | None = None)
     atomic_write(
         plan.ecosystem_file, (json.dumps(plan.ecosystem, indent=2) + "\n").encode(), mode=0o644
     )
-    write_crontab(plan.crontab, crontab_file)
+    if plan.crontab is not None:
+        write_crontab(plan.crontab, crontab_file)
 
 
 def uninstall(crontab_file: Path | None = None) -> str:

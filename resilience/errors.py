@@ -9,6 +9,13 @@ from pathlib import Path
 from typing import Any
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's first line (its class name when it says nothing): what one-line messages quote
+    of an exception from a library (psycopg, botocore) that may span lines."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class ResilienceError(Exception):
     """Root of every error this library raises on purpose."""
 
@@ -35,6 +42,13 @@ class StackError(ResilienceError):
     """A backend of the stack cannot start, stop or be reached; the message says how to fix it."""
 
     exit_code = 3
+
+
+class ServiceControlError(StackError):
+    """PM2 could not describe, stop or start the service (the operator's PM2, in production as
+    on a stack): a class of its own, with its own exit code."""
+
+    exit_code = 8
 
 
 class ChaosError(ResilienceError):

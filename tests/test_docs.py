@@ -86,8 +86,8 @@ CORE_FLAGS = {
     "-R", "--echo", "-e", "--pty", "-p", "--warn-only", "-w", "--write-pyc",
     "--prompt-for-sudo-password",
 }  # fmt: skip
-#: README, "Exit codes": 0-6, and diagnose's 11-14.
-DOCUMENTED_EXIT_CODES = frozenset({0, 1, 2, 3, 4, 5, 6, 11, 12, 13, 14})
+#: README, "Exit codes": 0-8, and diagnose's 11-14.
+DOCUMENTED_EXIT_CODES = frozenset({0, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13, 14})
 #: Per task, the codes a safe run on the stack may end with (else the documented set).
 EXPECTED_EXIT_CODES = {
     "diagnose": frozenset({0, 2, 11, 12, 13, 14}),

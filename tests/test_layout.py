@@ -77,3 +77,8 @@ def test_no_bare_sleep_loops_in_the_library() -> None:
         if "time.sleep(" in p.read_text() and p.name != "waiting.py"
     ]
     assert sleepers == []
+
+
+def test_one_home_for_the_first_line_of_an_error() -> None:
+    assert _defined("first_line") == ["resilience/errors.py"]
+    assert _defined("_first_line") == []

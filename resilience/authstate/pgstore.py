@@ -52,6 +52,7 @@ from resilience.errors import (
     InputError,
     ResilienceError,
     VerificationError,
+    first_line,
 )
 from resilience.infra.pgpeer import PeerVerdict, probe_peer, tcp_target
 from resilience.infra.redact import Redactor, dsn_problems, redact_dsn
@@ -81,11 +82,6 @@ def legacy_twin(key_type: str, key_id: str) -> tuple[str, str] | None:
         return None
     head, rest = key_type.split("-", 1)
     return head, f"{rest}-{key_id}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 #: What a failed connection says when the server cannot be reached (an outage), as libpq and
@@ -248,7 +244,7 @@ def _connect_error(
             )
         )
     kind, part = classify_connect_error(exc)
-    reason = redactor.text(_first_line(exc))
+    reason = redactor.text(first_line(exc))
     if kind == "outage":
         return DatabaseUnreachable(f"PostgreSQL unreachable at {where}: {reason}")
     if kind == "config":
@@ -394,7 +390,7 @@ def database_errors(what: str) -> Iterator[None]:
     try:
         yield
     except psycopg.Error as exc:
-        raise DatabaseError(f"{what} failed: {_first_line(exc)}") from None
+        raise DatabaseError(f"{what} failed: {first_line(exc)}") from None
 
 
 @contextmanager
@@ -592,21 +588,6 @@ class PgAuthStore:
             KeyRecord(company_id, t, i, decode(v, where=f"{t}/{i}"), updated, expires)
             for t, i, v, updated, expires in rows
         ]
-
-    def read_company(
-        self, company_id: str, *, decoded: bool = True
-    ) -> tuple[Any | None, list[KeyRecord]]:
-        """A company's creds and every key row (legacy rows included, sorted by type and id),
-        read by one statement (see :meth:`stream_company`)."""
-        creds: Any | None = None
-        records: list[KeyRecord] = []
-        for item in self.stream_company(company_id, decoded=decoded):
-            if isinstance(item, CredsRow):
-                creds = item.value
-            else:
-                records.append(item)
-        records.sort(key=_record_order)
-        return creds, records
 
     def stream_company(
         self, company_id: str, *, decoded: bool = True

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from resilience.errors import ConfigError, StackError
+from resilience.errors import ConfigError, ServiceControlError
 
 if TYPE_CHECKING:
     from resilience.config import Settings
@@ -30,7 +30,9 @@ def find_pm2(tools_dir: Path) -> Path:
     found = shutil.which("pm2")
     if found:
         return Path(found)
-    raise StackError(f"pm2 not found in {local.parent}: run './run' to install it (needs npm)")
+    raise ServiceControlError(
+        f"pm2 not found in {local.parent}: run './run' to install it (needs npm)"
+    )
 
 
 def pm2_for(settings: Settings) -> Pm2:
@@ -85,19 +87,19 @@ class Pm2Call:
     started: float = field(default_factory=time.monotonic)
 
     def wait(self) -> str:
-        """Its output once it ended; :class:`StackError` when it failed or did not end
+        """Its output once it ended; :class:`ServiceControlError` when it failed or did not end
         within the timeout (then it is killed)."""
         try:
             out, err = self.process.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.communicate()
-            raise StackError(
+            raise ServiceControlError(
                 f"pm2 {self.command} did not answer within {self.timeout:.0f} s"
             ) from None
         if self.process.returncode != 0:
             last = (err or out).strip().splitlines()[-1:]
-            raise StackError(f"pm2 {self.command} failed: {' '.join(last)}")
+            raise ServiceControlError(f"pm2 {self.command} failed: {' '.join(last)}")
         return out
 
 
@@ -129,7 +131,7 @@ class SessionCall:
         try:
             return self.answer.result(timeout=self.timeout)
         except FutureTimeout:
-            raise StackError(
+            raise ServiceControlError(
                 f"pm2 {self.command} did not answer within {self.timeout:.0f} s"
             ) from None
 
@@ -178,7 +180,9 @@ class Pm2Session:
             if message.get("ok"):
                 answer.set_result(str(message.get("out", "")))
             else:
-                answer.set_exception(StackError(f"pm2 {command} failed: {message.get('error')}"))
+                answer.set_exception(
+                    ServiceControlError(f"pm2 {command} failed: {message.get('error')}")
+                )
         # the session ended: nothing more will be answered
         if not self._ready.done():
             self.refused = "the PM2 session ended before it connected"
@@ -186,7 +190,7 @@ class Pm2Session:
         with self._lock:
             unanswered, self._waiting = self._waiting, {}
         for command, answer in unanswered.values():
-            answer.set_exception(StackError(f"pm2 {command}: the session to PM2 ended"))
+            answer.set_exception(ServiceControlError(f"pm2 {command}: the session to PM2 ended"))
 
     def ready(self) -> bool:
         try:
@@ -307,14 +311,17 @@ class Pm2:
 
     def jlist(self) -> list[dict[str, Any]]:
         """`pm2 jlist` parsed. A daemon PM2 had to start first prints its banner lines before
-        the JSON, so the JSON is the last line; anything else is a StackError, not a crash."""
+        the JSON, so the JSON is the last line; anything else is a ServiceControlError, not a
+        crash."""
         lines = [line for line in self.run("jlist").splitlines() if line.strip()]
         try:
             data = json.loads(lines[-1]) if lines else []
         except ValueError:
-            raise StackError("pm2 jlist did not answer with JSON: is PM2 working?") from None
+            raise ServiceControlError(
+                "pm2 jlist did not answer with JSON: is PM2 working?"
+            ) from None
         if not isinstance(data, list):
-            raise StackError("pm2 jlist did not answer with a list of apps")
+            raise ServiceControlError("pm2 jlist did not answer with a list of apps")
         return [app for app in data if isinstance(app, dict)]
 
     def describe(self, app: str) -> Pm2App | None:
@@ -337,7 +344,7 @@ class Pm2:
         found = self.describe(app)
         if found is None:
             known = ", ".join(a["name"] for a in self.apps()) or "none"
-            raise StackError(f"PM2 has no app named {app!r} (apps: {known})")
+            raise ServiceControlError(f"PM2 has no app named {app!r} (apps: {known})")
         return found
 
     def apps(self) -> list[dict[str, Any]]:

@@ -44,7 +44,13 @@ from resilience.authstate.pgstore import (
     database_errors,
 )
 from resilience.config import Settings, validate_company_id
-from resilience.errors import DatabaseError, DatabaseUnreachable, InputError, ResilienceError
+from resilience.errors import (
+    DatabaseError,
+    DatabaseUnreachable,
+    InputError,
+    ResilienceError,
+    first_line,
+)
 from resilience.infra.oplock import operation_lock
 from resilience.infra.waiting import wait_until
 from resilience.maintenance.expiry import (
@@ -318,21 +324,16 @@ def vacuum(conn: Conn) -> str:
     except psycopg.Error as exc:
         if conn.broken:
             raise
-        return f"skipped: {_first_line(exc)}"
+        return f"skipped: {first_line(exc)}"
     return "done"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def database_failure(exc: psycopg.Error, conn: Conn | None) -> DatabaseError:
     """A psycopg error as the library's error: a lost connection is an outage."""
     kind, _ = classify_connect_error(exc)
     if kind == "outage" or (conn is not None and conn.broken):
-        return DatabaseUnreachable(f"PostgreSQL connection lost: {_first_line(exc)}")
-    return DatabaseError(f"a statement failed: {_first_line(exc)}")
+        return DatabaseUnreachable(f"PostgreSQL connection lost: {first_line(exc)}")
+    return DatabaseError(f"a statement failed: {first_line(exc)}")
 
 
 # --- the command --------------------------------------------------------------------------------

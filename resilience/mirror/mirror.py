@@ -61,7 +61,7 @@ from resilience.authstate.naming import (
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect, read_transaction
 from resilience.authstate.view import CompanyView, baileys_ref, view_of
 from resilience.config import Settings, validate_company_id
-from resilience.errors import DatabaseError, DataError, InputError, ResilienceError
+from resilience.errors import DatabaseError, DataError, InputError, ResilienceError, first_line
 from resilience.infra.redact import Redactor, redact_dsn
 from resilience.mirror import feed
 from resilience.mirror.position import Position, read_position, write_position
@@ -573,7 +573,7 @@ class Mirror:
 
     def _failed(self, state: str, exc: BaseException) -> None:
         p = self.position
-        message = self.redactor.text(_first_line(exc))
+        message = self.redactor.text(first_line(exc))
         if p.state != state or p.last_error != message:
             self.on_event(f"{state}: {message}")
         if state == "db-unreachable" and p.failing_since is None:
@@ -583,11 +583,6 @@ class Mirror:
             write_position(self.root, p)  # the same confirmed position, with the failure
         except OSError as write_exc:
             log.warning("mirror position not written: %s", write_exc.strerror)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _canon(value: Any) -> bytes | None:

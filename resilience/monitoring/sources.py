@@ -24,7 +24,7 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect
-from resilience.errors import ResilienceError
+from resilience.errors import ResilienceError, first_line
 from resilience.infra.redact import Redactor
 from resilience.maintenance.cleanup import table_sizes
 from resilience.maintenance.expiry import Expiry, count_expired
@@ -40,11 +40,6 @@ AGE_BUCKETS = (("<1d", 0), ("1-7d", 1), ("7-14d", 7), ("14-30d", 14), (">30d", 3
 
 class SourceDown(Exception):
     """A source could not be read; ``str()`` is one line without secrets."""
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 # --- the service's /metrics ----------------------------------------------------------------------
@@ -114,7 +109,7 @@ def scrape_service(url: str, timeout: float) -> ServiceMetrics:
     try:
         response = httpx.get(url, timeout=timeout)
     except httpx.HTTPError as exc:
-        raise SourceDown(f"cannot read {url}: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise SourceDown(f"cannot read {url}: {type(exc).__name__}: {first_line(exc)}") from None
     if response.status_code != 200:
         raise SourceDown(f"{url} answered HTTP {response.status_code}")
     return parse_metrics(response.text)
@@ -162,7 +157,7 @@ class MonitorConnection:
         return self._conn
 
     def reason(self, exc: BaseException) -> str:
-        return self._redactor.text(_first_line(exc))
+        return self._redactor.text(first_line(exc))
 
     def failed(self, exc: BaseException) -> SourceDown:
         """Drop the connection after a failure; the error to raise."""

@@ -20,7 +20,7 @@ from resilience.errors import DataError, InputError, PartialFailure, ResilienceE
 from resilience.infra.oplock import company_lock, operation_lock
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
-from resilience.restore.export import CompanyFailure, ExportBatch, ExportResult, export_all
+from resilience.restore.export import CompanyFailure, ExportBatch, export_all
 from resilience.restore.parallel import StorePool, per_company
 from resilience.restore.preflight import Direction, Preflight
 from resilience.restore.runner import StepFailed
@@ -190,10 +190,6 @@ def _alert_failed_switch(
 class ExportRun:
     batch: ExportBatch
     record: Path | None
-
-    @property
-    def exports(self) -> list[ExportResult]:
-        return self.batch.results
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.batch.to_dict(), "record": str(self.record) if self.record else None}

@@ -225,20 +225,6 @@ class ImportPlan:
     removed_files: list[str] = field(default_factory=list)
     creds_changed: bool = False
 
-    def upsert_data(self) -> dict[str, dict[str, Any | None]]:
-        """The upserts as ``{type: {id: value}}`` for :meth:`PgAuthStore.set_keys`."""
-        out: dict[str, dict[str, Any | None]] = defaultdict(dict)
-        for (key_type, key_id), value in self.upserts.items():
-            out[key_type][key_id] = value
-        return dict(out)
-
-    def delete_data(self) -> dict[str, dict[str, Any | None]]:
-        """The deletions as ``{type: {id: None}}`` for :meth:`PgAuthStore.set_keys`."""
-        out: dict[str, dict[str, Any | None]] = defaultdict(dict)
-        for key_type, key_id in self.deletes:
-            out[key_type][key_id] = None
-        return dict(out)
-
 
 def plan_import(
     state: DirectoryState, db_creds: Any | None, records: list[KeyRecord]

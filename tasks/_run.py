@@ -45,17 +45,17 @@ def operator_task(fn: F) -> F:
 
 
 def error_document(exc: Any) -> dict[str, Any]:
-    """The JSON of a failed run: ok, error, exit_code, record, and the facts it carries."""
-    from resilience.restore.runner import StepFailed
-
+    """The JSON of a failed run: ok, error, exit_code, record, and the facts it carries (a
+    failed run of steps carries its run: steps, undo steps and what they carried back)."""
     doc: dict[str, Any] = {
         "ok": False,
         "error": str(exc),
         "exit_code": exc.exit_code,
         "record": str(exc.record) if exc.record else None,
     }
-    if isinstance(exc, StepFailed):
-        doc["run"] = exc.result.to_dict()
+    run = getattr(exc, "result", None)  # StepFailed, without importing the switch
+    if run is not None and callable(getattr(run, "to_dict", None)):
+        doc["run"] = run.to_dict()
     doc.update(exc.details or {})
     return doc
 
@@ -90,7 +90,7 @@ def venv_bin(name: str) -> str:
 
 def confirm_on_terminal(out: Any, yes: bool) -> Callable[[Any], bool] | None:
     """Ask on the terminal before a switch; without one, --yes is required. None with --yes
-    (nobody to ask: the switch may begin stopping the service during its preflight)."""
+    (nobody to ask; that the run is unattended the task says on its own: ``unattended``)."""
     if yes:
         return None
 

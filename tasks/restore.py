@@ -119,6 +119,7 @@ def _switch(
         confirm=confirm_on_terminal(out, yes),
         progress=out.progress,
         meters=out.meters(),
+        unattended=yes,
     )
     out.result({"ok": True, **run.to_dict()}, _render_switch)
 

@@ -286,3 +286,21 @@ def test_a_unix_socket_dsn_is_never_probed(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(pgstore, "probe_peer", never)
     with pytest.raises(pgstore.DatabaseError):  # nothing listens on that socket
         connect(f"host={tmp_path} port=5432 user=u password={PASSWORD}")
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u:ab%80cd@127.0.0.1:1/db",  # a %-escape that is not UTF-8
+        "host=127.0.0.1 port=1 user=u password='ab\udc80cd' dbname=db",  # a lone surrogate
+    ],
+)
+def test_a_dsn_that_is_not_utf8_is_configuration_and_quotes_nothing(dsn: str) -> None:
+    from resilience.authstate.pgstore import DbLink, connect
+    from resilience.errors import ConfigError
+
+    for opening in (lambda: connect(dsn, timeout=2), lambda: DbLink(dsn, timeout=2).conn):
+        with pytest.raises(ConfigError) as info:
+            opening()
+        assert "UTF-8" in str(info.value)
+        assert "ab" not in str(info.value) and "80" not in str(info.value)

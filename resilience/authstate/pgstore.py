@@ -145,6 +145,11 @@ def connect(dsn: str, *, timeout: float = 5.0, autocommit: bool = False) -> Conn
         return _checked_connect(dsn, attempt, wait_cancelled=False)
     except (psycopg.Error, _NotPostgres) as exc:
         raise _connect_error(exc, dsn, redactor) from None
+    except UnicodeError:  # its message quotes the bytes: say nothing of them
+        raise ConfigError(UNDECODABLE_DSN) from None
+
+
+UNDECODABLE_DSN = "the DSN is wrong: it holds text that is not UTF-8 (in the password?)"
 
 
 #: A connect not done after this long has the peer probed beside it (a healthy one is done
@@ -336,6 +341,8 @@ class DbLink:
         except (psycopg.Error, _NotPostgres) as exc:
             self._trips += self._count()
             raise _connect_error(exc, self.dsn, redactor) from None
+        except UnicodeError:  # its message quotes the bytes: say nothing of them
+            raise ConfigError(UNDECODABLE_DSN) from None
         self.connects += 1
         return self._conn
 

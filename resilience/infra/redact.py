@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from enum import Enum
@@ -86,6 +87,16 @@ def dsn_passwords(dsn: str) -> list[str]:
     return [p for p in dict.fromkeys(found + decoded) if p]
 
 
+def _escapes_decode(text: str) -> bool:
+    """Whether every %-escape of a URL part decodes as UTF-8 (libpq hands the bytes on, and
+    psycopg fails on them with a message that quotes them)."""
+    try:
+        urllib.parse.unquote_to_bytes(text).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def dsn_problems(dsn: str) -> list[str]:
     """What makes a URL-style DSN mean something else than it says, without showing any part
     of it: characters of the password that must be percent-encoded, a port that is no number.
@@ -110,6 +121,8 @@ def dsn_problems(dsn: str) -> list[str]:
             problems.append(f"the password holds a '{char}': write it as {code}")
     if any(c.isspace() for c in rest):
         problems.append("it holds white space: in a password write a space as %20")
+    if not _escapes_decode(rest):
+        problems.append("a %-escape in it does not decode as UTF-8 (in the password?)")
     host = rest[at + 1 :] if at >= 0 else rest
     hostport = re.split(r"[/?#]", host, maxsplit=1)[0]
     for part in hostport.split(","):
@@ -135,9 +148,9 @@ class Redactor:
         for value in values:
             if not isinstance(value, str) or not value:
                 continue
-            candidates = {value, quote(value, safe="")}
+            candidates = {value, quote(value, safe="", errors="surrogatepass")}
             for password in dsn_passwords(value):
-                candidates |= {password, quote(password, safe="")}
+                candidates |= {password, quote(password, safe="", errors="surrogatepass")}
             self._secrets |= {c for c in candidates if len(c) >= MIN_SECRET_LENGTH}
 
     @property

@@ -24,8 +24,10 @@ from resilience.restore.export import CompanyFailure, ExportBatch, export_all
 from resilience.restore.parallel import StorePool, per_company
 from resilience.restore.preflight import Direction, Preflight
 from resilience.restore.runner import StepFailed
+from resilience.restore.session import Events, SwitchOptions, SwitchSession
 from resilience.restore.snapshot import Snapshot, prepare_standby, take_snapshot
-from resilience.restore.switch import SwitchOutcome, run_switch
+from resilience.restore.switch import SwitchOutcome
+from resilience.restore.switch import switch as run_session
 from resilience.restore.target import (
     file_mode_evidence,
     make_target,
@@ -59,24 +61,30 @@ def switch(
     confirm: Callable[[Preflight], bool] | None = None,
     progress: Progress | None = None,
     meters: Meters = NO_METERS,
+    unattended: bool | None = None,
 ) -> SwitchRun:
-    """The emergency switch in `direction`, recorded; on a failed step the done steps are
-    undone, a Sentry event (no secrets) is sent, and :class:`StepFailed` is raised."""
+    """The emergency switch in `direction`, recorded, as one session
+    (:class:`~.session.SwitchSession`); on a failed step the done steps are undone, a Sentry
+    event (no secrets) is sent, and :class:`StepFailed` is raised. ``unattended`` (--yes):
+    nobody confirms, so the stop may begin during the preflight; by default, when nobody is
+    asked (no ``confirm``)."""
     target = make_target(settings, company_id)
     command = f"restore.{direction}"
     with recorded_run(settings, command, target.company_id) as record:
+        session = SwitchSession(
+            target,
+            direction,
+            SwitchOptions(
+                dry_run=dry_run,
+                force=force,
+                unattended=confirm is None if unattended is None else unattended,
+            ),
+            Events(record.journal, progress, meters),
+            confirm,
+        )
         try:
             with operation_lock(settings, target.company_id, command, record.journal, skip=dry_run):
-                outcome = run_switch(
-                    target,
-                    direction,
-                    journal=record.journal,
-                    dry_run=dry_run,
-                    force=force,
-                    confirm=confirm,
-                    progress=progress,
-                    meters=meters,
-                )
+                outcome = run_session(session)
         except StepFailed as failed:
             _alert_failed_switch(settings, direction, target.company_id, failed)
             raise

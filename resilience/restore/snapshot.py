@@ -106,7 +106,7 @@ class Snapshot:
         }
 
 
-def _load(path: Path) -> Snapshot:
+def load_snapshot(path: Path) -> Snapshot:
     """The snapshot in directory ``path``; :class:`DataError` if its ``snapshot.json`` is bad."""
     file = path / SNAPSHOT_FILE
     try:
@@ -168,7 +168,7 @@ def list_snapshots(snapshots_dir: Path) -> list[Snapshot]:
             if not _STAMP_RE.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
                 continue
             try:
-                found.append(_load(Path(entry.path)))
+                found.append(load_snapshot(Path(entry.path)))
             except (DataError, InputError) as exc:
                 log.warning("ignoring snapshot %s: %s", entry.name, exc)
     found.sort(key=lambda s: (s.taken_at, s.path.name), reverse=True)

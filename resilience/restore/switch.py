@@ -1,12 +1,16 @@
 """The emergency switch: PostgreSQL -> Baileys files (`to-files`) and back (`to-postgres`).
 
-Each direction is preflight facts (:mod:`.preflight`) -> a plan of steps with do/undo -> the
-runner. The steps: stop the service, export (live, or the newest snapshot when PostgreSQL is
-unreachable) or import, the code step (git tag), the env step (three flags), start, and verify
-(:mod:`.verify`: the service's log lines and health, never a file we wrote). When PostgreSQL is
-unreachable the stop runs beside the install of the copy (waited for before the code and flags
-change). The RTO ends with verify; the directory the new one replaced is removed after it (a
-failed switch leaves it as ``.previous-company_<id>-<stamp>``; the next export sweeps it).
+One switch is one :class:`~.session.SwitchSession` (target, options, events, open resources).
+:func:`switch` reads top to bottom: preflight facts (:mod:`.preflight`), the plan built once from
+them (its descriptions are what the operator confirms, its steps what runs), confirm, run. To
+files, the files come from one source chosen once (:mod:`.sources`: a live export, the kept
+directory, the newest snapshot or the mirror's copy). The steps: stop the service, the source's
+install (or, back, the three-way import), the code step (git tag), the env step (three flags),
+start, and verify (:mod:`.verify`: the service's log lines and health, never a file we wrote).
+When PostgreSQL is unreachable the stop runs beside the install of the copy (waited for before
+the code and flags change). The RTO ends with verify; the directory the new one replaced is
+removed after it (a failed switch leaves it as ``.previous-company_<id>-<stamp>``; the next
+export sweeps it).
 
 A plan is an object whose attributes are the state its steps share: what the switch recorded
 for the way back (:class:`~.state.SwitchState`), the digest the service must load, the log
@@ -15,7 +19,6 @@ watch set up at the restart. Steps are its methods.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
 from collections.abc import Callable
@@ -24,26 +27,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from resilience.authstate.fingerprint import creds_fingerprint, next_pre_key_id
-from resilience.authstate.pgstore import DbLink, PgAuthStore, connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.errors import (
     DatabaseUnreachable,
     DataError,
     InputError,
     ResilienceError,
-    StackError,
-    VerificationError,
 )
-from resilience.infra.pm2 import Pending
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
-from resilience.mirror.fallback import mirror_fallback, stop_mirror_process
 from resilience.restore import export as export_mod
-from resilience.restore import importer, snapshot
+from resilience.restore import importer
 from resilience.restore.merge import InstalledBase, base_path, record_base, remove_base
 from resilience.restore.preflight import Direction, Preflight, preflight
 from resilience.restore.runner import Details, Runner, RunResult, Step, UndoHalted
+from resilience.restore.session import Events, SwitchOptions, SwitchSession
+from resilience.restore.sources import MirrorCopy, SnapshotCopy, Source, choose_source
 from resilience.restore.state import SwitchState
 from resilience.restore.target import Target
 from resilience.restore.verify import LogWatch, verify_service
@@ -67,27 +67,17 @@ class _Plan:
 
     mode: Mode
 
-    def __init__(
-        self,
-        target: Target,
-        facts: Preflight,
-        force: bool,
-        link: DbLink | None = None,
-        meters: Meters = NO_METERS,
-        stopping: Pending | None = None,
-    ) -> None:
-        self.target = target
-        self.link = link  # the preflight's connection, kept for the export
-        self.meters = meters  # progress of the export or import
-        self.settings = target.settings
+    def __init__(self, session: SwitchSession, facts: Preflight) -> None:
+        self.session = session
+        self.target = session.target
+        self.settings = session.settings
         self.facts = facts
-        self.force = force
-        self.state = SwitchState.read(target.state_file) or SwitchState()
+        self.force = session.options.force
+        self.state = SwitchState.read(self.target.state_file) or SwitchState()
         self.expected_digest: str | None = None
         self.watch: LogWatch | None = None
-        self._stopping: Pending | None = stopping  # a stop under way (see stop_step)
         #: the stop was begun by the preflight, while the database answered (see run_switch)
-        self.stop_begun = stopping is not None
+        self.stop_begun = session.stopping is not None
 
     def steps(self) -> list[Step]:
         raise NotImplementedError
@@ -96,7 +86,7 @@ class _Plan:
         self.state.write(self.target.state_file)
 
     def _connect(self) -> Any:
-        return connect(self.target.service_dsn, timeout=self.settings.db_connect_timeout)
+        return self.session.connect()
 
     # --- the service ---------------------------------------------------------------------------
     def stop_step(self, *, overlapped: bool = False) -> Step:
@@ -130,7 +120,7 @@ class _Plan:
         details["app"] = self.settings.pm2_app
 
     def begin_stop(self, details: Details) -> None:
-        self._stopping = self.target.pm2.begin("stop", self.settings.pm2_app)
+        self.session.begin_stop()
         details["app"] = self.settings.pm2_app
         details["overlapped"] = True
 
@@ -143,16 +133,14 @@ class _Plan:
         return Step("service-stopped", f"wait until PM2 has stopped {app}", self.wait_stopped)
 
     def wait_stopped(self, details: Details) -> None:
-        call, self._stopping = self._stopping, None
-        if call is not None:
-            call.wait()
+        took = self.session.wait_stopped()
+        if took is not None:
             # from the stop sent to the service gone: the stop part of a restart's floor
-            details["stop_s"] = round(time.monotonic() - call.started, 3)
+            details["stop_s"] = round(took, 3)
         details["app"] = self.settings.pm2_app
 
     def restart_service(self) -> None:
-        call, self._stopping = self._stopping, None
-        _restart_after(self.target, call)
+        self.session.restart_service()
 
     def start_service(self, details: Details) -> None:
         app = self.settings.pm2_app
@@ -195,19 +183,10 @@ class _Plan:
 class ToFiles(_Plan):
     mode: Mode = "file"
 
-    def __init__(
-        self,
-        target: Target,
-        facts: Preflight,
-        force: bool,
-        link: DbLink | None = None,
-        meters: Meters = NO_METERS,
-        stopping: Pending | None = None,
-    ) -> None:
-        super().__init__(target, facts, force, link, meters, stopping)
-        # "export", "keep-directory", "install-snapshot" or "install-mirror"
-        self.source: str | None = None
-        self.mirror_stopped = False  # the install-mirror step stopped the mirror process
+    def __init__(self, session: SwitchSession, facts: Preflight) -> None:
+        super().__init__(session, facts)
+        #: where the files come from, chosen once (resilience.restore.sources)
+        self.source: Source = choose_source(session, facts, self.state)
         # the directory the new one replaced, removed once the service is back
         self.set_aside: list[Path] = []
 
@@ -237,52 +216,16 @@ class ToFiles(_Plan):
         return {"carried_back": result.to_dict()}
 
     def steps(self) -> list[Step]:
-        t, facts = self.target, self.facts
-        keep = (
-            facts.env_mode == "file"
-            and t.company_dir.is_dir()
-            and self.state.company_id in (None, t.company_id)
-        )
+        t, source = self.target, self.source
         # PostgreSQL unreachable: the service cannot write while a copy is installed, so the
         # stop runs beside the install (an export or a kept directory needs it done first)
-        overlapped = not keep and not facts.db_reachable
+        overlapped = isinstance(source, SnapshotCopy | MirrorCopy)
         steps = [self.stop_step(overlapped=overlapped)]
         if self.stop_begun and not overlapped:  # an export or a kept directory: stopped first
             steps.append(self.stopped_step())
-        if keep:
-            # A re-run after the env step: the service may already have written to these files,
-            # so they are never replaced; the service is stopped, so their digest is stable.
-            steps.append(
-                Step(
-                    "keep-directory",
-                    f"the service is already in file mode: keep {t.company_dir} as it is",
-                    self.keep_directory,
-                )
-            )
-        elif facts.db_reachable:
-            steps.append(
-                Step("export", f"export company {t.company_id} to {t.company_dir}", self.export)
-            )
-        elif facts.mirror_dir is not None:
-            steps.append(
-                Step(
-                    "install-mirror",
-                    f"PostgreSQL unreachable: stop the mirror, check and install its copy of "
-                    f"{t.company_id} (mirror lag {facts.mirror_loss_window_s} s = data-loss "
-                    f"window; newest snapshot {facts.snapshot_age_s} s old)",
-                    self.install_mirror,
-                    self.restart_mirror,
-                )
-            )
-        else:
-            steps.append(
-                Step(
-                    "install-snapshot",
-                    f"PostgreSQL unreachable: install the newest snapshot of {t.company_id} "
-                    f"(age {facts.snapshot_age_s} s = data-loss window)",
-                    self.install_snapshot,
-                )
-            )
+        steps.append(
+            Step(source.name, source.describe(), self.install, getattr(source, "undo", None))
+        )
         if overlapped:
             steps.append(self.stopped_step())  # before the code or flags change under it
         s = self.settings
@@ -320,105 +263,19 @@ class ToFiles(_Plan):
         self.set_aside.clear()
         details["removed"] = removed
 
-    def keep_directory(self, details: Details) -> None:
+    def install(self, details: Details) -> None:
+        """Put the source's files in place, and record them as the way back's merge base
+        before the service runs on them."""
         t = self.target
-        state = importer.read_directory(t.company_dir, t.company_id)
-        self.expected_digest = state.digest().digest
-        self.source = "keep-directory"
-        details.update(kept=str(t.company_dir), digest=self.expected_digest)
-        # the first run recorded what it installed; a directory switched by hand has no record:
-        # what is there now is the base (writes made before this run count as PostgreSQL's)
-        if InstalledBase.read(t.auth_root, t.company_id) is None:
-            self._record_base("keep-directory", self.expected_digest, state.creds, state)
+        copy = self.source.install(self.set_aside)
+        self.expected_digest = copy.digest
+        details.update(copy.details)
+        if copy.new_base or InstalledBase.read(t.auth_root, t.company_id) is None:
+            record_base(
+                t.auth_root, t.company_id, self.source.name, copy.digest, copy.creds_print,
+                copy.fingerprints, copy.next_pre_key_id,
+            )  # fmt: skip
         details["base"] = str(base_path(t.auth_root, t.company_id))
-
-    def _record_base(
-        self, source: str, digest: str, creds: Any, state: importer.DirectoryState
-    ) -> None:
-        t = self.target
-        record_base(
-            t.auth_root, t.company_id, source, digest, creds_fingerprint(creds),
-            state.fingerprints(), next_pre_key_id(creds),
-        )  # fmt: skip
-
-    def _record_installed(self, source: str, result: export_mod.ExportResult) -> str:
-        """Record what was installed (the way back's merge base), before the service runs on
-        it; its path."""
-        t = self.target
-        record_base(
-            t.auth_root, t.company_id, source, result.digest, result.creds_print,
-            result.fingerprints, result.next_pre_key_id,
-        )  # fmt: skip
-        return str(base_path(t.auth_root, t.company_id))
-
-    def export(self, details: Details) -> None:
-        t = self.target
-        with contextlib.ExitStack() as opened:
-            conn = self.link.conn if self.link else opened.enter_context(self._connect())
-            result = export_mod.export_company(
-                PgAuthStore(conn),
-                t.auth_root,
-                t.company_id,
-                source=redact_dsn(t.service_dsn),
-                meters=self.meters,
-                set_aside=self.set_aside,
-                expected_rows=self.facts.key_count,  # the preflight counted: no round trip
-            )
-        self.expected_digest = result.digest
-        self.source = "export"
-        details.update(result.to_dict())
-        details["base"] = self._record_installed("export", result)
-
-    def install_snapshot(self, details: Details) -> None:
-        t, s = self.target, self.settings
-        found = snapshot.newest_snapshot(s.snapshot_dir, t.company_id)
-        if found is None:
-            raise InputError(f"no snapshot of company {t.company_id} any more")
-        age = found.age_s()
-        if age > s.snapshot_max_age and not self.force:
-            raise InputError(f"newest snapshot is {age:.0f} s old: --force to use it")
-        result = snapshot.install_snapshot(
-            found, t.company_id, t.auth_root, set_aside=self.set_aside
-        )
-        self.expected_digest = result.digest
-        self.source = "install-snapshot"
-        details.update(result.to_dict())
-        details["base"] = self._record_installed("install-snapshot", result)
-        details["snapshot"] = str(found.path)
-        details["snapshot_age_s"] = round(age, 1)
-        details["snapshot_taken_at"] = found.taken_at.isoformat()
-
-    def install_mirror(self, details: Details) -> None:
-        """The mirror's copy, when fresher than the newest snapshot (preflight decided):
-        the mirror process is stopped first, then its files are checked against its manifest
-        and its recorded position and installed as a snapshot is."""
-        t, s = self.target, self.settings
-        details["mirror_process"] = stop_mirror_process(s, t.pm2)
-        self.mirror_stopped = details["mirror_process"] == "stopped"
-        found = mirror_fallback(s, t.company_id)  # read again: the position it stopped at
-        if found is None:
-            raise InputError(f"the mirror holds no confirmed copy of {t.company_id} any more")
-        age = found.age_s()
-        if age > s.snapshot_max_age and not self.force:
-            raise InputError(f"the mirror's position is {age:.0f} s old: --force to use it")
-        try:
-            result = snapshot.install_snapshot(
-                found.as_snapshot(), t.company_id, t.auth_root, set_aside=self.set_aside
-            )
-        except VerificationError as exc:
-            raise VerificationError(f"the mirror's copy does not check out: {exc}") from None
-        self.expected_digest = result.digest
-        self.source = "install-mirror"
-        details.update(result.to_dict())
-        details["base"] = self._record_installed("install-mirror", result)
-        details.update(found.to_dict())
-        newest = snapshot.newest_snapshot(s.snapshot_dir, t.company_id)
-        details["snapshot_age_s"] = round(newest.age_s(), 1) if newest else None
-        details["snapshot_taken_at"] = newest.taken_at.isoformat() if newest else None
-
-    def restart_mirror(self) -> None:
-        if self.mirror_stopped:
-            self.target.pm2.restart(self.settings.mirror_app)
 
     def checkout_tag(self, details: Details) -> None:
         s, state = self.settings, self.state
@@ -459,10 +316,8 @@ class ToFiles(_Plan):
 class ToPostgres(_Plan):
     mode: Mode = "postgres"
 
-    def __init__(
-        self, target: Target, facts: Preflight, force: bool, meters: Meters = NO_METERS
-    ) -> None:
-        super().__init__(target, facts, force, meters=meters)
+    def __init__(self, session: SwitchSession, facts: Preflight) -> None:
+        super().__init__(session, facts)
         self.tag_ref: str | None = None  # the ref the code step left (for its undo)
 
     def steps(self) -> list[Step]:
@@ -565,7 +420,7 @@ class ToPostgres(_Plan):
                 PgAuthStore(conn, buffer_form=self.settings.db_buffer_form),
                 t.auth_root,
                 t.company_id,
-                meters=self.meters,
+                meters=self.session.events.meters,
                 three_way=True,
                 base=base,
             )
@@ -611,21 +466,19 @@ class ToPostgres(_Plan):
         details["removed"] = str(t.state_file)
 
 
-def build_plan(
-    target: Target,
-    facts: Preflight,
-    *,
-    force: bool,
-    link: DbLink | None = None,
-    meters: Meters = NO_METERS,
-    stopping: Pending | None = None,
-) -> list[Step]:
-    """The steps; ``link`` is the preflight's connection, which the export reuses; ``meters``
-    shows the export's or the import's progress; ``stopping``: the service's stop the
-    preflight began (to-files)."""
+def plan_for(session: SwitchSession, facts: Preflight) -> list[Step]:
+    """The steps of this switch, built once from the preflight's facts: their descriptions are
+    what the operator confirms, and they are what runs."""
     if facts.direction == "to-files":
-        return ToFiles(target, facts, force, link, meters, stopping).steps()
-    return ToPostgres(target, facts, force, meters).steps()
+        return ToFiles(session, facts).steps()
+    return ToPostgres(session, facts).steps()
+
+
+def build_plan(target: Target, facts: Preflight, *, force: bool) -> list[Step]:
+    """The steps for ``facts`` outside a run (a look at the plan; tests)."""
+    options = SwitchOptions(force=force)
+    session = SwitchSession(target, facts.direction, options, Events(Journal("plan")))
+    return plan_for(session, facts)
 
 
 # --- one call for commands and drills -------------------------------------------------------------
@@ -668,103 +521,34 @@ def run_switch(
     progress: Callable[[str], None] | None = None,
     meters: Meters = NO_METERS,
 ) -> SwitchOutcome:
+    """The switch of ``target`` in ``direction`` as one session (:func:`switch` of it): without
+    ``confirm`` nobody is asked, so the run is unattended."""
+    session = SwitchSession(
+        target,
+        direction,
+        SwitchOptions(dry_run=dry_run, force=force, unattended=confirm is None),
+        Events(journal, progress, meters),
+        confirm,
+    )
+    return switch(session)
+
+
+def switch(session: SwitchSession) -> SwitchOutcome:
     """Preflight, plan, (confirm), run. Raises on refusal, or on failure after undoing the done
     steps (:class:`~.runner.StepFailed`). PM2 is reached through one connection for the whole
-    run, made while the preflight starts."""
-    journal.register_secret(target.service_dsn)
-    with target.pm2_connected():
-        if direction != "to-files":
-            return _run(target, direction, journal, dry_run, force, confirm, progress, meters)
-        # to-files: one connection for the preflight and the export, its round trips counted
-        link = DbLink(target.service_dsn, timeout=target.settings.db_connect_timeout)
-        try:
-            return _run(target, direction, journal, dry_run, force, confirm, progress, meters, link)
-        finally:
-            link.close()
-            journal.event(
-                "round-trips",
-                f"{link.round_trips} round trip(s) to PostgreSQL over {link.connects} "
-                "connection(s)",
-                db_round_trips=link.round_trips,
-                connections=link.connects,
-            )
-
-
-def _run(
-    target: Target,
-    direction: Direction,
-    journal: Journal,
-    dry_run: bool,
-    force: bool,
-    confirm: Callable[[Preflight], bool] | None,
-    progress: Callable[[str], None] | None,
-    meters: Meters,
-    link: DbLink | None = None,
-) -> SwitchOutcome:
-    started = time.perf_counter()
-    stopping: list[Pending] = []
-
-    def begin_stop(_facts: Preflight) -> None:
-        stopping.append(target.pm2.begin("stop", target.settings.pm2_app))
-        journal.event(
-            "stop-begun",
-            "every check that needs no database passed: the service is stopped while the "
-            "database answers the preflight",
-        )
-
-    # no operator to confirm (--yes), a live database to export: the stop need not wait for
-    # the preflight's statement (on a slow database, a whole round trip)
-    early = begin_stop if link is not None and not dry_run and confirm is None else None
-    try:
-        facts = _checked_preflight(target, direction, journal, force, link, early)
-    except BaseException as failed:
-        if not stopping:
-            raise
-        note = _start_again(target, stopping[0], journal)
-        if isinstance(failed, ResilienceError) and failed.details:  # refused: said in one
-            again = type(failed)(str(failed) + note)  # line, with what was done
-            again.details = failed.details
-            raise again from None
-        raise
-    preflight_s = time.perf_counter() - started
-    if dry_run:
-        journal.event("dry-run", "dry run: nothing changed")
-        return SwitchOutcome(facts, None, None if link is None else link.round_trips)
-    if confirm is not None and not confirm(facts):  # the operator's time to answer: not RTO
-        raise InputError("not confirmed: nothing changed")
-    result = Runner(journal, progress).run(
-        build_plan(
-            target,
-            facts,
-            force=force,
-            link=link,
-            meters=meters,
-            stopping=stopping[0] if stopping else None,
-        )
-    )
-    return SwitchOutcome(facts, result, None if link is None else link.round_trips, preflight_s)
-
-
-def _restart_after(target: Target, stopping: Pending | None) -> None:
-    """Restart the service; a stop still under way ends first (its failure does not matter:
-    the restart is what counts)."""
-    if stopping is not None:
-        with contextlib.suppress(StackError):
-            stopping.wait()
-    target.pm2.restart(target.settings.pm2_app)
-
-
-def _start_again(target: Target, stopping: Pending, journal: Journal) -> str:
-    """Start the service the preflight had begun to stop, before its failure is raised; what
-    was done, as a note for the refusal."""
-    app = target.settings.pm2_app
-    try:
-        _restart_after(target, stopping)
-    except StackError as exc:
-        journal.event("service-not-started-again", f"PM2 app {app} did not start again: {exc}")
-        return f"; the service, stopped meanwhile, did not start again ({exc}): pm2 restart {app}"
-    journal.event("service-started-again", f"PM2 app {app} started again after the preflight")
-    return "; the service, stopped meanwhile, was started again"
+    run; to files, the preflight's database connection is kept for the export."""
+    with session.opened():
+        started = time.perf_counter()
+        facts, steps = _checked_preflight(session)
+        preflight_s = time.perf_counter() - started
+        if session.options.dry_run:
+            session.events.event("dry-run", "dry run: nothing changed")
+            return SwitchOutcome(facts, None, session.round_trips)
+        confirm = session.confirm
+        if confirm is not None and not confirm(facts):  # the operator's time: not RTO
+            raise InputError("not confirmed: nothing changed")
+        result = Runner(session.journal, session.events.progress()).run(steps)
+        return SwitchOutcome(facts, result, session.round_trips, preflight_s)
 
 
 #: the exit code of a refusal follows its kind (README: 2 input, 4 data, 6 database)
@@ -775,20 +559,55 @@ _REFUSALS: dict[str, type[ResilienceError]] = {
 }
 
 
-def _checked_preflight(
-    target: Target,
-    direction: Direction,
-    journal: Journal,
-    force: bool,
-    link: DbLink | None,
-    before_query: Callable[[Preflight], None] | None = None,
-) -> Preflight:
-    facts = preflight(target, direction, force=force, link=link, before_query=before_query)
-    facts.plan = [step.description for step in build_plan(target, facts, force=False)]
-    journal.event("preflight", f"{direction} preflight", **facts.to_dict())
-    if facts.problems:
-        kind = _REFUSALS.get(facts.refusal, InputError)
-        refused = kind(f"preflight refused {direction}: " + "; ".join(facts.problems))
-        refused.details = {"preflight": facts.to_dict()}
-        raise refused
-    return facts
+def _checked_preflight(session: SwitchSession) -> tuple[Preflight, list[Step]]:
+    """The facts and the plan built from them, or the refusal (raised after starting again a
+    service whose stop the preflight had begun)."""
+
+    def begin_stop(_facts: Preflight) -> None:
+        session.begin_stop()
+        session.events.event(
+            "stop-begun",
+            "every check that needs no database passed: the service is stopped while the "
+            "database answers the preflight",
+        )
+
+    direction = session.direction
+    try:
+        facts = preflight(
+            session.target,
+            direction,
+            force=session.options.force,
+            link=session.link,
+            # unattended, a live database to ask: the stop need not wait for the preflight's
+            # statement (on a slow database, a whole round trip)
+            before_query=begin_stop if session.early_stop else None,
+        )
+        steps = _plan_or_none(session, facts)
+        facts.plan = [step.description for step in steps or []]
+        session.events.event("preflight", f"{direction} preflight", **facts.to_dict())
+        if facts.problems or steps is None:
+            kind = _REFUSALS.get(facts.refusal, InputError)
+            refused = kind(f"preflight refused {direction}: " + "; ".join(facts.problems))
+            refused.details = {"preflight": facts.to_dict()}
+            raise refused
+    except BaseException as failed:
+        if session.stopping is None:
+            raise
+        note = session.start_again()
+        if isinstance(failed, ResilienceError) and failed.details:  # refused: said in one
+            again = type(failed)(str(failed) + note)  # line, with what was done
+            again.details = failed.details
+            raise again from None
+        raise
+    return facts, steps
+
+
+def _plan_or_none(session: SwitchSession, facts: Preflight) -> list[Step] | None:
+    """The plan; None when the facts already refuse the switch and no plan can be made of
+    them (an unreadable switch state is one of the problems then)."""
+    try:
+        return plan_for(session, facts)
+    except ResilienceError:
+        if facts.problems:
+            return None
+        raise

@@ -525,6 +525,9 @@ def test_e_failed_verification_carries_file_mode_writes_back(
         assert failed.result.halted is None
         undone = [(r.name, r.status) for r in failed.result.rollbacks]
         assert undone[0] == ("start-service", "ok")
+        # what the undo carried back is in the run (hence --json and the alert), not only logs
+        carried = failed.result.rollbacks[0].details["carried_back"]
+        assert carried["merge"]["base"] == "export" and carried["digest_db"]
         health = service.wait_mode("postgres")
         journal.steady_state("after", steady_state(service))
         service.pm2.stop(service.deployed.app)

@@ -159,6 +159,9 @@ PEER_GRACE = 0.3
 #: succeeds; a connect that failed before the probe told (refused, say) waits for it, and a
 #: peer that refuses or closes at once tells at once.
 PEER_BOUND = 5.0
+#: How long a connect that failed waits for the probe's word: enough for a peer that answers
+#: (it tells in milliseconds), short for one that never does (an outage stays an outage).
+PEER_AFTER_FAILURE = 1.0
 
 
 class _NotPostgres(Exception):
@@ -210,6 +213,7 @@ def _checked_connect(
     worker = threading.Thread(target=connecting, name="pg-connect", daemon=True)
     worker.start()
     probe: threading.Thread | None = None
+    failed_at: float | None = None
     with changed:
         changed.wait_for(lambda: bool(outcome), timeout=PEER_GRACE)
         while True:
@@ -230,7 +234,16 @@ def _checked_connect(
             if probe is None:
                 probe = threading.Thread(target=probing, name="pg-peer-probe", daemon=True)
                 probe.start()
-            changed.wait()
+            if result is None:
+                changed.wait()
+                continue
+            # the connect failed: a peer that answers (an HTTP server) tells within moments;
+            # one that never answers (a black hole) must not make an outage longer than it is
+            failed_at = failed_at or time.monotonic()
+            left = PEER_AFTER_FAILURE - (time.monotonic() - failed_at)
+            if left <= 0:
+                raise result
+            changed.wait(timeout=left)
     if wait_cancelled and cancel.is_set():
         worker.join()
     raise _NotPostgres(where, verdict[0])

@@ -29,16 +29,32 @@ REPORTS = ROOT / "reports"
 SEEDED_KEYS = 1313
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "standin_env(NAME=value): .env lines of the drill's stand-in (drill_service)"
+    )
+
+
 @pytest.fixture
 def drill_service(
-    stack: Stack, settings: DrillSettings, tmp_path: Path
+    stack: Stack, settings: DrillSettings, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[ServiceUnderTest]:
+    """The service a scenario acts on; ``@pytest.mark.standin_env(NAME=value)`` adds `.env`
+    lines to the stand-in's (not to another service's)."""
     if settings.backend == "external":
         yield from _real_service(stack, settings, tmp_path)
         return
     kind = settings.drill_service
+    marker = request.node.get_closest_marker("standin_env")
+    extra_env = {k: str(v) for k, v in marker.kwargs.items()} if marker else None
     with standin_on_stack(
-        stack, settings, tmp_path, prefix="drill", keys=SEEDED_KEYS, kind=kind
+        stack,
+        settings,
+        tmp_path,
+        prefix="drill",
+        keys=SEEDED_KEYS,
+        kind=kind,
+        extra_env=extra_env,
     ) as s:
         service = ServiceUnderTest(stack, s.deployed, s.settings, s.pm2, s.dataset, kind=kind)
         service.wait_mode("postgres")

@@ -78,7 +78,14 @@ def test_cleanup_beside_the_live_service(
     title = f"cleanup.keys --yes: {keys} keys with the age mix + {stale} stale, service writing"
     with (
         standin_on_stack(
-            stack, settings, tmp_path, prefix="cleanup", keys=keys, write_interval_ms=50
+            stack,
+            settings,
+            tmp_path,
+            prefix="cleanup",
+            keys=keys,
+            write_interval_ms=50,
+            # the creds row must show the cleanup left it alone: no saves of the service's own
+            extra_env={"PRE_KEY_CREDS_SAVE": "false"},
         ) as s,
         cleanup_report.scenario(title, ep.service_dsn, ep.admin_dsn) as journal,
         connect(ep.admin_dsn, autocommit=True) as admin,

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from resilience.authstate.bufferform import FORM_OF_TEXT
 from resilience.authstate.credscache import CacheEntry
 from resilience.authstate.dataset import Dataset, generate
 from resilience.authstate.filestore import FileAuthStore
@@ -53,7 +54,7 @@ from resilience.drill.standin.service import (
     mode_from_flags,
     read_config,
 )
-from resilience.drill.standin.traffic import KeyWrite, Traffic
+from resilience.drill.standin.traffic import KeyWrite, Traffic, creds_after_pre_keys
 from resilience.drill.standin.writelog import WRITELOG_FILE, WriteEntry, WriteLog, read_writelog
 from resilience.errors import ConfigError, DatabaseError, DataError, InputError
 from resilience.infra.waiting import wait_until
@@ -206,6 +207,29 @@ def check_journal(entries: list[WriteEntry], initial: KeyMap, current: KeyMap) -
     assert set(current) == expected
 
 
+PRE_KEY_COUNTERS = ("nextPreKeyId", "firstUnuploadedPreKeyId")
+
+
+def issued_pre_keys(entries: list[WriteEntry]) -> list[int]:
+    """The pre-key ids the journal says were issued (written, not deleted), in order."""
+    return [int(e.id) for e in entries if e.type == "pre-key" and not e.deleted]
+
+
+def check_creds_moved(before: Any, after: Any, entries: list[WriteEntry]) -> None:
+    """Creds as Baileys leaves them after its pre-key uploads: ids issued upwards from the
+    ``nextPreKeyId`` the service started with, none twice; both counters past every one of
+    them; every other field unchanged."""
+    issued = issued_pre_keys(entries)
+    assert issued, "the stand-in issued no pre-key"
+    assert len(set(issued)) == len(issued), "a pre-key id was issued twice"
+    assert min(issued) >= before["nextPreKeyId"]
+    for counter in PRE_KEY_COUNTERS:
+        assert after[counter] == max(issued) + 1, (counter, after[counter], max(issued))
+    assert {k: v for k, v in after.items() if k not in PRE_KEY_COUNTERS} == {
+        k: v for k, v in before.items() if k not in PRE_KEY_COUNTERS
+    }
+
+
 def unique_company() -> str:
     return f"standin_{uuid.uuid4().hex[:12]}"
 
@@ -314,6 +338,60 @@ def test_traffic_is_deterministic_and_realistic() -> None:
             held.add(write.ref)
 
 
+def test_pre_key_ids_are_issued_from_next_pre_key_id() -> None:
+    held = [("pre-key", str(n)) for n in range(1, 6)] + [("session", "1.0")]
+
+    def issued(next_pre_key_id: int | None, batches: int = 300) -> list[int]:
+        traffic = Traffic("seed", 0, held, next_pre_key_id)
+        ids: list[int] = []
+        for _ in range(batches):
+            batch = traffic.next_batch()
+            traffic.applied(batch)
+            ids += [int(w.key_id) for w in batch if w.key_type == "pre-key" and not w.deleted]
+        return ids
+
+    from_creds = issued(40)
+    assert from_creds == list(range(40, 40 + len(from_creds)))  # upwards, none twice
+    assert min(issued(None)) == 6  # creds without it: past the highest held
+    assert min(issued(3)) == 6  # behind the highest held: past it
+    assert issued(40) == from_creds  # deterministic, creds included
+
+
+def test_creds_after_pre_keys_move_both_counters_forward_only() -> None:
+    creds = {"registrationId": 7, "nextPreKeyId": 10, "firstUnuploadedPreKeyId": 8}
+    upload = [
+        KeyWrite("pre-key", "10", {"k": b"1"}),
+        KeyWrite("pre-key", "11", {"k": b"2"}),
+        KeyWrite("pre-key", "3", None),
+        KeyWrite("session", "1.0", b"s"),
+    ]
+    moved = creds_after_pre_keys(creds, upload)
+    assert moved == {"registrationId": 7, "nextPreKeyId": 12, "firstUnuploadedPreKeyId": 12}
+    assert creds["nextPreKeyId"] == 10  # a new object: the creds given are left as they are
+    behind = creds_after_pre_keys({"nextPreKeyId": 50}, upload)
+    assert behind == {"nextPreKeyId": 50, "firstUnuploadedPreKeyId": 12}  # never moved back
+    assert creds_after_pre_keys(creds, upload[2:]) is None  # no pre-key issued: no update
+    assert creds_after_pre_keys(None, upload) is None
+
+
+def test_config_reads_the_buffer_form_and_pre_key_saves(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(pg_env_text("acme"))
+    defaults = read_config(tmp_path, environ={})
+    assert defaults.buffer_form == "array" and defaults.pre_key_creds_save is True
+    (tmp_path / ".env").write_text(
+        pg_env_text("acme", DB_BUFFER_FORM=" Base64 ", PRE_KEY_CREDS_SAVE="false")
+    )
+    config = read_config(tmp_path, environ={"DB_BUFFER_FORM": "array"})  # from .env only
+    assert config.buffer_form == "base64" and config.pre_key_creds_save is False
+    for name, bad, needle in [
+        ("DB_BUFFER_FORM", "hex", "DB_BUFFER_FORM must be array or base64, not 'hex'"),
+        ("PRE_KEY_CREDS_SAVE", "maybe", "PRE_KEY_CREDS_SAVE must be true or false"),
+    ]:
+        (tmp_path / ".env").write_text(pg_env_text("acme", **{name: bad}))
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            read_config(tmp_path, environ={})
+
+
 def test_journal_continues_sequence_and_survives_a_torn_line(tmp_path: Path) -> None:
     path = tmp_path / WRITELOG_FILE
     at = _AT
@@ -382,9 +460,13 @@ def test_file_mode_serves_writes_and_journals_them(tmp_path: Path, standins: lis
     assert int(standin.wait_line(CONNECTION_OPEN_PATTERN)["keys"]) == len(initial)
     assert POSTGRES_MODE_PATTERN.search(standin.output()) is None
 
-    health = standin.wait_health(lambda h: h["writes_ok"] >= 40, "40 acknowledged writes")
+    health = standin.wait_health(
+        lambda h: h["writes_ok"] >= 40 and h["creds_saves_ok"] >= 2,
+        "40 acknowledged writes and creds saved after pre-key uploads",
+    )
     assert health["mode"] == "file" and health["company"] == company
     assert health["writes_failed"] == 0 and health["last_write_at"]
+    assert health["creds_saves_failed"] == 0
     assert health["pid"] == standin.proc.pid
     metrics = standin.http.get("/metrics").text
     assert f'standin_up{{company="{company}",mode="file"}} 1' in metrics
@@ -395,8 +477,8 @@ def test_file_mode_serves_writes_and_journals_them(tmp_path: Path, standins: lis
     assert standin.stop() == 0
     final = standin.final()
     creds, current = read_files(tmp_path / "auth", company)
-    assert creds == dataset.creds
     entries = read_writelog(tmp_path / WRITELOG_FILE)
+    check_creds_moved(dataset.creds, creds, entries)  # creds.json saved as Baileys saves it
     assert len(entries) == int(final["ok"]) >= health["writes_ok"]
     assert {e.mode for e in entries} == {"file"} and {e.company for e in entries} == {company}
     check_journal(entries, initial, current)
@@ -468,12 +550,21 @@ def test_restart_continues_the_journal(tmp_path: Path, standins: list[Standin]) 
     for _ in range(2):
         standin = Standin(tmp_path)
         standins.append(standin)
-        standin.wait_health(lambda h: h["writes_ok"] >= 10, "10 acknowledged writes")
+        standin.wait_health(
+            lambda h: h["writes_ok"] >= 10 and h["creds_saves_ok"] >= 1,
+            "10 acknowledged writes and a pre-key upload",
+        )
         assert standin.stop() == 0
     entries = read_writelog(tmp_path / WRITELOG_FILE)
     assert len({e.pid for e in entries}) == 2
-    _, current = read_files(tmp_path / "auth", company)
+    creds, current = read_files(tmp_path / "auth", company)
     check_journal(entries, initial, current)  # also asserts seq runs 1..N across both runs
+    # the second run went on from the nextPreKeyId the first one saved: no id issued again
+    second = min(n for n, e in enumerate(entries) if e.pid == entries[-1].pid)
+    assert issued_pre_keys(entries[second:]), "the second run issued no pre-key"
+    assert min(issued_pre_keys(entries[second:])) > max(issued_pre_keys(entries[:second]))
+    issued = issued_pre_keys(entries)
+    assert len(set(issued)) == len(issued) and creds["nextPreKeyId"] == max(issued) + 1
 
 
 def test_file_mode_without_creds_exits_non_zero(tmp_path: Path, standins: list[Standin]) -> None:
@@ -542,16 +633,20 @@ def test_postgres_mode_serves_writes_and_journals_them(
     assert int(standin.wait_line(CONNECTION_OPEN_PATTERN)["keys"]) == len(initial)
     assert FILE_MODE_PATTERN.search(standin.output()) is None
 
-    health = standin.wait_health(lambda h: h["writes_ok"] >= 40, "40 acknowledged writes")
+    health = standin.wait_health(
+        lambda h: h["writes_ok"] >= 40 and h["creds_saves_ok"] >= 2,
+        "40 acknowledged writes and creds saved after pre-key uploads",
+    )
     assert health["mode"] == "postgres" and health["company"] == company
+    assert health["creds_saves_failed"] == 0
     metrics = standin.http.get("/metrics").text
     assert f'standin_up{{company="{company}",mode="postgres"}} 1' in metrics
 
     assert standin.stop() == 0
     final = standin.final()
     creds, current = read_db(admin, company)
-    assert creds == dataset.creds
     entries = read_writelog(tmp_path / WRITELOG_FILE)
+    check_creds_moved(dataset.creds, creds, entries)  # the creds row saved as Baileys saves it
     assert len(entries) == int(final["ok"]) >= health["writes_ok"]
     assert {e.mode for e in entries} == {"postgres"}
     check_journal(entries, initial, current)
@@ -578,6 +673,51 @@ def test_postgres_mode_idle_health_digest_equals_database(
     creds, current = read_db(admin, company)
     assert health["key_count"] == len(current) and health["writes_ok"] == 0
     assert health["digest"] == digest_of(creds, current)
+
+
+def row_forms(admin: Conn, company: str) -> tuple[str | None, dict[tuple[str, str], str]]:
+    """The Buffer form of the company's creds row and of each key row, read by the server."""
+    creds = admin.execute(
+        f"SELECT {FORM_OF_TEXT} FROM (SELECT creds::text AS t FROM whatsapp_auth "
+        "WHERE company_id = %s) r",
+        (company,),
+    ).fetchone()
+    keys = admin.execute(
+        f"SELECT key_type, key_id, {FORM_OF_TEXT} FROM (SELECT key_type, key_id, "
+        "value::text AS t FROM whatsapp_keys WHERE company_id = %s) r",
+        (company,),
+    ).fetchall()
+    return (None if creds is None else str(creds[0])), {(t, i): str(f) for t, i, f in keys}
+
+
+@pytest.mark.parametrize("form", ["base64", "array"])
+def test_postgres_mode_writes_the_buffer_form_it_is_told(
+    tmp_path: Path,
+    stack: Stack,
+    admin: Conn,
+    pg_company: tuple[str, Dataset],
+    standins: list[Standin],
+    form: str,
+) -> None:
+    company, _ = pg_company
+    before, _ = row_forms(admin, company)
+    extra = {"DB_BUFFER_FORM": form} if form == "base64" else {}  # array: the default
+    (tmp_path / ".env").write_text(pg_env(stack, company, WRITE_INTERVAL_MS="10", **extra))
+    standin = Standin(tmp_path)
+    standins.append(standin)
+    standin.wait_health(
+        lambda h: h["writes_ok"] >= 30 and h["creds_saves_ok"] >= 1, "writes and a creds save"
+    )
+    assert standin.stop() == 0
+    creds_form, forms = row_forms(admin, company)
+    assert before == "array" and creds_form == form  # the creds row was saved in it
+    entries = read_writelog(tmp_path / WRITELOG_FILE)
+    last = {(e.type, e.id): e for e in entries}
+    written = [ref for ref, e in last.items() if not e.deleted]
+    assert written and all(forms[ref] in (form, "none") for ref in written), [
+        (ref, forms[ref]) for ref in written if forms[ref] not in (form, "none")
+    ]
+    assert sum(forms[ref] == form for ref in written) >= len(written) // 2
 
 
 def test_postgres_mode_without_creds_exits_non_zero(

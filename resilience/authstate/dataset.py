@@ -2,7 +2,9 @@
 
 Creds plus N keys across every key type with real id shapes, the observed age mix (24 % < 1 d,
 38 % 1-7 d, 35 % 7-14 d, 3 % 14-30 d), both Buffer encodings, and a few legacy rows
-(`key_type='pre', key_id='key-5'`), some of which collide with a `pre-key` row.
+(`key_type='pre', key_id='key-5'`), some of which collide with a `pre-key` row. The creds'
+`nextPreKeyId` and `firstUnuploadedPreKeyId` are past every pre-key id Baileys sees in it (legacy
+rows included), as Baileys leaves them after issuing those.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from resilience.authstate.codec import Style
 from resilience.authstate.model import KeyRecord, ttl_for
+from resilience.authstate.view import baileys_ref
 from resilience.config import validate_company_id
 
 DEFAULT_KEYS = 1313
@@ -204,7 +207,20 @@ def generate(
     keys += _legacy_rows(company_id, keys, legacy, rng, now)
     for record in keys[n:]:
         styles[(record.key_type, record.key_id)] = "base64"
-    return Dataset(company_id, make_creds(rng, company_id), keys, styles)
+    creds = make_creds(rng, company_id)
+    creds["nextPreKeyId"] = creds["firstUnuploadedPreKeyId"] = next_pre_key_past(keys)
+    return Dataset(company_id, creds, keys, styles)
+
+
+def next_pre_key_past(keys: list[KeyRecord]) -> int:
+    """The ``nextPreKeyId`` past every pre-key id Baileys sees among ``keys`` (legacy rows are
+    read as the pre-keys they name): the highest plus one, 1 without any."""
+    numbers = [
+        int(key_id)
+        for key_type, key_id in (baileys_ref(k.key_type, k.key_id) for k in keys)
+        if key_type == "pre-key" and key_id.isascii() and key_id.isdigit()
+    ]
+    return max(numbers, default=0) + 1
 
 
 def _ages(rng: random.Random, n: int) -> list[timedelta]:

@@ -2,9 +2,10 @@
 
 Keys are read by `company_id, key_type, key_id = ANY(ids)`; written by multi-row upserts in
 batches of 100 with the TTL of their type; a `None` value deletes the key; creds are one upsert.
-The service's own write path (`set_keys`, `save_creds`) writes the encoding the stand-in's
-service writes ("array"); the import (`sync_company`) writes the form the store's `buffer_form`
-chooses per company (:mod:`resilience.authstate.bufferform`). Both encodings are read.
+The service's own write path (`set_keys`, `save_creds`) writes the form their ``style`` names
+(default "array"; the stand-in passes its ``DB_BUFFER_FORM``); the import (`sync_company`)
+writes the form the store's `buffer_form` chooses per company
+(:mod:`resilience.authstate.bufferform`). Both encodings are read.
 """
 
 from __future__ import annotations
@@ -517,9 +518,14 @@ class PgAuthStore:
         return {key_id: decode(value, where=f"{key_type}/{key_id}") for key_id, value in rows}
 
     def set_keys(
-        self, company_id: str, data: Mapping[str, Mapping[str, Any | None]]
+        self,
+        company_id: str,
+        data: Mapping[str, Mapping[str, Any | None]],
+        *,
+        style: Style = DB_STYLE,
     ) -> tuple[int, int]:
-        """Apply `{type: {id: value or None}}` in one transaction; return (upserted, deleted).
+        """Apply `{type: {id: value or None}}` in one transaction, Buffers in ``style``; return
+        (upserted, deleted).
 
         Deleting a key also deletes its legacy twin (`pre`/`key-5` for `pre-key`/`5`): to
         Baileys they are one key, and a twin left behind would come back on the next export.
@@ -532,7 +538,7 @@ class PgAuthStore:
                 if value is None:
                     deletes.append((key_type, key_id))
                 else:
-                    upserts.append((key_type, key_id, encode(value, DB_STYLE, where=key_id)))
+                    upserts.append((key_type, key_id, encode(value, style, where=key_id)))
         deletes += [twin for t, i in deletes if (twin := legacy_twin(t, i)) is not None]
         deleted = 0
         with database_errors("writing keys"), self.conn.transaction():

@@ -79,9 +79,22 @@ once they expired), ``creds_saves_ok``/``creds_saves_failed`` and ``cache``:
 ``{"state": "off|fresh|serving|expired", "age_s", "ttl_s", "skipped_creds_saves",
 "failed_key_reads", "creds_fingerprint", "serving_since", "source"}``; in cache mode the keys are
 not loaded, so ``key_count``, ``digest`` and the ``loaded_*`` fields are ``null``.
-``CREDS_SAVE_INTERVAL_MS`` (default 0: never) makes the stand-in save its creds periodically, as
-Baileys does on ``creds.update`` (``accountSyncCounter`` and ``lastAccountSyncTimestamp``
-change).
+Creds saves, as Baileys makes them (both modes, through the backend in use). Pre-key ids are
+issued from the creds' ``nextPreKeyId`` (:mod:`resilience.drill.standin.traffic`); once a batch
+that issues pre-keys was acknowledged (and journaled), ``nextPreKeyId`` and
+``firstUnuploadedPreKeyId`` move past them and the creds are saved (Baileys' ``creds.update``
+after ``uploadPreKeys``): ``creds.json`` in file mode, the creds row in PostgreSQL mode. A save
+that fails is counted (``creds_saves_failed``), logged (throttled) and made again after the next
+acknowledged write. ``PRE_KEY_CREDS_SAVE=false`` (from ``.env``; default ``true``) keeps the
+counters in memory only (a drill that needs ``creds.json`` left as it made it).
+``CREDS_SAVE_INTERVAL_MS`` (default 0: never) adds periodic saves, as Baileys makes on other
+``creds.update`` events (``accountSyncCounter`` and ``lastAccountSyncTimestamp`` change). Every
+save is counted in ``creds_saves_ok`` and cached as above; none is made while serving from the
+cache (counted in ``skipped_creds_saves``).
+
+``DB_BUFFER_FORM`` (from ``.env``): the Buffer form PostgreSQL mode writes key rows and creds in,
+``array`` (the default: ``{"type": "Buffer", "data": [0, 1, ...]}``) or ``base64`` (what Baileys'
+``BufferJSON`` writes); either is read.
 """
 
 from __future__ import annotations
@@ -115,13 +128,18 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from resilience.alerting.channels import SentryChannel
+from resilience.authstate.codec import Style
 from resilience.authstate.credscache import DEFAULT_TTL_S, CacheEntry, CredsCache
 from resilience.authstate.filestore import FileAuthStore
-from resilience.authstate.fingerprint import KeyFingerprint, digest_of_fingerprints
+from resilience.authstate.fingerprint import (
+    KeyFingerprint,
+    digest_of_fingerprints,
+    next_pre_key_id,
+)
 from resilience.authstate.pgstore import Conn, PgAuthStore, connect
 from resilience.authstate.view import view_of
 from resilience.config import validate_company_id
-from resilience.drill.standin.traffic import KeyWrite, Traffic
+from resilience.drill.standin.traffic import KeyWrite, Traffic, creds_after_pre_keys
 from resilience.drill.standin.writelog import WRITELOG_FILE, WriteLog
 from resilience.errors import ConfigError, DatabaseError, DataError, ResilienceError, StackError
 from resilience.infra.redact import Redactor
@@ -146,6 +164,8 @@ DEFAULT_APPLICATION_NAME = "baileys-service"
 MAX_APPLICATION_NAME = 63  # PostgreSQL keeps NAMEDATALEN - 1 bytes of it
 DEFAULT_READ_INTERVAL_MS = 200
 DEFAULT_SLOW_QUERY_MS = 500
+DEFAULT_BUFFER_FORM: Style = "array"
+BUFFER_FORMS: tuple[Style, ...] = ("array", "base64")
 READ_BATCH = 5  # keys one reader asks for at a time
 READER_REFRESH_S = 5.0  # a reader picks its key ids from the held keys at most this often
 POOL_CLOSE_S = 1.0  # closing the pool waits at most this long for its worker threads
@@ -261,7 +281,9 @@ class StandinConfig:
     creds_cache_dir: Path | None = None  # the on-disk copy; None: memory only
     creds_cache_ttl_s: float = DEFAULT_TTL_S  # 0: no creds cache
     sentry_dsn: str | None = None
-    creds_save_interval_ms: int = 0  # 0: the stand-in never saves creds
+    creds_save_interval_ms: int = 0  # 0: no periodic creds saves
+    pre_key_creds_save: bool = True  # creds saved after each pre-key upload, as Baileys does
+    buffer_form: Style = DEFAULT_BUFFER_FORM  # PostgreSQL mode writes Buffers in this form
     cache_reload_interval_ms: int = DEFAULT_RELOAD_INTERVAL_MS
     pool_size: int = DEFAULT_POOL_SIZE
     application_name: str = DEFAULT_APPLICATION_NAME
@@ -309,6 +331,27 @@ def _seconds_setting(values: Mapping[str, str | None], name: str, default: float
     if not math.isfinite(number) or number < 0:
         raise ConfigError(f"{name} must be a finite number of seconds, at least 0 (got {raw[:30]})")
     return number
+
+
+def _bool_setting(values: Mapping[str, str | None], name: str, default: bool) -> bool:
+    raw = (values.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw[:30]!r}")
+
+
+def _buffer_form(values: Mapping[str, str | None]) -> Style:
+    raw = (values.get("DB_BUFFER_FORM") or "").strip().lower()
+    if not raw:
+        return DEFAULT_BUFFER_FORM
+    for form in BUFFER_FORMS:
+        if raw == form:
+            return form
+    raise ConfigError(f"DB_BUFFER_FORM must be array or base64, not {raw[:30]!r}")
 
 
 def _application_name(values: Mapping[str, str | None]) -> str:
@@ -372,6 +415,8 @@ def read_config(cwd: Path, environ: Mapping[str, str] | None = None) -> StandinC
         creds_cache_ttl_s=_seconds_setting(values, "CREDS_CACHE_TTL_S", DEFAULT_TTL_S),
         sentry_dsn=(values.get("SENTRY_DSN") or "").strip() or None,
         creds_save_interval_ms=_int_setting(values, "CREDS_SAVE_INTERVAL_MS", 0) or 0,
+        pre_key_creds_save=_bool_setting(values, "PRE_KEY_CREDS_SAVE", True),
+        buffer_form=_buffer_form(values),
         cache_reload_interval_ms=max(
             MIN_RELOAD_INTERVAL_MS, DEFAULT_RELOAD_INTERVAL_MS if reload_ms is None else reload_ms
         ),
@@ -460,8 +505,10 @@ class PostgresBackend:
         registry: CollectorRegistry | None = None,
         slow_s: float = DEFAULT_SLOW_QUERY_MS / 1000,
         on_slow: Callable[[QueryRecord], None] | None = None,
+        buffer_form: Style = DEFAULT_BUFFER_FORM,
     ) -> None:
         self.dsn = dsn
+        self.buffer_form: Style = buffer_form
         self.company = company
         self.connect_timeout = connect_timeout
         self.max_size = max(1, pool_size)
@@ -609,14 +656,14 @@ class PostgresBackend:
             data.setdefault(write.key_type, {})[write.key_id] = write.value
         try:
             with self._connection() as conn:
-                PgAuthStore(conn).set_keys(self.company, data)
+                PgAuthStore(conn).set_keys(self.company, data, style=self.buffer_form)
         except (ResilienceError, psycopg.Error, OSError) as exc:
             raise WriteFailed(0, _reason(exc)) from None
 
     def save_creds(self, creds: Any) -> None:
         try:
             with self._connection() as conn:
-                PgAuthStore(conn).save_creds(self.company, creds)
+                PgAuthStore(conn).save_creds(self.company, creds, style=self.buffer_form)
         except (ResilienceError, psycopg.Error, OSError) as exc:
             raise CredsSaveFailed(_reason(exc)) from None
 
@@ -719,6 +766,7 @@ def make_backend(config: StandinConfig, registry: CollectorRegistry | None = Non
         registry=registry,
         slow_s=config.slow_query_ms / 1000,
         on_slow=_slow_query_logger(config.slow_query_ms),
+        buffer_form=config.buffer_form,
     )
 
 
@@ -1150,6 +1198,9 @@ class Service:
         self._fail_streak = 0
         self._last_warning = 0.0
         self._next_save = time.monotonic() + config.creds_save_interval_ms / 1000
+        # Baileys' creds in memory: ahead of the saved ones (state.creds) until a save is made
+        self.creds: Any = state.creds
+        self._creds_unsaved = False  # a save is due (a pre-key upload, or a failed save)
         self._next_reload = time.monotonic() + config.cache_reload_interval_ms / 1000
         self._expiry_reported = False
         self.last_db_error = ""
@@ -1270,7 +1321,7 @@ class Service:
             if self.state.on_cache:
                 loaded = self._cache_tick()
                 if loaded is not None:  # back on PostgreSQL: traffic goes on from its keys
-                    traffic = Traffic(self.config.write_seed, self.journal.seq, loaded)
+                    traffic = self._traffic_after_load(traffic, loaded)
                     pending = None
                 if self.stop.is_set():
                     break
@@ -1288,13 +1339,19 @@ class Service:
                     self._next_reload = 0.0
                     loaded = self._cache_tick()
                     if loaded is not None:
-                        traffic = Traffic(self.config.write_seed, self.journal.seq, loaded)
+                        traffic = self._traffic_after_load(traffic, loaded)
                         pending = None
                 else:
                     pending = self._write_tick(traffic, pending)
                     self._maybe_save_creds()
             next_at = max(next_at + interval, time.monotonic())
             self.stop.wait(next_at - time.monotonic())
+
+    def _traffic_after_load(self, traffic: Traffic, keys: KeyMap) -> Traffic:
+        """The stream once the keys were loaded (leaving cache mode): from those keys and the
+        loaded creds' ``nextPreKeyId``, never below an id this run already issued."""
+        floor = max(next_pre_key_id(self.creds) or 0, traffic.next_pre_key)
+        return Traffic(self.config.write_seed, self.journal.seq, keys, floor)
 
     def _write_tick(
         self, traffic: Traffic, pending: list[KeyWrite] | None
@@ -1330,6 +1387,7 @@ class Service:
                 ) from None
             self.state.apply(acknowledged, at, entries[-1].seq)
             traffic.applied(acknowledged)
+            self._after_acknowledged(acknowledged)
         return left
 
     def _failed(self, reason: str) -> None:
@@ -1350,12 +1408,33 @@ class Service:
             self._fail_streak = 0
 
     # --- creds saves, key reads and the creds cache ---------------------------------------------
+    def _after_acknowledged(self, writes: Sequence[KeyWrite]) -> None:
+        """Baileys after the ``keys.set`` of a pre-key upload: ``nextPreKeyId`` and
+        ``firstUnuploadedPreKeyId`` move past the new pre-keys and the creds are saved
+        (``creds.update``). A save that failed before is made again here."""
+        moved = creds_after_pre_keys(self.creds, writes)
+        if moved is not None:
+            self.creds = moved
+            if self.config.pre_key_creds_save:
+                self._creds_unsaved = True
+        if self._creds_unsaved:
+            self._save_creds()
+
     def _maybe_save_creds(self) -> None:
-        """Save the creds when a save is due (``CREDS_SAVE_INTERVAL_MS``), as Baileys does on
-        ``creds.update``; skipped (and counted) while serving from the cache."""
+        """Save the creds when a periodic save is due (``CREDS_SAVE_INTERVAL_MS``), as Baileys
+        does on ``creds.update``."""
         if self.config.creds_save_interval_ms <= 0 or time.monotonic() < self._next_save:
             return
         self._next_save = time.monotonic() + self.config.creds_save_interval_ms / 1000
+        if not self.state.on_cache:
+            self.creds = _updated_creds(self.creds)
+        self._save_creds()
+
+    def _save_creds(self) -> None:
+        """Save the creds held in memory through the backend in use (``creds.json`` or the
+        creds row), counted and cached; skipped (and counted) while serving from the cache; a
+        failed save is counted and made again after the next acknowledged write."""
+        self._creds_unsaved = False
         if self.state.on_cache:
             skipped = self.state.skipped_save()
             if self._skipped_log.due():
@@ -1365,14 +1444,15 @@ class Service:
                     skipped,
                 )
             return
-        creds = _updated_creds(self.state.creds)
+        creds = self.creds
         try:
             self.backend.save_creds(creds)
         except CredsSaveFailed as exc:
+            self._creds_unsaved = True
             self.state.creds_save_failed()
             if self._save_failed_log.due():
                 log.warning(
-                    "[auth] creds save failed, retrying at the next update: %s",
+                    "[auth] creds save failed, retrying after the next acknowledged write: %s",
                     self.redactor.text(str(exc)),
                 )
             return
@@ -1441,6 +1521,7 @@ class Service:
 
     def _leave_cache(self, creds: Any, keys: KeyMap) -> None:
         self._store_in_cache(creds, "load")  # first: health never shows the old entry's age
+        self.creds, self._creds_unsaved = creds, False
         duration = self.state.leave_cache(creds, keys)
         self._expiry_reported = False
         log.info(
@@ -1616,7 +1697,7 @@ def _start(cwd: Path) -> Service | int:
         service._store_in_cache(creds, "load")
         log.info(CONNECTION_OPEN_LINE.format(keys=len(keys)))
         service.start_http()
-        service.start_traffic(Traffic(config.write_seed, journal.seq, keys))
+        service.start_traffic(Traffic(config.write_seed, journal.seq, keys, next_pre_key_id(creds)))
         service.start_readers()
         return service
     except (ResilienceError, OSError) as exc:
@@ -1678,7 +1759,7 @@ def _start_on_cache(
         service.report_serving(age, f"{entry.source} copy from the last good {entry.origin}")
     else:
         service.report_expired()
-    service.start_traffic(Traffic(config.write_seed, journal.seq, {}))
+    service.start_traffic(Traffic(config.write_seed, journal.seq, {}, next_pre_key_id(entry.creds)))
     return service
 
 

@@ -7,9 +7,15 @@ sender-key-memory, app-state-sync keys (base64 ids with ``/`` and ``+``), app-st
 lid-mapping pairs (``<pn>`` and ``<lid>_reverse``), types this project does not model
 (``device-list``, ``tctoken``), and deletions by ``None``.
 
-The stream depends only on the seed, the starting sequence number and the keys held at start, and
-on which batches were acknowledged: :meth:`Traffic.next_batch` is called again only after
-:meth:`Traffic.applied`, so a failed batch is retried unchanged.
+Pre-key ids are issued as Baileys issues them: upwards from the creds' ``nextPreKeyId`` (from the
+highest pre-key id held plus one when the creds lack it or it is behind that id), never twice by
+one :class:`Traffic`. Once a batch issuing pre-keys was acknowledged, Baileys moves
+``nextPreKeyId`` and ``firstUnuploadedPreKeyId`` past them and saves its creds
+(``creds.update``): :func:`creds_after_pre_keys` gives those creds.
+
+The stream depends only on the seed, the starting sequence number, the keys held at start and the
+creds' ``nextPreKeyId`` then, and on which batches were acknowledged: :meth:`Traffic.next_batch`
+is called again only after :meth:`Traffic.applied`, so a failed batch is retried unchanged.
 """
 
 from __future__ import annotations
@@ -49,6 +55,37 @@ class KeyWrite:
         return self.key_type, self.key_id
 
 
+def _pre_key_number(key_id: str) -> int | None:
+    """A pre-key id as Baileys numbers them (None for an id that is not a number)."""
+    return int(key_id) if key_id.isascii() and key_id.isdigit() and len(key_id) < 10 else None
+
+
+def creds_after_pre_keys(creds: Any, writes: Iterable[KeyWrite]) -> Any | None:
+    """The creds once Baileys uploaded the pre-keys ``writes`` issue (``creds.update`` of
+    ``uploadPreKeys``): ``nextPreKeyId`` and ``firstUnuploadedPreKeyId`` past the highest of
+    them, never moved back; None when ``writes`` issue no pre-key (or the creds are no object)."""
+    issued = [
+        number
+        for write in writes
+        if write.key_type == "pre-key"
+        and not write.deleted
+        and (number := _pre_key_number(write.key_id)) is not None
+    ]
+    if not issued or not isinstance(creds, dict):
+        return None
+    past = max(issued) + 1
+
+    def counter(name: str) -> int:
+        value = creds.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    return {
+        **creds,
+        "nextPreKeyId": max(past, counter("nextPreKeyId")),
+        "firstUnuploadedPreKeyId": max(past, counter("firstUnuploadedPreKeyId")),
+    }
+
+
 class _IdPool:
     """Ids of one key type currently held, with deterministic O(1) random pick and removal."""
 
@@ -81,15 +118,21 @@ class Traffic:
     """The write stream; see the module docstring."""
 
     def __init__(
-        self, seed: str, start_seq: int, keys: Iterable[tuple[str, str]] | Mapping[Any, Any]
+        self,
+        seed: str,
+        start_seq: int,
+        keys: Iterable[tuple[str, str]] | Mapping[Any, Any],
+        next_pre_key_id: int | None = None,
     ) -> None:
+        """``next_pre_key_id``: the creds' ``nextPreKeyId`` (None: the creds lack it)."""
         self.rng = random.Random(f"standin:{seed}:{start_seq}")
         by_type: dict[str, list[str]] = {}
         for key_type, key_id in keys:
             by_type.setdefault(key_type, []).append(key_id)
         self.pools: dict[str, _IdPool] = {t: _IdPool(ids) for t, ids in by_type.items()}
-        numeric = [int(i) for i in by_type.get("pre-key", []) if i.isdigit() and len(i) < 10]
-        self.next_pre_key = max(numeric, default=0) + 1
+        numeric = [_pre_key_number(i) for i in by_type.get("pre-key", [])]
+        past_held = max((n for n in numeric if n is not None), default=0) + 1
+        self.next_pre_key = max(past_held, next_pre_key_id or 0)
         self._ops: tuple[tuple[Callable[[], list[KeyWrite]], int], ...] = (
             (self._session_update, 28),
             (self._pre_key_rotation, 15),
@@ -126,8 +169,9 @@ class Traffic:
                 pool.remove(write.key_id)
             else:
                 pool.add(write.key_id)
-            if write.key_type == "pre-key" and write.key_id.isdigit() and len(write.key_id) < 10:
-                self.next_pre_key = max(self.next_pre_key, int(write.key_id) + 1)
+            number = _pre_key_number(write.key_id) if write.key_type == "pre-key" else None
+            if number is not None:
+                self.next_pre_key = max(self.next_pre_key, number + 1)
 
     # --- ids -----------------------------------------------------------------------------------
 

@@ -64,8 +64,8 @@ from resilience.drill.report import DrillReport
 from resilience.drill.service import ServiceUnderTest
 from resilience.drill.stack.local import LocalStack
 from resilience.drill.standin.deploy import backup_settings, standin_on_stack
+from resilience.files import snapshot
 from resilience.infra.waiting import wait_until
-from resilience.restore import snapshot
 from resilience.runs.journal import Journal, Phase
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -39,11 +39,11 @@ from resilience.drill.mirror import fresh_position, mirror_log, mirror_under_pm2
 from resilience.drill.report import DrillReport
 from resilience.drill.service import ServiceUnderTest
 from resilience.drill.standin.writelog import WriteEntry
+from resilience.files import snapshot
+from resilience.files.importer import read_directory
 from resilience.infra.pm2 import Pm2App
 from resilience.infra.waiting import wait_until
 from resilience.mirror.position import Position, read_position
-from resilience.restore import snapshot
-from resilience.restore.importer import read_directory
 
 from .conftest import SEEDED_KEYS
 from .test_rollback import (

@@ -43,9 +43,10 @@ from resilience.drill.service import ServiceUnderTest
 from resilience.drill.standin.writelog import WriteEntry
 from resilience.drill.switches import read_run, record_switch
 from resilience.errors import DataError, LockHeld
+from resilience.files import importer
 from resilience.infra.fsutil import atomic_write
 from resilience.infra.waiting import wait_until
-from resilience.restore import commands, importer
+from resilience.restore import commands
 from resilience.restore.runner import StepFailed
 from resilience.restore.state import SwitchState
 from resilience.restore.target import make_target

@@ -98,7 +98,7 @@ def _age(seconds: float) -> str:
 
 def _database(settings: Settings) -> list[Finding]:
     from resilience.authstate.pgstore import connect
-    from resilience.restore.export import estimate_from_stored
+    from resilience.files.export import estimate_from_stored
 
     if settings.service_dsn is None:
         return [
@@ -617,7 +617,7 @@ def _git(settings: Settings) -> list[Finding]:
 
 
 def _snapshot(settings: Settings) -> list[Finding]:
-    from resilience.restore.snapshot import newest_snapshot
+    from resilience.files.snapshot import newest_snapshot
 
     snap = newest_snapshot(settings.snapshot_dir, settings.company_id)
     fix = f"`{cmd('restore.snapshot')}`; `{cmd('schedule.install')}` runs it every 15 min"

@@ -457,3 +457,10 @@ def settings_as_env(settings: Settings, names: Iterable[str] | None = None) -> d
         text = str(value).lower() if isinstance(value, bool) else str(value)
         out[ENV_PREFIX + name.upper()] = text
     return out
+
+
+def service_dsn(settings: Settings) -> str:
+    """The DSN the service uses (a secret: redact before showing); ConfigError when unset."""
+    if settings.service_dsn is None:
+        raise ConfigError("set RESILIENCE_SERVICE_DSN (the DSN the service uses)")
+    return settings.service_dsn.get_secret_value()

@@ -106,8 +106,8 @@ def _switch_run(settings: Settings, company_id: str) -> dict[str, Any] | None:
 
 
 def service_status(settings: Settings, company_id: str | None = None) -> dict[str, Any]:
+    from resilience.files.merge import InstalledBase
     from resilience.infra.oplock import current_holder
-    from resilience.restore.merge import InstalledBase
     from resilience.restore.state import SwitchState
     from resilience.restore.target import STATE_FILE
 

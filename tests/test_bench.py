@@ -24,7 +24,7 @@ from resilience.authstate.pgstore import Conn, PgAuthStore, connect
 from resilience.drill.bench import bench_restore
 from resilience.drill.stack import Stack
 from resilience.errors import InputError, VerificationError
-from resilience.restore.export import ExportResult
+from resilience.files.export import ExportResult
 
 SIZES = (50, 200)
 

@@ -24,10 +24,10 @@ from resilience.config import Settings, load_settings
 from resilience.diagnose.integrity import check_integrity
 from resilience.drill.stack import Stack
 from resilience.errors import InputError
+from resilience.files.export import export_company
+from resilience.files.importer import import_company
 from resilience.maintenance import legacy
 from resilience.maintenance.bufferform import counted, rewrite_buffer_form, rewrite_company
-from resilience.restore.export import export_company
-from resilience.restore.importer import import_company
 from tasks import cleanup as cleanup_tasks
 
 pytestmark = pytest.mark.stack

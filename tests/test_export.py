@@ -25,16 +25,16 @@ from resilience.authstate.pgstore import Conn, CredsRow, PgAuthStore, connect
 from resilience.authstate.view import digest_of_keys, view_of
 from resilience.drill.stack import Stack
 from resilience.errors import DataError, InputError, VerificationError
-from resilience.restore import export as export_module
-from resilience.restore.export import (
+from resilience.files import export as export_module
+from resilience.files.export import (
     CompanyFailure,
     estimate_export_bytes,
     export_all,
     export_company,
     free_space_ok,
 )
-from resilience.restore.importer import import_company, map_directory
-from resilience.restore.manifest import MANIFEST_FILE, read_manifest
+from resilience.files.importer import import_company, map_directory
+from resilience.files.manifest import MANIFEST_FILE, read_manifest
 
 pytestmark = pytest.mark.stack
 
@@ -569,7 +569,7 @@ def test_parallel_exports_into_a_new_root_all_succeed(tmp_path: Path) -> None:
     directory for "exists and is not a directory" (a 500-company bench run failed so)."""
     import threading
 
-    from resilience.restore.staging import ensure_root
+    from resilience.files.staging import ensure_root
 
     for attempt in range(40):
         root = tmp_path / f"new-{attempt}" / "root"

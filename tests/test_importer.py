@@ -19,8 +19,8 @@ from resilience.authstate.pgstore import Conn, PgAuthStore, connect
 from resilience.authstate.view import digest_of_keys, view_of
 from resilience.drill.stack import Stack
 from resilience.errors import DatabaseError, DataError, InputError, VerificationError
-from resilience.restore.export import export_company
-from resilience.restore.importer import import_company, map_directory
+from resilience.files.export import export_company
+from resilience.files.importer import import_company, map_directory
 
 pytestmark = pytest.mark.stack
 

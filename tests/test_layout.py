@@ -55,8 +55,8 @@ def test_one_home_per_building_block() -> None:
     assert _defined("wait_until") == ["resilience/infra/waiting.py"]
     assert _defined("atomic_write") == ["resilience/infra/fsutil.py"]
     assert _defined("Journal") == ["resilience/runs/journal.py"]
-    assert _defined("Manifest") == ["resilience/restore/manifest.py"]
-    assert _defined("stage_and_swap") == ["resilience/restore/staging.py"]
+    assert _defined("Manifest") == ["resilience/files/manifest.py"]
+    assert _defined("stage_and_swap") == ["resilience/files/staging.py"]
     assert _defined("read_transaction") == ["resilience/authstate/pgstore.py"]
 
 
@@ -82,3 +82,37 @@ def test_no_bare_sleep_loops_in_the_library() -> None:
 def test_one_home_for_the_first_line_of_an_error() -> None:
     assert _defined("first_line") == ["resilience/errors.py"]
     assert _defined("_first_line") == []
+
+
+def _package_graph() -> dict[str, set[str]]:
+    """Which packages of the library import which (the drill rig left out)."""
+    packages = {p.name for p in LIBRARY.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    packages.discard(RIG.name)
+    graph: dict[str, set[str]] = {name: set() for name in packages}
+    for path in _library_files():
+        source = path.relative_to(LIBRARY).parts[0]
+        if source not in packages:
+            continue
+        for module in _imports(path):
+            parts = module.split(".")
+            if parts[0] == "resilience" and len(parts) > 1 and parts[1] in packages - {source}:
+                graph[source].add(parts[1])
+    return graph
+
+
+def test_no_import_cycle_between_packages() -> None:
+    graph = _package_graph()
+
+    def reach(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = [start]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    assert {(a, b) for a in graph for b in graph[a] if a in reach(b)} == set()
+    # the file side is used by the switch, backups, the mirror and maintenance, never the reverse
+    assert graph["files"] <= {"authstate", "infra"}
+    assert "restore" not in graph["backup"] | graph["maintenance"] | graph["mirror"]

@@ -1,4 +1,4 @@
-"""The way back's three-way merge (resilience.restore.merge): base, directory, PostgreSQL."""
+"""The way back's three-way merge (resilience.files.merge): base, directory, PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resilience.errors import DataError
-from resilience.restore.merge import (
+from resilience.files.merge import (
     InstalledBase,
     Side,
     base_path,

@@ -25,6 +25,9 @@ from resilience.authstate.view import view_of
 from resilience.config import Settings
 from resilience.drill.stack import Stack
 from resilience.errors import ConfigError, DatabaseError
+from resilience.files.importer import read_directory
+from resilience.files.manifest import read_manifest
+from resilience.files.snapshot import install_snapshot
 from resilience.mirror import feed
 from resilience.mirror import mirror as mirror_module
 from resilience.mirror.commands import change_feed, mirror_status
@@ -35,9 +38,6 @@ from resilience.mirror.position import read_position
 from resilience.monitoring.monitor import Monitor
 from resilience.monitoring.rules import Observed, evaluate
 from resilience.monitoring.server import MonitorCollector
-from resilience.restore.importer import read_directory
-from resilience.restore.manifest import read_manifest
-from resilience.restore.snapshot import install_snapshot
 
 pytestmark = pytest.mark.stack
 

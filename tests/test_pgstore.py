@@ -20,8 +20,8 @@ from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.drill.stack import Stack
 from resilience.errors import DataError, InputError
+from resilience.files.export import export_company
 from resilience.infra.pgpeer import PeerVerdict, probe_peer, tcp_target
-from resilience.restore.export import export_company
 
 pytestmark = pytest.mark.stack
 

@@ -26,11 +26,11 @@ from resilience.errors import (
     LockHeld,
     ResilienceError,
 )
+from resilience.files.export import export_company
 from resilience.infra.fsutil import atomic_write
 from resilience.maintenance.cleanup import cleanup_keys
 from resilience.maintenance.legacy import cleanup_legacy
 from resilience.restore import commands
-from resilience.restore.export import export_company
 from resilience.restore.preflight import Direction
 from resilience.restore.switch import run_switch
 from resilience.restore.target import Target

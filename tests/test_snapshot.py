@@ -18,10 +18,10 @@ from resilience.authstate.naming import CREDS_FILE, company_dir_name
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.errors import DataError, InputError, VerificationError
-from resilience.restore.export import export_company
-from resilience.restore.importer import read_directory
-from resilience.restore.manifest import MANIFEST_FILE
-from resilience.restore.snapshot import (
+from resilience.files.export import export_company
+from resilience.files.importer import read_directory
+from resilience.files.manifest import MANIFEST_FILE
+from resilience.files.snapshot import (
     SNAPSHOT_FILE,
     Snapshot,
     install_snapshot,

@@ -14,8 +14,8 @@ import pytest
 from task_runner import run_task
 
 from resilience.config import Settings
+from resilience.files.merge import record_base
 from resilience.infra.oplock import company_lock
-from resilience.restore.merge import record_base
 from resilience.restore.state import SwitchState
 from resilience.restore.target import STATE_FILE
 from resilience.runs.journal import Journal

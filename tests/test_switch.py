@@ -36,9 +36,10 @@ from resilience.drill.service import ServiceUnderTest
 from resilience.drill.stack import Stack
 from resilience.drill.standin.deploy import standin_on_stack
 from resilience.errors import InputError, VerificationError
+from resilience.files import snapshot
+from resilience.files.export import export_company
 from resilience.infra.waiting import wait_until
-from resilience.restore import commands, snapshot
-from resilience.restore.export import export_company
+from resilience.restore import commands
 from resilience.restore.runner import RunResult, StepFailed, StepResult
 from resilience.restore.state import SwitchState
 from resilience.restore.switch import (

@@ -33,13 +33,12 @@ from resilience.backup import dump as pgdump
 from resilience.backup.catalog import list_region
 from resilience.backup.manifest import BackupManifest
 from resilience.backup.verify import compare, download_checked, restore_dsn, scratch_database
-from resilience.config import Settings, validate_company_id
+from resilience.config import Settings, service_dsn, validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError
 from resilience.infra.oplock import operation_lock
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 from resilience.infra.s3 import RegionStore, StorageError, regions_from_settings
-from resilience.restore.target import service_dsn
 from resilience.runs.record import recorded_run
 
 Progress = Callable[[str], None]

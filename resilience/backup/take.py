@@ -29,11 +29,10 @@ from resilience.authstate.view import view_of
 from resilience.backup import dump as pgdump
 from resilience.backup.catalog import Spool, list_region, upload_backup
 from resilience.backup.manifest import BackupManifest, CompanyDigest, Kind, new_id
-from resilience.config import Settings
+from resilience.config import Settings, service_dsn
 from resilience.errors import PartialFailure, ResilienceError
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.s3 import RegionStore, StorageError, regions_from_settings, sha256_file
-from resilience.restore.target import service_dsn
 from resilience.runs.record import recorded_run
 
 Progress = Callable[[str], None]

@@ -14,8 +14,8 @@ from resilience.backup.catalog import list_region
 from resilience.backup.manifest import BackupManifest
 from resilience.config import Settings
 from resilience.errors import ConfigError, ResilienceError
+from resilience.files.snapshot import newest_snapshot
 from resilience.infra.s3 import regions_from_settings
-from resilience.restore.snapshot import newest_snapshot
 
 
 @dataclass

@@ -35,10 +35,9 @@ from resilience.authstate.bufferform import (
     in_form,
 )
 from resilience.authstate.pgstore import Conn, connect, database_errors
-from resilience.config import BufferFormSetting, Settings, validate_company_id
+from resilience.config import BufferFormSetting, Settings, service_dsn, validate_company_id
 from resilience.errors import DatabaseError, InputError, PartialFailure, ResilienceError
 from resilience.maintenance.cleanup import database_failure
-from resilience.restore.target import service_dsn
 from resilience.runs.record import recorded_run
 
 Progress = Callable[[str], None]

@@ -43,7 +43,7 @@ from resilience.authstate.pgstore import (
     connect,
     database_errors,
 )
-from resilience.config import Settings, validate_company_id
+from resilience.config import Settings, service_dsn, validate_company_id
 from resilience.errors import (
     DatabaseError,
     DatabaseUnreachable,
@@ -59,7 +59,6 @@ from resilience.maintenance.expiry import (
     count_expired,
     database_now,
 )
-from resilience.restore.target import service_dsn
 from resilience.runs.journal import Journal
 from resilience.runs.record import recorded_run
 

@@ -40,11 +40,10 @@ from resilience.authstate.pgstore import (
     read_transaction,
 )
 from resilience.authstate.view import baileys_ref
-from resilience.config import BufferFormSetting, Settings, validate_company_id
+from resilience.config import BufferFormSetting, Settings, service_dsn, validate_company_id
 from resilience.errors import DatabaseError, PartialFailure, ResilienceError
 from resilience.infra.oplock import operation_lock
 from resilience.maintenance.cleanup import database_failure
-from resilience.restore.target import service_dsn
 from resilience.runs.record import recorded_run
 
 Progress = Callable[[str], None]

@@ -17,9 +17,9 @@ from typing import Any
 
 from resilience.config import Settings, validate_company_id
 from resilience.errors import DataError, StackError
+from resilience.files.snapshot import CompanyEntry, Snapshot
 from resilience.infra.pm2 import Pm2
 from resilience.mirror.position import Position, read_position
-from resilience.restore.snapshot import CompanyEntry, Snapshot
 
 log = logging.getLogger(__name__)
 

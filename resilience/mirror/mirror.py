@@ -1,6 +1,6 @@
 """The mirror: one Baileys directory per company under ``mirror_dir``, current with PostgreSQL.
 
-It starts from the full export (:func:`~resilience.restore.export.export_company`, manifest
+It starts from the full export (:func:`~resilience.files.export.export_company`, manifest
 included) or, after a restart, from its own directories when their digests match the position
 it last recorded; then it follows the change feed (:mod:`.feed`). One cycle:
 
@@ -62,13 +62,13 @@ from resilience.authstate.pgstore import Conn, PgAuthStore, connect, read_transa
 from resilience.authstate.view import CompanyView, baileys_ref, view_of
 from resilience.config import Settings, validate_company_id
 from resilience.errors import DatabaseError, DataError, InputError, ResilienceError, first_line
+from resilience.files.export import export_company
+from resilience.files.importer import read_directory
+from resilience.files.manifest import Manifest
+from resilience.files.staging import ensure_root
 from resilience.infra.redact import Redactor, redact_dsn
 from resilience.mirror import feed
 from resilience.mirror.position import Position, read_position, write_position
-from resilience.restore.export import export_company
-from resilience.restore.importer import read_directory
-from resilience.restore.manifest import Manifest
-from resilience.restore.staging import ensure_root
 
 log = logging.getLogger(__name__)
 

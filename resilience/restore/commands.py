@@ -15,25 +15,20 @@ from typing import Any
 
 from resilience.alerting.channels import notify
 from resilience.authstate.pgstore import PgAuthStore, connect
-from resilience.config import Settings, validate_company_id
+from resilience.config import Settings, service_dsn, validate_company_id
 from resilience.errors import DataError, InputError, PartialFailure, ResilienceError
+from resilience.files.export import CompanyFailure, ExportBatch, export_all
+from resilience.files.parallel import StorePool, per_company
+from resilience.files.snapshot import Snapshot, prepare_standby, take_snapshot
 from resilience.infra.oplock import company_lock, operation_lock
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
-from resilience.restore.export import CompanyFailure, ExportBatch, export_all
-from resilience.restore.parallel import StorePool, per_company
 from resilience.restore.preflight import Direction, Preflight
 from resilience.restore.runner import StepFailed
 from resilience.restore.session import Events, SwitchOptions, SwitchSession
-from resilience.restore.snapshot import Snapshot, prepare_standby, take_snapshot
 from resilience.restore.switch import SwitchOutcome
 from resilience.restore.switch import switch as run_session
-from resilience.restore.target import (
-    file_mode_evidence,
-    make_target,
-    same_directory,
-    service_dsn,
-)
+from resilience.restore.target import file_mode_evidence, make_target, same_directory
 from resilience.restore.tenants import tenant_settings
 from resilience.runs.record import recorded_run
 
@@ -353,7 +348,7 @@ def snapshot(
 
 def _standby_for_service(settings: Settings, taken: Snapshot) -> dict[str, Any] | None:
     """The standby copy of the service's company (``RESILIENCE_COMPANY_ID``) beside its
-    directory (:func:`~resilience.restore.snapshot.prepare_standby`), when the settings name
+    directory (:func:`~resilience.files.snapshot.prepare_standby`), when the settings name
     that directory and the snapshot holds the company; None otherwise. A standby that cannot
     be written is reported, not raised: the snapshot itself is what counts, and an install
     without a standby copies the files instead."""

@@ -29,10 +29,10 @@ from resilience.errors import (
     ResilienceError,
     StackError,
 )
+from resilience.files import export as export_mod
+from resilience.files import importer, snapshot
+from resilience.files.merge import InstalledBase
 from resilience.mirror.fallback import mirror_fallback
-from resilience.restore import export as export_mod
-from resilience.restore import importer, snapshot
-from resilience.restore.merge import InstalledBase
 from resilience.restore.state import SwitchState
 from resilience.restore.target import Target
 from resilience.service import envfile, gitref

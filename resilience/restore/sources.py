@@ -20,10 +20,10 @@ from typing import Any, Protocol
 from resilience.authstate.fingerprint import creds_fingerprint, next_pre_key_id
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.errors import DataError, InputError, VerificationError
+from resilience.files import export as export_mod
+from resilience.files import importer, snapshot
 from resilience.infra.redact import redact_dsn
 from resilience.mirror.fallback import mirror_fallback, stop_mirror_process
-from resilience.restore import export as export_mod
-from resilience.restore import importer, snapshot
 from resilience.restore.preflight import Preflight
 from resilience.restore.session import SwitchSession
 from resilience.restore.state import SwitchState

@@ -35,11 +35,11 @@ from resilience.errors import (
     InputError,
     ResilienceError,
 )
+from resilience.files import export as export_mod
+from resilience.files import importer
+from resilience.files.merge import InstalledBase, base_path, record_base, remove_base
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
-from resilience.restore import export as export_mod
-from resilience.restore import importer
-from resilience.restore.merge import InstalledBase, base_path, record_base, remove_base
 from resilience.restore.preflight import Direction, Preflight, preflight
 from resilience.restore.runner import Details, Runner, RunResult, Step, UndoHalted
 from resilience.restore.session import Events, SwitchOptions, SwitchSession

@@ -13,19 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resilience.authstate.naming import company_dir_name
-from resilience.config import Settings, validate_company_id
+from resilience.config import Settings, service_dsn, validate_company_id
 from resilience.errors import ConfigError, ResilienceError
 from resilience.infra.pm2 import Pm2, pm2_for
 from resilience.service import envfile
 
 STATE_FILE = ".restore-state.json"
-
-
-def service_dsn(settings: Settings) -> str:
-    """The DSN the service uses (a secret: redact before showing)."""
-    if settings.service_dsn is None:
-        raise ConfigError("set RESILIENCE_SERVICE_DSN (the DSN the service uses)")
-    return settings.service_dsn.get_secret_value()
 
 
 @dataclass

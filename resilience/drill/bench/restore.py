@@ -5,12 +5,12 @@ For every size a fresh company is seeded through :meth:`PgAuthStore.insert_raw` 
 run, under a company id of its own), then, ``repeat`` times each and side by side (the
 order of the pair alternates from one repetition to the next, so drift hits both alike):
 
-- **export**: :func:`~resilience.restore.export.export_company` into a fresh directory;
+- **export**: :func:`~resilience.files.export.export_company` into a fresh directory;
 - **raw export**: ``COPY (SELECT ...) TO STDOUT`` of the same creds and key rows, in the same
   kind of read-only snapshot, plus writing the very bytes the export wrote (read back from a
   first export before timing) to files of a fresh staging directory under the same durability
   policy (:data:`DURABILITY`), renamed into place;
-- **import**: :func:`~resilience.restore.importer.import_company` of the exported directory into
+- **import**: :func:`~resilience.files.importer.import_company` of the exported directory into
   the company emptied beforehand (not timed);
 - **import over the rows** (no raw twin, no target; its ratio is against the raw import): the
   same import into the company that still holds those rows, as when the service switches back
@@ -64,16 +64,16 @@ from resilience.authstate.pgstore import (
 from resilience.authstate.view import view_of
 from resilience.drill.bench import measure, rss_probe
 from resilience.errors import InputError, ResilienceError, VerificationError
-from resilience.infra.fsutil import fsync_dir
-from resilience.restore.export import (
+from resilience.files.export import (
     BLOCK_BYTES,
     ExportBatch,
     export_all,
     export_company,
     free_space_ok,
 )
-from resilience.restore.importer import import_company, read_directory
-from resilience.restore.parallel import StorePool
+from resilience.files.importer import import_company, read_directory
+from resilience.files.parallel import StorePool
+from resilience.infra.fsutil import fsync_dir
 
 DEFAULT_SIZES: tuple[int, ...] = (1313, 10_000, 100_000)
 DEFAULT_REPEAT = 3

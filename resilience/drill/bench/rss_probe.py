@@ -21,8 +21,8 @@ from typing import Any
 
 from resilience.authstate.pgstore import PgAuthStore, connect
 from resilience.errors import VerificationError
-from resilience.restore.export import export_all
-from resilience.restore.parallel import StorePool
+from resilience.files.export import export_all
+from resilience.files.parallel import StorePool
 
 DSN_VARIABLE = "RESILIENCE_BENCH_DSN"
 

@@ -30,8 +30,8 @@ from resilience.drill.service import ServiceUnderTest
 from resilience.drill.stack.base import Stack
 from resilience.drill.standin.deploy import standin_on_stack
 from resilience.errors import VerificationError
+from resilience.files import export as export_mod
 from resilience.infra.waiting import wait_until
-from resilience.restore import export as export_mod
 from resilience.service import envfile
 from resilience.service.modes import FILE_MODE_FLAGS, POSTGRES_MODE_FLAGS
 

@@ -58,15 +58,15 @@ from resilience.authstate.pgstore import PgAuthStore, database_errors, read_tran
 from resilience.authstate.view import CompanyView, view_of
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError
-from resilience.infra.progress import NO_METERS, Meters
-from resilience.infra.waiting import wait_until
-from resilience.restore.manifest import Manifest, read_manifest
-from resilience.restore.merge import (
+from resilience.files.manifest import Manifest, read_manifest
+from resilience.files.merge import (
     InstalledBase,
     Side,
     plan_merge,
     pre_keys_issued_in_files,
 )
+from resilience.infra.progress import NO_METERS, Meters
+from resilience.infra.waiting import wait_until
 
 Ref = tuple[str, str]
 SHOWN_UNMAPPABLE = 10
@@ -410,7 +410,7 @@ def import_company(
     )
 
 
-# --- the way back as a three-way merge (resilience.restore.merge) ---------------------------------
+# --- the way back as a three-way merge (resilience.files.merge) ---------------------------------
 
 
 def _read_ours(

@@ -1,7 +1,7 @@
 """Scheduled exports kept on disk, for when PostgreSQL is already unreachable.
 
 A snapshot is ``<snapshots_dir>/<UTC %Y%m%dT%H%M%S%fZ>/`` holding one exported company directory
-per company (exactly what :func:`~resilience.restore.export.export_company` writes, manifest
+per company (exactly what :func:`~resilience.files.export.export_company` writes, manifest
 included) and a ``snapshot.json`` (time taken, source, key count and digest per company, and the
 companies that failed). It is built in ``<snapshots_dir>/.staging-<random>/`` and renamed into
 place, so a listed snapshot is always complete; only the newest ``keep`` are kept.
@@ -42,18 +42,18 @@ from resilience.authstate.naming import MANIFEST_FILE, company_dir_name, safe_pa
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError
-from resilience.infra.progress import NO_METERS, Meters
-from resilience.infra.redact import redact_dsn
-from resilience.restore.export import (
+from resilience.files.export import (
     CompanyFailure,
     ExportResult,
     companies_to_export,
     export_company,
     shown_company,
 )
-from resilience.restore.importer import DirectoryState, read_directory
-from resilience.restore.parallel import per_company
-from resilience.restore.staging import stage_and_swap, stage_new, sweep_stale, write_private
+from resilience.files.importer import DirectoryState, read_directory
+from resilience.files.parallel import per_company
+from resilience.files.staging import stage_and_swap, stage_new, sweep_stale, write_private
+from resilience.infra.progress import NO_METERS, Meters
+from resilience.infra.redact import redact_dsn
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +369,7 @@ def install_snapshot(
     standby of this very snapshot, every file is read once, checked against the manifest digest
     (and the digest recorded in ``snapshot.json``), and the very bytes checked are written,
     through the export's staging and swap (``set_aside``: see
-    :func:`~resilience.restore.staging.stage_and_swap`). A corrupt snapshot raises
+    :func:`~resilience.files.staging.stage_and_swap`). A corrupt snapshot raises
     :class:`VerificationError` and changes nothing.
     """
     started = time.monotonic()

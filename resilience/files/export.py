@@ -4,7 +4,7 @@ An export of company ``X`` into ``root`` ends as ``root/company_X/`` in Baileys'
 (``creds.json`` plus one ``<type>-<id>.json`` per key of the service's view, see
 :mod:`resilience.authstate.view`) with a ``manifest.json`` beside the files. The manifest records
 the exact ``(type, id)`` of every file: file names do not reverse (brief §3), so it is what makes
-the way back (:mod:`resilience.restore.importer`) exact.
+the way back (:mod:`resilience.files.importer`) exact.
 
 Nothing is written before every file name has been computed and checked, and nothing replaces the
 previous directory until the new one is complete:
@@ -63,11 +63,11 @@ from resilience.authstate.pgstore import CredsRow, PgAuthStore, read_transaction
 from resilience.authstate.view import CompanyView, baileys_ref, view_of
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError
+from resilience.files.manifest import Manifest, collision_to_dict
+from resilience.files.parallel import per_company
+from resilience.files.staging import stage_and_swap, write_private
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
-from resilience.restore.manifest import Manifest, collision_to_dict
-from resilience.restore.parallel import per_company
-from resilience.restore.staging import stage_and_swap, write_private
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class ExportResult:
     #: a snapshot install: "copy" (files written) or "standby" (renamed into place)
     installed_from: str | None = None
     #: file name -> key fingerprint of what was put in place, and the creds' fingerprint: the
-    #: base of the way back's merge (resilience.restore.merge); not in to_dict
+    #: base of the way back's merge (resilience.files.merge); not in to_dict
     fingerprints: dict[str, str] = field(default_factory=dict, repr=False)
     creds_print: str | None = None
     next_pre_key_id: int | None = None  # the creds' nextPreKeyId (pre-keys issued after it)
@@ -240,7 +240,7 @@ def export_company(
 
     ``source`` names where the data came from (a DSN is redacted again here). With
     ``set_aside`` the previous directory is left for the caller to remove (see
-    :func:`~resilience.restore.staging.stage_and_swap`). ``durable`` makes the staged
+    :func:`~resilience.files.staging.stage_and_swap`). ``durable`` makes the staged
     directory durable before the swap (a :class:`~resilience.authstate.filestore.SyncGroup`
     when several companies are exported at once). ``expected_rows`` (the company's key rows,
     when the caller knows) is the progress bar's total; with a bar and no total the rows are
@@ -432,7 +432,7 @@ def export_all(
 ) -> ExportBatch:
     """Export each company (every company in the database when None); each company directory
     is replaced atomically. With ``stores`` (a connection per worker, see
-    :class:`~resilience.restore.parallel.StorePool`) up to ``workers`` companies are exported at
+    :class:`~resilience.files.parallel.StorePool`) up to ``workers`` companies are exported at
     the same time; else one after another through ``store``.
 
     A :class:`~resilience.errors.ResilienceError` of one company is recorded in the batch's

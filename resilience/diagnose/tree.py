@@ -1,4 +1,4 @@
-"""The runbook's decision tree (brief §6), walked against the real deployment, read-only:
+"""The runbook's decision tree (docs/domain.md §6), walked against the real deployment, read-only:
 
 can we connect? no -> scenario 1 (a wrong DSN is configuration, exit 2, never scenario 1);
 yes -> are the auth tables there with rows? no -> 4; is a company's data partly missing

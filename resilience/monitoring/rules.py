@@ -1,4 +1,4 @@
-"""Alert rules: the thresholds of brief §7 (all settings) applied to one cycle's numbers.
+"""Alert rules: the thresholds of docs/domain.md §7 (all settings) applied to one cycle's numbers.
 
 A rule looks at the cycle and says what is true *now*: a :class:`Finding` per rule that fires,
 nothing for a rule that is fine. Whether that is news (fired, reminder, resolved) is decided in

@@ -11,7 +11,7 @@ from typing import Any
 from invoke.context import Context
 from invoke.tasks import task
 
-from tasks._run import ROOT, caller_path, operator_task
+from tasks._run import caller_path, launcher, operator_task
 
 
 @task(name="run", auto_shortflags=False)
@@ -61,13 +61,18 @@ def install(
     from resilience.mirror.commands import install_mirror
 
     plan = install_mirror(
-        load_settings(), ROOT, caller_path(ecosystem_file), caller_path(log_dir), dry_run=dry_run
+        load_settings(),
+        launcher(),
+        caller_path(ecosystem_file),
+        caller_path(log_dir),
+        dry_run=dry_run,
     )
 
     def human(console: Any, d: dict[str, Any]) -> None:
         verb = "would start" if d["dry_run"] else f"started ({d['status']}, pid {d['pid']})"
         console.print(f"mirror {d['app']} {verb} under PM2, into {d['mirror_dir']}")
         console.print(f"  ecosystem {d['ecosystem_file']}, log {d['log_file']}")
+        console.print(f"  runs: {d['command']}", markup=False)
 
     Output(json).result({"ok": True, **plan}, human)
 

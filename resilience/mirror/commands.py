@@ -13,6 +13,7 @@ from resilience.authstate.pgstore import connect
 from resilience.config import Settings
 from resilience.errors import DataError, ResilienceError
 from resilience.infra import daemon
+from resilience.infra.commandline import Launcher
 from resilience.infra.daemon import Daemon
 from resilience.infra.redact import Redactor, redact_dsn
 from resilience.mirror import feed
@@ -115,7 +116,10 @@ def mirror_daemon(settings: Settings) -> Daemon:
 
 
 def mirror_ecosystem(
-    settings: Settings, project: Path, log_dir: Path, env: Mapping[str, str] | None = None
+    settings: Settings,
+    project: Path | Launcher,
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The mirror as a PM2 app (:func:`resilience.infra.daemon.ecosystem`)."""
     return daemon.ecosystem(mirror_daemon(settings), project, log_dir, env)
@@ -123,7 +127,7 @@ def mirror_ecosystem(
 
 def install_mirror(
     settings: Settings,
-    project: Path,
+    project: Path | Launcher,
     ecosystem_file: Path,
     log_dir: Path,
     *,

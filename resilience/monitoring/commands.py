@@ -12,6 +12,7 @@ import httpx
 
 from resilience.config import Settings
 from resilience.infra import daemon
+from resilience.infra.commandline import Launcher
 from resilience.infra.daemon import Daemon
 from resilience.monitoring.monitor import EXIT_CODES, Monitor
 from resilience.monitoring.server import serve
@@ -105,7 +106,10 @@ def monitor_daemon(settings: Settings) -> Daemon:
 
 
 def monitor_ecosystem(
-    settings: Settings, project: Path, log_dir: Path, env: Mapping[str, str] | None = None
+    settings: Settings,
+    project: Path | Launcher,
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The monitor as a PM2 app (:func:`resilience.infra.daemon.ecosystem`)."""
     return daemon.ecosystem(monitor_daemon(settings), project, log_dir, env)
@@ -113,7 +117,7 @@ def monitor_ecosystem(
 
 def install_monitor(
     settings: Settings,
-    project: Path,
+    project: Path | Launcher,
     ecosystem_file: Path,
     log_dir: Path,
     *,

@@ -278,9 +278,10 @@ def run(c: Context, kind: str = "auto", json: bool = False) -> None:
 )
 @operator_task
 def list_(c: Context, region: str | None = None, json: bool = False) -> None:
-    """Every backup per region: kind, age, size, the last validation result; base backups
-    and the WAL range of point-in-time recovery beside them. A region that cannot be read is
-    listed as unreachable beside the others (exit 6)."""
+    """Every backup per region (kind, age, size, last validation), base backups and WAL range.
+
+    Base backups and the WAL range are those of point-in-time recovery. A region that cannot be
+    read is listed as unreachable beside the others (exit 6)."""
     from resilience.backup.listing import list_backups
     from resilience.config import load_settings
 
@@ -471,8 +472,9 @@ def wal_daemon(c: Context, passes: int | None = None) -> None:
 @task(auto_shortflags=False, help=JSON_HELP)
 @operator_task
 def base(c: Context, json: bool = False) -> None:
-    """(cron, daily) A base backup to every region with barman-cloud, then its retention
-    (recovery window, RESILIENCE_PITR_RECOVERY_WINDOW_DAYS)."""
+    """(cron, daily) A base backup to every region with barman-cloud, then its retention.
+
+    The retention keeps a recovery window of RESILIENCE_PITR_RECOVERY_WINDOW_DAYS days."""
     from resilience.backup.base import take_base_backup
     from resilience.config import load_settings
     from resilience.infra.output import Output

@@ -120,9 +120,11 @@ def _feed(action: str, dry_run: bool, json: bool) -> None:
 @task(auto_shortflags=False, help=FEED_HELP)
 @operator_task
 def feed_install(c: Context, dry_run: bool = False, json: bool = False) -> None:
-    """Install the change feed (change table, trigger functions, six statement triggers on the
-    auth tables) in one transaction; idempotent. Needs TRIGGER on the auth tables and CREATE
-    on their schema (a missing privilege is named; nothing is half installed)."""
+    """Install the change feed (a change table and six statement triggers) in one transaction.
+
+    The change table, its trigger functions and six statement triggers on the auth tables;
+    idempotent. Needs TRIGGER on the auth tables and CREATE on their schema (a missing
+    privilege is named; nothing is half installed)."""
     _feed("install", dry_run, json)
 
 
@@ -136,8 +138,9 @@ def feed_remove(c: Context, dry_run: bool = False, json: bool = False) -> None:
 @task(auto_shortflags=False, help={"json": "print the result as JSON"})
 @operator_task
 def status(c: Context, json: bool = False) -> None:
-    """The mirror's position, lag, state and repairs, and the feed's backlog; exit 1 when the
-    lag is over RESILIENCE_MIRROR_LAG_ALERT (or there is no position)."""
+    """The mirror's position, lag, state and repairs, and the feed's backlog.
+
+    Exit 1 when the lag is over RESILIENCE_MIRROR_LAG_ALERT (or there is no position)."""
     from invoke.exceptions import Exit
 
     from resilience.config import load_settings

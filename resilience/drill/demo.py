@@ -116,7 +116,7 @@ def write_settings_file(settings: Settings) -> Path:
     :func:`~resilience.config.load_settings` looks for them), mode 0600, atomically."""
     target = stack_settings_file()
     lines = [
-        "# Settings of the embedded stack, written by `invoke stack.up` (mode 0600: secrets).",
+        "# Settings of the embedded stack, written by `./run stack.up` (mode 0600: secrets).",
         "# Tasks read this file when it exists; `.env` and the environment override it.",
     ]
     lines += [f"{k}={v}" for k, v in settings_as_env(settings, SETTINGS_FILE_FIELDS).items()]

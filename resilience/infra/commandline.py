@@ -30,6 +30,11 @@ def operator_command(task: str) -> str:
     return f"{program} {task}"
 
 
+def installed_command() -> bool:
+    """Whether this process runs as the installed `baileys-resilience` (not `./run`)."""
+    return bool(os.environ.get(PROGRAM_VARIABLE))
+
+
 @dataclass(frozen=True)
 class Launcher:
     """How a job runs a task on this host: `program` in the directory `cwd`."""

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from resilience.config import Settings
+from resilience.infra.commandline import operator_command as cmd
 
 Severity = Literal["warning", "critical"]
 SEVERITY_RANK = {"ok": 0, "warning": 1, "critical": 2}
@@ -121,7 +122,7 @@ def evaluate(observed: Observed, settings: Settings) -> list[Finding]:
                 f"{expired} keys past expiry (expires_at passed; warn at "
                 f"{settings.keys_expired_warn}, critical at {settings.keys_expired_critical})"
                 + (f": {where}" if where else "")
-                + "; run `invoke cleanup.keys --expired`",
+                + f"; run `{cmd('cleanup.keys --expired')}`",
                 settings.keys_alert_cooldown,
             )
         )
@@ -134,7 +135,7 @@ def evaluate(observed: Observed, settings: Settings) -> list[Finding]:
                 "critical" if lag > 6 * settings.mirror_lag_alert or stuck else "warning",
                 f"the file mirror is {lag:.0f} s behind PostgreSQL (alert over "
                 f"{settings.mirror_lag_alert:g} s; state {observed.mirror_state}): a fallback "
-                "now would lose that much; `invoke mirror.status`",
+                f"now would lose that much; `{cmd('mirror.status')}`",
                 cooldown,
             )
         )

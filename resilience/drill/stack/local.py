@@ -120,7 +120,7 @@ class LocalStack(Stack):
             state = self._load_state()
             if state is None:
                 raise StackError(
-                    f"the local stack is not up (no {self.state_file}): run 'invoke stack.up'"
+                    f"the local stack is not up (no {self.state_file}): run './run stack.up'"
                 )
             self._endpoints = _endpoints_from(state["endpoints"])
         return self._endpoints
@@ -317,7 +317,7 @@ class LocalStack(Stack):
     def _require_cluster(self) -> PostgresCluster:
         state = self._load_state()
         if state is None or "postgres" not in state:
-            raise StackError("the local stack is not up: run 'invoke stack.up'")
+            raise StackError("the local stack is not up: run './run stack.up'")
         return self._cluster(state)
 
     def stop_postgres(self) -> None:

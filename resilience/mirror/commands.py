@@ -115,16 +115,6 @@ def mirror_daemon(settings: Settings) -> Daemon:
     return Daemon(settings.mirror_app, "mirror.run", "mirror.log")
 
 
-def mirror_ecosystem(
-    settings: Settings,
-    project: Path | Launcher,
-    log_dir: Path,
-    env: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """The mirror as a PM2 app (:func:`resilience.infra.daemon.ecosystem`)."""
-    return daemon.ecosystem(mirror_daemon(settings), project, log_dir, env)
-
-
 def install_mirror(
     settings: Settings,
     project: Path | Launcher,

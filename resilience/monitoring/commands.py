@@ -105,16 +105,6 @@ def monitor_daemon(settings: Settings) -> Daemon:
     return Daemon(settings.monitor_app, "monitor.run", "monitor.log")
 
 
-def monitor_ecosystem(
-    settings: Settings,
-    project: Path | Launcher,
-    log_dir: Path,
-    env: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """The monitor as a PM2 app (:func:`resilience.infra.daemon.ecosystem`)."""
-    return daemon.ecosystem(monitor_daemon(settings), project, log_dir, env)
-
-
 def install_monitor(
     settings: Settings,
     project: Path | Launcher,

@@ -1,6 +1,6 @@
 """Drill: PostgreSQL goes away and PM2 restarts the service in the middle of the outage; the creds
 cache carries it through, or, when the outage outlasts the cache's TTL, the service fails loudly
-(brief §8; §5: "cache survives an outage: 5 min, tested with a 3-minute outage").
+(docs/domain.md §8; §5: "cache survives an outage: 5 min, tested with a 3-minute outage").
 
 The stand-in runs under PM2 in PostgreSQL mode with its creds cache on disk
 (``CREDS_CACHE_DIR``), a TTL (``CREDS_CACHE_TTL_S``), Sentry (the stack's receiver) and periodic

@@ -4,7 +4,7 @@ got, what the monitor serves, and what a real browser shows.
 
 Steady state: the monitor reports ``ok``, no rule fires. Time is scaled (a window and cooldown
 of seconds instead of 5 minutes) through the monitor's own settings; thresholds are the
-brief's (500 ms, 3 slow queries, more than 5 waiting, 100 and 500 keys past expiry).
+docs/domain.md §7's (500 ms, 3 slow queries, more than 5 waiting, 100 and 500 keys past expiry).
 
 a) a 700 ms latency toxic on the service's path: slow-query warnings (Sentry) and one Telegram
    alert per cooldown window, then exactly one "resolved" once the toxic is gone;

@@ -688,12 +688,36 @@ def _start(job: _Job) -> threading.Thread:
     return thread
 
 
+#: What the checks import, imported before they start side by side: in a fresh process two
+#: threads importing modules that import each other (psycopg's, ours) can see one of them half
+#: initialised ("cannot import name ... from partially initialized module").
+_CHECK_MODULES = (
+    "psycopg",
+    "resilience.authstate.pgstore",
+    "resilience.files.export",
+    "resilience.backup.dump",
+    "resilience.backup.catalog",
+    "resilience.backup.listing",
+    "resilience.infra.s3",
+    "resilience.alerting.channels",
+    "resilience.infra.redact",
+    "resilience.infra.pm2",
+    "resilience.service.gitref",
+    "resilience.files.snapshot",
+    "resilience.maintenance.schedule",
+)
+
+
 def run_checks(
     settings: Settings, *, send_test: bool = False, timeout: float = CHECK_TIMEOUT
 ) -> CheckReport:
     """Every check, side by side, each bounded by `timeout` seconds."""
+    import importlib
+
     from resilience.errors import ConfigError
 
+    for module in _CHECK_MODULES:
+        importlib.import_module(module)
     began = time.monotonic()
     report = CheckReport([Finding("settings", "ok", "valid")])
     jobs = [

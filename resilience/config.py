@@ -40,7 +40,7 @@ S = TypeVar("S", bound="Settings")
 
 
 def validate_company_id(company_id: str) -> str:
-    """Return the id if it is a valid company id (brief §2), else raise InputError."""
+    """Return the id if it is a valid company id (docs/domain.md §2), else raise InputError."""
     if not isinstance(company_id, str) or not COMPANY_ID_RE.fullmatch(company_id):
         shown = company_id[:60] if isinstance(company_id, str) else type(company_id).__name__
         raise InputError(
@@ -173,7 +173,7 @@ class Settings(BaseSettings):
     cleanup_batch_size: int = Field(5000, ge=1)  # rows per delete transaction
     cleanup_lock_timeout_ms: int = Field(1000, ge=1)  # SET LOCAL lock_timeout of each batch
 
-    # --- monitoring (monitor.run, health; thresholds of brief §7) --------------------------------
+    # --- monitoring (monitor.run, health; thresholds of docs/domain.md §7) ------------------------
     metrics_url: str | None = None  # the service's Prometheus endpoint (docs/monitoring.md)
     monitor_dsn: SecretStr | None = None  # database side and key figures; default: service_dsn
     monitor_host: str = "127.0.0.1"

@@ -8,10 +8,13 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from invoke.context import Context
 from invoke.exceptions import Exit
+
+if TYPE_CHECKING:
+    from resilience.infra.commandline import Launcher
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Set by `./run` to the directory it was called from, before it changes into the project.
@@ -58,6 +61,14 @@ def error_document(exc: Any) -> dict[str, Any]:
         doc["run"] = run.to_dict()
     doc.update(exc.details or {})
     return doc
+
+
+def launcher() -> Launcher:
+    """How jobs run a task here (:class:`resilience.infra.commandline.Launcher`): the clone's
+    `./run`, or the installed command in the working directory."""
+    from resilience.infra.commandline import launcher as this_launcher
+
+    return this_launcher(ROOT)
 
 
 def caller_path(value: str) -> Path:

@@ -218,8 +218,10 @@ def buffer_form(
     yes: bool = False,
     json: bool = False,
 ) -> None:
-    """Rewrite a company's rows into one Buffer form (base64 or array) in batches; dry run
-    unless --yes."""
+    """Rewrite rows into one Buffer form (base64 or array) in batches; dry run unless --yes.
+
+    One company's rows, or every company's; `auto` picks the form most of a company's rows
+    use."""
     from resilience.config import load_settings
     from resilience.errors import InputError
     from resilience.infra.output import Output

@@ -69,7 +69,7 @@ BENCH_DEFAULT_SIZES = {
 )
 @operator_task
 def bench(c: Context, name: str, sizes: str = "", repeat: int = 3, tenants: str = "") -> None:
-    """Benchmark as JSON: `bench restore`, `cleanup`, `backup`, `monitoring` or `mirror`.
+    """Benchmark as JSON: `bench restore`, `cleanup`, `backup`, `monitoring`, `mirror` or `pitr`.
 
     restore: export/import beside the raw COPY + file-write limit (and the import over the
     company's own rows), 500 companies exported in
@@ -79,7 +79,10 @@ def bench(c: Context, name: str, sizes: str = "", repeat: int = 3, tenants: str 
     verified restore beside pg_dump + put_object and get_object + pg_restore. monitoring: the
     query instrumentation beside a bare connection, and one full monitor cycle over 100k keys.
     mirror: the service's upsert latency with the change-feed trigger beside without it, the
-    mirror's apply throughput, and its lag under the stand-in's steady rate and a burst."""
+    mirror's apply throughput, and its lag under the stand-in's steady rate and a burst. pitr:
+    the WAL push (segments per second to both regions) beside a put_object of the same bytes,
+    and a point-in-time restore of a ~50 MB database with ten minutes of WAL beside
+    get_object of its objects."""
     from resilience.config import load_drill_settings
     from resilience.drill.stack.local import LocalStack
     from resilience.errors import InputError

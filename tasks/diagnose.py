@@ -1,4 +1,4 @@
-"""`diagnose`: which incident scenario this is (brief §6), with evidence and the next command.
+"""`diagnose`: which incident scenario this is (docs/domain.md §6), its evidence, the next command.
 
 Read-only. Exit codes: 0 healthy, 11 scenario 1 (PostgreSQL unreachable), 12 scenario 2 (data
 corrupt), 13 scenario 3 (data partly deleted), 14 scenario 4 (database gone), 2 a wrong DSN,

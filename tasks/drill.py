@@ -66,7 +66,14 @@ def rollback(
     yes: bool = False,
     service: str | None = None,
 ) -> None:
-    """Emergency rollback drill, scenarios a-h: reports/drill-rollback.{html,json}."""
+    """Emergency rollback drill: outages, round trips, a failed check, races (scenarios a-h).
+
+    (a) proxy disabled and (b) PostgreSQL stopped, each a snapshot fallback and the way back;
+    (c) 2 s latency, a live export; (d) a round trip keeping file-mode writes; (e) a failed
+    verification carrying file-mode writes back; (f) two switches at once; (g) the way back
+    after a snapshot fallback with PostgreSQL intact; (h) undecodable files refused before the
+    stop. Writes reports/drill-rollback.{html,json}. `--service baileys` runs a, b, d, e and g
+    against the drill service on real Baileys code (reports/drill-rollback-baileys.*)."""
     from resilience.errors import InputError
 
     if service not in (None, "standin", "baileys"):
@@ -83,8 +90,9 @@ def rollback(
 def cache(
     c: Context, backend: str | None = None, k: str = "", slow: bool = False, yes: bool = False
 ) -> None:
-    """Creds-cache drill: outages with a PM2 restart in the middle, on cached creds and past
-    the TTL: reports/drill-cache.{html,json}. Without --slow, time is scaled to seconds."""
+    """Creds-cache drill: outages with a PM2 restart in the middle, within and past the TTL.
+
+    Writes reports/drill-cache.{html,json}. Without --slow, time is scaled to seconds."""
     marks = None if slow else "not slow"
     _drill(c, "cache", ["drills/test_cache_outage.py"], backend, yes, k=k, marks=marks)
 
@@ -92,42 +100,50 @@ def cache(
 @task(auto_shortflags=False, help=HELP)
 @operator_task
 def backup(c: Context, backend: str | None = None, k: str = "", yes: bool = False) -> None:
-    """Backup drill: restore after TRUNCATE, a region cut, corrupt dumps, datacenter loss, one
-    company restored, point-in-time recovery (a deleted tenant, the RPO after SIGKILL, a region
-    cut during WAL archiving): reports/drill-backup.{html,json}."""
+    """Backup drill: restores, a region cut, corrupt dumps, datacenter loss, point in time.
+
+    Restore after TRUNCATE, a region cut and caught up, corrupt and truncated dumps, datacenter
+    loss (RTO/RPO), one company restored while another writes; point-in-time recovery (a
+    deleted tenant, the RPO after SIGKILL, a region cut during WAL archiving). Writes
+    reports/drill-backup.{html,json}."""
     _drill(c, "backup", ["drills/test_backup.py", "drills/test_pitr.py"], backend, yes, k=k)
 
 
 @task(auto_shortflags=False, help=HELP)
 @operator_task
 def cleanup(c: Context, backend: str | None = None, k: str = "", yes: bool = False) -> None:
-    """Cleanup drill: stale keys deleted in batches while the service writes (10k; the 100k
-    variant is slow): reports/drill-cleanup.{html,json}."""
+    """Cleanup drill: stale keys deleted in batches while the service writes (10k; 100k slow).
+
+    Writes reports/drill-cleanup.{html,json}."""
     _drill(c, "cleanup", ["drills/test_cleanup.py"], backend, yes, k=k)
 
 
 @task(auto_shortflags=False, help=HELP)
 @operator_task
 def monitoring(c: Context, backend: str | None = None, k: str = "", yes: bool = False) -> None:
-    """Monitoring drill: latency, a held pool, aged keys, a restart, a real browser:
-    reports/drill-monitoring.{html,json} and the status page's screenshot."""
+    """Monitoring drill: latency, a held pool, aged keys, a restart, the page in a browser.
+
+    Writes reports/drill-monitoring.{html,json} and the status page's screenshot."""
     _drill(c, "monitoring", ["drills/test_monitoring.py"], backend, yes, k=k)
 
 
 @task(auto_shortflags=False, help=HELP)
 @operator_task
 def diagnose(c: Context, backend: str | None = None, k: str = "", yes: bool = False) -> None:
-    """Diagnose drill: each scenario broken as in life, named by `diagnose`, repaired by the
-    command it prints: reports/drill-diagnose.{html,json}."""
+    """Diagnose drill: each scenario broken as in life, named, repaired by the printed command.
+
+    Writes reports/drill-diagnose.{html,json}."""
     _drill(c, "diagnose", ["drills/test_diagnose.py"], backend, yes, k=k)
 
 
 @task(auto_shortflags=False, help=HELP)
 @operator_task
 def mirror(c: Context, backend: str | None = None, k: str = "", yes: bool = False) -> None:
-    """Mirror drill: the proxy disabled, PostgreSQL stopped and killed under steady writes,
-    the mirror installed with its loss window beside the snapshot's; the mirror killed
-    mid-traffic; a change the feed missed, repaired: reports/drill-mirror.{html,json}."""
+    """Mirror drill: PostgreSQL lost under steady writes, the service switched onto the mirror.
+
+    The proxy disabled, PostgreSQL stopped and killed, the mirror installed with its loss
+    window beside the snapshot's; the mirror killed mid-traffic; a change the feed missed,
+    repaired. Writes reports/drill-mirror.{html,json}."""
     _drill(c, "mirror", ["drills/test_mirror.py"], backend, yes, k=k)
 
 

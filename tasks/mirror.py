@@ -11,7 +11,7 @@ from typing import Any
 from invoke.context import Context
 from invoke.tasks import task
 
-from tasks._run import ROOT, caller_path, operator_task
+from tasks._run import caller_path, launcher, operator_task
 
 
 @task(name="run", auto_shortflags=False)
@@ -61,13 +61,18 @@ def install(
     from resilience.mirror.commands import install_mirror
 
     plan = install_mirror(
-        load_settings(), ROOT, caller_path(ecosystem_file), caller_path(log_dir), dry_run=dry_run
+        load_settings(),
+        launcher(),
+        caller_path(ecosystem_file),
+        caller_path(log_dir),
+        dry_run=dry_run,
     )
 
     def human(console: Any, d: dict[str, Any]) -> None:
         verb = "would start" if d["dry_run"] else f"started ({d['status']}, pid {d['pid']})"
         console.print(f"mirror {d['app']} {verb} under PM2, into {d['mirror_dir']}")
         console.print(f"  ecosystem {d['ecosystem_file']}, log {d['log_file']}")
+        console.print(f"  runs: {d['command']}", markup=False)
 
     Output(json).result({"ok": True, **plan}, human)
 
@@ -115,9 +120,11 @@ def _feed(action: str, dry_run: bool, json: bool) -> None:
 @task(auto_shortflags=False, help=FEED_HELP)
 @operator_task
 def feed_install(c: Context, dry_run: bool = False, json: bool = False) -> None:
-    """Install the change feed (change table, trigger functions, six statement triggers on the
-    auth tables) in one transaction; idempotent. Needs TRIGGER on the auth tables and CREATE
-    on their schema (a missing privilege is named; nothing is half installed)."""
+    """Install the change feed (a change table and six statement triggers) in one transaction.
+
+    The change table, its trigger functions and six statement triggers on the auth tables;
+    idempotent. Needs TRIGGER on the auth tables and CREATE on their schema (a missing
+    privilege is named; nothing is half installed)."""
     _feed("install", dry_run, json)
 
 
@@ -131,8 +138,9 @@ def feed_remove(c: Context, dry_run: bool = False, json: bool = False) -> None:
 @task(auto_shortflags=False, help={"json": "print the result as JSON"})
 @operator_task
 def status(c: Context, json: bool = False) -> None:
-    """The mirror's position, lag, state and repairs, and the feed's backlog; exit 1 when the
-    lag is over RESILIENCE_MIRROR_LAG_ALERT (or there is no position)."""
+    """The mirror's position, lag, state and repairs, and the feed's backlog.
+
+    Exit 1 when the lag is over RESILIENCE_MIRROR_LAG_ALERT (or there is no position)."""
     from invoke.exceptions import Exit
 
     from resilience.config import load_settings

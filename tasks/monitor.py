@@ -12,7 +12,7 @@ from typing import Any
 from invoke.context import Context
 from invoke.tasks import task
 
-from tasks._run import ROOT, caller_path, operator_task
+from tasks._run import caller_path, launcher, operator_task
 
 
 @task(name="run", auto_shortflags=False)
@@ -75,7 +75,7 @@ def install(
 
     plan = install_monitor(
         load_settings(),
-        ROOT,
+        launcher(),
         caller_path(ecosystem_file),
         caller_path(log_dir),
         dry_run=dry_run,
@@ -85,6 +85,7 @@ def install(
         verb = "would start" if d["dry_run"] else f"started ({d['status']}, pid {d['pid']})"
         console.print(f"monitor {d['app']} {verb} under PM2; page {d['url']}/")
         console.print(f"  ecosystem {d['ecosystem_file']}, log {d['log_file']}")
+        console.print(f"  runs: {d['command']}", markup=False)
 
     Output(json).result({"ok": True, **plan}, human)
 

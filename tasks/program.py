@@ -5,6 +5,8 @@ developers' tasks (lint, test) stay behind `./run` in a clone."""
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from importlib import metadata
 
 from invoke.collection import Collection
@@ -54,7 +56,11 @@ program = Program(
 
 
 def main() -> None:
-    from resilience.infra.commandline import PROGRAM_VARIABLE
+    from resilience.infra.commandline import EXECUTABLE_VARIABLE, PROGRAM_VARIABLE
 
     os.environ[PROGRAM_VARIABLE] = "baileys-resilience"  # hints name this command
+    # jobs it writes (schedule, monitor, mirror) run it by this path
+    started_as = sys.argv[0] if os.path.isfile(sys.argv[0]) else shutil.which(program.binary or "")
+    if started_as:
+        os.environ[EXECUTABLE_VARIABLE] = os.path.abspath(started_as)
     program.run()

@@ -9,7 +9,7 @@ from typing import Any
 from invoke.context import Context
 from invoke.tasks import task
 
-from tasks._run import ROOT, caller_path, operator_task
+from tasks._run import caller_path, launcher, operator_task
 
 COMMON_HELP = {
     "crontab_file": "write this file instead of the user's crontab (a scratch crontab)",
@@ -35,8 +35,10 @@ def _render(console: Any, data: dict[str, Any]) -> None:
     help={
         **COMMON_HELP,
         "dry_run": "print the crontab block and the PM2 ecosystem file; write nothing",
-        "log_dir": "where the jobs append their output (default: logs/ in the project)",
-        "ecosystem_file": "where the PM2 ecosystem file goes (default: schedule.ecosystem.json)",
+        "log_dir": "where the jobs append their output (default: logs/ in the clone, or in "
+        "the working directory of the installed command)",
+        "ecosystem_file": "where the PM2 ecosystem file goes (default: schedule.ecosystem.json "
+        "beside logs/)",
     },
 )
 @operator_task
@@ -53,7 +55,8 @@ def install(
     from resilience.maintenance import schedule
     from tasks import ns
 
-    logs = caller_path(log_dir) if log_dir else ROOT / "logs"
+    launch = launcher()
+    logs = caller_path(log_dir) if log_dir else launch.cwd / "logs"
     crontab = caller_path(crontab_file) if crontab_file else None
     from resilience.config import load_settings
 
@@ -62,9 +65,9 @@ def install(
         names = [n for n in names if n != "backup.base"]
     plan = schedule.plan_install(
         names,
-        ROOT,
+        launch,
         logs,
-        caller_path(ecosystem_file) if ecosystem_file else ROOT / "schedule.ecosystem.json",
+        caller_path(ecosystem_file) if ecosystem_file else launch.cwd / "schedule.ecosystem.json",
         crontab,
     )
     if not dry_run:

@@ -83,12 +83,13 @@ def status(c: Context, backend: str | None = None, json: bool = False) -> None:
 @task(auto_shortflags=False, help={"backend": BACKEND_HELP})
 @operator_task
 def down(c: Context, backend: str | None = None) -> None:
-    """Stop every process of the stack, also leftovers of a crashed run; remove its data."""
+    """Stop every process of the stack, also leftovers of a crashed run; remove all it made."""
     from resilience.config import load_drill_settings
-    from resilience.drill.demo import remove_settings_file
+    from resilience.drill.demo import remove_demo
     from resilience.drill.stack import make_stack
     from resilience.infra.output import Output
 
-    make_stack(load_drill_settings(backend=backend)).down()
-    remove_settings_file()
-    Output().progress("stack down")
+    settings = load_drill_settings(backend=backend)
+    make_stack(settings).down()
+    remove_demo(settings.stack_dir)  # the stand-in's work tree, snapshots, backups, settings
+    Output().progress(f"stack down; what it made in {settings.stack_dir} removed")

@@ -4,6 +4,7 @@ region, the Sentry fake. Each test gets buckets of its own, so listings are its 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -366,14 +367,17 @@ def test_list_reports_a_hanging_region_beside_the_other(
     assert code == 6
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert err.startswith("error: 1 region(s) could not be listed (listed: eu): region moscow (")
-    doc = json.loads(out)  # one document: --json's, or the human listing
-    assert doc["ok"] is False
-    assert doc["regions"]["moscow"]["state"] == "unreachable"
-    assert f"no answer from {hanging_endpoint}" in doc["regions"]["moscow"]["error"]
-    assert doc["regions"]["eu"]["state"] == "ok"
-    assert [b["id"] for b in doc["regions"]["eu"]["backups"]] == [taken.id]
-    if as_json:
-        assert doc["exit_code"] == 6
+    if as_json:  # one document
+        doc = json.loads(out)
+        assert doc["ok"] is False and doc["exit_code"] == 6
+        assert doc["regions"]["moscow"]["state"] == "unreachable"
+        assert f"no answer from {hanging_endpoint}" in doc["regions"]["moscow"]["error"]
+        assert doc["regions"]["eu"]["state"] == "ok"
+        assert [b["id"] for b in doc["regions"]["eu"]["backups"]] == [taken.id]
+    else:  # the region that answered as a table, the other named unreachable
+        assert not out.lstrip().startswith("{")
+        assert "region moscow: UNREACHABLE (" in out and f"no answer from {hanging_endpoint}" in out
+        assert "region eu: 1 backup(s)" in out and taken.id in out
     assert bounded.s3_secret_access_key is not None
     assert bounded.s3_secret_access_key.get_secret_value() not in out + err
 
@@ -387,3 +391,60 @@ def test_restore_refuses_an_id_and_a_time_together(
     )  # fmt: skip
     assert code == 2
     assert err.strip() == "error: --id and --at both pick the backup: give one"
+
+
+def test_backup_tasks_print_tables_for_people_and_json_with_the_flag(
+    stack: Stack,
+    companies: list[str],
+    backup_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """backup.run, backup.list, backup.validate and backup.test-restore: tables and lines for
+    people by default, the same JSON documents as before with --json."""
+    env = settings_as_env(backup_settings)
+
+    def human(task: Any) -> str:
+        code, out, err = run_task(task, env, tmp_path, monkeypatch, capsys)
+        assert code == 0, err
+        assert not out.lstrip().startswith("{") and "Traceback" not in out + err
+        return out
+
+    def document(task: Any) -> dict[str, Any]:
+        code, out, err = run_task(task, env, tmp_path, monkeypatch, capsys, json=True)
+        assert code == 0, err
+        doc = json.loads(out)
+        assert doc["ok"] is True
+        return dict(doc)
+
+    out = human(backup_tasks.run)
+    first = list_region(regions_from_settings(backup_settings)[0]).manifests[0]
+    assert f"backup {first.id} (monthly)" in out
+    assert re.search(r"moscow\s*│\s*uploaded", out) and re.search(r"eu\s*│\s*uploaded", out)
+    doc = document(backup_tasks.run)
+    assert set(doc) == {"ok", "backup", "regions", "warnings", "duration_s", "record"}
+    assert [(r["region"], r["ok"]) for r in doc["regions"]] == [("moscow", True), ("eu", True)]
+    second = doc["backup"]["id"]
+
+    out = human(backup_tasks.list_)
+    assert "region moscow: 2 backup(s)" in out and "region eu: 2 backup(s)" in out
+    assert first.id in out and second in out and "not yet" in out
+    doc = document(backup_tasks.list_)
+    assert set(doc) == {"ok", "regions"}
+    assert [b["id"] for b in doc["regions"]["eu"]["backups"]] == [second, first.id]
+
+    out = human(backup_tasks.validate)
+    assert "backup validation" in out and "all " in out and " backup(s) valid" in out
+    assert re.search(r"moscow\s*│\s*monthly\s*│\s*" + first.id + r"\s*│\s*valid", out)
+    doc = document(backup_tasks.validate)
+    assert set(doc) == {"ok", "valid", "checks", "invalid", "unreachable", "retaken", "record"}
+    assert doc["valid"] is True and {c["region"] for c in doc["checks"]} == {"moscow", "eu"}
+    assert "valid" in human(backup_tasks.list_)  # the last validation beside each backup
+
+    out = human(backup_tasks.test_restore)
+    assert f"restore test of backup {second} " in out and ": ok, " in out
+    assert re.search(r"verified: \d+ keys of \d+ companies", out)
+    doc = document(backup_tasks.test_restore)
+    assert doc["backup"]["id"] == second and doc["within_target"] is True
+    assert {"region", "duration_s", "target_s", "verified", "error", "report", "record"} <= set(doc)

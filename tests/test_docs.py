@@ -409,3 +409,34 @@ def test_the_runbook_draws_its_tree_and_says_how_to_confirm_each_scenario() -> N
         [section] = [s for s in sections if s.startswith(f"Scenario {number}:")]
         assert f"How to confirm success (scenario {number})" in section
         assert "./run diagnose" in section and "./run health --once" in section
+
+
+#: What the docs and the code may not lean on: a file outside the repository (the product
+#: brief the project grew from), or its sections. The domain facts live in docs/domain.md.
+OUTSIDE = re.compile(r"\.\./shared|\bbrief\.md\b|\bbrief §|\bbrief\b \(|\(brief\b")
+
+
+def test_nothing_points_outside_the_repository() -> None:
+    sources = [*DOCS, *sorted((ROOT / "resilience").rglob("*.py")), *(ROOT / "tasks").glob("*.py")]
+    sources += sorted((ROOT / "resilience").rglob("*.sql"))
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sources
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
+    assert found == []
+
+
+def test_every_domain_section_the_docs_and_code_name_exists() -> None:
+    """`docs/domain.md §N` names a section of docs/domain.md, numbered `## N.`."""
+    domain = (ROOT / "docs" / "domain.md").read_text()
+    sections = {int(n) for n in re.findall(r"^## (\d+)\. ", domain, flags=re.M)}
+    sources = [*DOCS, *sorted((ROOT / "resilience").rglob("*.py")), *(ROOT / "tasks").glob("*.py")]
+    named: set[int] = set()
+    for path in sources:
+        for ref in re.findall(r"domain\.md`? (§[\d§, -]+)", path.read_text()):
+            named |= {int(n) for n in re.findall(r"§(\d+)", ref)}
+    assert named and named <= sections
+    readme = (ROOT / "README.md").read_text()
+    assert "`docs/domain.md`" in readme.split("## Two commands")[0]  # the README points there

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.stack
 SOURCE = "postgresql://svc@db.example:5432/auth"
 USER = "79001112233"
 
-#: Keys the service writes while in file mode: every real id shape of Baileys 7 (brief §3).
+#: Keys the service writes while in file mode: every real id shape of Baileys 7 (docs/domain.md §3).
 NEW: dict[tuple[str, str], Any] = {
     ("sender-key", f"120363123456789012@g.us::{USER}::1"): b"\x01" * 200,
     ("sender-key", f"{USER}-1600000000@g.us::79004445566_1::0"): b"\x02" * 150,

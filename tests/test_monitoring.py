@@ -149,7 +149,7 @@ def _observed(**kw: Any) -> Observed:
     return Observed(**base)
 
 
-def test_rules_apply_the_brief_thresholds() -> None:
+def test_rules_apply_the_domain_thresholds() -> None:
     s = Settings()
     rules = lambda **kw: {(f.rule, f.severity) for f in evaluate(_observed(**kw), s)}  # noqa: E731
     assert rules() == set()

@@ -100,3 +100,66 @@ def test_without_crontab_install_writes_the_pm2_ecosystem_alone(
     apps = json.loads(ecosystem.read_text())["apps"]
     names = {app["name"] for app in apps}
     assert {"baileys-resilience-check", "baileys-resilience-runs-prune"} <= names
+
+
+def test_from_the_installed_command_jobs_run_it_in_the_settings_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Started as `baileys-resilience` (its console script sets where it lives), the crontab
+    lines, the schedule's PM2 apps and the monitor's and mirror's PM2 apps run that command by
+    its path in the directory it was run from (its `.env`), not `./run` in a clone."""
+    from task_runner import run_task
+
+    from resilience.infra.commandline import EXECUTABLE_VARIABLE, PROGRAM_VARIABLE
+    from tasks import mirror as mirror_tasks
+    from tasks import monitor as monitor_tasks
+    from tasks import schedule as schedule_tasks
+
+    program = tmp_path / "venv bin" / "baileys-resilience"  # a path a shell must quote
+    deployment = tmp_path / "deployment"
+    deployment.mkdir()
+    monkeypatch.setenv(EXECUTABLE_VARIABLE, str(program))
+    monkeypatch.setenv(PROGRAM_VARIABLE, "baileys-resilience")
+    crontab = tmp_path / "crontab"
+    code, out, err = run_task(
+        schedule_tasks.install, {}, deployment, monkeypatch, capsys,
+        crontab_file=str(crontab), json=True,
+    )  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["ecosystem_file"] == str(deployment / "schedule.ecosystem.json")
+    entries = [line for line in crontab.read_text().splitlines() if re.match(r"^[\d*/,-]+ ", line)]
+    assert entries and not any("./run" in e for e in entries)
+    for entry in entries:
+        cd, command = entry.split(" && ", 1)
+        assert shlex.split(cd)[5:] == ["cd", str(deployment)]
+        words = shlex.split(command.split(" >> ")[0])
+        assert words[0] == str(program) and words[1] in ns.task_names, entry
+        assert command.split(" >> ")[1].startswith(str(deployment / "logs") + "/")
+    apps = json.loads((deployment / "schedule.ecosystem.json").read_text())["apps"]
+    assert {(a["script"], a["cwd"]) for a in apps} == {(str(program), str(deployment))}
+
+    pm2 = tmp_path / "pm2"  # never run: a dry run
+    pm2.write_text("#!/bin/sh\nexit 1\n")
+    for tasks_module, task in ((monitor_tasks, "monitor.run"), (mirror_tasks, "mirror.run")):
+        code, out, err = run_task(
+            tasks_module.install, {"RESILIENCE_PM2_BIN": str(pm2)}, deployment, monkeypatch,
+            capsys, dry_run=True, json=True,
+        )  # fmt: skip
+        assert code == 0, err
+        assert shlex.split(json.loads(out)["command"]) == [
+            "cd", str(deployment), "&&", str(program), task
+        ]  # fmt: skip
+
+
+def test_from_a_clone_jobs_run_dot_run_in_the_clone(tmp_path: Path) -> None:
+    from resilience.infra.commandline import Launcher
+
+    clone = Launcher.clone(ROOT)
+    job = schedule.Job("x", "* * * * *", "backup.run", ("--json",))
+    assert job.command(ROOT, tmp_path) == job.command(clone, tmp_path)
+    assert job.command(ROOT, tmp_path) == (
+        f"cd {ROOT} && ./run backup.run --json >> {tmp_path}/x.log 2>&1"
+    )
+    [app] = schedule.pm2_ecosystem([job], ROOT, tmp_path)["apps"]  # type: ignore[index]
+    assert app["script"] == str(ROOT / "run") and app["cwd"] == str(ROOT)

@@ -95,7 +95,11 @@ def test_stack_up_is_a_deployment_the_operators_commands_run_on(tmp_path: Path) 
     finally:
         down = _in(tmp_path, "stack.down", **tools)
     assert down.returncode == 0, down.stderr
-    assert not (tmp_path / ".stack" / "resilience.env").exists()
+    # all it made: the settings file, the service's work tree (on the fallback commit after
+    # the switch), the snapshots, logs, PM2's home; the directory itself
+    assert not (tmp_path / ".stack").exists(), sorted(
+        str(p.relative_to(tmp_path)) for p in (tmp_path / ".stack").rglob("*")
+    )[:20]
 
 
 def _health_url(settings_file: Path) -> str:
@@ -134,6 +138,46 @@ def test_cli_up_status_down_leaves_nothing_running(tmp_path: Path) -> None:
     after = _cli(stack_dir, "stack.status", "--json")
     assert after.returncode == 3
     assert json.loads(after.stdout)["up"] is False
+
+
+@pytest.mark.stack
+def test_up_starts_the_service_from_a_fresh_work_tree_and_down_keeps_what_is_not_its_own(
+    tmp_path: Path,
+) -> None:
+    """A service work tree nothing runs from (a crashed run, left on the fallback commit by a
+    switch) is not reused by the next `stack.up`; `stack.down` removes the stack's and the demo's
+    entries and leaves another stack's directory inside its own alone."""
+    from resilience.drill.demo import DEMO_APP
+    from resilience.drill.standin.deploy import FALLBACK_TAG
+    from resilience.infra.pm2 import Pm2, find_pm2
+
+    tools = {"RESILIENCE_TOOLS_DIR": str(ROOT / ".tools")}
+    stack_dir = tmp_path / ".stack"
+    service = stack_dir / "service"
+    other = stack_dir / "test-1" / "state.json"  # a stack of a test run, in a subdirectory
+    other.parent.mkdir(parents=True)
+    other.write_text("{}")
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(service), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        up = _in(tmp_path, "stack.up", "--json", **tools)
+        assert up.returncode == 0, up.stderr
+        git("checkout", "-q", FALLBACK_TAG)  # as restore.to-files leaves it
+        Pm2(find_pm2(ROOT / ".tools"), home=stack_dir / "pm2").delete(DEMO_APP)  # it crashed
+        again = _in(tmp_path, "stack.up", "--json", **tools)
+        assert again.returncode == 0, again.stderr
+        assert git("branch", "--show-current") == "main"  # not on the fallback commit
+        assert git("rev-parse", "HEAD") != git("rev-parse", f"{FALLBACK_TAG}^{{commit}}")
+        assert (service / "AUTH_BACKEND").read_text().strip() == "postgresql"
+    finally:
+        down = _in(tmp_path, "stack.down", **tools)
+    assert down.returncode == 0, down.stderr
+    assert sorted(p.name for p in stack_dir.iterdir()) == ["test-1"]
+    assert other.read_text() == "{}"
 
 
 @pytest.mark.stack

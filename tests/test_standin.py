@@ -783,7 +783,7 @@ def test_unwritable_journal_stops_start_up(tmp_path: Path, standins: list[Standi
     assert CONNECTION_OPEN_PATTERN.search(standin.output()) is None
 
 
-# --- the creds cache (brief §8) ------------------------------------------------------------------
+# --- the creds cache (docs/domain.md §8) ------------------------------------------------------------------
 
 
 def test_config_reads_the_creds_cache_settings(tmp_path: Path) -> None:
@@ -820,7 +820,7 @@ def pg_env_text(company: str, **extra: str) -> str:
 
 def test_unreachable_postgres_fails_reads_and_saves_loudly() -> None:
     """A key read that cannot reach the database raises; it never answers `{}` as if the keys
-    did not exist (brief §10)."""
+    did not exist (docs/domain.md §10)."""
     backend = PostgresBackend("postgresql://u@127.0.0.1:1/db", "acme", connect_timeout=1)
     with pytest.raises(KeyReadFailed, match=r"cannot read 2 session key\(s\) of company acme"):
         backend.read_keys("session", ["1.0", "2.0"])

@@ -449,7 +449,7 @@ def test_unreachable_server_says_how_to_start_it() -> None:
     message = str(info.value)
     assert url in message
     assert "unreachable" in message
-    assert "invoke stack.up" in message
+    assert "./run stack.up" in message
 
 
 def test_silent_server_times_out() -> None:

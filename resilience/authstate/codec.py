@@ -1,4 +1,4 @@
-"""BufferJSON: the JSON form of Node Buffers in Baileys auth state (brief §3).
+"""BufferJSON: the JSON form of Node Buffers in Baileys auth state (docs/domain.md §3).
 
 A binary field is stored as one of these *Buffer objects*:
 

@@ -1,5 +1,5 @@
 """A per-company cache of Baileys creds (not keys), so a service survives a short database outage
-(brief §8).
+(docs/domain.md §8).
 
 What it holds and why:
 

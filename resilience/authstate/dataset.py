@@ -1,4 +1,4 @@
-"""A seeded, reproducible auth state that looks like a real tenant's (brief §2, §3, §7).
+"""A seeded, reproducible auth state that looks like a real tenant's (docs/domain.md §2, §3, §7).
 
 Creds plus N keys across every key type with real id shapes, the observed age mix (24 % < 1 d,
 38 % 1-7 d, 35 % 7-14 d, 3 % 14-30 d), both Buffer encodings, and a few legacy rows
@@ -62,7 +62,7 @@ class Dataset:
 
 
 class _Ids:
-    """Realistic id shapes of Baileys 7 (brief §3)."""
+    """Realistic id shapes of Baileys 7 (docs/domain.md §3)."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng

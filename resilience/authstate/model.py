@@ -1,4 +1,4 @@
-"""The auth-state records as stored (brief §2-§3): key types, one key row, and the TTL rule."""
+"""The auth-state records as stored (docs/domain.md §2-§3): key types, one key row, the TTL rule."""
 
 from __future__ import annotations
 

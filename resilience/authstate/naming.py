@@ -1,4 +1,4 @@
-"""Baileys' multi-file layout (brief §3): file names, safe paths, the way back, and collisions.
+"""Baileys' multi-file layout (docs/domain.md §3): file names, safe paths, the way back, collisions.
 
 ``useMultiFileAuthState`` stores key ``(type, id)`` in ``<type>-<id>.json`` after
 ``fixFileName``: ``/`` becomes ``__``, then ``:`` becomes ``-``. That is not reversible in general
@@ -40,7 +40,7 @@ def _shown(text: str, limit: int = 60) -> str:
 
 
 def company_dir_name(company_id: str) -> str:
-    """``company_<id>`` for a valid company id (brief §2), else :class:`InputError`."""
+    """``company_<id>`` for a valid company id (docs/domain.md §2), else :class:`InputError`."""
     return f"company_{validate_company_id(company_id)}"
 
 
@@ -166,8 +166,8 @@ def parse_file_name(name: str) -> tuple[str, str]:
     """``(key_type, key_id)`` for a key file name, where that needs no guessing.
 
     The type is the longest known type followed by ``-``. The id must have a shape Baileys 7
-    writes for that type (brief §3), or contain neither ``-`` nor ``__`` (then the fix changed
-    nothing). Anything else raises :class:`DataError`: the name alone cannot tell.
+    writes for that type (docs/domain.md §3), or contain neither ``-`` nor ``__`` (then the fix
+    changed nothing). Anything else raises :class:`DataError`: the name alone cannot tell.
     What comes back always names the same file again; the one guess left is the type split
     itself (a ``sender-key`` id starting ``memory-`` would read as ``sender-key-memory``),
     which no real Baileys id does.

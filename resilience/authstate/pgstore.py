@@ -1,4 +1,4 @@
-"""The auth state in PostgreSQL, read and written with the service's own semantics (brief §2).
+"""The auth state in PostgreSQL, read and written as the service does (docs/domain.md §2).
 
 Keys are read by `company_id, key_type, key_id = ANY(ids)`; written by multi-row upserts in
 batches of 100 with the TTL of their type; a `None` value deletes the key; creds are one upsert.

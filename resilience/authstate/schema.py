@@ -1,4 +1,4 @@
-"""The auth-state schema (brief §2), kept as one migration file beside this module."""
+"""The auth-state schema (docs/domain.md §2), kept as one migration file beside this module."""
 
 from __future__ import annotations
 

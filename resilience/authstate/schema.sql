@@ -1,4 +1,4 @@
--- Auth-state schema as deployed (brief §2). Idempotent: safe to apply to an existing database.
+-- Auth-state schema as deployed (docs/domain.md §2). Idempotent: safe to apply to an existing database.
 CREATE OR REPLACE FUNCTION set_updated_at() RETURNS trigger AS $$
 BEGIN
   NEW.updated_at = now();

@@ -22,6 +22,7 @@ from typing import Any
 
 from resilience.config import Settings
 from resilience.errors import ConfigError
+from resilience.infra.commandline import installed_command
 from resilience.infra.redact import Redactor
 from resilience.infra.s3 import RegionStore, StorageError, s3_environment
 
@@ -45,9 +46,14 @@ def find_command(name: str, settings: Settings) -> str:
     found = shutil.which(name)
     if found:
         return found
+    install = (
+        "install the package with its extra barman: pipx install 'WHEEL[barman]'"
+        if installed_command()
+        else "run ./run, which installs barman[cloud]"
+    )
     raise ConfigError(
         f"{name} not found: barman-cloud is missing from this environment "
-        "(run ./run, which installs barman[cloud], or set RESILIENCE_BARMAN_BIN_DIR)"
+        f"({install}; or set RESILIENCE_BARMAN_BIN_DIR)"
     )
 
 

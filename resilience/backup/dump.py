@@ -1,7 +1,7 @@
 """pg_dump and pg_restore, as the backups use them.
 
 Before a dump the client's major version must be at least the server's: an older pg_dump once
-produced near-empty files that were reported as success (brief §9). The password never goes on
+produced near-empty files that were reported as success (docs/domain.md §9). No password goes on
 a command line (`ps` shows those): it travels in `PGPASSWORD`. A dump runs inside a snapshot we
 export (`pg_dump --snapshot`), so the row counts and key digests we record describe exactly the
 rows in the file.
@@ -22,7 +22,7 @@ from resilience.authstate.schema import TABLES
 from resilience.errors import ConfigError, DataError, ResilienceError
 from resilience.infra.redact import Redactor
 
-#: The auth tables (brief §2); a setting may ask for the whole database instead.
+#: The auth tables (docs/domain.md §2); a setting may ask for the whole database instead.
 AUTH_TABLES = TABLES
 _VERSION_RE = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
 

@@ -39,6 +39,7 @@ from resilience.backup.barman import Archive, archives, find_command, list_backu
 from resilience.backup.base import wal_objects
 from resilience.config import Settings
 from resilience.errors import ConfigError, DataError, InputError, ResilienceError, StackError
+from resilience.infra.commandline import operator_command as cmd
 from resilience.infra.processes import free_port
 from resilience.infra.redact import redact_dsn
 from resilience.infra.s3 import regions_from_settings
@@ -124,7 +125,9 @@ def plan(settings: Settings, archive: Archive, at: datetime | None, target_dir: 
     """Everything checked before anything is written (InputError / DataError otherwise)."""
     backups = [b for b in list_backups(settings, archive) if b.get("status") == "DONE"]
     if not backups:
-        raise InputError(f"region {archive.name} holds no base backup: run backup.base first")
+        raise InputError(
+            f"region {archive.name} holds no base backup: run `{cmd('backup.base')}` first"
+        )
     ended = [(b, _iso(b.get("end_time_iso"))) for b in backups]
     before = [(b, end) for b, end in ended if end is not None and (at is None or end < at)]
     if not before:

@@ -35,6 +35,7 @@ from resilience.backup.manifest import BackupManifest
 from resilience.backup.verify import compare, download_checked, restore_dsn, scratch_database
 from resilience.config import Settings, service_dsn, validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError
+from resilience.infra.commandline import operator_command as cmd
 from resilience.infra.oplock import operation_lock
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
@@ -76,7 +77,7 @@ def find_backup(
                     f"no backup with id {backup_id!r} in the regions that answered; "
                     + "; ".join(errors)
                 )
-            raise InputError(f"no backup with id {backup_id!r}: see backup.list")
+            raise InputError(f"no backup with id {backup_id!r}: see `{cmd('backup.list')}`")
         return match[0]
     if at is not None:
         before = [pair for pair in found if pair[1].created <= at]

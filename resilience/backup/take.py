@@ -80,7 +80,7 @@ def choose_kind(kind: str, history: list[BackupManifest], now: datetime) -> Kind
 def sanity_warnings(
     manifest: BackupManifest, previous: BackupManifest | None, settings: Settings
 ) -> list[str]:
-    """Judged against the backup's own history, never fixed bounds (brief §9)."""
+    """Judged against the backup's own history, never fixed bounds (docs/domain.md §9)."""
     warnings = []
     if manifest.size > settings.backup_size_alert_bytes:
         warnings.append(

@@ -218,12 +218,12 @@ class ToxiproxyClient:
         except httpx.ConnectError as exc:
             raise ChaosError(
                 f"Toxiproxy server at {self.base_url} is unreachable ({_reason(exc)}); "
-                "start the stack with `invoke stack.up`"
+                "start the stack with `./run stack.up`"
             ) from None
         except httpx.TransportError as exc:
             raise ChaosError(
                 f"Toxiproxy server at {self.base_url} dropped {method} {path} "
-                f"({type(exc).__name__}); is it running? `invoke stack.up` starts it"
+                f"({type(exc).__name__}); is it running? `./run stack.up` starts it"
             ) from None
         except httpx.HTTPError as exc:
             raise ChaosError(

@@ -1,4 +1,4 @@
-"""`diagnose`: which of the four incident scenarios of brief §6 this is, from evidence.
+"""`diagnose`: which of the four incident scenarios of docs/domain.md §6 this is, from evidence.
 
 - :mod:`.connectivity`: DNS, TCP, TLS and authentication, each timed and reported;
 - :mod:`.integrity`: creds holding what Baileys needs, every key decoding, no unresolved

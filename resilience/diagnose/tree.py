@@ -1,4 +1,4 @@
-"""The runbook's decision tree (brief §6), walked against the real deployment, read-only:
+"""The runbook's decision tree (docs/domain.md §6), walked against the real deployment, read-only:
 
 can we connect? no -> scenario 1 (a wrong DSN is configuration, exit 2, never scenario 1);
 yes -> are the auth tables there with rows? no -> 4; is a company's data partly missing
@@ -21,6 +21,7 @@ from resilience.diagnose.connectivity import Connectivity, check_connectivity
 from resilience.diagnose.exposure import Exposure, exposure_of
 from resilience.diagnose.integrity import Integrity, check_integrity
 from resilience.errors import ConfigError, DatabaseError, InputError
+from resilience.infra.commandline import operator_command as cmd
 from resilience.infra.redact import Redactor
 
 #: exit codes of `diagnose` (README, runbook): 0 healthy, 2 its own configuration, 11-14 the
@@ -75,15 +76,15 @@ class Diagnosis:
 
 def _switch(company: str) -> tuple[str, str]:
     return (
-        f"./run restore.to-files --company {company} --yes",
-        f"./run restore.to-files --company {company} --dry-run",
+        cmd(f"restore.to-files --company {company} --yes"),
+        cmd(f"restore.to-files --company {company} --dry-run"),
     )
 
 
 def _company_restore(company: str, exposure: Exposure) -> tuple[str | None, str | None]:
     if exposure.newest is None:
         return None, None
-    base = f"./run backup.restore --company {company} --id {exposure.newest.id}"
+    base = cmd(f"backup.restore --company {company} --id {exposure.newest.id}")
     return (
         f"{base} --region {exposure.newest_region} --yes",
         f"{base} --region {exposure.newest_region}",
@@ -91,7 +92,7 @@ def _company_restore(company: str, exposure: Exposure) -> tuple[str | None, str 
 
 
 def _rewrite_forms(company: str, form: str) -> tuple[str, str]:
-    base = f"./run cleanup.buffer-form --company {company} --form {form}"
+    base = cmd(f"cleanup.buffer-form --company {company} --form {form}")
     return f"{base} --yes", f"{base} --dry-run"
 
 
@@ -265,10 +266,10 @@ def _gone(result: Diagnosis, exposure: Exposure) -> None:
     result.scenario = 4
     if exposure.newest is not None:
         where = f"--id {exposure.newest.id} --region {exposure.newest_region}"
-        base = f"./run backup.restore {where} --to-service"
+        base = cmd(f"backup.restore {where} --to-service")
         result.next_command, result.preview_command = (
             f"{base} --yes",
-            f"./run backup.restore --id {exposure.newest.id} --region {exposure.newest_region}",
+            cmd(f"backup.restore --id {exposure.newest.id} --region {exposure.newest_region}"),
         )
     else:
         result.next_command, result.preview_command = _switch(result.company_id or "default")

@@ -8,6 +8,8 @@ settings alone, exactly as they would against production.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -24,6 +26,9 @@ DEMO_COMPANY = "demo"
 DEMO_KEYS = 1313
 DEMO_APP = "baileys-whatsapp-service"
 DEMO_WRITE_INTERVAL_MS = 1000
+#: What the demo deployment puts in the stack's directory beside the stack: the stand-in's work
+#: tree, the operator's snapshots, backup spool and validation log, and the monitor's state.
+DEMO_ENTRIES = ("service", "snapshots", "backups", "monitor")
 
 #: What the settings file names: the operator's settings of a deployment, nothing about stacks.
 SETTINGS_FILE_FIELDS = (
@@ -68,6 +73,9 @@ def deploy_demo(stack: Stack, settings: DrillSettings, *, keys: int = DEMO_KEYS)
             data = generate(DEMO_COMPANY, keys)
             store.insert_raw(DEMO_COMPANY, data.creds, data.rows())
     if pm2.describe(DEMO_APP) is None:
+        # a work tree nothing runs from is a leftover (a crashed run; perhaps checked out on
+        # the fallback tag by a switch): the demo starts from a fresh one
+        shutil.rmtree(workdir, ignore_errors=True)
         deployed = deploy_standin(
             pm2,
             workdir,
@@ -108,7 +116,7 @@ def write_settings_file(settings: Settings) -> Path:
     :func:`~resilience.config.load_settings` looks for them), mode 0600, atomically."""
     target = stack_settings_file()
     lines = [
-        "# Settings of the embedded stack, written by `invoke stack.up` (mode 0600: secrets).",
+        "# Settings of the embedded stack, written by `./run stack.up` (mode 0600: secrets).",
         "# Tasks read this file when it exists; `.env` and the environment override it.",
     ]
     lines += [f"{k}={v}" for k, v in settings_as_env(settings, SETTINGS_FILE_FIELDS).items()]
@@ -118,3 +126,15 @@ def write_settings_file(settings: Settings) -> Path:
 
 def remove_settings_file() -> None:
     stack_settings_file().unlink(missing_ok=True)
+
+
+def remove_demo(stack_dir: Path) -> None:
+    """Remove the demo deployment (:data:`DEMO_ENTRIES`) and the settings file, once the stack
+    (whose PM2 ran the stand-in) is down; then the stack's directory when nothing else is in
+    it."""
+    root = stack_dir.resolve()
+    for name in DEMO_ENTRIES:
+        shutil.rmtree(root / name, ignore_errors=True)
+    remove_settings_file()
+    with contextlib.suppress(OSError):
+        root.rmdir()

@@ -3,7 +3,7 @@
 An export of company ``X`` into ``root`` ends as ``root/company_X/`` in Baileys' multi-file layout
 (``creds.json`` plus one ``<type>-<id>.json`` per key of the service's view, see
 :mod:`resilience.authstate.view`) with a ``manifest.json`` beside the files. The manifest records
-the exact ``(type, id)`` of every file: file names do not reverse (brief §3), so it is what makes
+the exact ``(type, id)`` of every file: names do not reverse (docs/domain.md §3): it is what makes
 the way back (:mod:`resilience.files.importer`) exact.
 
 Nothing is written before every file name has been computed and checked, and nothing replaces the

@@ -1,6 +1,6 @@
 """``manifest.json``: what an exported company directory holds, with the exact key ids.
 
-File names do not reverse (brief §3), so the manifest records the exact ``(type, id)`` of every
+Names do not reverse (docs/domain.md §3): the manifest records the exact ``(type, id)`` of every
 file, the counts per type, the set digest, the source (redacted) and the time of the export, and
 the legacy collisions resolved. Export, snapshot and import all read and write it here.
 """

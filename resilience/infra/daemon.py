@@ -1,10 +1,11 @@
 """Our own long-running processes (the monitor, the mirror) as PM2 apps: one definition, one
 install that converges, one removal.
 
-Each runs ``./run <task>`` from the project, restarted by PM2 when it exits, stopped with
-SIGINT and a grace of ten seconds, its output in one log. Its settings come from the project's
-files; ``env`` (default: the ``RESILIENCE_*`` variables of the installing environment) goes into
-the app's env (the ecosystem file is written 0600).
+Each runs ``./run <task>`` from the clone, or the installed ``baileys-resilience <task>`` in the
+directory of the deployment's settings (:mod:`resilience.infra.commandline`), restarted by PM2
+when it exits, stopped with SIGINT and a grace of ten seconds, its output in one log. Its
+settings come from that directory's files; ``env`` (default: the ``RESILIENCE_*`` variables of
+the installing environment) goes into the app's env (the ecosystem file is written 0600).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from resilience.config import ENV_PREFIX, Settings
+from resilience.infra.commandline import Launcher, as_launcher
 from resilience.infra.fsutil import atomic_write
 from resilience.infra.pm2 import pm2_for
 
@@ -29,9 +31,10 @@ class Daemon:
 
 
 def ecosystem(
-    daemon: Daemon, project: Path, log_dir: Path, env: Mapping[str, str] | None = None
+    daemon: Daemon, project: Path | Launcher, log_dir: Path, env: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
     """The PM2 ecosystem document of ``daemon``."""
+    launch = as_launcher(project)
     if env is None:
         env = {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
     log = str(log_dir / daemon.log_name)
@@ -39,9 +42,9 @@ def ecosystem(
         "apps": [
             {
                 "name": daemon.app,
-                "script": str(project / "run"),
+                "script": launch.script,
                 "args": [daemon.task],
-                "cwd": str(project),
+                "cwd": str(launch.cwd),
                 "interpreter": "none",
                 "autorestart": True,
                 "kill_timeout": 10000,
@@ -57,7 +60,7 @@ def ecosystem(
 def install(
     settings: Settings,
     daemon: Daemon,
-    project: Path,
+    project: Path | Launcher,
     ecosystem_file: Path,
     log_dir: Path,
     *,
@@ -71,6 +74,7 @@ def install(
     document = ecosystem(daemon, project, log_dir, env)
     plan: dict[str, Any] = {
         "app": daemon.app,
+        "command": as_launcher(project).shell([daemon.task]),
         "ecosystem_file": str(ecosystem_file),
         "log_file": str(log_dir / daemon.log_name),
         **(shown or {}),

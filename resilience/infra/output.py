@@ -115,10 +115,38 @@ class RichMeters:
             self.progress = None
 
 
-def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+def table(
+    title: str, columns: list[str], rows: list[list[Any]], whole: tuple[str, ...] = ()
+) -> Table:
+    """A table of plain values (never read as markup: an error may hold brackets); the
+    `whole` columns (ids an operator copies) are never folded."""
     t = Table(title=title, title_justify="left")
-    for column in columns:
-        t.add_column(column)
+    for index, column in enumerate(columns):
+        widest = max((len(str(row[index])) for row in rows), default=0)
+        t.add_column(column, overflow="fold", min_width=widest if column in whole else None)
     for row in rows:
-        t.add_row(*(str(v) for v in row))
+        t.add_row(*(v if isinstance(v, Text) else Text(str(v)) for v in row))
     return t
+
+
+def human_bytes(n: int | float | None) -> str:
+    """1536 -> '1.5 KB'; None -> '?'."""
+    if n is None:
+        return "?"
+    for unit, size in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def human_age(seconds: int | float | None) -> str:
+    """How long ago, to the unit that reads: '45 s', '12 min', '5.0 h', '3.2 d'."""
+    if seconds is None:
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"

@@ -31,7 +31,7 @@ from resilience.errors import ConfigError, ResilienceError
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import Redactor
 
-#: Operator's region name -> S3 region id (brief §9: a Moscow-region and an EU-region store).
+#: Operator's region name -> S3 region id (docs/domain.md §9: a Moscow-region and an EU-region S3).
 REGIONS = {"moscow": "ru-central1", "eu": "eu-central-1"}
 CHUNK = 8 * 1024 * 1024
 #: S3 error codes that say an object (or its bucket's key) is not there.

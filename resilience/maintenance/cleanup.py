@@ -1,4 +1,4 @@
-"""`cleanup.keys`: delete expired keys in short, key-ordered batches (brief §7, §9).
+"""`cleanup.keys`: delete expired keys in short, key-ordered batches (docs/domain.md §7, §9).
 
 What goes is one meaning of "expired" (:mod:`resilience.maintenance.expiry`): *stale* keys by
 default (not updated for the retention, 30 days unless configured), or with ``expired=True``

@@ -1,4 +1,4 @@
-"""The two meanings of "expired" (brief §7), named apart and defined here once.
+"""The two meanings of "expired" (docs/domain.md §7), named apart and defined here once.
 
 - **stale**: not written for longer than the retention, ``updated_at < now - retention``
   (default 30 days, ``RESILIENCE_CLEANUP_RETENTION_DAYS``). Brief §9's cleanup: what

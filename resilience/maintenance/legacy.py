@@ -1,4 +1,4 @@
-"""`cleanup.legacy`: report, and with ``yes`` purge, the rows of the old migration (brief §3).
+"""`cleanup.legacy`: report, and with ``yes`` purge, the old migration's rows (docs/domain.md §3).
 
 The old file-to-database migration split file names at the first dash: ``pre-key-5.json``
 became ``key_type='pre', key_id='key-5'`` beside the service's own ``pre-key``/``5``. Legacy

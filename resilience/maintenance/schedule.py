@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resilience.errors import ConfigError, InputError
+from resilience.infra.commandline import Launcher, as_launcher
 from resilience.infra.fsutil import atomic_write
 
 BEGIN = "# BEGIN baileys-resilience (managed by `invoke schedule.install`; edits are replaced)"
@@ -33,9 +34,11 @@ class Job:
     task: str  # the invoke task
     args: tuple[str, ...] = ()
 
-    def command(self, project: Path, log_dir: Path) -> str:
-        line = " ".join(["./run", self.task, *self.args])
-        return f"cd {project} && {line} >> {log_dir / self.name}.log 2>&1"
+    def command(self, project: Path | Launcher, log_dir: Path) -> str:
+        """The crontab command: `cd <clone> && ./run TASK ...`, or from the installed command
+        `cd <settings dir> && /path/baileys-resilience TASK ...`; its output appended to its log."""
+        line = as_launcher(project).shell([self.task, *self.args])
+        return f"{line} >> {log_dir / self.name}.log 2>&1"
 
 
 #: Every job the project knows, with the task it needs; only those whose task exists are used.
@@ -64,7 +67,7 @@ def jobs_for(available_tasks: Iterable[str]) -> list[Job]:
     return [job for job in JOBS if job.task in names]
 
 
-def crontab_block(jobs: list[Job], project: Path, log_dir: Path) -> str:
+def crontab_block(jobs: list[Job], project: Path | Launcher, log_dir: Path) -> str:
     lines = [BEGIN, "CRON_TZ=UTC"]
     lines += [f"{job.cron} {job.command(project, log_dir)}" for job in jobs]
     lines.append(END)
@@ -102,15 +105,16 @@ def remove_block(existing: str) -> str:
     return "\n".join(kept) + "\n" if kept else ""
 
 
-def pm2_ecosystem(jobs: list[Job], project: Path, log_dir: Path) -> dict[str, object]:
+def pm2_ecosystem(jobs: list[Job], project: Path | Launcher, log_dir: Path) -> dict[str, object]:
     """The same jobs as PM2 apps that run once per `cron_restart` (no restart on exit)."""
+    launch = as_launcher(project)
     return {
         "apps": [
             {
                 "name": f"baileys-resilience-{job.name}",
-                "script": str(project / "run"),
+                "script": launch.script,
                 "args": [job.task, *job.args],
-                "cwd": str(project),
+                "cwd": str(launch.cwd),
                 "interpreter": "none",
                 "cron_restart": job.cron,
                 "autorestart": False,
@@ -182,7 +186,7 @@ class SchedulePlan:
 
 def plan_install(
     available_tasks: Iterable[str],
-    project: Path,
+    project: Path | Launcher,
     log_dir: Path,
     ecosystem_file: Path,
     crontab_file: Path | None = None,

@@ -13,6 +13,7 @@ from resilience.authstate.pgstore import connect
 from resilience.config import Settings
 from resilience.errors import DataError, ResilienceError
 from resilience.infra import daemon
+from resilience.infra.commandline import Launcher
 from resilience.infra.daemon import Daemon
 from resilience.infra.redact import Redactor, redact_dsn
 from resilience.mirror import feed
@@ -116,7 +117,7 @@ def mirror_daemon(settings: Settings) -> Daemon:
 
 def install_mirror(
     settings: Settings,
-    project: Path,
+    project: Path | Launcher,
     ecosystem_file: Path,
     log_dir: Path,
     *,

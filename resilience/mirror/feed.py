@@ -22,6 +22,7 @@ import psycopg
 
 from resilience.authstate.pgstore import Conn, database_errors
 from resilience.errors import ConfigError
+from resilience.infra.commandline import operator_command as cmd
 
 CHANGES_TABLE = "whatsapp_mirror_changes"
 CHANNEL = "whatsapp_mirror"
@@ -246,7 +247,7 @@ def require_feed(conn: Conn) -> None:
         what = "the change table" if not status.table else f"trigger(s) {', '.join(absent)}"
         raise ConfigError(
             f"the mirror's change feed is not installed ({what} missing): run "
-            "`invoke mirror.feed-install` with a role that has DDL rights on the auth tables"
+            f"`{cmd('mirror.feed-install')}` with a role that has DDL rights on the auth tables"
         )
 
 

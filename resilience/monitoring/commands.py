@@ -12,6 +12,7 @@ import httpx
 
 from resilience.config import Settings
 from resilience.infra import daemon
+from resilience.infra.commandline import Launcher
 from resilience.infra.daemon import Daemon
 from resilience.monitoring.monitor import EXIT_CODES, Monitor
 from resilience.monitoring.server import serve
@@ -106,7 +107,7 @@ def monitor_daemon(settings: Settings) -> Daemon:
 
 def install_monitor(
     settings: Settings,
-    project: Path,
+    project: Path | Launcher,
     ecosystem_file: Path,
     log_dir: Path,
     *,

@@ -1,4 +1,4 @@
-"""Alert rules: the thresholds of brief §7 (all settings) applied to one cycle's numbers.
+"""Alert rules: the thresholds of docs/domain.md §7 (all settings) applied to one cycle's numbers.
 
 A rule looks at the cycle and says what is true *now*: a :class:`Finding` per rule that fires,
 nothing for a rule that is fine. Whether that is news (fired, reminder, resolved) is decided in
@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from resilience.config import Settings
+from resilience.infra.commandline import operator_command as cmd
 
 Severity = Literal["warning", "critical"]
 SEVERITY_RANK = {"ok": 0, "warning": 1, "critical": 2}
@@ -121,7 +122,7 @@ def evaluate(observed: Observed, settings: Settings) -> list[Finding]:
                 f"{expired} keys past expiry (expires_at passed; warn at "
                 f"{settings.keys_expired_warn}, critical at {settings.keys_expired_critical})"
                 + (f": {where}" if where else "")
-                + "; run `invoke cleanup.keys --expired`",
+                + f"; run `{cmd('cleanup.keys --expired')}`",
                 settings.keys_alert_cooldown,
             )
         )
@@ -134,7 +135,7 @@ def evaluate(observed: Observed, settings: Settings) -> list[Finding]:
                 "critical" if lag > 6 * settings.mirror_lag_alert or stuck else "warning",
                 f"the file mirror is {lag:.0f} s behind PostgreSQL (alert over "
                 f"{settings.mirror_lag_alert:g} s; state {observed.mirror_state}): a fallback "
-                "now would lose that much; `invoke mirror.status`",
+                f"now would lose that much; `{cmd('mirror.status')}`",
                 cooldown,
             )
         )

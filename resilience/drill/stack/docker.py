@@ -18,6 +18,7 @@ import contextlib
 import functools
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -358,6 +359,10 @@ class DockerStack(Stack):
         self._restore_env()
         self._endpoints = None
         self._ports.clear()
+        for sub in ("pids", "logs", "receivers", "pm2"):  # what _start made, all stopped now
+            shutil.rmtree(self.dir / sub, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
 
     def _cleanup_host(self) -> str | None:
         if self._engine is not None:

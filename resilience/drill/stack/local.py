@@ -3,7 +3,8 @@
 PostgreSQL (Debian's binaries, throwaway cluster), the real Toxiproxy server with a proxy named
 `postgres` in front of it, moto's S3 server with one bucket per region, the Sentry/Telegram
 receivers, and a PM2 daemon with its own PM2_HOME. Everything lives under `stack_dir`; pid files
-let `down()` clean up after a crashed run.
+let `down()` clean up after a crashed run, and `down()` removes what the stack created there
+(:data:`CREATED`; the directory itself once nothing else is left in it).
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ from resilience.infra.processes import (
 from resilience.infra.waiting import wait_until
 
 PROXY = "postgres"
+#: What a local stack creates in its directory, and `down()` removes: its logs, pid files, PM2
+#: home, the receivers' records, PostgreSQL's data (when not under a temp dir of the server's
+#: user), its state. Nothing else there is its own (the stacks of test runs in subdirectories,
+#: the demo deployment of `stack.up`: :mod:`resilience.drill.demo`).
+CREATED = ("logs", "pids", "pm2", "receivers", "pg", "state.json", "pg-data-root")
 
 
 def find_toxiproxy(tools_dir: Path) -> Path:
@@ -114,7 +120,7 @@ class LocalStack(Stack):
             state = self._load_state()
             if state is None:
                 raise StackError(
-                    f"the local stack is not up (no {self.state_file}): run 'invoke stack.up'"
+                    f"the local stack is not up (no {self.state_file}): run './run stack.up'"
                 )
             self._endpoints = _endpoints_from(state["endpoints"])
         return self._endpoints
@@ -128,7 +134,7 @@ class LocalStack(Stack):
         try:
             return self._start()
         except BaseException:
-            self.down()
+            self._stop()  # its logs stay, to read why it did not start
             raise
 
     def _start(self) -> Endpoints:
@@ -253,6 +259,18 @@ class LocalStack(Stack):
         wait_until(ready, timeout, f"{name} at {url}")
 
     def down(self) -> None:
+        """Stop every process of the stack, then remove what it created in its directory."""
+        self._stop()
+        for name in CREATED:
+            path = self.dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()  # only when nothing else is in it
+
+    def _stop(self) -> None:
         state = self._load_state()
         self._endpoints = None
         pm2_home = self.dir / "pm2"
@@ -299,7 +317,7 @@ class LocalStack(Stack):
     def _require_cluster(self) -> PostgresCluster:
         state = self._load_state()
         if state is None or "postgres" not in state:
-            raise StackError("the local stack is not up: run 'invoke stack.up'")
+            raise StackError("the local stack is not up: run './run stack.up'")
         return self._cluster(state)
 
     def stop_postgres(self) -> None:

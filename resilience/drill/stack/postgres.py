@@ -212,7 +212,7 @@ class PostgresCluster:
         wait_until(ready, timeout, f"PostgreSQL on {self.host}:{self.port}")
 
     def bootstrap(self) -> None:
-        """Create the service role and database and apply the schema (brief §2)."""
+        """Create the service role and database and apply the schema (docs/domain.md §2)."""
         with psycopg.connect(self.admin_dsn("postgres"), autocommit=True) as conn:
             conn.execute(
                 psycopg.sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(

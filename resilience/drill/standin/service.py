@@ -1,6 +1,6 @@
 """A stand-in for the Baileys WhatsApp service, run by PM2 in drills (``python -m`` this module).
 
-Seen from outside it behaves like the real service (brief §4):
+Seen from outside it behaves like the real service (docs/domain.md §4):
 
 - reads ``.env`` in its working directory; file mode iff ``USE_REPOSITORY_PATTERN``,
   ``USE_DATABASE_AUTH_STATE`` and ``USE_LEGACY_SUPABASE`` are all ``false``, else PostgreSQL mode
@@ -52,7 +52,7 @@ no pool: it publishes none of the query and pool metrics, and ``/health`` report
 (:meth:`resilience.monitoring.latency.QueryRing.summary`); in both modes ``reads_ok`` and
 ``reads_failed`` count the readers' reads.
 
-Creds cache (PostgreSQL mode, brief §8; :mod:`resilience.authstate.credscache`). After every good
+Creds cache (docs/domain.md §8; :mod:`resilience.authstate.credscache`). After every good
 creds load or save the creds are cached per company, in memory and, with ``CREDS_CACHE_DIR``, in
 an on-disk copy (0600 in a 0700 directory) that survives a PM2 restart; ``CREDS_CACHE_TTL_S``
 (default 300; ``0`` turns the cache off) is its TTL. When loading creds fails at start with a
@@ -452,7 +452,7 @@ class CredsSaveFailed(Exception):
 
 class KeyReadFailed(Exception):
     """Keys could not be read. Never an empty answer: keys that cannot be read are not keys
-    that do not exist (brief §10)."""
+    that do not exist (docs/domain.md §10)."""
 
 
 class Backend(Protocol):

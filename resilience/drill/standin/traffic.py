@@ -1,4 +1,4 @@
-"""Live traffic of the stand-in service: a deterministic stream of key writes (brief §3).
+"""Live traffic of the stand-in service: a deterministic stream of key writes (docs/domain.md §3).
 
 Each batch is what one Baileys ``keys.set`` call would carry: pre-key rotations (new ids, used
 ones deleted by ``None``), session updates (``<user>.<device>``, ``<user>_<domain>.<device>``),

@@ -783,7 +783,7 @@ def test_unwritable_journal_stops_start_up(tmp_path: Path, standins: list[Standi
     assert CONNECTION_OPEN_PATTERN.search(standin.output()) is None
 
 
-# --- the creds cache (docs/domain.md §8) ------------------------------------------------------------------
+# --- the creds cache (docs/domain.md §8) ---------------------------------------------------------
 
 
 def test_config_reads_the_creds_cache_settings(tmp_path: Path) -> None:

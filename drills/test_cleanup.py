@@ -1,10 +1,10 @@
 """Drill: `cleanup.keys --yes` beside the live service; exactly the expected keys go.
 
-A company gets N keys with the observed age mix (24 % < 1 d, 38 % 1-7 d, 35 % 7-14 d, 3 %
-14-30 d, docs/domain.md §7) plus stale ones, last written 45 to 75 days ago. Half of the stale
-keys are loaded by the stand-in (it is restarted after they are added), so its own traffic
-rewrites and deletes some of them while the cleanup runs; the other half are written, during
-the cleanup, by an upserter on the service's write path (:meth:`PgAuthStore.set_keys`) whose session has
+A company gets N keys with the observed age mix (24 % < 1 d, 38 % 1-7 d, 35 % 7-14 d, 3 % 14-30
+d, docs/domain.md §7) plus stale ones, last written 45 to 75 days ago. Half of the stale keys
+are loaded by the stand-in (it is restarted after they are added), so its own traffic rewrites
+and deletes some of them while the cleanup runs; the other half are written, during the cleanup,
+by an upserter on the service's write path (:meth:`PgAuthStore.set_keys`) whose session has
 ``lock_timeout = 200ms``: a write that would wait longer on a lock fails and is counted.
 
 The 200 ms bound on lock waits is enforced by PostgreSQL itself on the upserter (a longer wait

@@ -45,6 +45,8 @@ ENV_NAMES = (
     "CREDS_CACHE_TTL_S",
     "CACHE_RELOAD_INTERVAL_MS",
     "CREDS_SAVE_INTERVAL_MS",
+    "PRE_KEY_CREDS_SAVE",
+    "DB_BUFFER_FORM",
     "SENTRY_DSN",
 )
 HERE = Path(__file__).resolve().parent

@@ -213,7 +213,10 @@ def test_standin_runs_under_pm2_runtime(compose: dict[str, Any]) -> None:
 
 def test_entrypoint_writes_every_setting_the_standin_reads() -> None:
     entrypoint = load_entrypoint()
-    source = inspect.getsource(service.read_config) + inspect.getsource(service._application_name)
+    source = "".join(
+        inspect.getsource(reader)
+        for reader in (service.read_config, service._application_name, service._buffer_form)
+    )
     read = set(re.findall(r'(?:values\.get\(|_setting\(values, )"([A-Z_]+)"', source))
     assert set(entrypoint.ENV_NAMES) == read | set(FLAG_NAMES)
 

@@ -261,6 +261,35 @@ def test_yes_deletes_exactly_the_stale_set_in_batches(
     assert "by type:" in message["text"] and stack.endpoints.service_dsn not in str(event)
 
 
+@pytest.mark.parametrize("physical", [True, False], ids=["physical-order", "key-order"])
+def test_batches_take_exactly_their_size_in_either_order(
+    operator: Settings,
+    store: PgAuthStore,
+    company: str,
+    admin: Conn,
+    monkeypatch: pytest.MonkeyPatch,
+    physical: bool,
+) -> None:
+    """Physical order (tuple ids) on PostgreSQL 14 and newer, the primary key before: the same
+    rows go, in the same number of batches of exactly the batch size."""
+    monkeypatch.setattr(cleanup, "physical_order", lambda _conn: physical)
+    rows = seed(store, company, fresh=40, stale=33, seed=12)
+    run = cleanup.cleanup_keys(
+        with_batch(operator, cleanup_batch_size=8), company_id=company, yes=True
+    )
+    stale = expected(rows, ExpiryRule.stale(), run.now)
+    assert len(stale) == 33 and run.deletion.deleted == 33
+    assert run.deletion.batches == 5 and run.deletion.complete  # 4 of 8, then one of 1
+    assert refs_in(admin, company) == {(r.key_type, r.key_id) for r, _ in rows} - stale
+    position = run.to_dict()["position"]
+    if physical:  # the last tuple id picked
+        assert set(position) == {"tid"} and position["tid"].startswith("(")
+    else:  # the last key picked
+        assert (position["company_id"], position["key_type"], position["key_id"]) in {
+            (company, t, i) for t, i in stale
+        }
+
+
 def test_nothing_newer_than_the_retention_is_lost(
     operator: Settings, store: PgAuthStore, company: str, admin: Conn
 ) -> None:
@@ -450,6 +479,63 @@ def test_a_key_rewritten_while_the_cleanup_waits_for_it_stays(
     left = refs_in(admin, company)
     assert (victim.key_type, victim.key_id) in left
     assert result["run"].deletion.deleted == 29
+
+
+def test_a_batch_a_deadlock_rolled_back_is_retried(
+    operator: Settings, store: PgAuthStore, company: str, admin: Conn, stack: Stack
+) -> None:
+    """A writer holds one stale row the batch waits for, then asks for one the batch holds
+    already (the batch deletes in physical order): PostgreSQL breaks the deadlock by rolling
+    back the one that waited first, the batch, which is retried once the writer is done."""
+    rows = seed(store, company, fresh=10, stale=20, seed=9)
+    stale = {(r.key_type, r.key_id) for r in _stale_records(rows)}
+    ordered = [
+        (t, i)
+        for t, i in admin.execute(
+            "SELECT key_type, key_id FROM whatsapp_keys WHERE company_id = %s ORDER BY ctid",
+            (company,),
+        ).fetchall()
+        if (t, i) in stale
+    ]
+    first, last = ordered[0], ordered[-1]
+    lock = (
+        "SELECT 1 FROM whatsapp_keys WHERE company_id = %s AND key_type = %s AND key_id = %s "
+        "FOR UPDATE"
+    )
+    writer = psycopg.connect(stack.endpoints.service_dsn)
+    result: dict[str, Any] = {}
+
+    def clean() -> None:
+        try:
+            result["run"] = cleanup.cleanup_keys(
+                with_batch(operator, cleanup_lock_timeout_ms=20000), company_id=company, yes=True
+            )
+        except Exception as exc:  # reported below
+            result["error"] = exc
+
+    thread = threading.Thread(target=clean)
+    try:
+        writer.execute(lock, (company, *last))
+        thread.start()
+        wait_until(
+            lambda: admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE %s",
+                ("%WITH batch AS%",),
+            ).fetchone()[0],  # type: ignore[index]
+            10,
+            "the cleanup waiting for the writer's row",
+        )
+        writer.execute(lock, (company, *first))  # granted once the batch is rolled back
+        writer.commit()
+        thread.join(30)
+    finally:
+        writer.close()
+    assert "error" not in result, result.get("error")
+    run = result["run"]
+    assert run.deletion.lock_retries >= 1 and run.deletion.complete
+    assert run.deletion.deleted == 20 and run.deletion.batches == 1
+    assert refs_in(admin, company).isdisjoint(stale)
 
 
 def test_locks_not_granted_are_retried_then_reported(

@@ -11,8 +11,8 @@ order of the pair alternates from one repetition to the next), each on the same 
 and vacuumed table (seeding and vacuum are not timed):
 
 - **batched**: :func:`resilience.maintenance.cleanup.delete_expired`, what ``cleanup.keys
-  --yes`` runs (key-ordered batches of ``batch_size``, each its own transaction with
-  ``SET LOCAL lock_timeout``);
+  --yes`` runs (batches of ``batch_size`` in the table's physical order, each its own
+  transaction with ``SET LOCAL lock_timeout``);
 - **single**: one ``DELETE ... WHERE <the same predicate> RETURNING``, counted per type the
   same way, in one transaction.
 
@@ -21,10 +21,11 @@ service's path) every few milliseconds, each call one live key and one of the st
 rows the cleanup is deleting), and its call latencies give the p99 of each method.
 
 Ratios are medians over medians (``batched / single``). Targets: batched within
-:data:`RATIO_TARGET` of the single DELETE, and the upserts' p99 under :data:`P99_TARGET_MS`
-while it runs. After every run the stale keys must be gone (except those the upserter wrote
-again: fresh then) and every live key kept; otherwise :class:`VerificationError`. The bench
-company is deleted at the end, whatever happens.
+:data:`RATIO_TARGET` of the single DELETE, and while it runs the upserts' p99 under
+:data:`P99_TARGET_MS` and no upsert over it (``over_target``, counted per run). After every
+run the stale keys must be gone (except those the upserter wrote again: fresh then) and every
+live key kept; otherwise :class:`VerificationError`. The bench company is deleted at the end,
+whatever happens.
 """
 
 from __future__ import annotations
@@ -165,6 +166,7 @@ class UpsertStats:
             "p50_ms": self.percentile_ms(50),
             "p99_ms": self.percentile_ms(99),
             "max_ms": self.percentile_ms(100),
+            "over_target": sum(1 for s in self.latencies_s if s * 1000 > P99_TARGET_MS),
             "lock_timeouts": self.lock_timeouts,
             "errors": len(self.errors),
         }
@@ -438,6 +440,7 @@ def bench_cleanup(
     target = results.get(str(TARGET_KEYS))
     ratio = None if target is None else target["ratio"]
     p99 = None if target is None else target["batched_upsert_p99_ms"]["max"]
+    over = None if target is None else sum(u["over_target"] for u in target["upserts"]["batched"])
     return {
         "benchmark": "cleanup",
         "machine": machine,
@@ -450,8 +453,9 @@ def bench_cleanup(
             "upsert_p99_ms_max": P99_TARGET_MS,
             "ratio_100k": ratio,
             "batched_upsert_p99_ms_100k": p99,
+            "batched_upserts_over_target_100k": over,
             "met": None
             if ratio is None or p99 is None
-            else ratio <= RATIO_TARGET and p99 < P99_TARGET_MS,
+            else ratio <= RATIO_TARGET and p99 < P99_TARGET_MS and over == 0,
         },
     }

@@ -115,9 +115,10 @@ def _feed(action: str, dry_run: bool, json: bool) -> None:
 @task(auto_shortflags=False, help=FEED_HELP)
 @operator_task
 def feed_install(c: Context, dry_run: bool = False, json: bool = False) -> None:
-    """Install the change feed (change table, trigger functions, six statement triggers on the
-    auth tables) in one transaction; idempotent. Needs TRIGGER on the auth tables and CREATE
-    on their schema (a missing privilege is named; nothing is half installed)."""
+    """Install the change feed (change table, trigger functions, six statement triggers and one
+    row trigger on the auth tables) in one transaction; idempotent. Needs TRIGGER on the auth
+    tables and CREATE on their schema (a missing privilege is named; nothing is half
+    installed)."""
     _feed("install", dry_run, json)
 
 

@@ -120,11 +120,11 @@ def _feed(action: str, dry_run: bool, json: bool) -> None:
 @task(auto_shortflags=False, help=FEED_HELP)
 @operator_task
 def feed_install(c: Context, dry_run: bool = False, json: bool = False) -> None:
-    """Install the change feed (a change table and six statement triggers) in one transaction.
+    """Install the change feed (a change table, its trigger functions and triggers) at once.
 
-    The change table, its trigger functions and six statement triggers on the auth tables;
-    idempotent. Needs TRIGGER on the auth tables and CREATE on their schema (a missing
-    privilege is named; nothing is half installed)."""
+    The change table, its trigger functions, six statement triggers and one row trigger on the
+    auth tables, in one transaction; idempotent. Needs TRIGGER on the auth tables and CREATE on
+    their schema (a missing privilege is named; nothing is half installed)."""
     _feed("install", dry_run, json)
 
 

@@ -29,6 +29,9 @@ def test_bench_mirror_measures_overhead_throughput_and_lag_and_cleans_up(
     assert result["bench"] == "mirror" and result["burst"] == 300
     overhead = result["trigger_overhead_p50"]
     assert overhead["target_max"] == 0.10 and isinstance(overhead["met"], bool)
+    targets = result["targets"]
+    assert targets["upsert_p50_ratio_max"] == 1.1 and targets["met"] == overhead["met"]
+    assert targets["upsert_p50_ratio_trigger_on_off"] > 0
     for name in ("upsert_p50_s_trigger_off", "upsert_p50_s_trigger_on", "steady_lag_p50_s"):
         assert result[name]["median"] > 0
     (run,) = result["runs"]

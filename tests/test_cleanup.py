@@ -27,7 +27,13 @@ from resilience.authstate.dataset import generate
 from resilience.authstate.model import KeyRecord
 from resilience.authstate.pgstore import Conn, PgAuthStore
 from resilience.config import Settings, load_settings
-from resilience.drill.bench.cleanup import aged_rows, bench_cleanup
+from resilience.drill.bench.cleanup import (
+    DATA_NAME,
+    LIVE_MAX_AGE,
+    aged_rows,
+    bench_cleanup,
+    live_rows,
+)
 from resilience.drill.fakes.receivers import ReceiverClient
 from resilience.drill.stack import Stack
 from resilience.errors import DatabaseError, DatabaseUnreachable, InputError
@@ -255,6 +261,35 @@ def test_yes_deletes_exactly_the_stale_set_in_batches(
     assert "by type:" in message["text"] and stack.endpoints.service_dsn not in str(event)
 
 
+@pytest.mark.parametrize("physical", [True, False], ids=["physical-order", "key-order"])
+def test_batches_take_exactly_their_size_in_either_order(
+    operator: Settings,
+    store: PgAuthStore,
+    company: str,
+    admin: Conn,
+    monkeypatch: pytest.MonkeyPatch,
+    physical: bool,
+) -> None:
+    """Physical order (tuple ids) on PostgreSQL 14 and newer, the primary key before: the same
+    rows go, in the same number of batches of exactly the batch size."""
+    monkeypatch.setattr(cleanup, "physical_order", lambda _conn: physical)
+    rows = seed(store, company, fresh=40, stale=33, seed=12)
+    run = cleanup.cleanup_keys(
+        with_batch(operator, cleanup_batch_size=8), company_id=company, yes=True
+    )
+    stale = expected(rows, ExpiryRule.stale(), run.now)
+    assert len(stale) == 33 and run.deletion.deleted == 33
+    assert run.deletion.batches == 5 and run.deletion.complete  # 4 of 8, then one of 1
+    assert refs_in(admin, company) == {(r.key_type, r.key_id) for r, _ in rows} - stale
+    position = run.to_dict()["position"]
+    if physical:  # the last tuple id picked
+        assert set(position) == {"tid"} and position["tid"].startswith("(")
+    else:  # the last key picked
+        assert (position["company_id"], position["key_type"], position["key_id"]) in {
+            (company, t, i) for t, i in stale
+        }
+
+
 def test_nothing_newer_than_the_retention_is_lost(
     operator: Settings, store: PgAuthStore, company: str, admin: Conn
 ) -> None:
@@ -444,6 +479,63 @@ def test_a_key_rewritten_while_the_cleanup_waits_for_it_stays(
     left = refs_in(admin, company)
     assert (victim.key_type, victim.key_id) in left
     assert result["run"].deletion.deleted == 29
+
+
+def test_a_batch_a_deadlock_rolled_back_is_retried(
+    operator: Settings, store: PgAuthStore, company: str, admin: Conn, stack: Stack
+) -> None:
+    """A writer holds one stale row the batch waits for, then asks for one the batch holds
+    already (the batch deletes in physical order): PostgreSQL breaks the deadlock by rolling
+    back the one that waited first, the batch, which is retried once the writer is done."""
+    rows = seed(store, company, fresh=10, stale=20, seed=9)
+    stale = {(r.key_type, r.key_id) for r in _stale_records(rows)}
+    ordered = [
+        (t, i)
+        for t, i in admin.execute(
+            "SELECT key_type, key_id FROM whatsapp_keys WHERE company_id = %s ORDER BY ctid",
+            (company,),
+        ).fetchall()
+        if (t, i) in stale
+    ]
+    first, last = ordered[0], ordered[-1]
+    lock = (
+        "SELECT 1 FROM whatsapp_keys WHERE company_id = %s AND key_type = %s AND key_id = %s "
+        "FOR UPDATE"
+    )
+    writer = psycopg.connect(stack.endpoints.service_dsn)
+    result: dict[str, Any] = {}
+
+    def clean() -> None:
+        try:
+            result["run"] = cleanup.cleanup_keys(
+                with_batch(operator, cleanup_lock_timeout_ms=20000), company_id=company, yes=True
+            )
+        except Exception as exc:  # reported below
+            result["error"] = exc
+
+    thread = threading.Thread(target=clean)
+    try:
+        writer.execute(lock, (company, *last))
+        thread.start()
+        wait_until(
+            lambda: admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE %s",
+                ("%WITH batch AS%",),
+            ).fetchone()[0],  # type: ignore[index]
+            10,
+            "the cleanup waiting for the writer's row",
+        )
+        writer.execute(lock, (company, *first))  # granted once the batch is rolled back
+        writer.commit()
+        thread.join(30)
+    finally:
+        writer.close()
+    assert "error" not in result, result.get("error")
+    run = result["run"]
+    assert run.deletion.lock_retries >= 1 and run.deletion.complete
+    assert run.deletion.deleted == 20 and run.deletion.batches == 1
+    assert refs_in(admin, company).isdisjoint(stale)
 
 
 def test_locks_not_granted_are_retried_then_reported(
@@ -671,6 +763,29 @@ def test_bench_takes_the_benchmark_name_as_a_positional(
     parser = Parser(contexts=[ParserContext(name="bench", args=dev.bench.get_arguments())])
     (context,) = parser.parse_argv(argv)
     assert context.as_kwargs == expected_kwargs
+
+
+def test_bench_live_rows_are_never_stale_and_the_same_under_any_company_name() -> None:
+    # The flake of the bench's test: the dataset's legacy rows lie 3 days behind their twins,
+    # so with the random company name seeding generate(), about 1 run in 125 had a "live" row
+    # already stale (deleted: 401 of 400) and an upsert on it deadlocking with the cleanup.
+    # Seed 216 is such a dataset: a legacy row 32 days old.
+    now = datetime.now(UTC)
+    raw = generate(DATA_NAME, 1000, seed=216, now=now)
+    assert any(
+        r.updated_at is not None and r.updated_at < now - timedelta(days=30) for r in raw.keys
+    )
+    rows = live_rows("bench_cleanup_400_aaaa", 1000, seed=216)
+    assert len(rows) == len(raw.keys) and {r.company_id for r, _ in rows} == {
+        "bench_cleanup_400_aaaa"
+    }
+    oldest = min(r.updated_at for r, _ in rows if r.updated_at is not None)
+    assert oldest >= now - LIVE_MAX_AGE - timedelta(minutes=1)
+    other = live_rows("bench_cleanup_400_bbbb", 1000, seed=216)
+    assert [(r.key_type, r.key_id) for r, _ in rows] == [(r.key_type, r.key_id) for r, _ in other]
+    stale = aged_rows("bench_cleanup_400_cccc", 50, days_old=45, seed=12)
+    again = aged_rows("bench_cleanup_400_dddd", 50, days_old=45, seed=12)
+    assert [(r.key_type, r.key_id) for r, _ in stale] == [(r.key_type, r.key_id) for r, _ in again]
 
 
 def test_bench_cleanup_reports_both_methods_and_cleans_up(stack: Stack, admin: Conn) -> None:

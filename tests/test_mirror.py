@@ -179,6 +179,61 @@ def test_the_feed_records_every_statement_and_pruning_empties_it(
         assert feed.feed_status(conn).pending_changes == 0
 
 
+def test_an_update_that_moves_a_key_records_both_identities_and_an_empty_one_wakes_nobody(
+    stack: Stack, feed_installed: None, company: str
+) -> None:
+    """The update trigger reads only the new rows: a statement that changes a key's identity
+    (cleanup.legacy moves a `pre`/`key-5` row to `pre-key`/`5`) has its old identity recorded
+    by the row trigger, so the mirror removes the old file too; an upsert records each key
+    once; a statement that changed nothing records nothing and sends no NOTIFY."""
+    with (
+        connect(stack.endpoints.service_dsn, autocommit=True) as listener,
+        connect(stack.endpoints.service_dsn) as conn,
+    ):
+        conn.execute(f"DELETE FROM {feed.CHANGES_TABLE}")
+        conn.commit()
+        store = PgAuthStore(conn)
+        store.set_keys(company, {"pre-key": {"5": {"a": b"x"}}, "session": {"1.0": {"a": b"y"}}})
+        conn.commit()
+        conn.execute(
+            "UPDATE whatsapp_keys SET key_type = 'pre', key_id = 'key-5' "
+            "WHERE company_id = %s AND key_type = 'pre-key' AND key_id = '5'",
+            (company,),
+        )
+        store.set_keys(company, {"session": {"1.0": {"a": b"z"}}})  # an upsert that updates
+        conn.commit()
+        with conn.transaction():
+            changes = feed.read_changes(conn, 100)
+        mine = [(c.key_type, c.key_id) for c in changes if c.company_id == company]
+        assert sorted(mine) == sorted(
+            [("pre-key", "5"), ("session", "1.0"), ("pre", "key-5"), ("pre-key", "5"),
+             ("session", "1.0")]
+        )  # fmt: skip
+        assert feed.prune_changes(conn, [c.id for c in changes]) == len(changes)
+        conn.commit()
+
+        listener.execute(f"LISTEN {feed.CHANNEL}")
+        conn.execute(
+            "UPDATE whatsapp_keys SET value = value WHERE company_id = %s AND key_id = 'none'",
+            (company,),
+        )
+        conn.execute(
+            "DELETE FROM whatsapp_keys WHERE company_id = %s AND key_id = 'none'", (company,)
+        )
+        conn.commit()
+        assert feed.feed_status(conn).pending_changes == 0
+        conn.execute(
+            "UPDATE whatsapp_keys SET value = value WHERE company_id = %s AND key_id = '1.0'",
+            (company,),
+        )
+        conn.commit()
+        # NOTIFYs are delivered in commit order: the one received is the last commit's
+        received = list(listener.notifies(timeout=5, stop_after=1))
+        assert [n.channel for n in received] == [feed.CHANNEL]
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+        assert feed.feed_status(conn).pending_changes == 1
+
+
 # --- applying ------------------------------------------------------------------------------------
 def test_start_exports_then_every_change_is_applied_through_export_naming(
     stack: Stack, mirror: Mirror, company: str

@@ -37,6 +37,24 @@ if [ -n "$FAKE_DOWN" ] && [ "$endpoint" = "$FAKE_DOWN" ]; then
   echo "2026-12-01 14:43:20,241 [123] ERROR: denied for $AWS_SECRET_ACCESS_KEY" >&2
   exit 2
 fi
+if [ -n "$FAKE_FAIL" ] && [ "$endpoint $(basename "$last")" = "$FAKE_FAIL" ]; then
+  echo "ERROR: upload of $(basename "$last") refused" >&2
+  exit 2
+fi
+if [ -n "$FAKE_BARRIER" ]; then
+  # wait until FAKE_BARRIER_N uploads to this endpoint run at once (FAKE_BARRIER_TRIES polls of
+  # 50 ms, 400 unless set, then fail)
+  dir="$FAKE_BARRIER/$(echo "$endpoint" | tr -c 'a-z0-9\n' _)"
+  mkdir -p "$dir" && touch "$dir/$$"
+  n=0
+  while [ "$(ls "$dir" | wc -l)" -lt "$FAKE_BARRIER_N" ]; do
+    n=$((n + 1))
+    if [ $n -gt "${FAKE_BARRIER_TRIES:-400}" ]; then
+      echo "ERROR: never $FAKE_BARRIER_N at once" >&2; exit 3
+    fi
+    sleep 0.05
+  done
+fi
 echo "$endpoint $(basename "$last")" >> "$FAKE_LOG"
 """
 
@@ -56,7 +74,8 @@ def fake_bin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     script.write_text(FAKE_ARCHIVE)
     script.chmod(0o755)
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "pushed.log"))
-    monkeypatch.delenv("FAKE_DOWN", raising=False)
+    for name in ("FAKE_DOWN", "FAKE_FAIL", "FAKE_BARRIER", "FAKE_BARRIER_N", "FAKE_BARRIER_TRIES"):
+        monkeypatch.delenv(name, raising=False)
     return bindir
 
 
@@ -150,6 +169,62 @@ def test_a_region_down_keeps_the_spool_alerts_and_is_caught_up(
     result = push_once(settings)
     assert result.pushed == {"moscow": [wal(1), wal(2), wal(3)], "eu": []}  # only what it lacked
     assert WalSpool(settings.wal_spool_dir).files() == [] and result.alerts == []
+
+
+def test_the_pusher_runs_several_uploads_at_once_per_region(
+    tmp_path: Path, fake_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each fake upload waits until 3 run at once for its region: with fewer it fails
+    settings = settings_for(tmp_path, fake_bin, wal_push_processes=3)
+    for n in range(1, 7):
+        (settings.wal_spool_dir / wal(n)).write_bytes(b"w")
+    monkeypatch.setenv("FAKE_BARRIER", str(tmp_path / "barrier"))
+    monkeypatch.setenv("FAKE_BARRIER_N", "3")
+    result = push_once(settings)
+    assert result.errors == {} and result.gaps == {}
+    assert result.pushed == {r: [wal(n) for n in range(1, 7)] for r in ("moscow", "eu")}
+    assert WalSpool(settings.wal_spool_dir).files() == []
+
+    # one process per region: the first upload waits for two others that never come
+    one = settings_for(tmp_path, fake_bin, wal_push_processes=1)
+    (one.wal_spool_dir / wal(7)).write_bytes(b"w")
+    monkeypatch.setenv("FAKE_BARRIER", str(tmp_path / "barrier-one"))
+    monkeypatch.setenv("FAKE_BARRIER_TRIES", "10")
+    failed = push_once(one)
+    assert set(failed.errors) == {"moscow", "eu"} and "never 3 at once" in failed.errors["eu"]
+    assert WalSpool(one.wal_spool_dir).files() == [wal(7)]
+
+
+def test_a_failed_segment_leaves_a_named_gap_that_the_next_pass_fills(
+    tmp_path: Path, fake_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_for(tmp_path, fake_bin, wal_push_processes=4)
+    for n in range(1, 6):
+        (settings.wal_spool_dir / wal(n)).write_bytes(b"w")
+    # 1, 3 and 4 wait for each other, so they go out beside the failure of 2
+    monkeypatch.setenv("FAKE_FAIL", f"{MOSCOW} {wal(2)}")
+    monkeypatch.setenv("FAKE_BARRIER", str(tmp_path / "barrier"))
+    monkeypatch.setenv("FAKE_BARRIER_N", "3")
+    with pytest.raises(PartialFailure) as info:
+        wal_push(settings)
+    details = info.value.details or {}
+    assert details["gaps"] == {"moscow": [wal(2)]}
+    assert "upload of " + wal(2) + " refused" in str(info.value)
+    assert f"a gap: 1 file(s) from {wal(2)}" in str(info.value)
+    moscow = {name for url, name in pushed(tmp_path) if url == MOSCOW}
+    assert {wal(1), wal(3), wal(4)} <= moscow and wal(2) not in moscow
+    newest = max(moscow)
+    # the archive as the restore plan reads it: the gap is found there too
+    assert missing_segments(moscow, wal(1), newest, SEG) == [(wal(2), wal(2))]
+    left = WalSpool(settings.wal_spool_dir).files()
+    assert wal(2) in left and not {wal(1), wal(3), wal(4)} & set(left)  # EU and Moscow had them
+
+    monkeypatch.delenv("FAKE_FAIL")
+    monkeypatch.delenv("FAKE_BARRIER")
+    result = push_once(settings)
+    assert result.errors == {} and result.gaps == {}
+    assert wal(2) in result.pushed["moscow"] and result.pushed["eu"] == []
+    assert WalSpool(settings.wal_spool_dir).files() == []
 
 
 def test_a_missing_spool_is_an_alerted_configuration_error(tmp_path: Path, fake_bin: Path) -> None:

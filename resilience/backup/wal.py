@@ -4,10 +4,15 @@ PostgreSQL runs as its own user and cannot run our virtualenv, so its `archive_c
 copies each segment into the spool, atomically (a hidden temp name, fsync, rename, fsync of the
 directory), and fails when the copy fails: PostgreSQL then keeps the segment and retries.
 The pusher (`backup.wal-push`, one pass; `backup.wal-daemon`, a loop under PM2) sends every
-spooled file to every region with `barman-cloud-wal-archive` and deletes it from the spool only
-once every region has it. A region that is down never blocks archiving: the spool grows, and an
-alert fires when it holds more than RESILIENCE_WAL_SPOOL_ALERT_SEGMENTS files or its oldest is
-older than RESILIENCE_WAL_SPOOL_ALERT_AGE seconds. Once the region is back it is caught up.
+spooled file to every region with `barman-cloud-wal-archive`, RESILIENCE_WAL_PUSH_PROCESSES
+processes at once per region and both regions at once (as pgBackRest's asynchronous archive-push
+with process-max), oldest first, and deletes it from the spool only once every region has it.
+A region's first failure stops new uploads to it for the pass; segments already under way
+finish, so a region may hold later segments than one it lacks: that gap is named in the result
+(and the restore refuses to pass it, `resilience.backup.pitr`) until the next pass fills it.
+A region that is down never blocks archiving: the spool grows, and an alert fires when it holds
+more than RESILIENCE_WAL_SPOOL_ALERT_SEGMENTS files or its oldest is older than
+RESILIENCE_WAL_SPOOL_ALERT_AGE seconds. Once the region is back it is caught up.
 
 Which archive has which file is kept in the spool, `<spool>/.pushed/<region>.<bucket>.<prefix>/`
 (a changed bucket or prefix starts from nothing).
@@ -21,6 +26,7 @@ import logging
 import os
 import re
 import shlex
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +76,8 @@ class SpoolState:
 class PushResult:
     pushed: dict[str, list[str]] = field(default_factory=dict)  # region -> files sent now
     errors: dict[str, str] = field(default_factory=dict)  # region -> why it failed
+    #: region -> spooled files it lacks though it holds a later one (a gap until filled)
+    gaps: dict[str, list[str]] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)  # in every region now, gone from spool
     spool: SpoolState | None = None
     alerts: list[str] = field(default_factory=list)
@@ -81,6 +89,7 @@ class PushResult:
             "pushed": {r: len(files) for r, files in self.pushed.items()},
             "pushed_files": self.pushed,
             "errors": self.errors,
+            "gaps": self.gaps,
             "removed": len(self.removed),
             "spool": self.spool.to_dict() if self.spool else None,
             "alerts": self.alerts,
@@ -157,42 +166,79 @@ class WalSpool:
             atomic_write(self._state_path(), json.dumps({"alerted": alerted}).encode())
 
 
+@dataclass
+class RegionPush:
+    """What one pass did for one region: files sent (oldest first), the first failure (by
+    file order) and the files it lacks that are older than its newest (a gap, until filled)."""
+
+    sent: list[str] = field(default_factory=list)
+    failure: str | None = None
+    gap: list[str] = field(default_factory=list)
+
+
+def _archive_one(settings: Settings, archive: Archive, spool: WalSpool, name: str) -> str | None:
+    """One file to one region; None when it is there (marked), else why not."""
+    path = spool.dir / name
+    if not path.exists():
+        return None
+    try:
+        run(
+            settings,
+            archive,
+            "barman-cloud-wal-archive",
+            [
+                *archive.cloud_args(),
+                "--gzip",  # switched segments are mostly zeros: gzip's fastest level
+                "--compression-level",
+                "1",
+                "-e",
+                "AES256",
+                archive.url,
+                archive.server,
+                str(path),
+            ],
+            what=f"archiving {name}",
+            timeout=settings.wal_push_timeout,
+        )
+    except ResilienceError as exc:
+        return str(exc)
+    spool.mark(archive.mark, name)
+    return None
+
+
 def _push_region(
     settings: Settings, archive: Archive, spool: WalSpool, files: list[str], say: Progress
-) -> tuple[list[str], str | None]:
-    """Send what this region lacks, oldest first; stop at its first failure."""
-    sent: list[str] = []
-    for name in files:
-        if spool.has(archive.mark, name):
-            continue
-        path = spool.dir / name
-        if not path.exists():
-            continue
-        try:
-            run(
-                settings,
-                archive,
-                "barman-cloud-wal-archive",
-                [
-                    *archive.cloud_args(),
-                    "--gzip",  # switched segments are mostly zeros: gzip's fastest level
-                    "--compression-level",
-                    "1",
-                    "-e",
-                    "AES256",
-                    archive.url,
-                    archive.server,
-                    str(path),
-                ],
-                what=f"archiving {name}",
-                timeout=settings.wal_push_timeout,
-            )
-        except ResilienceError as exc:
-            say(f"region {archive.name}: {exc}")
-            return sent, str(exc)
-        spool.mark(archive.mark, name)
-        sent.append(name)
-    return sent, None
+) -> RegionPush:
+    """Send what this region lacks, oldest first, RESILIENCE_WAL_PUSH_PROCESSES at a time; no
+    new upload starts after its first failure (those under way finish)."""
+    todo = [n for n in files if not spool.has(archive.mark, n)]
+    failed = threading.Event()
+    outcome: dict[str, str | None] = {}
+
+    def one(name: str) -> None:
+        if failed.is_set():
+            return  # not tried: the region failed in this pass
+        error = _archive_one(settings, archive, spool, name)
+        outcome[name] = error
+        if error is not None:
+            failed.set()
+            say(f"region {archive.name}: {error}")
+
+    workers = max(1, min(settings.wal_push_processes, len(todo)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"wal-{archive.name}") as pool:
+        # submitted oldest first: the workers take them in that order
+        list(pool.map(one, todo))
+    done = RegionPush()
+    done.sent = [
+        n for n in todo if n in outcome and outcome[n] is None and spool.has(archive.mark, n)
+    ]
+    errors = [outcome[n] for n in todo if outcome.get(n) is not None]
+    done.failure = errors[0] if errors else None
+    held = [n for n in files if spool.has(archive.mark, n)]
+    if held:
+        newest = held[-1]
+        done.gap = [n for n in files if n < newest and not spool.has(archive.mark, n)]
+    return done
 
 
 def push_once(
@@ -226,10 +272,18 @@ def push_once(
                 a.name: pool.submit(_push_region, settings, a, spool, files, say) for a in regions
             }
             for name, future in futures.items():
-                files_sent, failure = future.result()
-                result.pushed[name] = files_sent
-                if failure:
-                    result.errors[name] = failure
+                region = future.result()
+                result.pushed[name] = region.sent
+                if region.failure:
+                    gap = region.gap
+                    result.errors[name] = region.failure + (
+                        f" (a gap: {len(gap)} file(s) from {gap[0]} missing before later ones "
+                        "it holds, until the next pass)"
+                        if gap
+                        else ""
+                    )
+                if region.gap:
+                    result.gaps[name] = region.gap
         names = [a.mark for a in regions]
         for name in files:
             if all(spool.has(r, name) for r in names):

@@ -1,21 +1,26 @@
-"""`cleanup.keys`: delete expired keys in short, key-ordered batches (docs/domain.md §7, §9).
+"""`cleanup.keys`: delete expired keys in short batches in the table's physical order
+(docs/domain.md §7, §9).
 
 What goes is one meaning of "expired" (:mod:`resilience.maintenance.expiry`): *stale* keys by
 default (not updated for the retention, 30 days unless configured), or with ``expired=True``
 the keys *past expiry* (``expires_at`` passed). Every row is judged against one moment read from
 the database's clock at the start, so the dry run, the count and the deletion agree.
 
-Deletion walks the primary key ``(company_id, key_type, key_id)`` in order (keyset pagination):
-each batch is one statement in its own short transaction, with ``SET LOCAL lock_timeout``,
-that picks the next ``batch_size`` expired rows after the last key of the previous batch and
-deletes them by their tuple id, re-checking the predicate, so a key the service rewrote in the
-meantime (fresh again) stays. A concurrent writer waits at most for one batch; the cleanup
-retries a batch whose locks were not granted in time for a while, then stops. ``whatsapp_auth``
-is never touched.
+Deletion walks the table in its physical order (tuple ids; PostgreSQL 14 and newer): each batch
+is one statement in its own short transaction, with ``SET LOCAL lock_timeout``, that picks the
+next ``batch_size`` expired rows after the last tuple id of the previous batch and deletes the
+expired rows of that range, in the same snapshot: exactly those. Both are TID range scans, the
+pages in order and each read once, where key-ordered batches touched every page at random (4x
+one ``DELETE``). A row the service rewrote meanwhile is checked again once its writer is done
+(fresh again, it stays). Before PostgreSQL 14 (no TID range scan) the batches walk the primary
+key instead. A concurrent writer waits at most for one batch; the cleanup retries a batch whose
+locks were not granted in time, or that a deadlock with a writer rolled back, for a while,
+then stops. ``whatsapp_auth`` is never touched.
 
 A run that stops (database lost, lock not granted) keeps what it deleted: each batch committed
-on its own. The error says how far it got (batches, keys deleted, per type, last key) and so
-does the run record; a re-run starts from the first key again and finds only what is left.
+on its own. The error says how far it got (batches, keys deleted, per type, the last tuple id,
+or key) and so does the run record; a batch retried after a refused lock starts where it was, and a
+re-run starts from the first page again and finds only what is left.
 
 After a deletion the table is vacuumed (plain ``VACUUM (ANALYZE, SKIP_LOCKED)``: no exclusive
 lock is waited for), so the sizes after show the space PostgreSQL could give back; space inside
@@ -115,8 +120,10 @@ class Deletion:
     deleted: int = 0
     deleted_value_bytes: int = 0
     by_company_type: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: The last key of the last committed batch: the next batch starts after it.
+    #: How far it got: the tuple id of the last row the last committed batch picked (physical
+    #: order), or its last key (key order, before PostgreSQL 14); the next batch starts after.
     position: tuple[str, str, str] | None = None
+    tid: str | None = None
     complete: bool = False
     lock_retries: int = 0
     seconds: float = 0.0
@@ -138,7 +145,9 @@ class Deletion:
             "deleted_by_type": self.by_type(),
             "deleted_by_company": self.by_company(),
             "deleted_value_bytes": self.deleted_value_bytes,
-            "position": None
+            "position": {"tid": self.tid}
+            if self.tid is not None
+            else None
             if self.position is None
             else dict(zip(("company_id", "key_type", "key_id"), self.position, strict=True)),
             "complete": self.complete,
@@ -155,18 +164,44 @@ class Batch:
     deleted: dict[str, dict[str, int]]
     value_bytes: int
     last: tuple[str, str, str] | None
+    #: The tuple id of the last row picked (physical order): the next batch starts after it.
+    tid: str | None = None
 
 
-_BATCH_SQL = """
+#: One batch in physical order: the next `limit` expired rows after the last tuple id of the
+#: previous batch (a TID range scan: the pages in order, each read once), then every expired row
+#: in that range deleted by the same kind of scan, in the same snapshot: exactly those rows.
+_PHYSICAL_SQL = """
+WITH batch AS MATERIALIZED (
+    SELECT count(*) AS picked, max(tid) AS last FROM (
+        SELECT ctid AS tid FROM whatsapp_keys
+        WHERE ctid > %(after)s::tid AND {pick}
+        LIMIT %(limit)s
+    ) AS candidates
+),
+gone AS (
+    DELETE FROM whatsapp_keys
+    WHERE ctid > %(after)s::tid AND ctid <= (SELECT last FROM batch) AND {pick}
+    RETURNING company_id, key_type, pg_column_size(value) AS bytes
+)
+SELECT 'deleted', company_id, key_type, NULL::text, count(*), sum(bytes)
+  FROM gone GROUP BY company_id, key_type
+UNION ALL
+SELECT 'picked', NULL, NULL, last::text, picked, NULL FROM batch
+"""
+
+#: One batch in key order (servers before PostgreSQL 14, which have no TID range scan): the
+#: next rows after the last key, deleted by tuple id with the predicate checked again.
+_KEYED_SQL = """
 WITH batch AS MATERIALIZED (
     SELECT ctid AS tid, company_id, key_type, key_id FROM whatsapp_keys
-    WHERE {pick}
+    WHERE {pick_after}
     ORDER BY company_id, key_type, key_id
     LIMIT %(limit)s
 ),
 gone AS (
     DELETE FROM whatsapp_keys
-    WHERE ctid = ANY (ARRAY(SELECT tid FROM batch)) AND {recheck}
+    WHERE ctid = ANY (ARRAY(SELECT tid FROM batch)) AND {pick}
     RETURNING company_id, key_type, pg_column_size(value) AS bytes
 ),
 last AS (
@@ -177,25 +212,44 @@ last AS (
 SELECT 'deleted', company_id, key_type, NULL::text, count(*), sum(bytes)
   FROM gone GROUP BY company_id, key_type
 UNION ALL
-SELECT 'last', company_id, key_type, key_id, (SELECT count(*) FROM batch), NULL
-  FROM last
+SELECT 'picked', NULL, NULL, NULL, (SELECT count(*) FROM batch), NULL
+UNION ALL
+SELECT 'last', company_id, key_type, key_id, NULL, NULL FROM last
 """
 
+#: Before the first batch: every tuple id is greater (offsets start at 1).
+FIRST_TID = "(0,0)"
+#: Per batch transaction: the lock timeout, and only TID range scans (never an index in key
+#: order, nor a synchronised sequential scan starting mid-table: the rows a batch picks are the
+#: first `limit` after its position, so its range holds no more than those).
+_BATCH_SETTINGS = (
+    "SELECT set_config('lock_timeout', %s, true), set_config('enable_seqscan', 'off', true),"
+    " set_config('enable_indexscan', 'off', true),"
+    " set_config('enable_indexonlyscan', 'off', true),"
+    " set_config('enable_bitmapscan', 'off', true)"
+)
+_KEYED_SETTINGS = "SELECT set_config('lock_timeout', %s, true)"
 
-def batch_statement(rule: ExpiryRule, *, company: bool, after: bool) -> sql.Composed:
-    """The statement of one batch: the next rows after the last key, in key order, deleted by
-    tuple id with the predicate checked again (a row rewritten meanwhile is fresh and stays)."""
+
+def _scoped(rule: ExpiryRule, company: bool) -> sql.Composed:
     scope = [sql.SQL("company_id = %(company)s")] if company else []
-    position = (
-        [sql.SQL("(company_id, key_type, key_id) > (%(after_c)s, %(after_t)s, %(after_i)s)")]
-        if after
-        else []
+    return sql.SQL(" AND ").join([*scope, sql.SQL("({})").format(rule.predicate())])
+
+
+def batch_statement(rule: ExpiryRule, *, company: bool, physical: bool = True) -> sql.Composed:
+    """The statement of one batch (one company or all): in physical order (parameters `after`,
+    a tuple id, and `limit`), or in key order (`after_c`, `after_t`, `after_i` or None, and
+    `limit`). Rows: ('deleted', company, type, -, count, bytes) per company and type,
+    ('picked', -, -, the last tuple id picked, rows picked, -), and in key order the last key
+    picked, ('last', company, type, id, -, -)."""
+    pick = _scoped(rule, company)
+    if physical:
+        return sql.SQL(_PHYSICAL_SQL).format(pick=pick)
+    after = sql.SQL(
+        "(%(after_c)s::text IS NULL OR "
+        "(company_id, key_type, key_id) > (%(after_c)s, %(after_t)s, %(after_i)s))"
     )
-    predicate = sql.SQL("({})").format(rule.predicate())
-    return sql.SQL(_BATCH_SQL).format(
-        pick=sql.SQL(" AND ").join([*scope, *position, predicate]),
-        recheck=sql.SQL(" AND ").join([*scope, predicate]),
-    )
+    return sql.SQL(_KEYED_SQL).format(pick=pick, pick_after=sql.SQL(" AND ").join([after, pick]))
 
 
 def _delete_batch(
@@ -205,25 +259,37 @@ def _delete_batch(
     lock_timeout_ms: int,
 ) -> Batch:
     """Run one batch in its own transaction (the module-level seam tests interrupt)."""
-    with conn.transaction():
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{lock_timeout_ms}ms",))
-        rows = conn.execute(statement, params).fetchall()
+    settings = _BATCH_SETTINGS if "after" in params else _KEYED_SETTINGS
+    # One round trip: BEGIN, the settings, the batch and COMMIT go out together (pipeline
+    # mode); on a loaded machine every extra wait for the server costs a scheduling delay.
+    with conn.pipeline(), conn.transaction():
+        conn.execute(settings, (f"{lock_timeout_ms}ms",))
+        cursor = conn.execute(statement, params)
+    rows = cursor.fetchall()
     deleted: dict[str, dict[str, int]] = {}
     value_bytes = 0
     picked = 0
+    tid: str | None = None
     last: tuple[str, str, str] | None = None
     for kind, company, key_type, key_id, count, size in rows:
-        if kind == "last":
-            picked = int(count)
+        if kind == "picked":
+            picked, tid = int(count), key_id
+        elif kind == "last":
             last = (company, key_type, key_id)
         else:
             deleted.setdefault(company, {})[key_type] = int(count)
             value_bytes += int(size or 0)
-    return Batch(picked, deleted, value_bytes, last)
+    return Batch(picked, deleted, value_bytes, last, tid)
 
 
 class _LockBusy(Exception):
-    """A batch's locks were not granted within lock_timeout (retried: it is "not yet")."""
+    """A batch's locks were not granted within lock_timeout, or a deadlock with a writer rolled
+    it back (retried: it is "not yet")."""
+
+
+def physical_order(conn: Conn) -> bool:
+    """Batches in the table's physical order: PostgreSQL 14 or newer (TID range scans)."""
+    return conn.info.server_version >= 140000
 
 
 def delete_expired(
@@ -238,13 +304,14 @@ def delete_expired(
     expected: int | None = None,
     progress: Progress | None = None,
 ) -> Deletion:
-    """Delete the keys `rule` calls expired at `now` (one company or all) in key-ordered
-    batches of `batch_size`, each its own transaction; returns (and fills `state`, so a caller
-    knows how far it got when this raises) the :class:`Deletion`.
+    """Delete the keys `rule` calls expired at `now` (one company or all) in batches of
+    `batch_size` in the table's physical order (key order before PostgreSQL 14), each its own
+    transaction; returns (and fills `state`, so a caller knows how far it got when this
+    raises, and a call with it continues there) the :class:`Deletion`.
 
     `conn` must be idle (autocommit). psycopg errors propagate; a batch whose locks are not
-    granted within `lock_timeout_ms` is retried for :data:`LOCK_RETRY_WINDOW_S`, then
-    :class:`DatabaseError` is raised.
+    granted within `lock_timeout_ms`, or that a deadlock rolled back, is retried for
+    :data:`LOCK_RETRY_WINDOW_S`, then :class:`DatabaseError` is raised.
     """
     if batch_size < 1:
         raise InputError(f"the batch size must be at least 1, not {batch_size}")
@@ -252,8 +319,8 @@ def delete_expired(
         validate_company_id(company_id)
     report = progress or _no_progress
     done = state if state is not None else Deletion()
-    first = batch_statement(rule, company=company_id is not None, after=False)
-    following = batch_statement(rule, company=company_id is not None, after=True)
+    physical = physical_order(conn)
+    statement = batch_statement(rule, company=company_id is not None, physical=physical)
     base: dict[str, Any] = {**rule.params(now), "limit": batch_size}
     if company_id is not None:
         base["company"] = company_id
@@ -262,9 +329,11 @@ def delete_expired(
     try:
         while not done.complete:
             params = dict(base)
-            if done.position is not None:
-                params.update(zip(("after_c", "after_t", "after_i"), done.position, strict=True))
-            statement = first if done.position is None else following
+            if physical:
+                params["after"] = done.tid or FIRST_TID
+            else:
+                key = done.position or (None, None, None)
+                params.update(zip(("after_c", "after_t", "after_i"), key, strict=True))
             batch = _with_lock_retries(conn, statement, params, lock_timeout_ms, done)
             done.batches += 1
             for company, types in batch.deleted.items():
@@ -275,6 +344,8 @@ def delete_expired(
             done.deleted_value_bytes += batch.value_bytes
             if batch.last is not None:
                 done.position = batch.last
+            if batch.tid is not None:
+                done.tid = batch.tid
             done.complete = batch.picked < batch_size
             of = f"/~{planned}" if planned else ""
             report(f"batch {done.batches}{of}: {done.deleted} keys deleted")
@@ -293,7 +364,7 @@ def _with_lock_retries(
     def attempt() -> Batch:
         try:
             return _delete_batch(conn, statement, params, lock_timeout_ms)
-        except psycopg.errors.LockNotAvailable:
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
             done.lock_retries += 1
             raise _LockBusy from None
 

@@ -24,17 +24,12 @@ from resilience.runs.record import recorded_run
 PLAN_INSTALL = [
     f"CREATE TABLE IF NOT EXISTS {feed.CHANGES_TABLE} (id, company_id, key_type, key_id, "
     "changed_at)",
-    "CREATE OR REPLACE FUNCTION "
-    + ", ".join((feed.KEYS_FUNCTION, feed.KEYS_UPDATE_FUNCTION, feed.AUTH_FUNCTION)),
-    *[
-        f"CREATE TRIGGER {name} AFTER {event} ON {table} FOR EACH STATEMENT"
-        for name, table, event, *_ in feed.TRIGGERS
-    ],
+    "CREATE OR REPLACE FUNCTION " + ", ".join(feed.FUNCTIONS),
+    *[f"CREATE TRIGGER {name} AFTER {clause}" for name, _table, clause, _f in feed.TRIGGERS],
 ]
 PLAN_REMOVE = [
     *[f"DROP TRIGGER IF EXISTS {name} ON {table}" for name, table, *_ in feed.TRIGGERS],
-    "DROP FUNCTION IF EXISTS "
-    + ", ".join((feed.KEYS_FUNCTION, feed.KEYS_UPDATE_FUNCTION, feed.AUTH_FUNCTION)),
+    "DROP FUNCTION IF EXISTS " + ", ".join(feed.FUNCTIONS + feed.OLD_FUNCTIONS),
     f"DROP TABLE IF EXISTS {feed.CHANGES_TABLE} (changes not yet applied are lost)",
 ]
 

@@ -4,8 +4,16 @@ It works with DDL rights on the auth tables alone (no superuser, no replication 
 on a managed PostgreSQL. Statement-level ``AFTER`` triggers with transition tables record the
 identity of every key row inserted, updated or deleted (``company_id, key_type, key_id``) and
 every creds row (``key_type`` NULL) in :data:`CHANGES_TABLE`, once per statement, and wake the
-mirror with ``NOTIFY``. Values are not copied: the mirror reads the rows as they are when it
-applies, so a change applied twice is harmless and the order of changes does not matter.
+mirror with ``NOTIFY`` (only when the statement changed rows: an upsert fires the insert and the
+update trigger, one of them often with nothing). Values are not copied: the mirror reads the
+rows as they are when it applies, so a change applied twice is harmless and the order of changes
+does not matter.
+
+An update of ``whatsapp_keys`` records the rows' new identities from its ``NEW TABLE`` alone
+(the service's upserts never change a key's identity: capturing and merging the old rows cost
+every upsert a fifth of the trigger's time); an update that does change ``company_id``,
+``key_type`` or ``key_id`` also records the old identity, through a row trigger that PostgreSQL
+fires only when one of those columns is set and the value differs (never for an upsert).
 
 :func:`install_feed` and :func:`remove_feed` run in one transaction each (nothing is ever half
 installed) and are idempotent. A role without the rights they need is told which privilege it
@@ -27,21 +35,39 @@ from resilience.infra.commandline import operator_command as cmd
 CHANGES_TABLE = "whatsapp_mirror_changes"
 CHANNEL = "whatsapp_mirror"
 KEYS_FUNCTION = "whatsapp_mirror_keys_changed"
-KEYS_UPDATE_FUNCTION = "whatsapp_mirror_keys_updated"
+KEYS_MOVED_FUNCTION = "whatsapp_mirror_keys_moved"
 AUTH_FUNCTION = "whatsapp_mirror_auth_changed"
-#: (trigger, table, event, transition tables, function)
-TRIGGERS: tuple[tuple[str, str, str, str, str], ...] = (
-    ("whatsapp_mirror_keys_ins", "whatsapp_keys", "INSERT", "NEW TABLE AS changed_rows",
+FUNCTIONS = (KEYS_FUNCTION, KEYS_MOVED_FUNCTION, AUTH_FUNCTION)
+#: Functions of earlier versions of the feed, dropped by install and remove.
+OLD_FUNCTIONS = ("whatsapp_mirror_keys_updated",)
+_IDENTITY_CHANGED = (
+    "OLD.company_id IS DISTINCT FROM NEW.company_id OR OLD.key_type IS DISTINCT FROM "
+    "NEW.key_type OR OLD.key_id IS DISTINCT FROM NEW.key_id"
+)
+#: (trigger, table, what follows ``AFTER``: events, transition tables, level, condition),
+#: and the function
+TRIGGERS: tuple[tuple[str, str, str, str], ...] = (
+    ("whatsapp_mirror_keys_ins", "whatsapp_keys",
+     "INSERT ON whatsapp_keys REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT",
      KEYS_FUNCTION),
-    ("whatsapp_mirror_keys_upd", "whatsapp_keys", "UPDATE",
-     "OLD TABLE AS old_rows NEW TABLE AS new_rows", KEYS_UPDATE_FUNCTION),
-    ("whatsapp_mirror_keys_del", "whatsapp_keys", "DELETE", "OLD TABLE AS changed_rows",
+    ("whatsapp_mirror_keys_upd", "whatsapp_keys",
+     "UPDATE ON whatsapp_keys REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT",
      KEYS_FUNCTION),
-    ("whatsapp_mirror_auth_ins", "whatsapp_auth", "INSERT", "NEW TABLE AS changed_rows",
+    ("whatsapp_mirror_keys_mov", "whatsapp_keys",
+     "UPDATE OF company_id, key_type, key_id ON whatsapp_keys FOR EACH ROW "
+     f"WHEN ({_IDENTITY_CHANGED})",
+     KEYS_MOVED_FUNCTION),
+    ("whatsapp_mirror_keys_del", "whatsapp_keys",
+     "DELETE ON whatsapp_keys REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT",
+     KEYS_FUNCTION),
+    ("whatsapp_mirror_auth_ins", "whatsapp_auth",
+     "INSERT ON whatsapp_auth REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT",
      AUTH_FUNCTION),
-    ("whatsapp_mirror_auth_upd", "whatsapp_auth", "UPDATE", "NEW TABLE AS changed_rows",
+    ("whatsapp_mirror_auth_upd", "whatsapp_auth",
+     "UPDATE ON whatsapp_auth REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT",
      AUTH_FUNCTION),
-    ("whatsapp_mirror_auth_del", "whatsapp_auth", "DELETE", "OLD TABLE AS changed_rows",
+    ("whatsapp_mirror_auth_del", "whatsapp_auth",
+     "DELETE ON whatsapp_auth REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT",
      AUTH_FUNCTION),
 )  # fmt: skip
 TRIGGER_NAMES = tuple(t[0] for t in TRIGGERS)
@@ -52,16 +78,17 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
   INSERT INTO {CHANGES_TABLE} (company_id, key_type, key_id)
     SELECT company_id, key_type, key_id FROM changed_rows;
-  PERFORM pg_notify('{CHANNEL}', '');
+  IF FOUND THEN
+    PERFORM pg_notify('{CHANNEL}', '');
+  END IF;
   RETURN NULL;
 END;
 $$;
-CREATE OR REPLACE FUNCTION {KEYS_UPDATE_FUNCTION}() RETURNS trigger
+CREATE OR REPLACE FUNCTION {KEYS_MOVED_FUNCTION}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
   INSERT INTO {CHANGES_TABLE} (company_id, key_type, key_id)
-    SELECT company_id, key_type, key_id FROM new_rows
-    UNION SELECT company_id, key_type, key_id FROM old_rows;
+    VALUES (OLD.company_id, OLD.key_type, OLD.key_id);
   PERFORM pg_notify('{CHANNEL}', '');
   RETURN NULL;
 END;
@@ -70,7 +97,9 @@ CREATE OR REPLACE FUNCTION {AUTH_FUNCTION}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
   INSERT INTO {CHANGES_TABLE} (company_id) SELECT company_id FROM changed_rows;
-  PERFORM pg_notify('{CHANNEL}', '');
+  IF FOUND THEN
+    PERFORM pg_notify('{CHANNEL}', '');
+  END IF;
   RETURN NULL;
 END;
 $$;
@@ -87,11 +116,27 @@ CREATE TABLE IF NOT EXISTS {CHANGES_TABLE} (
 """
 
 
+#: The update function of earlier versions (old and new rows merged): a dump taken then holds
+#: a trigger that calls it, so a restore creates it too (``mirror.feed-install`` replaces it).
+_OLD_FUNCTIONS_SQL = f"""
+CREATE OR REPLACE FUNCTION {OLD_FUNCTIONS[0]}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+BEGIN
+  INSERT INTO {CHANGES_TABLE} (company_id, key_type, key_id)
+    SELECT company_id, key_type, key_id FROM new_rows
+    UNION SELECT company_id, key_type, key_id FROM old_rows;
+  PERFORM pg_notify('{CHANNEL}', '');
+  RETURN NULL;
+END;
+$$;
+"""
+
+
 def objects_sql() -> str:
-    """The change table and the trigger functions: a dump of the auth tables (``pg_dump -t``)
-    holds the feed's triggers but neither, so a restore creates them first (a restored
-    database then records changes, as the one dumped did)."""
-    return _TABLE_SQL + _FUNCTIONS_SQL
+    """The change table and the trigger functions (those of earlier versions too): a dump of
+    the auth tables (``pg_dump -t``) holds the feed's triggers but neither, so a restore
+    creates them first (a restored database then records changes, as the one dumped did)."""
+    return _TABLE_SQL + _FUNCTIONS_SQL + _OLD_FUNCTIONS_SQL
 
 
 @dataclass
@@ -131,7 +176,7 @@ def feed_status(conn: Conn) -> FeedStatus:
         functions = _names(
             conn,
             "SELECT proname FROM pg_proc WHERE proname = ANY(%s)",
-            (KEYS_FUNCTION, KEYS_UPDATE_FUNCTION, AUTH_FUNCTION),
+            FUNCTIONS + OLD_FUNCTIONS,
         )
         role_row = conn.execute("SELECT current_user").fetchone()
         status = FeedStatus(
@@ -206,12 +251,14 @@ def install_feed(conn: Conn) -> FeedStatus:
     try:
         with conn.transaction():
             conn.execute(_TABLE_SQL.encode())
-            conn.execute(_FUNCTIONS_SQL.encode())
-            for name, table, event, referencing, function in TRIGGERS:
+            for name, table, *_ in TRIGGERS:
                 conn.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}".encode())
+            for function in OLD_FUNCTIONS:
+                conn.execute(f"DROP FUNCTION IF EXISTS {function}()".encode())
+            conn.execute(_FUNCTIONS_SQL.encode())
+            for name, _table, clause, function in TRIGGERS:
                 conn.execute(
-                    f"CREATE TRIGGER {name} AFTER {event} ON {table} REFERENCING {referencing} "
-                    f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()".encode()
+                    f"CREATE TRIGGER {name} AFTER {clause} EXECUTE FUNCTION {function}()".encode()
                 )
     except psycopg.errors.InsufficientPrivilege as exc:
         raise _privilege_error(exc, "install") from None
@@ -228,7 +275,7 @@ def remove_feed(conn: Conn) -> FeedStatus:
         with conn.transaction():
             for name, table, *_ in TRIGGERS:
                 conn.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}".encode())
-            for function in (KEYS_FUNCTION, KEYS_UPDATE_FUNCTION, AUTH_FUNCTION):
+            for function in FUNCTIONS + OLD_FUNCTIONS:
                 conn.execute(f"DROP FUNCTION IF EXISTS {function}()".encode())
             conn.execute(f"DROP TABLE IF EXISTS {CHANGES_TABLE}".encode())
     except psycopg.errors.InsufficientPrivilege as exc:

@@ -4,13 +4,15 @@ upserts running concurrently, in one run.
 For every size N a fresh company gets N *stale* keys (realistic data from
 :func:`~resilience.authstate.dataset.generate`, last written 45 to 75 days ago, so their TTL has
 passed too: expired in both meanings) and N/10 (at least 1,000) live keys with the observed age
-mix, which must survive. Then, ``repeat`` times and side by side (the order of the pair
-alternates from one repetition to the next), each on the same freshly seeded and vacuumed
-table (seeding and vacuum are not timed):
+mix, which must survive (:func:`live_rows`: none older than :data:`LIVE_MAX_AGE`, so none can
+be stale when a run looks, however long the bench takes). The data do not depend on the
+company's random name: the same rows every time. Then, ``repeat`` times and side by side (the
+order of the pair alternates from one repetition to the next), each on the same freshly seeded
+and vacuumed table (seeding and vacuum are not timed):
 
 - **batched**: :func:`resilience.maintenance.cleanup.delete_expired`, what ``cleanup.keys
-  --yes`` runs (key-ordered batches of ``batch_size``, each its own transaction with
-  ``SET LOCAL lock_timeout``);
+  --yes`` runs (batches of ``batch_size`` in the table's physical order, each its own
+  transaction with ``SET LOCAL lock_timeout``);
 - **single**: one ``DELETE ... WHERE <the same predicate> RETURNING``, counted per type the
   same way, in one transaction.
 
@@ -19,10 +21,11 @@ service's path) every few milliseconds, each call one live key and one of the st
 rows the cleanup is deleting), and its call latencies give the p99 of each method.
 
 Ratios are medians over medians (``batched / single``). Targets: batched within
-:data:`RATIO_TARGET` of the single DELETE, and the upserts' p99 under :data:`P99_TARGET_MS`
-while it runs. After every run the stale keys must be gone (except those the upserter wrote
-again: fresh then) and every live key kept; otherwise :class:`VerificationError`. The bench
-company is deleted at the end, whatever happens.
+:data:`RATIO_TARGET` of the single DELETE, and while it runs the upserts' p99 under
+:data:`P99_TARGET_MS` and no upsert over it (``over_target``, counted per run). After every
+run the stale keys must be gone (except those the upserter wrote again: fresh then) and every
+live key kept; otherwise :class:`VerificationError`. The bench company is deleted at the end,
+whatever happens.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -58,6 +61,14 @@ RATIO_TARGET = 1.5
 P99_TARGET_MS = 200.0
 TARGET_KEYS = 100_000
 STALE_DAYS = 45
+#: The oldest live row: a day inside the 30-day retention. The dataset's age mix reaches 30 days
+#: and its legacy rows lie 3 days behind their twins, so without this bound a live row could be
+#: stale from the start, or become stale while the bench runs (and be deleted: one more than the
+#: stale keys seeded, an upsert on it waiting behind the cleanup).
+LIVE_MAX_AGE = timedelta(days=29)
+#: The name the data are generated under (then given to the bench's company): generate() seeds
+#: from the company id, and the bench's has a random part.
+DATA_NAME = "bench_data"
 UPSERT_INTERVAL_S = 0.005
 
 Progress = Callable[[str], None]
@@ -86,7 +97,7 @@ def aged_rows(
     now = datetime.now(UTC) - timedelta(days=days_old)
     taken = set(exclude)
     # a few more than asked: fixed names (app-state-sync-version) may be taken already
-    data = generate(company_id, n + 16, seed=seed, legacy=0, now=now)
+    data = generate(DATA_NAME, n + 16, seed=seed, legacy=0, now=now)
     rows: Rows = []
     for record, style in data.rows():
         if len(rows) == n:
@@ -110,6 +121,21 @@ def aged_rows(
                 style,
             )
         )
+    return rows
+
+
+def live_rows(company_id: str, n: int, *, seed: int) -> Rows:
+    """`n` realistic keys with the observed age mix plus its legacy rows, none last written
+    more than :data:`LIVE_MAX_AGE` ago (older ones moved up to it): never stale during a bench
+    or a test, the same rows for the same `n` and `seed` whatever the company is called."""
+    now = datetime.now(UTC)
+    oldest = now - LIVE_MAX_AGE
+    rows: Rows = []
+    for record, style in generate(DATA_NAME, n, seed=seed, now=now).rows():
+        updated = record.updated_at
+        if updated is not None and updated < oldest:
+            updated = oldest
+        rows.append((replace(record, company_id=company_id, updated_at=updated), style))
     return rows
 
 
@@ -140,6 +166,7 @@ class UpsertStats:
             "p50_ms": self.percentile_ms(50),
             "p99_ms": self.percentile_ms(99),
             "max_ms": self.percentile_ms(100),
+            "over_target": sum(1 for s in self.latencies_s if s * 1000 > P99_TARGET_MS),
             "lock_timeouts": self.lock_timeouts,
             "errors": len(self.errors),
         }
@@ -313,12 +340,11 @@ def _bench_size(
 ) -> dict[str, Any]:
     conn = store.conn
     report(f"{n} stale keys: generating the data")
-    live_data = generate(company_id, max(1000, n // 10), seed=11)
-    live_rows = list(live_data.rows())
-    live = {(r.key_type, r.key_id) for r, _ in live_rows}
+    fresh_rows = live_rows(company_id, max(1000, n // 10), seed=11)
+    live = {(r.key_type, r.key_id) for r, _ in fresh_rows}
     stale_rows = aged_rows(company_id, n, days_old=STALE_DAYS, seed=12, exclude=live)
     stale = [(r.key_type, r.key_id) for r, _ in stale_rows]
-    rows = stale_rows + live_rows
+    rows = stale_rows + fresh_rows
     rule = ExpiryRule.stale()
 
     seconds: dict[str, list[float]] = {"batched": [], "single": []}
@@ -353,7 +379,7 @@ def _bench_size(
             stats = upserter.stats
             if stats.errors:
                 raise VerificationError(f"bench: the upserter failed: {stats.errors[0]}")
-            _check(conn, company_id, live_rows, rule, now, method)
+            _check(conn, company_id, fresh_rows, rule, now, method)
             seconds[method].append(elapsed)
             p99[method].append(stats.percentile_ms(99))
             upserts[method].append(stats.to_dict())
@@ -362,7 +388,7 @@ def _bench_size(
     ratio_min = measure.ratio(seconds["batched"], seconds["single"], pick=min)
     return {
         "stale_keys": len(stale_rows),
-        "live_keys": len(live_rows),
+        "live_keys": len(fresh_rows),
         "batch_size": batch_size,
         "batches": batches,
         "batched_s": measure.stats(seconds["batched"]),
@@ -414,6 +440,7 @@ def bench_cleanup(
     target = results.get(str(TARGET_KEYS))
     ratio = None if target is None else target["ratio"]
     p99 = None if target is None else target["batched_upsert_p99_ms"]["max"]
+    over = None if target is None else sum(u["over_target"] for u in target["upserts"]["batched"])
     return {
         "benchmark": "cleanup",
         "machine": machine,
@@ -426,8 +453,9 @@ def bench_cleanup(
             "upsert_p99_ms_max": P99_TARGET_MS,
             "ratio_100k": ratio,
             "batched_upsert_p99_ms_100k": p99,
+            "batched_upserts_over_target_100k": over,
             "met": None
             if ratio is None or p99 is None
-            else ratio <= RATIO_TARGET and p99 < P99_TARGET_MS,
+            else ratio <= RATIO_TARGET and p99 < P99_TARGET_MS and over == 0,
         },
     }

@@ -5,16 +5,19 @@ On a stack whose PostgreSQL archives into its spool (``archive_timeout`` 60 s):
 - an auth database of about ``size_mb`` is seeded; the WAL segments that this produced are the
   bench's segments;
 - **push**, ``repeat`` times: a pass of the pusher (:func:`~resilience.backup.wal.push_once`:
-  ``barman-cloud-wal-archive`` per segment and region, gzip, SSE, both regions in parallel) over
-  a copy of those segments, beside **raw push**: one ``put_object`` of the same bytes per
-  segment and region (the two regions in parallel too); segments per second and the ratio;
+  ``barman-cloud-wal-archive`` per segment and region, ``RESILIENCE_WAL_PUSH_PROCESSES`` at once
+  per region, gzip, SSE, both regions in parallel) over a copy of those segments, beside
+  **raw push**: one ``put_object`` of the same bytes per segment and region (the two regions in
+  parallel too); segments per second and the ratio;
 - **restore**: a base backup, then ten minutes of the service's traffic as WAL (6,000 upserts
   in batches of 100, a segment switch every 600 as ``archive_timeout = 60`` would make), pushed;
   ``repeat`` times :func:`~resilience.backup.pitr.pitr` to the end of the archive (restore,
   replay, promote, every company's digest), beside **raw restore**: ``get_object`` of every
   object of that base backup and of the WAL it needs.
 
-Ratios are medians over medians (and minimums over minimums).
+Ratios are medians over medians (and minimums over minimums). Targets (issue 29): the push at
+least :data:`RATE_TARGET_FACTOR` times :data:`BASELINE_SEGMENTS_PER_S` (one process per segment
+and region, one after another) and within :data:`PUSH_RATIO_TARGET` of the raw push.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ from resilience.infra.waiting import wait_until
 Progress = Callable[[str], None]
 TRAFFIC_UPSERTS = 6000  # ten minutes of the stand-in's steady rate (10 per second)
 TRAFFIC_SWITCHES = 10  # archive_timeout = 60 s over ten minutes
+#: The push rate before parallel uploads (segments per second to both regions, issue 29).
+BASELINE_SEGMENTS_PER_S = 0.26
+RATE_TARGET_FACTOR = 4.0
+PUSH_RATIO_TARGET = 2.0
 
 
 def _switch_and_wait(admin_dsn: str, spool: WalSpool) -> None:
@@ -192,6 +199,8 @@ def bench_pitr(
             for company in companies:
                 PgAuthStore(conn).delete_company(company)
     count = len(segments)
+    rate = round(count / measure.stats(times["push"])["median"] if count else 0.0, 3)
+    push_ratio = measure.ratio(times["push"], times["raw_push"])
     return {
         "bench": "pitr",
         "database_bytes": size,
@@ -199,20 +208,29 @@ def bench_pitr(
         "regions": [s.name for s in stores],
         "segments": count,
         "segment_bytes": seg_bytes,
+        "push_processes_per_region": settings.wal_push_processes,
         "push": measure.stats(times["push"]),
         "raw_push": measure.stats(times["raw_push"]),
         "push_segments_per_s": round(count / min(times["push"]) if count else 0.0, 3),
-        "push_segments_per_s_median": round(
-            count / measure.stats(times["push"])["median"] if count else 0.0, 3
-        ),
+        "push_segments_per_s_median": rate,
         "raw_push_segments_per_s": round(count / min(times["raw_push"]) if count else 0.0, 3),
-        "push_ratio": measure.ratio(times["push"], times["raw_push"]),
+        "push_ratio": push_ratio,
         "push_ratio_min": measure.ratio(times["push"], times["raw_push"], min),
         "restore_wal_segments": wal_count,
         "restore": measure.stats(times["restore"]),
         "raw_restore": measure.stats(times["raw_restore"]),
         "restore_ratio": measure.ratio(times["restore"], times["raw_restore"]),
         "restore_ratio_min": measure.ratio(times["restore"], times["raw_restore"], min),
+        "targets": {
+            "push_segments_per_s_min": round(BASELINE_SEGMENTS_PER_S * RATE_TARGET_FACTOR, 3),
+            "push_segments_per_s_median": rate,
+            "push_speedup_over_baseline": round(rate / BASELINE_SEGMENTS_PER_S, 2),
+            "push_ratio_max": PUSH_RATIO_TARGET,
+            "push_ratio": push_ratio,
+            "met": push_ratio is not None
+            and rate >= BASELINE_SEGMENTS_PER_S * RATE_TARGET_FACTOR
+            and push_ratio <= PUSH_RATIO_TARGET,
+        },
         "raw_definition": (
             "raw push: one put_object per segment and region of the same uncompressed bytes, "
             "the regions in parallel; raw restore: get_object of every object of the base "

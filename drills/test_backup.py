@@ -29,7 +29,8 @@ import pytest
 from pydantic import SecretStr
 
 from resilience.authstate.dataset import generate
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.backup.catalog import list_region
 from resilience.backup.manifest import dump_key
 from resilience.backup.restore import restore_backup

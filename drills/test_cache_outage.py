@@ -42,7 +42,7 @@ from dotenv import dotenv_values
 
 from resilience.authstate.credscache import decode_copy, file_name
 from resilience.authstate.fingerprint import KeyFingerprint
-from resilience.authstate.pgstore import connect
+from resilience.authstate.pgconn import connect
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import DrillSettings

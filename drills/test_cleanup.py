@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect, legacy_twin
+from resilience.authstate.pgconn import Conn, connect
+from resilience.authstate.pgstore import PgAuthStore, legacy_twin
 from resilience.config import DrillSettings
 from resilience.drill.bench.cleanup import Upserter, aged_rows
 from resilience.drill.fakes.receivers import ReceiverClient

@@ -51,7 +51,8 @@ from typing import Any
 import httpx
 import pytest
 
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.backup.manifest import BackupManifest
 from resilience.backup.take import take_backup
 from resilience.chaos import faults

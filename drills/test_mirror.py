@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 
 from resilience.authstate.naming import company_dir_name
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.drill.evidence import differences

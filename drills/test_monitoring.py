@@ -36,7 +36,7 @@ import httpx
 import psycopg
 import pytest
 
-from resilience.authstate.pgstore import connect
+from resilience.authstate.pgconn import connect
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import DrillSettings, Settings, load_drill_settings, settings_as_env

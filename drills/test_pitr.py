@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from resilience.authstate.pgstore import connect
+from resilience.authstate.pgconn import connect
 from resilience.backup.barman import Archive, archives
 from resilience.backup.base import take_base_backup, wal_objects
 from resilience.backup.pitr import PitrResult, missing_segments, pitr, stop_restored

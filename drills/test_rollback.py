@@ -26,7 +26,8 @@ from resilience.authstate.codec import canonical
 from resilience.authstate.filestore import FileAuthStore
 from resilience.authstate.fingerprint import KeyFingerprint
 from resilience.authstate.naming import company_dir_name
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import settings_as_env

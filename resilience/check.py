@@ -97,7 +97,7 @@ def _age(seconds: float) -> str:
 
 
 def _database(settings: Settings) -> list[Finding]:
-    from resilience.authstate.pgstore import connect
+    from resilience.authstate.pgconn import connect
     from resilience.files.export import estimate_from_stored
 
     if settings.service_dsn is None:
@@ -281,7 +281,7 @@ def _wal_archiving(conn: Any) -> Finding:
 
 
 def _restore_db(settings: Settings) -> list[Finding]:
-    from resilience.authstate.pgstore import connect
+    from resilience.authstate.pgconn import connect
 
     if settings.restore_dsn is None:
         return [
@@ -693,6 +693,7 @@ def _start(job: _Job) -> threading.Thread:
 #: initialised ("cannot import name ... from partially initialized module").
 _CHECK_MODULES = (
     "psycopg",
+    "resilience.authstate.pgconn",
     "resilience.authstate.pgstore",
     "resilience.files.export",
     "resilience.backup.dump",

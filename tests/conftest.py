@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect
+from resilience.authstate.pgconn import Conn, connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.drill.stack import Stack
 
 

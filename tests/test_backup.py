@@ -16,7 +16,8 @@ from task_runner import run_task
 
 from resilience.authstate.bufferform import count_forms
 from resilience.authstate.dataset import generate
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.backup import dump as pgdump
 from resilience.backup.catalog import list_region

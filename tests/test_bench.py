@@ -20,7 +20,8 @@ from resilience.authstate import filestore
 from resilience.authstate.codec import loads
 from resilience.authstate.filestore import FileAuthStore, make_durable
 from resilience.authstate.naming import CREDS_FILE
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect
+from resilience.authstate.pgconn import Conn, connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.drill.bench import bench_restore
 from resilience.drill.stack import Stack
 from resilience.errors import InputError, VerificationError

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.drill.bench.backup import bench_backup
 from resilience.drill.stack import Stack
 from resilience.drill.standin.deploy import backup_settings

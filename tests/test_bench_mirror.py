@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from resilience.authstate.pgstore import connect
+from resilience.authstate.pgconn import connect
 from resilience.drill.bench.mirror import bench_mirror
 from resilience.drill.stack import Stack
 from resilience.mirror import feed

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from resilience.authstate.pgstore import Conn
+from resilience.authstate.pgconn import Conn
 from resilience.drill.bench.monitoring import bench_monitoring
 from resilience.drill.stack import Stack
 from resilience.errors import InputError

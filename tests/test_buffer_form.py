@@ -18,7 +18,8 @@ from resilience.authstate.bufferform import FormCounts, choose, count_forms, pin
 from resilience.authstate.codec import Style, decode, loads
 from resilience.authstate.dataset import Dataset, generate
 from resilience.authstate.filestore import FileAuthStore
-from resilience.authstate.pgstore import Conn, PgAuthStore
+from resilience.authstate.pgconn import Conn
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.config import Settings, load_settings
 from resilience.diagnose.integrity import check_integrity

@@ -25,7 +25,8 @@ import resilience.maintenance.cleanup as cleanup
 from resilience.authstate.codec import Style
 from resilience.authstate.dataset import generate
 from resilience.authstate.model import KeyRecord
-from resilience.authstate.pgstore import Conn, PgAuthStore
+from resilience.authstate.pgconn import Conn
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import Settings, load_settings
 from resilience.drill.bench.cleanup import (
     DATA_NAME,

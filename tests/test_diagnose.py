@@ -21,7 +21,8 @@ from pydantic import SecretStr
 from task_runner import run_task
 
 from resilience.authstate.dataset import generate
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.backup.catalog import list_region
 from resilience.backup.manifest import PREFIX, manifest_key
 from resilience.backup.take import take_backup

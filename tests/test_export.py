@@ -21,7 +21,8 @@ from resilience.authstate.codec import canonical, loads
 from resilience.authstate.dataset import generate
 from resilience.authstate.model import KeyRecord
 from resilience.authstate.naming import CREDS_FILE, company_dir_name
-from resilience.authstate.pgstore import Conn, CredsRow, PgAuthStore, connect
+from resilience.authstate.pgconn import Conn, connect
+from resilience.authstate.pgstore import CredsRow, PgAuthStore
 from resilience.authstate.view import digest_of_keys, view_of
 from resilience.drill.stack import Stack
 from resilience.errors import DataError, InputError, VerificationError

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from resilience.authstate.dataset import generate
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.drill.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]

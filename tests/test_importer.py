@@ -15,7 +15,8 @@ from resilience.authstate.dataset import generate
 from resilience.authstate.filestore import FileAuthStore
 from resilience.authstate.model import ttl_for
 from resilience.authstate.naming import CREDS_FILE, company_dir_name, file_name_for
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect
+from resilience.authstate.pgconn import Conn, connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import digest_of_keys, view_of
 from resilience.drill.stack import Stack
 from resilience.errors import DatabaseError, DataError, InputError, VerificationError

@@ -57,7 +57,7 @@ def test_one_home_per_building_block() -> None:
     assert _defined("Journal") == ["resilience/runs/journal.py"]
     assert _defined("Manifest") == ["resilience/files/manifest.py"]
     assert _defined("stage_and_swap") == ["resilience/files/staging.py"]
-    assert _defined("read_transaction") == ["resilience/authstate/pgstore.py"]
+    assert _defined("read_transaction") == ["resilience/authstate/pgconn.py"]
 
 
 def test_the_mode_flags_are_named_in_one_module() -> None:

@@ -17,7 +17,8 @@ import resilience.maintenance.legacy as legacy
 from resilience.authstate.codec import Style
 from resilience.authstate.dataset import generate
 from resilience.authstate.model import KeyRecord
-from resilience.authstate.pgstore import Conn, PgAuthStore
+from resilience.authstate.pgconn import Conn
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.config import Settings, load_settings
 from resilience.drill.stack import Stack

@@ -20,7 +20,8 @@ from psycopg import sql
 
 from resilience.authstate.dataset import generate
 from resilience.authstate.naming import company_dir_name
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect
+from resilience.authstate.pgconn import Conn, connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.config import Settings
 from resilience.drill.stack import Stack
@@ -185,7 +186,8 @@ def test_an_update_that_moves_a_key_records_both_identities_and_an_empty_one_wak
     """The update trigger reads only the new rows: a statement that changes a key's identity
     (cleanup.legacy moves a `pre`/`key-5` row to `pre-key`/`5`) has its old identity recorded
     by the row trigger, so the mirror removes the old file too; an upsert records each key
-    once; a statement that changed nothing records nothing and sends no NOTIFY."""
+    once; a statement that changed nothing records nothing and sends no NOTIFY. (An id far
+    above the seeded ones: the seeded company has legacy rows of its own.)"""
     with (
         connect(stack.endpoints.service_dsn, autocommit=True) as listener,
         connect(stack.endpoints.service_dsn) as conn,
@@ -193,11 +195,13 @@ def test_an_update_that_moves_a_key_records_both_identities_and_an_empty_one_wak
         conn.execute(f"DELETE FROM {feed.CHANGES_TABLE}")
         conn.commit()
         store = PgAuthStore(conn)
-        store.set_keys(company, {"pre-key": {"5": {"a": b"x"}}, "session": {"1.0": {"a": b"y"}}})
+        store.set_keys(
+            company, {"pre-key": {"999995": {"a": b"x"}}, "session": {"1.0": {"a": b"y"}}}
+        )
         conn.commit()
         conn.execute(
-            "UPDATE whatsapp_keys SET key_type = 'pre', key_id = 'key-5' "
-            "WHERE company_id = %s AND key_type = 'pre-key' AND key_id = '5'",
+            "UPDATE whatsapp_keys SET key_type = 'pre', key_id = 'key-999995' "
+            "WHERE company_id = %s AND key_type = 'pre-key' AND key_id = '999995'",
             (company,),
         )
         store.set_keys(company, {"session": {"1.0": {"a": b"z"}}})  # an upsert that updates
@@ -206,8 +210,8 @@ def test_an_update_that_moves_a_key_records_both_identities_and_an_empty_one_wak
             changes = feed.read_changes(conn, 100)
         mine = [(c.key_type, c.key_id) for c in changes if c.company_id == company]
         assert sorted(mine) == sorted(
-            [("pre-key", "5"), ("session", "1.0"), ("pre", "key-5"), ("pre-key", "5"),
-             ("session", "1.0")]
+            [("pre-key", "999995"), ("session", "1.0"), ("pre", "key-999995"),
+             ("pre-key", "999995"), ("session", "1.0")]
         )  # fmt: skip
         assert feed.prune_changes(conn, [c.id for c in changes]) == len(changes)
         conn.commit()

@@ -19,7 +19,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from resilience.alerting.channels import Alerts
-from resilience.authstate.pgstore import Conn
+from resilience.authstate.pgconn import Conn
 from resilience.config import Settings, load_settings
 from resilience.drill.stack import Stack
 from resilience.errors import ConfigError

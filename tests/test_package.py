@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from resilience.authstate.dataset import generate
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.config import DrillSettings, settings_as_env
 from resilience.drill.stack import Stack

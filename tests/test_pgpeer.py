@@ -18,8 +18,8 @@ import pytest
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from resilience.authstate import pgstore
-from resilience.authstate.pgstore import DbLink, connect
+from resilience.authstate import pgconn
+from resilience.authstate.pgconn import DbLink, connect
 from resilience.diagnose.connectivity import check_connectivity
 from resilience.errors import ConfigError, DatabaseUnreachable
 from resilience.infra.pgpeer import LINE_END, SSL_REQUEST, PeerVerdict, probe_peer, tcp_target
@@ -283,8 +283,8 @@ def test_a_unix_socket_dsn_is_never_probed(tmp_path: Path, monkeypatch: pytest.M
     def never(*args: object, **kwargs: object) -> PeerVerdict:
         raise AssertionError("a Unix socket was probed")
 
-    monkeypatch.setattr(pgstore, "probe_peer", never)
-    with pytest.raises(pgstore.DatabaseError):  # nothing listens on that socket
+    monkeypatch.setattr(pgconn, "probe_peer", never)
+    with pytest.raises(pgconn.DatabaseError):  # nothing listens on that socket
         connect(f"host={tmp_path} port=5432 user=u password={PASSWORD}")
 
 
@@ -296,7 +296,7 @@ def test_a_unix_socket_dsn_is_never_probed(tmp_path: Path, monkeypatch: pytest.M
     ],
 )
 def test_a_dsn_that_is_not_utf8_is_configuration_and_quotes_nothing(dsn: str) -> None:
-    from resilience.authstate.pgstore import DbLink, connect
+    from resilience.authstate.pgconn import DbLink, connect
     from resilience.errors import ConfigError
 
     for opening in (lambda: connect(dsn, timeout=2), lambda: DbLink(dsn, timeout=2).conn):

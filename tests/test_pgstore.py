@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from psycopg.types.json import Jsonb
 
-from resilience.authstate import pgstore
+from resilience.authstate import pgconn
 from resilience.authstate.codec import canonical
 from resilience.authstate.dataset import generate
-from resilience.authstate.pgstore import BATCH_SIZE, Conn, DbLink, PgAuthStore, connect
+from resilience.authstate.pgconn import Conn, DbLink, connect
+from resilience.authstate.pgstore import BATCH_SIZE, PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient
@@ -185,7 +186,7 @@ def probes(monkeypatch: pytest.MonkeyPatch) -> list[PeerVerdict]:
         seen.append(verdict)
         return verdict
 
-    monkeypatch.setattr(pgstore, "probe_peer", spy)
+    monkeypatch.setattr(pgconn, "probe_peer", spy)
     return seen
 
 
@@ -194,7 +195,7 @@ def test_a_healthy_connect_is_never_probed(
 ) -> None:
     """No connection of its own, no round trip: the probe waits for a connect that is slow
     (the grace made long here, so that a loaded machine cannot make this connect slow)."""
-    monkeypatch.setattr(pgstore, "PEER_GRACE", 60.0)
+    monkeypatch.setattr(pgconn, "PEER_GRACE", 60.0)
     with connect(stack.endpoints.service_dsn) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     with DbLink(stack.endpoints.service_dsn) as link:

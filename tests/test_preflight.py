@@ -17,7 +17,8 @@ import pytest
 from test_switch import Service, observe, shared, target_of  # noqa: F401
 
 from resilience.authstate.naming import company_dir_name
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.backup.restore import restore_backup
 from resilience.errors import (
     DatabaseUnreachable,

@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 
-from resilience.authstate.pgstore import connect
+from resilience.authstate.pgconn import connect
 from resilience.chaos.toxiproxy import ToxiproxyClient
 from resilience.config import load_drill_settings
 from resilience.drill.stack import Stack

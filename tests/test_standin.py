@@ -28,7 +28,8 @@ from resilience.authstate.dataset import Dataset, generate
 from resilience.authstate.filestore import FileAuthStore
 from resilience.authstate.fingerprint import KeyFingerprint, set_digest
 from resilience.authstate.naming import file_name_for, parse_file_name
-from resilience.authstate.pgstore import Conn, PgAuthStore
+from resilience.authstate.pgconn import Conn
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from resilience.authstate.naming import company_dir_name
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.chaos import faults
 from resilience.chaos.toxiproxy import ToxiproxyClient

@@ -133,7 +133,7 @@ def check_archive(path: Path, tables: Sequence[str] = AUTH_TABLES) -> list[str]:
 def restore(dsn: str, path: Path) -> None:
     """`pg_restore` the archive into the database of `dsn`, in one transaction. The auth
     tables' trigger function is created first (a `-t` dump does not hold it)."""
-    from resilience.authstate.pgstore import connect, database_errors
+    from resilience.authstate.pgconn import connect, database_errors
     from resilience.authstate.schema import trigger_function_sql
 
     with connect(dsn) as conn, database_errors("creating the trigger function"):

@@ -33,7 +33,8 @@ from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.backup.barman import Archive, archives, find_command, list_backups, run
 from resilience.backup.base import wal_objects

@@ -27,7 +27,8 @@ from psycopg import sql
 from resilience.authstate.bufferform import in_form
 from resilience.authstate.codec import Style, loads
 from resilience.authstate.fingerprint import KeyFingerprint
-from resilience.authstate.pgstore import PgAuthStore, connect, database_errors
+from resilience.authstate.pgconn import connect, database_errors
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.backup import dump as pgdump
 from resilience.backup.catalog import list_region

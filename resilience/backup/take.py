@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from resilience.alerting.channels import notify
-from resilience.authstate.pgstore import PgAuthStore, connect, database_errors
+from resilience.authstate.pgconn import connect, database_errors
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.backup import dump as pgdump
 from resilience.backup.catalog import Spool, list_region, upload_backup

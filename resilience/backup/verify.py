@@ -23,7 +23,8 @@ from typing import Any
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from resilience.authstate.pgstore import PgAuthStore, connect, database_errors
+from resilience.authstate.pgconn import connect, database_errors
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.backup import dump as pgdump
 from resilience.backup.manifest import BackupManifest, dump_key

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from resilience.authstate.pgstore import Conn
+from resilience.authstate.pgconn import Conn
 from resilience.authstate.view import baileys_ref
 from resilience.backup.manifest import CompanyDigest
 

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 from psycopg.conninfo import conninfo_to_dict
 
-from resilience.authstate.pgstore import Conn, connect
+from resilience.authstate.pgconn import Conn, connect
 from resilience.errors import ConfigError, DatabaseError, DatabaseUnreachable
 from resilience.infra.redact import Redactor, dsn_problems
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from resilience.authstate.bufferform import count_forms, pinned
 from resilience.authstate.codec import decode
-from resilience.authstate.pgstore import Conn
+from resilience.authstate.pgconn import Conn
 from resilience.config import BufferFormSetting
 from resilience.errors import DataError
 from resilience.maintenance.legacy import report_company

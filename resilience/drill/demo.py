@@ -15,7 +15,8 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from resilience.authstate.dataset import generate
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import DrillSettings, Settings, settings_as_env, stack_settings_file
 from resilience.drill.stack.base import Stack
 from resilience.drill.standin.deploy import FALLBACK_TAG, deploy_standin, operator_settings

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from resilience.authstate.dataset import Dataset
 from resilience.authstate.fingerprint import KeyFingerprint
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import CompanyView, view_of
 from resilience.drill.standin.writelog import WriteEntry
 from resilience.errors import DataError

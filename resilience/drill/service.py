@@ -19,7 +19,7 @@ import httpx
 
 from resilience.authstate.dataset import Dataset
 from resilience.authstate.naming import company_dir_name
-from resilience.authstate.pgstore import connect
+from resilience.authstate.pgconn import connect
 from resilience.config import Settings
 from resilience.drill.baileys import read_writes
 from resilience.drill.stack.base import Stack

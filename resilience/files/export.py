@@ -59,7 +59,8 @@ from resilience.authstate.naming import (
     company_dir_name,
     file_name_for,
 )
-from resilience.authstate.pgstore import CredsRow, PgAuthStore, read_transaction
+from resilience.authstate.pgconn import read_transaction
+from resilience.authstate.pgstore import CredsRow, PgAuthStore
 from resilience.authstate.view import CompanyView, baileys_ref, view_of
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError

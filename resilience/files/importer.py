@@ -54,7 +54,8 @@ from resilience.authstate.naming import (
     safe_path,
     try_parse_file_name,
 )
-from resilience.authstate.pgstore import PgAuthStore, database_errors, read_transaction
+from resilience.authstate.pgconn import database_errors, read_transaction
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import CompanyView, view_of
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError

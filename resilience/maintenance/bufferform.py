@@ -34,7 +34,7 @@ from resilience.authstate.bufferform import (
     count_forms,
     in_form,
 )
-from resilience.authstate.pgstore import Conn, connect, database_errors
+from resilience.authstate.pgconn import Conn, connect, database_errors
 from resilience.config import BufferFormSetting, Settings, service_dsn, validate_company_id
 from resilience.errors import DatabaseError, InputError, PartialFailure, ResilienceError
 from resilience.maintenance.cleanup import database_failure

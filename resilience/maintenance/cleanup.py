@@ -41,13 +41,8 @@ import psycopg
 from psycopg import sql
 
 from resilience.alerting.channels import notify
-from resilience.authstate.pgstore import (
-    Conn,
-    PgAuthStore,
-    classify_connect_error,
-    connect,
-    database_errors,
-)
+from resilience.authstate.pgconn import Conn, classify_connect_error, connect, database_errors
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import Settings, service_dsn, validate_company_id
 from resilience.errors import (
     DatabaseError,

@@ -23,7 +23,7 @@ from typing import Any
 
 from psycopg import sql
 
-from resilience.authstate.pgstore import Conn, database_errors, read_transaction
+from resilience.authstate.pgconn import Conn, database_errors, read_transaction
 from resilience.config import validate_company_id
 from resilience.errors import InputError
 

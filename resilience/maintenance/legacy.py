@@ -32,13 +32,8 @@ from typing import Any, Literal
 import psycopg
 
 from resilience.authstate.bufferform import choose_for, in_form
-from resilience.authstate.pgstore import (
-    Conn,
-    PgAuthStore,
-    connect,
-    database_errors,
-    read_transaction,
-)
+from resilience.authstate.pgconn import Conn, connect, database_errors, read_transaction
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import baileys_ref
 from resilience.config import BufferFormSetting, Settings, service_dsn, validate_company_id
 from resilience.errors import DatabaseError, PartialFailure, ResilienceError

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from resilience.authstate.pgstore import connect
+from resilience.authstate.pgconn import connect
 from resilience.config import Settings
 from resilience.errors import DataError, ResilienceError
 from resilience.infra import daemon

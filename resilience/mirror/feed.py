@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from resilience.authstate.pgstore import Conn, database_errors
+from resilience.authstate.pgconn import Conn, database_errors
 from resilience.errors import ConfigError
 from resilience.infra.commandline import operator_command as cmd
 

@@ -7,7 +7,7 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-from resilience.authstate.pgstore import Conn
+from resilience.authstate.pgconn import Conn
 from resilience.config import Settings
 from resilience.errors import DataError
 from resilience.mirror import feed

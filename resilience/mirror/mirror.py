@@ -58,7 +58,8 @@ from resilience.authstate.naming import (
     file_name_for,
     resolve_collisions,
 )
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect, read_transaction
+from resilience.authstate.pgconn import Conn, connect, read_transaction
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import CompanyView, baileys_ref, view_of
 from resilience.config import Settings, validate_company_id
 from resilience.errors import DatabaseError, DataError, InputError, ResilienceError, first_line

@@ -23,7 +23,8 @@ import httpx
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect
+from resilience.authstate.pgconn import Conn, connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.errors import ResilienceError, first_line
 from resilience.infra.redact import Redactor
 from resilience.maintenance.cleanup import table_sizes

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from resilience.alerting.channels import notify
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import Settings, service_dsn, validate_company_id
 from resilience.errors import DataError, InputError, PartialFailure, ResilienceError
 from resilience.files.export import CompanyFailure, ExportBatch, export_all

@@ -19,7 +19,8 @@ from typing import Any, Literal, TypeVar
 import httpx
 
 from resilience.alerting.channels import alert_warnings
-from resilience.authstate.pgstore import DbLink, PgAuthStore, connect
+from resilience.authstate.pgconn import DbLink, connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import validate_company_id
 from resilience.errors import (
     ConfigError,

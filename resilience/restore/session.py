@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from resilience.authstate.pgstore import DbLink, connect
+from resilience.authstate.pgconn import DbLink, connect
 from resilience.errors import StackError
 from resilience.infra.pm2 import Pending
 from resilience.infra.progress import NO_METERS, Meters

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from resilience.authstate.dataset import generate
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.backup import dump as pgdump
 from resilience.backup.manifest import dump_key
 from resilience.backup.restore import restore_backup

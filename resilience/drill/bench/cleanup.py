@@ -46,7 +46,8 @@ import psycopg
 from resilience.authstate.codec import Style
 from resilience.authstate.dataset import generate
 from resilience.authstate.model import KeyRecord
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect, database_errors
+from resilience.authstate.pgconn import Conn, connect, database_errors
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.drill.bench import measure
 from resilience.errors import InputError, ResilienceError, VerificationError
 from resilience.maintenance.cleanup import delete_expired

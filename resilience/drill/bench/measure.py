@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from resilience.authstate.pgstore import Conn, database_errors
+from resilience.authstate.pgconn import Conn, database_errors
 from resilience.errors import InputError
 
 

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from resilience.authstate.dataset import generate
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import Settings
 from resilience.drill.bench import measure
 from resilience.errors import VerificationError

@@ -49,7 +49,8 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from resilience.authstate.dataset import generate
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect, database_errors
+from resilience.authstate.pgconn import Conn, connect, database_errors
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import Settings
 from resilience.drill.bench import measure
 from resilience.errors import InputError, ResilienceError, VerificationError

@@ -32,7 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.backup.barman import archives, list_backups
 from resilience.backup.base import take_base_backup, wal_objects
 from resilience.backup.pitr import pitr, stop_restored

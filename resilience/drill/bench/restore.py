@@ -54,13 +54,8 @@ from resilience.authstate.filestore import (
     syncfs_available,
 )
 from resilience.authstate.naming import company_dir_name
-from resilience.authstate.pgstore import (
-    Conn,
-    PgAuthStore,
-    connect,
-    database_errors,
-    read_transaction,
-)
+from resilience.authstate.pgconn import Conn, connect, database_errors, read_transaction
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.drill.bench import measure, rss_probe
 from resilience.errors import InputError, ResilienceError, VerificationError

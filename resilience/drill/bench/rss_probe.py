@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from resilience.authstate.pgstore import PgAuthStore, connect
+from resilience.authstate.pgconn import connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.errors import VerificationError
 from resilience.files.export import export_all
 from resilience.files.parallel import StorePool

@@ -254,7 +254,8 @@ def standin_on_stack(
     seeded pre-keys."""
     from resilience.authstate.codec import Style
     from resilience.authstate.dataset import generate
-    from resilience.authstate.pgstore import PgAuthStore, connect
+    from resilience.authstate.pgconn import connect
+    from resilience.authstate.pgstore import PgAuthStore
     from resilience.authstate.view import baileys_ref
     from resilience.chaos.toxiproxy import ToxiproxyClient
     from resilience.errors import DatabaseError

@@ -136,7 +136,8 @@ from resilience.authstate.fingerprint import (
     digest_of_fingerprints,
     next_pre_key_id,
 )
-from resilience.authstate.pgstore import Conn, PgAuthStore, connect
+from resilience.authstate.pgconn import Conn, connect
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.config import validate_company_id
 from resilience.drill.standin.traffic import KeyWrite, Traffic, creds_after_pre_keys

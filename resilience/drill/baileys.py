@@ -10,7 +10,6 @@ fingerprints are taken here, by the project's codec, as for every other piece of
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,17 @@ import httpx
 
 from resilience.authstate.codec import parse
 from resilience.authstate.fingerprint import KeyFingerprint
-from resilience.drill.standin.deploy import FALLBACK_TAG, DeployedService, _init_repo
+from resilience.drill.standin.deploy import (
+    FALLBACK_TAG,
+    DeployedService,
+    prepare_workdir,
+    service_env_lines,
+    start_service,
+)
 from resilience.drill.standin.writelog import WriteEntry
 from resilience.errors import DataError, StackError
 from resilience.infra.pm2 import Pm2
-from resilience.infra.processes import free_port
 from resilience.infra.waiting import wait_until
-from resilience.service.modes import POSTGRES_MODE_FLAGS
 
 SERVICE_DIR = "baileys-service"  # under the tools dir, installed by ./run
 WRITELOG = "writes.jsonl"
@@ -52,48 +55,10 @@ def deploy_baileys(
 ) -> DeployedService:
     """Working dir, `.env` (PostgreSQL mode) and PM2 app of the Baileys service, started."""
     script = service_script(tools_dir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if not (workdir / ".git").exists():
-        _init_repo(workdir, tag)
-    port = free_port()
-    lines = [
-        "# a Baileys service (drill)",
-        *(f"{k}={v}" for k, v in POSTGRES_MODE_FLAGS.items()),
-        f"DATABASE_URL={service_dsn}",
-        f"COMPANY_ID={company_id}",
-        "AUTH_DIR=auth_info",
-        f"PORT={port}",
-        f"WRITE_INTERVAL_MS={write_interval_ms}",
-    ]
-    env_file = workdir / ".env"
-    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    logs = workdir / "logs"
-    logs.mkdir(exist_ok=True)
-    ecosystem = workdir / "ecosystem.config.json"
-    app_entry: dict[str, Any] = {
-        "name": app,
-        "script": str(script),
-        "interpreter": "node",
-        "cwd": str(workdir),
-        "out_file": str(logs / "out.log"),
-        "error_file": str(logs / "err.log"),
-        "merge_logs": True,
-        "autorestart": True,
-        "kill_timeout": 10000,
-    }
-    ecosystem.write_text(json.dumps({"apps": [app_entry]}, indent=2))
-    pm2.start(ecosystem)
-    return DeployedService(
-        app=app,
-        workdir=workdir,
-        env_file=env_file,
-        auth_dir=workdir / "auth_info",
-        health_url=f"http://127.0.0.1:{port}/health",
-        company_id=company_id,
-        fallback_tag=tag,
-    )
+    port = prepare_workdir(workdir, tag)
+    lines = service_env_lines(service_dsn, company_id, port, write_interval_ms)
+    program = {"script": str(script), "interpreter": "node", "kill_timeout": 10000}
+    return start_service(pm2, workdir, app, lines, program, port, company_id, tag)
 
 
 def read_writes(path: Path) -> list[WriteEntry]:
@@ -109,23 +74,12 @@ def read_writes(path: Path) -> list[WriteEntry]:
         try:
             data = json.loads(line)
             value = None if data["value"] is None else parse(data["value"], where=data["id"])
-            entries.append(
-                WriteEntry(
-                    seq=int(data["seq"]),
-                    time=str(data["time"]),
-                    mode=str(data["mode"]),
-                    company=str(data["company"]),
-                    type=str(data["type"]),
-                    id=str(data["id"]),
-                    deleted=bool(data["deleted"]),
-                    fingerprint=None
-                    if value is None
-                    else KeyFingerprint.of(data["type"], data["id"], value),
-                    pid=int(data["pid"]),
-                )
+            fingerprint = (
+                None if value is None else KeyFingerprint.of(data["type"], data["id"], value)
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{path}: line {number} is malformed: {exc}") from None
+        entries.append(WriteEntry.from_json({**data, "fingerprint": fingerprint}))
     return entries
 
 

@@ -27,6 +27,7 @@ plans the diff by file name (:func:`plan_import`).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
@@ -55,7 +56,7 @@ from resilience.authstate.naming import (
     try_parse_file_name,
 )
 from resilience.authstate.pgconn import database_errors, read_transaction
-from resilience.authstate.pgstore import PgAuthStore
+from resilience.authstate.pgstore import PgAuthStore, SyncResult
 from resilience.authstate.view import CompanyView, view_of
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError
@@ -369,28 +370,10 @@ def import_company(
         raise DataError(
             f"no {CREDS_FILE} in {company_dir}: nothing to import without creds"
         ) from None
-    with database_errors("importing the auth state"), conn.transaction():
-        # One import per company at a time; released at commit or rollback.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"import:{company_id}",))
-        meter = meters.start(f"import {company_id}", len(files), "keys")
-        prints: list[str] = []  # the directory's digest, computed on the way
-        try:
-            synced = store.sync_company(
-                company_id,
-                creds,
-                FileValues(company_dir, files),
-                where=lambda t, i: file_name_for(t, i),
-                advance=meter.advance,
-                prints=prints,
-            )
-        finally:
-            meter.close()
-        appeared = set(key_file_names(company_dir)) - set(files)
-        if appeared:  # raised inside the transaction: nothing is imported
-            raise DataError(
-                f"{company_dir} changed while it was being read: {_listed(sorted(appeared))} "
-                "appeared"
-            )
+    prints: list[str] = []  # the directory's digest, computed on the way
+    with _import_transaction(store, company_id):
+        values = FileValues(company_dir, files)
+        synced = _sync(store, company_id, company_dir, files, creds, values, meters, prints)
     digest_dir = AuthDigest(company_id, len(prints), digest_of_fingerprints(creds, prints))
     upserted, deleted = synced.upserted, len(synced.deleted)
     gone = {file_name_for(t, i) for t, i in synced.deleted} - set(files)
@@ -502,6 +485,49 @@ def _creds_or_refuse(company_dir: Path, creds: Any) -> Any:
     return creds
 
 
+@contextlib.contextmanager
+def _import_transaction(store: PgAuthStore, company_id: str) -> Iterator[None]:
+    """The import's one transaction; one import per company at a time (an advisory lock,
+    released at commit or rollback)."""
+    conn = store.conn
+    with database_errors("importing the auth state"), conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"import:{company_id}",))
+        yield
+
+
+def _sync(
+    store: PgAuthStore,
+    company_id: str,
+    company_dir: Path,
+    files: Mapping[str, Ref],
+    creds: Any,
+    keys: Mapping[Ref, Any],
+    meters: Meters,
+    prints: list[str],
+) -> SyncResult:
+    """``keys`` made the company's rows (:meth:`PgAuthStore.sync_company`), with progress; a
+    file that appeared in the directory meanwhile fails it inside the transaction (nothing is
+    imported)."""
+    meter = meters.start(f"import {company_id}", len(keys), "keys")
+    try:
+        synced = store.sync_company(
+            company_id,
+            creds,
+            keys,
+            where=lambda t, i: file_name_for(t, i),
+            advance=meter.advance,
+            prints=prints,
+        )
+    finally:
+        meter.close()
+    appeared = set(key_file_names(company_dir)) - set(files)
+    if appeared:
+        raise DataError(
+            f"{company_dir} changed while it was being read: {_listed(sorted(appeared))} appeared"
+        )
+    return synced
+
+
 def check_directory(company_dir: Path, company_id: str) -> int:
     """Whether the service can load ``company_dir``: a real directory (no symlink), every file
     name mapped back, ``creds.json`` and every key file decoding. Read while the service may be
@@ -591,32 +617,14 @@ def _merge_import(
         )
     creds = read_creds_file(company_dir)
     ours, our_sides = _read_ours(company_dir, files, tolerant=False)
-    with database_errors("importing the auth state"), conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"import:{company_id}",))
+    prints: list[str] = []  # the merge's digest, computed on the way
+    with _import_transaction(store, company_id):
         theirs_creds, theirs, their_sides = _read_theirs(store, company_id)
         owned = pre_keys_issued_in_files(base, next_pre_key_id(creds), our_sides, their_sides)
         plan = plan_merge(base, our_sides, their_sides, theirs_creds, owned)
         keys: dict[Ref, Any] = {ref: ours[name] for name, ref in plan.from_files.items()}
         keys.update({ref: theirs[name] for name, ref in plan.from_postgres.items()})
-        meter = meters.start(f"import {company_id}", len(keys), "keys")
-        prints: list[str] = []  # the merge's digest, computed on the way
-        try:
-            synced = store.sync_company(
-                company_id,
-                creds,
-                keys,
-                where=lambda t, i: file_name_for(t, i),
-                advance=meter.advance,
-                prints=prints,
-            )
-        finally:
-            meter.close()
-        appeared = set(key_file_names(company_dir)) - set(files)
-        if appeared:  # raised inside the transaction: nothing is imported
-            raise DataError(
-                f"{company_dir} changed while it was being read: {_listed(sorted(appeared))} "
-                "appeared"
-            )
+        synced = _sync(store, company_id, company_dir, files, creds, keys, meters, prints)
     result = AuthDigest(company_id, len(prints), digest_of_fingerprints(creds, prints))
     return ImportResult(
         company_id=company_id,

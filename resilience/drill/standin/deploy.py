@@ -87,12 +87,35 @@ def deploy_standin(
 
     `extra_env`: more `.env` lines (`NAME=value`) after the usual ones; a name the usual lines
     set, a name that is not `[A-Z][A-Z0-9_]*` or a value with a line break is an InputError."""
+    port = prepare_workdir(workdir, tag)
+    lines = service_env_lines(service_dsn, company_id, port, write_interval_ms)
+    lines.append(f"WRITE_SEED={seed}")
+    lines += _extra_lines(lines, extra_env or {})
+    program = {
+        "script": sys.executable,
+        "args": ["-m", "resilience.drill.standin.service"],
+        "interpreter": "none",
+        "kill_timeout": 12000,  # above the stand-in's shutdown grace
+        "env": {"PYTHONUNBUFFERED": "1"},
+    }
+    return start_service(pm2, workdir, app, lines, program, port, company_id, tag)
+
+
+def prepare_workdir(workdir: Path, tag: str) -> int:
+    """The service's git working directory (created with the fallback tag when new), and a
+    free port for it."""
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / ".git").exists():
         _init_repo(workdir, tag)
-    port = free_port()
-    env_file = workdir / ".env"
-    lines = [
+    return free_port()
+
+
+def service_env_lines(
+    service_dsn: str, company_id: str, port: int, write_interval_ms: int
+) -> list[str]:
+    """The `.env` lines every drill service reads: the three flags in PostgreSQL mode, its
+    database, company, auth dir, port and write pace."""
+    return [
         "# Baileys service settings (embedded stack)",
         *(f"{k}={v}" for k, v in POSTGRES_MODE_FLAGS.items()),
         f"DATABASE_URL={service_dsn}",
@@ -100,37 +123,37 @@ def deploy_standin(
         "AUTH_DIR=auth_info",
         f"PORT={port}",
         f"WRITE_INTERVAL_MS={write_interval_ms}",
-        f"WRITE_SEED={seed}",
     ]
-    lines += _extra_lines(lines, extra_env or {})
+
+
+def start_service(
+    pm2: Pm2,
+    workdir: Path,
+    app: str,
+    lines: list[str],
+    program: Mapping[str, object],
+    port: int,
+    company_id: str,
+    tag: str,
+) -> DeployedService:
+    """Write `.env` (0600) and the PM2 ecosystem file of ``program`` in ``workdir``, start it."""
+    env_file = workdir / ".env"
     fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines) + "\n")
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
+    entry = {
+        "name": app,
+        "cwd": str(workdir),
+        "out_file": str(logs / "out.log"),
+        "error_file": str(logs / "err.log"),
+        "merge_logs": True,
+        "autorestart": True,
+        **program,
+    }
     ecosystem = workdir / "ecosystem.config.json"
-    ecosystem.write_text(
-        json.dumps(
-            {
-                "apps": [
-                    {
-                        "name": app,
-                        "script": sys.executable,
-                        "args": ["-m", "resilience.drill.standin.service"],
-                        "interpreter": "none",
-                        "cwd": str(workdir),
-                        "out_file": str(logs / "out.log"),
-                        "error_file": str(logs / "err.log"),
-                        "merge_logs": True,
-                        "autorestart": True,
-                        "kill_timeout": 12000,  # above the stand-in's shutdown grace
-                        "env": {"PYTHONUNBUFFERED": "1"},
-                    }
-                ]
-            },
-            indent=2,
-        )
-    )
+    ecosystem.write_text(json.dumps({"apps": [entry]}, indent=2))
     pm2.start(ecosystem)
     return DeployedService(
         app=app,

@@ -69,13 +69,17 @@ def test_bench_restore_reports_every_size_and_cleans_up(
         assert entry["keys"] == n
         assert entry["rows"] >= n and entry["files"] >= n and entry["bytes"] > 0
         assert len(entry["digest"]) == 64
-        for name in ("export_s", "raw_export_s", "import_s", "raw_import_s", "import_over_rows_s"):
+        for name in (
+            "export_s", "raw_export_s", "import_s", "raw_import_s", "import_over_rows_s",
+            "way_back_over_rows_s",
+        ):  # fmt: skip
             stats = entry[name]
             assert len(stats["runs"]) == 1
             assert _positive_finite(stats["median"]) and stats["min"] <= stats["median"]
         assert _positive_finite(entry["ratio_export"])
         assert _positive_finite(entry["ratio_import"])
         assert _positive_finite(entry["ratio_import_over_rows"])
+        assert _positive_finite(entry["ratio_way_back_over_rows"])
     assert result["sizes"]["200"]["bytes"] > result["sizes"]["50"]["bytes"]
     # No 100k size measured: the target is reported as not evaluated, not as met.
     assert result["targets"]["export_100k_ratio_max"] == 1.5

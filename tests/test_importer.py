@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from resilience.authstate import pgstore
+from resilience.authstate import pgimport
 from resilience.authstate.codec import canonical, dumps_file, loads
 from resilience.authstate.dataset import generate
 from resilience.authstate.filestore import FileAuthStore
@@ -348,7 +348,7 @@ def test_rows_written_beside_an_import_into_an_empty_company_roll_it_back(
     store.insert_raw(company, data.creds, data.rows())
     export_company(store, root, company, source=SOURCE)
     store.delete_company(company)
-    upload = pgstore._upload_rows
+    upload = pgimport._upload_rows
 
     def with_a_writer(*args: Any, **kwargs: Any) -> Any:
         rows = upload(*args, **kwargs)
@@ -362,7 +362,7 @@ def test_rows_written_beside_an_import_into_an_empty_company_roll_it_back(
         yield first
         yield from rows
 
-    monkeypatch.setattr(pgstore, "_upload_rows", with_a_writer)
+    monkeypatch.setattr(pgimport, "_upload_rows", with_a_writer)
     with pytest.raises(DatabaseError, match="written by another session.*run the import again"):
         import_company(store, root, company)
     assert store.load_creds(company) is None

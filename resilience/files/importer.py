@@ -56,7 +56,8 @@ from resilience.authstate.naming import (
     try_parse_file_name,
 )
 from resilience.authstate.pgconn import database_errors, read_transaction
-from resilience.authstate.pgstore import PgAuthStore, SyncResult
+from resilience.authstate.pgimport import SyncResult
+from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import CompanyView, view_of
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError

@@ -1,0 +1,252 @@
+"""The import's write: a company's rows made exactly a given set of keys, in the caller's
+transaction, with the service's semantics, and checked by the server before commit.
+
+What :meth:`PgAuthStore.sync_company` runs (the way back and the restore of one company go
+through it): one ``COPY`` into an empty company, else ``COPY`` into a keyed temporary table, one
+upsert and one delete, then the server's comparison of every row with the uploaded one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.copy import QueuedLibpqWriter
+from psycopg.pq import TransactionStatus
+from psycopg.types.json import Jsonb
+
+from resilience.authstate.bufferform import FormChoice
+from resilience.authstate.codec import (
+    Style,
+    canonical,
+    db_forms,
+    encode,
+    json_bytes,
+    loads,
+)
+from resilience.authstate.fingerprint import KeyFingerprint
+from resilience.authstate.model import LONG_TTL, SHORT_TTL, ttl_for
+from resilience.authstate.pgconn import database_errors
+from resilience.config import BufferFormSetting, validate_company_id
+from resilience.errors import DatabaseError, VerificationError
+
+if TYPE_CHECKING:
+    from resilience.authstate.pgstore import PgAuthStore
+
+#: The form the service's own write path writes (the stand-in's default).
+DB_STYLE: Style = "array"
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What :meth:`PgAuthStore.sync_company` did."""
+
+    key_count: int  # key rows uploaded (and now stored)
+    upserted: int  # of them, new or changed
+    deleted: list[tuple[str, str]]  # rows (type, id) removed
+    creds_changed: bool
+    #: the Buffer form the rows written are in, and why (with ``auto``: the rows counted)
+    buffer_form: FormChoice | None = None
+
+
+#: What one way of writing a company's keys did: (rows upserted, rows deleted, and the check:
+#: (the company's key rows, rows uploaded, rows the server found equal to the uploaded ones)).
+_KeysCheck = tuple[int, list[tuple[str, str]], tuple[int, int, int]]
+
+
+def _upload_rows(
+    keys: Mapping[tuple[str, str], Any],
+    where: Callable[[str, str], str] | None,
+    advance: Callable[[int], None] | None,
+    prints: list[str] | None,
+    style: Style = DB_STYLE,
+) -> Iterator[tuple[str, str, Jsonb, timedelta]]:
+    """``(type, id, value with its Buffers in ``style``, TTL)`` of each key of ``keys``,
+    encoded as it is asked for (sync_company); its fingerprint appended to ``prints`` when
+    given (from the same walk)."""
+    for (key_type, key_id), value in keys.items():
+        shown = where(key_type, key_id) if where else f"{key_type}/{key_id}"
+        if advance is not None:
+            advance(1)
+        if prints is None:
+            stored = encode(value, style, where=shown)
+        else:
+            stored, canonical_form = db_forms(value, where=shown, style=style)
+            prints.append(KeyFingerprint.of_canonical(key_type, key_id, canonical_form))
+        yield key_type, key_id, Jsonb(stored, dumps=json_bytes), ttl_for(key_type)
+
+
+def sync_company(
+    store: PgAuthStore,
+    company_id: str,
+    creds: Any,
+    keys: Mapping[tuple[str, str], Any],
+    *,
+    where: Callable[[str, str], str] | None = None,
+    advance: Callable[[int], None] | None = None,
+    prints: list[str] | None = None,
+    buffer_form: BufferFormSetting | None = None,
+) -> SyncResult:
+    """Make the company's rows exactly ``creds`` and ``keys`` (``{(type, id): value}``)
+    inside the caller's transaction, with the service's semantics: a key new or changed is
+    upserted with its type's TTL (``updated_at`` by the table's trigger), an unchanged one
+    (same decoded value, whatever its Buffer encoding) is not touched, every other row of
+    the company is deleted (legacy twins, keys gone), creds are saved when they differ.
+
+    A company without key rows gets its keys by one ``COPY`` into ``whatsapp_keys``, each
+    with ``now()`` plus its type's TTL as the server computes them: every key is new, so
+    this is the upsert's result, at the cost of the raw ``COPY``. Otherwise the keys are
+    streamed by ``COPY`` into a temporary table; rows whose stored jsonb differs are
+    compared by decoded value (a row stored with base64 Buffers is unchanged); then one
+    ``INSERT ... ON CONFLICT DO UPDATE`` and one ``DELETE`` apply the difference.
+
+    The server then compares the company's rows with the uploaded ones and a difference
+    raises :class:`VerificationError`, so the caller's transaction rolls back: the count,
+    and each row's jsonb (or decoded value) against the uploaded row. After the direct
+    ``COPY`` the count is the check: the rows it wrote are the uploaded values and no other
+    session can change them before commit. Creds are compared too. A value that cannot be
+    encoded raises :class:`DataError` naming ``where(type, id)``. With ``prints`` the
+    fingerprint of every key uploaded is appended to it (its canonical form comes from the
+    same encoding walk, while the server parses the previous rows).
+
+    Rows written (new and changed keys, creds when they differ) are in the Buffer form
+    :meth:`write_form` chooses (``buffer_form``, default the store's): with ``auto`` the
+    form most of the company's rows use before the import, base64 for a company without
+    rows. An unchanged row stays as it is, whatever its form."""
+    validate_company_id(company_id)
+    if store.conn.info.transaction_status == TransactionStatus.IDLE:
+        raise DatabaseError("sync_company must run inside the caller's transaction")
+    conn = store.conn
+    form = store.write_form(company_id, buffer_form)
+    rows = _upload_rows(keys, where, advance, prints, form.style)
+    with database_errors("importing the auth state"):
+        head = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM whatsapp_keys WHERE company_id = %s), "
+            "now() + %s, now() + %s",
+            (company_id, SHORT_TTL, LONG_TTL),
+        ).fetchone()
+        if head is not None and not head[0]:
+            keys_check = _copy_new_keys(
+                store, company_id, rows, {SHORT_TTL: head[1], LONG_TTL: head[2]}, len(keys)
+            )
+        else:
+            keys_check = _upsert_keys(store, company_id, keys, rows)
+        stored_creds = store.load_creds(company_id)
+        creds_changed = stored_creds is None or canonical(stored_creds) != canonical(creds)
+        if creds_changed:
+            store.save_creds(company_id, creds, style=form.style)
+        after_creds = store.load_creds(company_id) if creds_changed else stored_creds
+    upserted, deleted, (stored, uploaded, equal) = keys_check
+    creds_equal = after_creds is not None and canonical(after_creds) == canonical(creds)
+    if not (stored == equal == uploaded == len(keys) and creds_equal):
+        raise VerificationError(
+            f"import of company {company_id}: the database holds {stored} key rows, "
+            f"{equal} equal to the {len(keys)} uploaded, creds "
+            f"{'equal' if creds_equal else 'different'}; rolled back"
+        )
+    return SyncResult(len(keys), upserted, deleted, creds_changed, form)
+
+
+def _copy_new_keys(
+    store: PgAuthStore,
+    company_id: str,
+    rows: Iterator[tuple[str, str, Jsonb, timedelta]],
+    expires: Mapping[timedelta, datetime],
+    uploaded: int,
+) -> _KeysCheck:
+    """COPY ``rows`` (``uploaded`` of them) into ``whatsapp_keys`` for a company that has
+    none (sync_company). The rows it wrote are the uploaded values and no other session can
+    change them before commit: the company's row count is the check."""
+    cur = store.conn.cursor()
+    try:
+        # psycopg's queued writer sends the data from a thread of its own: the server
+        # parses one batch while this thread encodes the next
+        with cur.copy(
+            "COPY whatsapp_keys (company_id, key_type, key_id, value, expires_at) FROM STDIN",
+            writer=QueuedLibpqWriter(cur),
+        ) as copy:
+            for key_type, key_id, value, ttl in rows:
+                copy.write_row((company_id, key_type, key_id, value, expires[ttl]))
+    except psycopg.errors.UniqueViolation:
+        raise DatabaseError(
+            f"import of company {company_id}: key rows of the company were written by "
+            "another session while the import ran (is the service writing to PostgreSQL?); "
+            "rolled back, nothing changed: run the import again"
+        ) from None
+    row = store.conn.execute(
+        "SELECT count(*) FROM whatsapp_keys WHERE company_id = %s", (company_id,)
+    ).fetchone()
+    return uploaded, [], (row[0] if row else 0, uploaded, uploaded)
+
+
+def _upsert_keys(
+    store: PgAuthStore,
+    company_id: str,
+    keys: Mapping[tuple[str, str], Any],
+    rows: Iterator[tuple[str, str, Jsonb, timedelta]],
+) -> _KeysCheck:
+    """Upsert ``rows`` through the temporary table ``resilience_import``, delete the
+    company's other rows, and count what the server finds equal (sync_company)."""
+    conn = store.conn
+    # A primary key, and statistics once filled: without them the planner, trusting
+    # old statistics that put the company at a handful of rows, joined 100k rows by a
+    # nested loop over a scan of this table (the DELETE below ran for minutes).
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS resilience_import (key_type text, key_id text, "
+        "value jsonb, ttl interval, keep boolean NOT NULL DEFAULT false, "
+        "PRIMARY KEY (key_type, key_id)) ON COMMIT DROP"
+    )
+    conn.execute("TRUNCATE resilience_import")
+    cur = conn.cursor()
+    with cur.copy(
+        "COPY resilience_import (key_type, key_id, value, ttl) FROM STDIN",
+        writer=QueuedLibpqWriter(cur),
+    ) as copy:
+        for row in rows:
+            copy.write_row(row)
+    conn.execute("ANALYZE resilience_import")
+    differing = conn.execute(
+        "SELECT i.key_type, i.key_id, k.value::text FROM resilience_import i "
+        "JOIN whatsapp_keys k ON k.company_id = %s AND k.key_type = i.key_type "
+        "AND k.key_id = i.key_id WHERE k.value <> i.value",
+        (company_id,),
+    ).fetchall()
+    same = [
+        (t, i)
+        for t, i, text in differing
+        if canonical(loads(text, where=f"{t}/{i}")) == canonical(keys[(t, i)])
+    ]
+    if same:
+        conn.execute(
+            "UPDATE resilience_import SET keep = true FROM unnest(%s::text[], %s::text[])"
+            " AS u(t, i) WHERE key_type = u.t AND key_id = u.i",
+            ([t for t, _ in same], [i for _, i in same]),
+        )
+    upserted = conn.execute(
+        "INSERT INTO whatsapp_keys AS k (company_id, key_type, key_id, value, expires_at) "
+        "SELECT %s, key_type, key_id, value, now() + ttl FROM resilience_import "
+        "WHERE NOT keep ON CONFLICT (company_id, key_type, key_id) DO UPDATE SET "
+        "value = EXCLUDED.value, expires_at = EXCLUDED.expires_at "
+        "WHERE k.value IS DISTINCT FROM EXCLUDED.value",
+        (company_id,),
+    ).rowcount
+    deleted = conn.execute(
+        "DELETE FROM whatsapp_keys k WHERE k.company_id = %s AND NOT EXISTS "
+        "(SELECT 1 FROM resilience_import i "
+        "WHERE i.key_type = k.key_type AND i.key_id = k.key_id) "
+        "RETURNING k.key_type, k.key_id",
+        (company_id,),
+    ).fetchall()
+    check = conn.execute(
+        "SELECT (SELECT count(*) FROM whatsapp_keys WHERE company_id = %(c)s), "
+        "(SELECT count(*) FROM resilience_import), "
+        "(SELECT count(*) FROM resilience_import i JOIN whatsapp_keys k ON "
+        "k.company_id = %(c)s AND k.key_type = i.key_type AND k.key_id = i.key_id "
+        "AND (k.value = i.value OR i.keep))",
+        {"c": company_id},
+    ).fetchone()
+    counts = (check[0], check[1], check[2]) if check else (0, 0, 0)
+    return upserted, [(t, i) for t, i in deleted], counts

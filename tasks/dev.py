@@ -71,8 +71,8 @@ BENCH_DEFAULT_SIZES = {
 def bench(c: Context, name: str, sizes: str = "", repeat: int = 3, tenants: str = "") -> None:
     """Benchmark as JSON: `bench restore`, `cleanup`, `backup`, `monitoring`, `mirror` or `pitr`.
 
-    restore: export/import beside the raw COPY + file-write limit (and the import over the
-    company's own rows), 500 companies exported in
+    restore: export/import beside the raw COPY + file-write limit (and, over the company's own
+    rows, the import and the way back as restore.to-postgres runs it), 500 companies exported in
     parallel beside the raw limit of the same rows (peak RSS), and the switch's RTO in
     scenarios (a) and (b) against its floor (a PM2 restart into file mode). cleanup: the batched key
     cleanup beside one DELETE, each with the p99 of concurrent upserts. backup: backup and

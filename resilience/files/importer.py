@@ -460,27 +460,20 @@ def _settled(company_dir: Path, name: str) -> tuple[Any, bytes] | None:
 
 
 def read_creds_file(company_dir: Path, *, tolerant: bool = False) -> Any:
-    """``creds.json`` parsed and decodable; :class:`DataError` naming it otherwise (with
-    ``tolerant``, a file caught half written by a running service is read again)."""
-    if tolerant:
-        try:
-            return read_creds_file(company_dir)
-        except DataError:
-            settled = _settled(company_dir, CREDS_FILE)
-            if settled is None:
-                raise
-            return _creds_or_refuse(company_dir, settled[0])
+    """``creds.json`` parsed, decodable and not empty; :class:`DataError` naming it otherwise
+    (with ``tolerant``, a file caught half written by a running service is read again)."""
+    missing = DataError(f"no {CREDS_FILE} in {company_dir}: nothing to import without creds")
     try:
-        creds = parse(read_regular_file(company_dir, CREDS_FILE), where=CREDS_FILE)
+        creds = _decoded(company_dir, CREDS_FILE)[0]
     except FileNotFoundError:
-        raise DataError(
-            f"no {CREDS_FILE} in {company_dir}: nothing to import without creds"
-        ) from None
-    canonical(creds, where=f"{company_dir.name}/{CREDS_FILE}")
-    return _creds_or_refuse(company_dir, creds)
-
-
-def _creds_or_refuse(company_dir: Path, creds: Any) -> Any:
+        raise missing from None
+    except DataError:
+        if not tolerant:
+            raise
+        settled = _settled(company_dir, CREDS_FILE)
+        if settled is None:
+            raise missing from None
+        creds = settled[0]
     if not isinstance(creds, dict) or not creds:
         raise DataError(f"{CREDS_FILE} in {company_dir} holds no creds (empty or not an object)")
     return creds

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Set
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from resilience.authstate.naming import company_dir_name
 from resilience.config import validate_company_id
@@ -118,6 +118,25 @@ def record_base(
     )
     base.write(root)
     return base
+
+
+class InstalledCopy(Protocol):
+    """What an export, a snapshot install or a switch's source reports having put in place."""
+
+    digest: str
+    creds_print: str | None
+    fingerprints: dict[str, str]
+    next_pre_key_id: int | None
+
+
+def record_installed(
+    root: Path, company_id: str, source: str, copy: InstalledCopy
+) -> InstalledBase:
+    """:func:`record_base` of what ``copy`` put in place."""
+    return record_base(
+        root, company_id, source, copy.digest, copy.creds_print, copy.fingerprints,
+        copy.next_pre_key_id,
+    )  # fmt: skip
 
 
 # --- the merge --------------------------------------------------------------------------------

@@ -107,13 +107,13 @@ def preflight(
             connect(target.service_dsn, timeout=s.db_connect_timeout)
         ))  # fmt: skip
         _check_company(target, facts)
-        _check_local(target, facts, direction)
         facts.warnings += alert_warnings(s)
         try:
             mode = envfile.current_mode(target.env_file)
             facts.env_mode = mode
         except ResilienceError as exc:
             facts.problems.append(str(exc))
+        _check_local(target, facts, direction)
         try:
             described = target.pm2.require(s.pm2_app)
             facts.pm2_status = described.status
@@ -160,20 +160,26 @@ def _database(facts: Preflight, ask: Callable[[], _T]) -> _T | None:
     """``ask()`` of the database, or None with the verdict and the problem in ``facts``."""
     try:
         return ask()
-    except DatabaseUnreachable as exc:
+    except (ConfigError, DatabaseError) as exc:
+        _database_failed(facts, exc)
+    return None
+
+
+def _database_failed(facts: Preflight, exc: ConfigError | DatabaseError) -> None:
+    """The verdict and the problem a failed question to the database makes."""
+    if isinstance(exc, DatabaseUnreachable):
         facts.db_verdict, facts.db_error = "outage", str(exc)
-    except ConfigError as exc:
+    elif isinstance(exc, ConfigError):
         facts.db_verdict, facts.db_error = "misconfigured", str(exc)
         facts.problems.append(
             f"PostgreSQL is not down, the configuration is wrong (RESILIENCE_SERVICE_DSN): {exc}; "
             "fix it, no snapshot is used for a typo"
         )
-    except DatabaseError as exc:
+    else:
         facts.db_error = str(exc)
         facts.problems.append(
             f"cannot tell whether PostgreSQL is down ({exc}): not falling back to a snapshot"
         )
-    return None
 
 
 def _preflight_code(target: Target, facts: Preflight, force: bool) -> None:
@@ -303,7 +309,8 @@ ROOM_FOR_STATE = 1 << 20  # bytes: the switch state, the merge base and the .env
 def _check_local(target: Target, facts: Preflight, direction: Direction) -> None:
     """What needs no database and would otherwise fail after the stop: the switch state
     readable, the company directory a real one, room beside it for the switch's own files,
-    and (when the service already runs on it, or for the way back) every file decoding."""
+    and, when the service already runs on it in file mode (a re-run), every file decoding (the
+    way back decodes them in its merge preview)."""
     try:
         SwitchState.read(target.state_file)
     except ResilienceError as exc:
@@ -323,14 +330,8 @@ def _check_local(target: Target, facts: Preflight, direction: Direction) -> None
                 f"no room in {probe} ({free} bytes free): the switch writes its state there; "
                 "free some space first"
             )
-    keeps = direction == "to-files" and company_dir.is_dir() and facts.env_mode == "file"
-    if direction == "to-files" and not keeps:
-        try:
-            keeps = envfile.current_mode(target.env_file) == "file" and company_dir.is_dir()
-        except ResilienceError:
-            keeps = False
-    if keeps:  # a re-run: the service runs on this directory and will again
-        _check_files(target, facts)
+    if direction == "to-files" and facts.env_mode == "file" and company_dir.is_dir():
+        _check_files(target, facts)  # a re-run: the service runs on it and will again
 
 
 def _check_files(target: Target, facts: Preflight) -> None:
@@ -359,7 +360,7 @@ def _merge_preview(target: Target, facts: Preflight, store: PgAuthStore) -> None
                 "no record of what the switch to files installed: the directory replaces the "
                 "company's rows whole (keys PostgreSQL wrote meanwhile are deleted)"
             )
-        importer.check_directory(target.company_dir, company)
+        # the dry run reads and decodes every file once (a corrupt one is a DataError)
         preview = importer.import_company(
             store, root, company, dry_run=True, three_way=True, base=base
         )
@@ -367,17 +368,10 @@ def _merge_preview(target: Target, facts: Preflight, store: PgAuthStore) -> None
     except DataError as exc:
         facts.problems.append(f"{exc}: nothing was stopped, the service keeps serving")
         facts.refusal = "data"
-    except (DatabaseUnreachable, ConfigError, DatabaseError) as exc:
-        _database(facts, _raiser(exc))
+    except (ConfigError, DatabaseError) as exc:
+        _database_failed(facts, exc)
     except ResilienceError as exc:
         facts.problems.append(str(exc))
-
-
-def _raiser(exc: Exception) -> Callable[[], None]:
-    def again() -> None:
-        raise exc
-
-    return again
 
 
 def _check_company(target: Target, facts: Preflight) -> None:

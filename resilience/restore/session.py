@@ -65,10 +65,6 @@ class Events:
         except Exception as exc:
             log.warning("progress line not shown: %s", exc)
 
-    def progress(self) -> Callable[[str], None]:
-        """:meth:`say` as a callable (the runner's progress)."""
-        return self.say
-
 
 class SwitchSession:
     """One switch (module text). Use :meth:`opened` around the run: it connects PM2 once and,

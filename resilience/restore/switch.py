@@ -37,7 +37,7 @@ from resilience.errors import (
 )
 from resilience.files import export as export_mod
 from resilience.files import importer
-from resilience.files.merge import InstalledBase, base_path, record_base, remove_base
+from resilience.files.merge import InstalledBase, base_path, record_installed, remove_base
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 from resilience.restore.preflight import Direction, Preflight, preflight
@@ -87,6 +87,18 @@ class _Plan:
 
     def _connect(self) -> Any:
         return self.session.connect()
+
+    def merge_back(self, meters: Meters = NO_METERS) -> importer.ImportResult:
+        """The directory into PostgreSQL, merged three ways: what the switch installed, the
+        directory now, the database now (a snapshot or the mirror's copy lacks newer database
+        writes: those are kept); the way back, and the undo of a switch to files."""
+        t = self.target
+        base = InstalledBase.read(t.auth_root, t.company_id)
+        with self._connect() as conn:
+            store = PgAuthStore(conn, buffer_form=self.settings.db_buffer_form)
+            return importer.import_company(
+                store, t.auth_root, t.company_id, meters=meters, three_way=True, base=base
+            )
 
     # --- the service ---------------------------------------------------------------------------
     def stop_step(self, *, overlapped: bool = False) -> Step:
@@ -198,14 +210,7 @@ class ToFiles(_Plan):
         t, app = self.target, self.settings.pm2_app
         t.pm2.stop(app)  # no more writes while they are carried back
         try:
-            # three ways: what was installed, the directory now, the database now (a snapshot
-            # or the mirror's copy lacks newer database writes: those are kept)
-            base = InstalledBase.read(t.auth_root, t.company_id)
-            with self._connect() as conn:
-                store = PgAuthStore(conn, buffer_form=self.settings.db_buffer_form)
-                result = importer.import_company(
-                    store, t.auth_root, t.company_id, three_way=True, base=base
-                )
+            result = self.merge_back()
         except ResilienceError as exc:
             t.pm2.restart(app)
             raise UndoHalted(
@@ -271,10 +276,7 @@ class ToFiles(_Plan):
         self.expected_digest = copy.digest
         details.update(copy.details)
         if copy.new_base or InstalledBase.read(t.auth_root, t.company_id) is None:
-            record_base(
-                t.auth_root, t.company_id, self.source.name, copy.digest, copy.creds_print,
-                copy.fingerprints, copy.next_pre_key_id,
-            )  # fmt: skip
+            record_installed(t.auth_root, t.company_id, self.source.name, copy)
         details["base"] = str(base_path(t.auth_root, t.company_id))
 
     def checkout_tag(self, details: Details) -> None:
@@ -377,10 +379,7 @@ class ToPostgres(_Plan):
                 result = export_mod.export_company(
                     PgAuthStore(conn), t.auth_root, t.company_id, source=redact_dsn(t.service_dsn)
                 )
-            record_base(
-                t.auth_root, t.company_id, "export", result.digest, result.creds_print,
-                result.fingerprints, result.next_pre_key_id,
-            )  # fmt: skip
+            record_installed(t.auth_root, t.company_id, "export", result)
         except ResilienceError as exc:
             t.pm2.restart(app)
             raise UndoHalted(
@@ -413,17 +412,7 @@ class ToPostgres(_Plan):
         )
 
     def do_import(self, details: Details) -> None:
-        t = self.target
-        base = InstalledBase.read(t.auth_root, t.company_id)
-        with self._connect() as conn:
-            result = importer.import_company(
-                PgAuthStore(conn, buffer_form=self.settings.db_buffer_form),
-                t.auth_root,
-                t.company_id,
-                meters=self.session.events.meters,
-                three_way=True,
-                base=base,
-            )
+        result = self.merge_back(meters=self.session.events.meters)
         self.expected_digest = result.digest_db
         details.update(result.to_dict())
 
@@ -547,7 +536,7 @@ def switch(session: SwitchSession) -> SwitchOutcome:
         confirm = session.confirm
         if confirm is not None and not confirm(facts):  # the operator's time: not RTO
             raise InputError("not confirmed: nothing changed")
-        result = Runner(session.journal, session.events.progress()).run(steps)
+        result = Runner(session.journal, session.events.say).run(steps)
         return SwitchOutcome(facts, result, session.round_trips, preflight_s)
 
 

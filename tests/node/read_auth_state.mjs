@@ -16,6 +16,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { bufferPaths } from './buffer_paths.mjs';
 
 const [mode, baileysDir, authDir, argPath] = process.argv.slice(2);
 if (!['read', 'write'].includes(mode) || !baileysDir || !authDir || !argPath) {
@@ -25,19 +26,6 @@ if (!['read', 'write'].includes(mode) || !baileysDir || !authDir || !argPath) {
 const { useMultiFileAuthState, BufferJSON, proto } = await import(
   pathToFileURL(join(baileysDir, 'lib', 'index.js')).href
 );
-
-const isBytes = (v) => Buffer.isBuffer(v) || v instanceof Uint8Array;
-
-function bufferPaths(value, path, real, fake) {
-  if (isBytes(value)) {
-    real.push(path);
-  } else if (Array.isArray(value)) {
-    value.forEach((item, i) => bufferPaths(item, `${path}[${i}]`, real, fake));
-  } else if (value !== null && typeof value === 'object') {
-    if (value.type === 'Buffer') fake.push(path);
-    for (const [k, v] of Object.entries(value)) bufferPaths(v, `${path}.${k}`, real, fake);
-  }
-}
 
 function syncKeyView(value) {
   const fp = value.fingerprint;

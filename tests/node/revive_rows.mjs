@@ -12,6 +12,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { bufferPaths } from './buffer_paths.mjs';
 
 const [baileysDir, rowsPath] = process.argv.slice(2);
 if (!baileysDir || !rowsPath) {
@@ -19,19 +20,6 @@ if (!baileysDir || !rowsPath) {
   process.exit(2);
 }
 const { BufferJSON } = await import(pathToFileURL(join(baileysDir, 'lib', 'index.js')).href);
-
-const isBytes = (v) => Buffer.isBuffer(v) || v instanceof Uint8Array;
-
-function bufferPaths(value, path, real, fake) {
-  if (isBytes(value)) {
-    real.push(path);
-  } else if (Array.isArray(value)) {
-    value.forEach((item, i) => bufferPaths(item, `${path}[${i}]`, real, fake));
-  } else if (value !== null && typeof value === 'object') {
-    if (value.type === 'Buffer') fake.push(path);
-    for (const [k, v] of Object.entries(value)) bufferPaths(v, `${path}.${k}`, real, fake);
-  }
-}
 
 const out = {};
 for (const { ref, text } of JSON.parse(await readFile(rowsPath, 'utf-8'))) {

@@ -67,7 +67,7 @@ from resilience.files.export import (
     free_space_ok,
 )
 from resilience.files.importer import import_company, read_directory
-from resilience.files.merge import record_base
+from resilience.files.merge import record_installed
 from resilience.files.parallel import StorePool
 from resilience.infra.fsutil import fsync_dir
 
@@ -273,10 +273,7 @@ def _bench_size(
         report(f"{n} keys: import over the rows {over_rows_s[-1]:.2f} s")
 
     # what restore.to-postgres runs: the three-way merge against what the export installed
-    base = record_base(
-        prepared, company_id, "export", first.digest, first.creds_print, first.fingerprints,
-        first.next_pre_key_id,
-    )  # fmt: skip
+    base = record_installed(prepared, company_id, "export", first)
     way_back_s: list[float] = []
     for rep in range(repeat):
         report(f"{n} keys: the way back (three-way merge) over the rows, run {rep + 1}/{repeat}")

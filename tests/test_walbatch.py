@@ -19,7 +19,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from resilience.backup.pitr import segment_name
-from resilience.backup.wal import WalSpool, _batch_interpreter, push_once
+from resilience.backup.wal import WalSpool, push_once
+from resilience.backup.walupload import batch_interpreter
 from resilience.config import Settings
 
 SEG = 16 * 1024 * 1024
@@ -86,7 +87,7 @@ def test_the_real_barman_runs_in_one_batch_process_per_region(
     tmp_path: Path, moto_url: str
 ) -> None:
     settings = _settings(tmp_path, moto_url, wal_push_processes=3)
-    assert _batch_interpreter(settings) is not None  # barman's Python: the batch path is taken
+    assert batch_interpreter(settings) is not None  # barman's Python: the batch path is taken
     segments = {wal(n): os.urandom(1024) + bytes(8192) * n for n in range(1, 8)}
     for name, data in segments.items():
         (settings.wal_spool_dir / name).write_bytes(data)

@@ -25,6 +25,7 @@ from resilience.config import DrillSettings, Settings
 from resilience.drill.demo import DEMO_APP
 from resilience.drill.stack import docker as docker_stack
 from resilience.drill.standin import service
+from resilience.drill.standin.service import settings as standin_settings
 from resilience.infra.s3 import REGIONS
 from resilience.service.modes import FLAG_NAMES
 
@@ -215,7 +216,11 @@ def test_entrypoint_writes_every_setting_the_standin_reads() -> None:
     entrypoint = load_entrypoint()
     source = "".join(
         inspect.getsource(reader)
-        for reader in (service.read_config, service._application_name, service._buffer_form)
+        for reader in (
+            standin_settings.read_config,
+            standin_settings._application_name,
+            standin_settings._buffer_form,
+        )
     )
     read = set(re.findall(r'(?:values\.get\(|_setting\(values, )"([A-Z_]+)"', source))
     assert set(entrypoint.ENV_NAMES) == read | set(FLAG_NAMES)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from resilience.runs.html import format_duration, parse_stamp
@@ -238,12 +239,66 @@ def ordered(records: list[Mapping[str, Any]]) -> list[tuple[str, Any]]:
 def build(journal: Mapping[str, Any]) -> Timeline:
     """The timeline of one journal dict (as :meth:`Journal.to_dict` returns it)."""
     steps = [*journal.get("steps", []), *journal.get("rollbacks", [])]
+    switches = _switch_events(journal, steps)
+    events = _events(journal, switches)
+    stamps = [parse(journal.get("started_at")), parse(journal.get("ended_at"))]
+    stamps += [parse(s.get("started_at")) for s in steps] + [
+        parse(s.get("ended_at")) for s in steps
+    ]
+    stamps += [parse(e.get("at")) for e in events]
+    known = [s for s in stamps if s is not None]
+    t = Timeline()
+    if not known:
+        return t
+    start = parse(journal.get("started_at")) or min(known)
+    t.total_s = max(1e-3, (max(known) - start).total_seconds())
+    clock = _Clock(start, t.plot_x0, (t.plot_x1 - t.plot_x0) / t.total_s)
+    y = _event_lanes(t, events, clock)
+    y = _step_rows(t, steps, switches, clock, y)
+    _fault_windows(t, events, clock)
+    t.height = y + 6
+    step = nice_step(t.total_s)
+    count = int(t.total_s / step + 1e-9)
+    t.ticks = [
+        Tick(t.plot_x0 + i * step * clock.scale, tick_label(i * step, step))
+        for i in range(count + 1)
+    ]
+    _legend(t)
+    return t
+
+
+@dataclass(frozen=True)
+class _Clock:
+    """Where a moment falls on the plot: ``x0`` at ``start``, ``scale`` pixels a second."""
+
+    start: datetime
+    x0: float
+    scale: float
+
+    def x_of(self, stamp: Any) -> float | None:
+        at = parse(stamp)
+        if at is None:
+            return None
+        return self.x0 + max(0.0, (at - self.start).total_seconds()) * self.scale
+
+
+def _switch_events(
+    journal: Mapping[str, Any], steps: list[Mapping[str, Any]]
+) -> dict[str, Mapping[str, Any]]:
+    """The ``switch`` event of each switch whose steps are drawn, by its run id."""
     runs = {g[1] for g in map(group_of, steps) if g is not None}
-    switches = {
+    return {
         str((e.get("data") or {}).get("run_id")): e
         for e in journal.get("events", [])
         if e.get("kind") == SWITCH_EVENT and str((e.get("data") or {}).get("run_id")) in runs
     }
+
+
+def _events(
+    journal: Mapping[str, Any], switches: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The events drawn as marks: the journal's (a drawn switch's own left out), the steady
+    state probes, every removal of a fault under one kind."""
     events = [
         dict(e)
         for e in journal.get("events", [])
@@ -257,26 +312,12 @@ def build(journal: Mapping[str, Any]) -> Timeline:
     for event in events:
         if _is_removal(event):
             event["kind"] = REMOVED
-    stamps = [parse(journal.get("started_at")), parse(journal.get("ended_at"))]
-    stamps += [parse(s.get("started_at")) for s in steps] + [
-        parse(s.get("ended_at")) for s in steps
-    ]
-    stamps += [parse(e.get("at")) for e in events]
-    known = [s for s in stamps if s is not None]
-    t = Timeline()
-    if not known:
-        return t
-    start = parse(journal.get("started_at")) or min(known)
-    t.total_s = max(1e-3, (max(known) - start).total_seconds())
-    scale = (t.plot_x1 - t.plot_x0) / t.total_s
+    return events
 
-    def x_of(stamp: Any) -> float | None:
-        at = parse(stamp)
-        if at is None:
-            return None
-        return t.plot_x0 + max(0.0, (at - start).total_seconds()) * scale
 
-    # lanes: one per kind of event present
+def _event_lanes(t: Timeline, events: list[dict[str, Any]], clock: _Clock) -> float:
+    """One lane per kind of event present, each event a mark in its lane; returns the y below
+    the lanes."""
     kinds = {("fault" if e["kind"] == REMOVED else str(e["kind"])) for e in events}
     others = sorted(k for k in kinds if k not in LANE_ORDER and k != "failure")
     order = (
@@ -291,15 +332,25 @@ def build(journal: Mapping[str, Any]) -> Timeline:
         y += ROW_H
     for event in events:
         kind = str(event["kind"])
-        x = x_of(event.get("at"))
+        x = clock.x_of(event.get("at"))
         if x is None:
             continue
         mark = MARKS.get(kind, OTHER)
-        offset = (parse(event["at"]) - start).total_seconds()  # type: ignore[operator]
+        offset = (parse(event["at"]) - clock.start).total_seconds()  # type: ignore[operator]
         title = f"+{offset:.3f} s {kind}: {event.get('message', '')}"
         lane = lane_y["fault" if kind == REMOVED else kind]
         t.marks.append(MarkPoint(shape(mark.shape, x, lane), mark.color, kind, title))
-    # steps and rollbacks; a switch's under a header row with its RTO
+    return y
+
+
+def _step_rows(
+    t: Timeline,
+    steps: list[Mapping[str, Any]],
+    switches: Mapping[str, Mapping[str, Any]],
+    clock: _Clock,
+    y: float,
+) -> float:
+    """Steps and rollbacks, a switch's under a header row with its RTO; returns the y below."""
     starts: dict[str, list[Any]] = {}
     for record in steps:
         group = group_of(record)
@@ -308,69 +359,88 @@ def build(journal: Mapping[str, Any]) -> Timeline:
     for row, item in ordered(steps):
         if row == "group":
             command, run_id = item
-            t.lanes.append(Lane(y + ROW_H / 2, _short(command), command, group=True))
-            switch = (switches.get(run_id) or {}).get("data") or {}
-            origins = [x for x in map(x_of, [switch.get("started_at"), *starts[run_id]]) if x]
-            rto = switch.get("rto_s")
-            if origins and isinstance(rto, int | float):
-                x0 = min(origins)
-                width = max(2.0, min(float(rto) * scale, t.plot_x1 - x0 + 2))
-                text = f"RTO {format_duration(rto)}"
-                t.spans.append(
-                    Span(x0, y + ROW_H / 2, width, f"{command}: {text} from the switch's start"
-                         f" (+{(x0 - t.plot_x0) / scale:.3f} s)", text, x0 + width + 4)
-                )  # fmt: skip
-            y += ROW_H
-            continue
-        record = item
-        x = x_of(record.get("started_at"))
-        status = str(record.get("status", ""))
-        kind = str(record.get("kind", "step"))
-        name = str(record.get("name", ""))
-        label = ("↺ " if kind == "rollback" else "") + name
-        if group_of(record) is not None:
-            label = "  " + label
-        t.lanes.append(Lane(y + ROW_H / 2, _short(label), label.strip()))
-        if x is not None:
-            end = x_of(record.get("ended_at"))
-            duration = record.get("duration_s")
-            if isinstance(duration, int | float):
-                width = float(duration) * scale
-            elif end is not None:
-                width = end - x
-            else:  # still running when the journal was written
-                width = t.plot_x1 - x
-            width = max(2.0, min(width, t.plot_x1 - x + 2))
-            key = "rollback" if kind == "rollback" and status != "failed" else status
-            color = BARS.get(key, BARS["running"])[1]
-            shown = format_duration(duration)
-            offset = (x - t.plot_x0) / scale
-            t.bars.append(
-                Bar(x, y + 4, width, color, f"{label}: {status}, +{offset:.3f} s, {shown}",
-                    shown, x + width + 4)
-            )  # fmt: skip
+            _switch_header(t, command, switches.get(run_id), starts[run_id], clock, y)
+        else:
+            _step_bar(t, item, clock, y)
         y += ROW_H
-    # fault windows: each removal closes the earliest open fault
+    return y
+
+
+def _switch_header(
+    t: Timeline,
+    command: str,
+    switch_event: Mapping[str, Any] | None,
+    starts: list[Any],
+    clock: _Clock,
+    y: float,
+) -> None:
+    """A switch's header row, with its RTO as a bracket from the switch's start."""
+    scale = clock.scale
+    t.lanes.append(Lane(y + ROW_H / 2, _short(command), command, group=True))
+    switch = (switch_event or {}).get("data") or {}
+    origins = [x for x in map(clock.x_of, [switch.get("started_at"), *starts]) if x]
+    rto = switch.get("rto_s")
+    if origins and isinstance(rto, int | float):
+        x0 = min(origins)
+        width = max(2.0, min(float(rto) * scale, t.plot_x1 - x0 + 2))
+        text = f"RTO {format_duration(rto)}"
+        t.spans.append(
+            Span(x0, y + ROW_H / 2, width, f"{command}: {text} from the switch's start"
+                 f" (+{(x0 - t.plot_x0) / scale:.3f} s)", text, x0 + width + 4)
+        )  # fmt: skip
+
+
+def _step_bar(t: Timeline, record: Mapping[str, Any], clock: _Clock, y: float) -> None:
+    """A step's (or undo step's) row, with its bar from start to end."""
+    scale = clock.scale
+    x = clock.x_of(record.get("started_at"))
+    status = str(record.get("status", ""))
+    kind = str(record.get("kind", "step"))
+    name = str(record.get("name", ""))
+    label = ("↺ " if kind == "rollback" else "") + name
+    if group_of(record) is not None:
+        label = "  " + label
+    t.lanes.append(Lane(y + ROW_H / 2, _short(label), label.strip()))
+    if x is None:
+        return
+    end = clock.x_of(record.get("ended_at"))
+    duration = record.get("duration_s")
+    if isinstance(duration, int | float):
+        width = float(duration) * scale
+    elif end is not None:
+        width = end - x
+    else:  # still running when the journal was written
+        width = t.plot_x1 - x
+    width = max(2.0, min(width, t.plot_x1 - x + 2))
+    key = "rollback" if kind == "rollback" and status != "failed" else status
+    color = BARS.get(key, BARS["running"])[1]
+    shown = format_duration(duration)
+    offset = (x - t.plot_x0) / scale
+    t.bars.append(
+        Bar(x, y + 4, width, color, f"{label}: {status}, +{offset:.3f} s, {shown}",
+            shown, x + width + 4)
+    )  # fmt: skip
+
+
+def _fault_windows(t: Timeline, events: list[dict[str, Any]], clock: _Clock) -> None:
+    """Fault windows: each removal closes the earliest open fault."""
     open_faults: list[tuple[float, str]] = []
     for event in sorted(events, key=lambda e: str(e.get("at", ""))):
-        x = x_of(event.get("at"))
+        x = clock.x_of(event.get("at"))
         if x is None:
             continue
         if event["kind"] == "fault":
             open_faults.append((x, str(event.get("message", ""))))
         elif event["kind"] == REMOVED and open_faults:
             began, message = open_faults.pop(0)
-            seconds = (x - began) / scale
+            seconds = (x - began) / clock.scale
             t.bands.append(
                 Band(began, max(1.0, x - began), f"fault window {seconds:.3f} s: {message}")
             )
-    t.height = y + 6
-    step = nice_step(t.total_s)
-    count = int(t.total_s / step + 1e-9)
-    t.ticks = [
-        Tick(t.plot_x0 + i * step * scale, tick_label(i * step, step)) for i in range(count + 1)
-    ]
-    # legend: what this timeline shows
+
+
+def _legend(t: Timeline) -> None:
+    """The legend: what this timeline shows."""
     present = {m.kind for m in t.marks}
     for kind, mark in MARKS.items():
         if kind in present:
@@ -386,4 +456,3 @@ def build(journal: Mapping[str, Any]) -> Timeline:
         t.legend.append(LegendItem("fault window", "M1,1h14v14h-14Z", "#c62828", True, 0.15))
     if t.spans:
         t.legend.append(LegendItem("RTO of a switch", "M1,4v8M1,8h14M15,4v8", RTO_COLOR, False))
-    return t

@@ -143,55 +143,16 @@ class LocalStack(Stack):
         # Check every prerequisite before starting anything.
         toxiproxy_bin = find_toxiproxy(self.tools)
         pm2 = self._pm2()
-        ports = {
-            "pg": choose_port(s.pg_port, "RESILIENCE_PG_PORT"),
-            "toxiproxy": choose_port(s.toxiproxy_port, "RESILIENCE_TOXIPROXY_PORT"),
-            "s3": choose_port(s.s3_port, "RESILIENCE_S3_PORT"),
-            "receivers": choose_port(s.receivers_port, "RESILIENCE_RECEIVERS_PORT"),
-        }
-        if len(set(ports.values())) != len(ports):
-            raise StackError(f"two components were given the same port: {ports}")
-        for sub in ("pids", "logs", "receivers", "pm2"):
-            (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        self.dir.chmod(0o700)
-        cluster = PostgresCluster.create(
-            self.dir,
-            ports["pg"],
-            durable=s.pg_durable,
-            archive=s.pg_archive,
-            archive_timeout=s.pg_archive_timeout,
-        )
-        # known to `down` even if a crash loses state.json: the data dir may live outside
-        self._pg_root_file.write_text(str(cluster.data_root))
+        ports = self._choose_ports()
+        cluster = self._create_cluster(ports["pg"])
         sentry_key = secrets.token_hex(16)
         bot_token = f"{secrets.randbelow(10**9)}:{secrets.token_urlsafe(24)}"
         s3_key, s3_secret = "resilience", secrets.token_hex(16)
-        state: dict[str, Any] = {
-            "postgres": {
-                "port": ports["pg"],
-                "data_root": str(cluster.data_root),
-                "durable": cluster.durable,
-                "archive_spool": str(cluster.archive_spool) if cluster.archive_spool else None,
-                "archive_timeout": cluster.archive_timeout,
-                "admin_password": cluster.admin_password,
-                "service_password": cluster.service_password,
-            }
-        }
+        state: dict[str, Any] = {"postgres": _postgres_state(cluster, ports["pg"])}
         self._write_state({**state, "starting": True})
 
         # Start the slow-to-import servers first, then do initdb while they boot.
-        spawn(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(ports["s3"])],
-            pidfile=self._pidfile("s3"),
-            log=self._log("s3"),
-            env={**os.environ, **s3_environment()},
-        )
-        spawn_receivers(self.dir, ports["receivers"], sentry_key, bot_token)
-        spawn(
-            [str(toxiproxy_bin), "-host", "127.0.0.1", "-port", str(ports["toxiproxy"])],
-            pidfile=self._pidfile("toxiproxy"),
-            log=self._log("toxiproxy"),
-        )
+        self._spawn_servers(ports, toxiproxy_bin, sentry_key, bot_token)
         cluster.init()
         cluster.start()
         pm2.ping()
@@ -209,18 +170,7 @@ class LocalStack(Stack):
         self._wait_http(f"{receivers_url}/_health", "receivers", timeout)
         s3_url = f"http://127.0.0.1:{ports['s3']}"
         self._wait_http(f"{s3_url}/moto-api/", "s3", timeout)
-        # each region's endpoint goes through a proxy of its own: a drill can cut one region
-        regions, s3_proxies, region_ports = {}, {}, {}
-        with ToxiproxyClient(toxiproxy_url) as toxiproxy:
-            for name, region in REGIONS.items():
-                region_port = free_port()
-                toxiproxy.create_proxy(
-                    f"s3-{name}", listen=f"127.0.0.1:{region_port}", upstream=s3_url[7:]
-                )
-                url = f"http://127.0.0.1:{region_port}"
-                regions[name] = S3Region(name, region, url, f"baileys-backups-{name}")
-                s3_proxies[name] = f"s3-{name}"
-                region_ports[f"s3-{name}"] = region_port
+        regions, s3_proxies, region_ports = _proxy_s3_regions(toxiproxy_url, s3_url)
         create_buckets(regions.values(), s3_key, s3_secret)
 
         endpoints = Endpoints(
@@ -247,6 +197,55 @@ class LocalStack(Stack):
         self._write_state(state)
         self._endpoints = endpoints
         return endpoints
+
+    def _choose_ports(self) -> dict[str, int]:
+        """One port per component (the configured one, else a free one), all different."""
+        s = self.settings
+        ports = {
+            "pg": choose_port(s.pg_port, "RESILIENCE_PG_PORT"),
+            "toxiproxy": choose_port(s.toxiproxy_port, "RESILIENCE_TOXIPROXY_PORT"),
+            "s3": choose_port(s.s3_port, "RESILIENCE_S3_PORT"),
+            "receivers": choose_port(s.receivers_port, "RESILIENCE_RECEIVERS_PORT"),
+        }
+        if len(set(ports.values())) != len(ports):
+            raise StackError(f"two components were given the same port: {ports}")
+        return ports
+
+    def _create_cluster(self, port: int) -> PostgresCluster:
+        """The stack's directories and its PostgreSQL cluster (not initialised yet), its data
+        root recorded for `down`."""
+        s = self.settings
+        for sub in ("pids", "logs", "receivers", "pm2"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
+        cluster = PostgresCluster.create(
+            self.dir,
+            port,
+            durable=s.pg_durable,
+            archive=s.pg_archive,
+            archive_timeout=s.pg_archive_timeout,
+        )
+        # known to `down` even if a crash loses state.json: the data dir may live outside
+        self._pg_root_file.write_text(str(cluster.data_root))
+        return cluster
+
+    def _spawn_servers(
+        self, ports: dict[str, int], toxiproxy_bin: Path, sentry_key: str, bot_token: str
+    ) -> None:
+        """Start moto's S3 server, the receivers and Toxiproxy (their readiness is waited for
+        later)."""
+        spawn(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(ports["s3"])],
+            pidfile=self._pidfile("s3"),
+            log=self._log("s3"),
+            env={**os.environ, **s3_environment()},
+        )
+        spawn_receivers(self.dir, ports["receivers"], sentry_key, bot_token)
+        spawn(
+            [str(toxiproxy_bin), "-host", "127.0.0.1", "-port", str(ports["toxiproxy"])],
+            pidfile=self._pidfile("toxiproxy"),
+            log=self._log("toxiproxy"),
+        )
 
     def _wait_http(self, url: str, name: str, timeout: float) -> None:
         pidfile, log = self._pidfile(name), self._log(name)
@@ -369,3 +368,35 @@ def spawn_receivers(stack_dir: Path, port: int, sentry_key: str, bot_token: str)
     env = {**os.environ, "RECEIVERS_SENTRY_KEY": sentry_key, "RECEIVERS_TELEGRAM_TOKEN": bot_token}
     pidfile = PidFile(stack_dir / "pids" / "receivers.pid")
     return spawn(argv, pidfile=pidfile, log=stack_dir / "logs" / "receivers.log", env=env)
+
+
+def _postgres_state(cluster: PostgresCluster, port: int) -> dict[str, Any]:
+    """What state.json keeps of the stack's PostgreSQL."""
+    return {
+        "port": port,
+        "data_root": str(cluster.data_root),
+        "durable": cluster.durable,
+        "archive_spool": str(cluster.archive_spool) if cluster.archive_spool else None,
+        "archive_timeout": cluster.archive_timeout,
+        "admin_password": cluster.admin_password,
+        "service_password": cluster.service_password,
+    }
+
+
+def _proxy_s3_regions(
+    toxiproxy_url: str, s3_url: str
+) -> tuple[dict[str, S3Region], dict[str, str], dict[str, int]]:
+    """Each region's endpoint goes through a proxy of its own, so a drill can cut one region:
+    the regions, their proxies' names and the proxies' ports."""
+    regions, s3_proxies, region_ports = {}, {}, {}
+    with ToxiproxyClient(toxiproxy_url) as toxiproxy:
+        for name, region in REGIONS.items():
+            region_port = free_port()
+            toxiproxy.create_proxy(
+                f"s3-{name}", listen=f"127.0.0.1:{region_port}", upstream=s3_url[7:]
+            )
+            url = f"http://127.0.0.1:{region_port}"
+            regions[name] = S3Region(name, region, url, f"baileys-backups-{name}")
+            s3_proxies[name] = f"s3-{name}"
+            region_ports[f"s3-{name}"] = region_port
+    return regions, s3_proxies, region_ports

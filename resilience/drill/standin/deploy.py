@@ -30,7 +30,7 @@ from resilience.service.modes import POSTGRES_MODE_FLAGS
 if TYPE_CHECKING:
     from resilience.authstate.dataset import Dataset
     from resilience.config import DrillSettings, Settings
-    from resilience.drill.stack.base import Stack
+    from resilience.drill.stack.base import Endpoints, Stack
 
 FALLBACK_TAG = "emergency-file-fallback-v1"
 _ENV_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -275,19 +275,56 @@ def standin_on_stack(
     Baileys code instead (:mod:`resilience.drill.baileys`), its rows seeded as it writes them
     (base64 Buffers, what Baileys' BufferJSON reads) and its creds' ``nextPreKeyId`` past the
     seeded pre-keys."""
+    from resilience.infra.pm2 import find_pm2
+
+    ep = stack.endpoints
+    company = f"{prefix}_{secrets.token_hex(5)}"
+    data = _seed_company(ep.admin_dsn, company, keys, kind)
+    pm2 = Pm2(find_pm2(settings.tools_dir), home=Path(ep.pm2_home) if ep.pm2_home else None)
+    app = f"baileys-{company}"
+    try:
+        deployed = _deploy_service(
+            kind,
+            pm2,
+            base / "service",
+            settings,
+            service_dsn=ep.service_dsn,
+            company_id=company,
+            app=app,
+            write_interval_ms=write_interval_ms,
+            extra_env=extra_env,
+        )
+        switch_settings = operator_settings(stack, settings, pm2).model_copy(
+            update={
+                "company_id": company,
+                "pm2_app": app,
+                "service_dir": deployed.workdir,
+                "fallback_tag": deployed.fallback_tag,
+                "health_url": deployed.health_url,
+                "metrics_url": deployed.health_url.removesuffix("/health") + "/metrics",
+                "monitor_state_file": base / "monitor" / "state.json",
+                "snapshot_dir": base / "snapshots",
+                "runs_dir": base / "runs",
+                "snapshot_max_age": snapshot_max_age,
+                "verify_timeout": verify_timeout,
+            }
+        )
+        yield StandinOnStack(deployed, data, switch_settings, pm2)
+    finally:
+        _tear_down(stack, ep, pm2, app, company)
+
+
+def _seed_company(admin_dsn: str, company: str, keys: int, kind: str) -> Dataset:
+    """Generate `keys` keys for `company` and insert them through the admin DSN: as the
+    stand-in's seed (legacy rows included), or for ``kind`` "baileys" as Baileys writes them."""
     from resilience.authstate.codec import Style
     from resilience.authstate.dataset import generate
     from resilience.authstate.pgconn import connect
     from resilience.authstate.pgstore import PgAuthStore
     from resilience.authstate.view import baileys_ref
-    from resilience.chaos.toxiproxy import ToxiproxyClient
-    from resilience.errors import DatabaseError
-    from resilience.infra.pm2 import find_pm2
 
-    ep = stack.endpoints
-    company = f"{prefix}_{secrets.token_hex(5)}"
     data = generate(company, keys)
-    with connect(ep.admin_dsn) as conn:
+    with connect(admin_dsn) as conn:
         if kind == "baileys":
             # a site whose rows the old file migration never touched: no legacy twins (a
             # Baileys service reads only real types, so a twin would outlive the key it deletes;
@@ -306,55 +343,61 @@ def standin_on_stack(
             PgAuthStore(conn).insert_raw(company, data.creds, rows, creds_style=as_baileys)
         else:
             PgAuthStore(conn).insert_raw(company, data.creds, data.rows())
-    pm2 = Pm2(find_pm2(settings.tools_dir), home=Path(ep.pm2_home) if ep.pm2_home else None)
-    app = f"baileys-{company}"
-    try:
-        if kind == "baileys":
-            from resilience.drill.baileys import deploy_baileys
+    return data
 
-            deployed = deploy_baileys(
-                pm2,
-                base / "service",
-                settings.tools_dir,
-                service_dsn=ep.service_dsn,
-                company_id=company,
-                app=app,
-                write_interval_ms=write_interval_ms,
-            )
-        else:
-            deployed = deploy_standin(
-                pm2,
-                base / "service",
-                service_dsn=ep.service_dsn,
-                company_id=company,
-                app=app,
-                write_interval_ms=write_interval_ms,
-                extra_env=extra_env,
-            )
-        switch_settings = operator_settings(stack, settings, pm2).model_copy(
-            update={
-                "company_id": company,
-                "pm2_app": app,
-                "service_dir": deployed.workdir,
-                "fallback_tag": deployed.fallback_tag,
-                "health_url": deployed.health_url,
-                "metrics_url": deployed.health_url.removesuffix("/health") + "/metrics",
-                "monitor_state_file": base / "monitor" / "state.json",
-                "snapshot_dir": base / "snapshots",
-                "runs_dir": base / "runs",
-                "snapshot_max_age": snapshot_max_age,
-                "verify_timeout": verify_timeout,
-            }
+
+def _deploy_service(
+    kind: str,
+    pm2: Pm2,
+    workdir: Path,
+    settings: DrillSettings,
+    *,
+    service_dsn: str,
+    company_id: str,
+    app: str,
+    write_interval_ms: int,
+    extra_env: Mapping[str, str] | None,
+) -> DeployedService:
+    """The stand-in (or, ``kind`` "baileys", the drill service on real Baileys code) deployed in
+    `workdir` as PM2 app `app`."""
+    if kind == "baileys":
+        from resilience.drill.baileys import deploy_baileys
+
+        return deploy_baileys(
+            pm2,
+            workdir,
+            settings.tools_dir,
+            service_dsn=service_dsn,
+            company_id=company_id,
+            app=app,
+            write_interval_ms=write_interval_ms,
         )
-        yield StandinOnStack(deployed, data, switch_settings, pm2)
-    finally:
-        with ToxiproxyClient(ep.toxiproxy_url) as toxiproxy:
-            toxiproxy.reset()
-        try:
-            connect(ep.admin_dsn, timeout=2).close()
-        except DatabaseError:
-            stack.start_postgres()
-        with suppress(StackError):
-            pm2.delete(app)
-        with connect(ep.admin_dsn) as conn:
-            PgAuthStore(conn).delete_company(company)
+    return deploy_standin(
+        pm2,
+        workdir,
+        service_dsn=service_dsn,
+        company_id=company_id,
+        app=app,
+        write_interval_ms=write_interval_ms,
+        extra_env=extra_env,
+    )
+
+
+def _tear_down(stack: Stack, ep: Endpoints, pm2: Pm2, app: str, company: str) -> None:
+    """Undo every fault (PostgreSQL started again when it does not answer), delete the PM2 app
+    and the company's rows."""
+    from resilience.authstate.pgconn import connect
+    from resilience.authstate.pgstore import PgAuthStore
+    from resilience.chaos.toxiproxy import ToxiproxyClient
+    from resilience.errors import DatabaseError
+
+    with ToxiproxyClient(ep.toxiproxy_url) as toxiproxy:
+        toxiproxy.reset()
+    try:
+        connect(ep.admin_dsn, timeout=2).close()
+    except DatabaseError:
+        stack.start_postgres()
+    with suppress(StackError):
+        pm2.delete(app)
+    with connect(ep.admin_dsn) as conn:
+        PgAuthStore(conn).delete_company(company)

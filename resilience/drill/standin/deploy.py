@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from resilience.authstate import pgraw
 from resilience.errors import InputError, StackError
 from resilience.infra.pm2 import Pm2
 from resilience.infra.processes import free_port
@@ -278,7 +279,6 @@ def standin_on_stack(
     from resilience.authstate.codec import Style
     from resilience.authstate.dataset import generate
     from resilience.authstate.pgconn import connect
-    from resilience.authstate.pgstore import PgAuthStore
     from resilience.authstate.view import baileys_ref
     from resilience.chaos.toxiproxy import ToxiproxyClient
     from resilience.errors import DatabaseError
@@ -303,9 +303,9 @@ def standin_on_stack(
             )
             as_baileys: Style = "base64"
             rows = ((record, as_baileys) for record in data.keys)
-            PgAuthStore(conn).insert_raw(company, data.creds, rows, creds_style=as_baileys)
+            pgraw.insert_raw(conn, company, data.creds, rows, creds_style=as_baileys)
         else:
-            PgAuthStore(conn).insert_raw(company, data.creds, data.rows())
+            pgraw.insert_raw(conn, company, data.creds, data.rows())
     pm2 = Pm2(find_pm2(settings.tools_dir), home=Path(ep.pm2_home) if ep.pm2_home else None)
     app = f"baileys-{company}"
     try:
@@ -357,4 +357,4 @@ def standin_on_stack(
         with suppress(StackError):
             pm2.delete(app)
         with connect(ep.admin_dsn) as conn:
-            PgAuthStore(conn).delete_company(company)
+            pgraw.delete_company(conn, company)

@@ -22,6 +22,7 @@ from resilience.alerting.channels import Alerts
 from resilience.config import Settings
 from resilience.errors import ResilienceError
 from resilience.infra.redact import Redactor, redact_dsn
+from resilience.infra.timefmt import epoch_iso
 from resilience.mirror.health import mirror_observation
 from resilience.monitoring import charts
 from resilience.monitoring.alertstate import AlertBook, Notification
@@ -41,10 +42,6 @@ log = logging.getLogger(__name__)
 ERRORS_KEPT = 20
 HISTORY = "history"
 EXIT_CODES = {"ok": 0, "warning": 1, "critical": 2}
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -90,12 +87,12 @@ class DataChecks:
             diagnosis = scan_data(self.connection.get(), self.settings)
         except SourceDown as exc:
             with self._lock:
-                self.summary = {"state": "unreachable", "at": _iso(began), "error": str(exc)}
+                self.summary = {"state": "unreachable", "at": epoch_iso(began), "error": str(exc)}
             return
         except (psycopg.Error, ResilienceError) as exc:
             error = self.connection.failed(exc)
             with self._lock:
-                self.summary = {"state": "unreachable", "at": _iso(began), "error": str(error)}
+                self.summary = {"state": "unreachable", "at": epoch_iso(began), "error": str(error)}
             return
         findings = []
         if diagnosis.scenario in (2, 3, 4):
@@ -113,7 +110,7 @@ class DataChecks:
             self.findings = findings
             self.summary = {
                 "state": "ok",
-                "at": _iso(began),
+                "at": epoch_iso(began),
                 "duration_s": round(time.time() - began, 3),
                 "scenario": diagnosis.scenario,
                 "title": TITLES[diagnosis.scenario],
@@ -201,7 +198,9 @@ class Monitor:
     # --- one cycle -----------------------------------------------------------------------------
 
     def _error(self, at: float, source: str, message: str) -> None:
-        self.errors.append({"at": _iso(at), "source": source, "error": self.redactor.text(message)})
+        self.errors.append(
+            {"at": epoch_iso(at), "source": source, "error": self.redactor.text(message)}
+        )
 
     def _scrape(self, now: float, sources: dict[str, Any]) -> ServiceMetrics | None:
         url = self.settings.metrics_url
@@ -320,7 +319,7 @@ class Monitor:
         idle = metrics.pool_idle or 0.0
         size_max = metrics.pool_max or 0.0
         sample = {
-            "at": _iso(now),
+            "at": epoch_iso(now),
             "size": active + idle,
             "idle": idle,
             "active": active,
@@ -506,7 +505,7 @@ class Monitor:
         return {
             "status": status,
             "exit_code": EXIT_CODES[status],
-            "checked_at": _iso(now),
+            "checked_at": epoch_iso(now),
             "company": self.settings.company_id,
             "cycle": self.cycles,
             "sources": sources,

@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from resilience.authstate import pgraw
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgconn import connect
-from resilience.authstate.pgstore import PgAuthStore
 from resilience.backup.catalog import list_region
 from resilience.backup.manifest import dump_key
 from resilience.backup.restore import restore_backup
@@ -202,7 +202,7 @@ def test_e_one_company_restored_while_another_keeps_writing(
     other_company = f"bko_{secrets.token_hex(4)}"
     data = generate(other_company, 100)
     with connect(ep.admin_dsn) as conn:
-        PgAuthStore(conn).insert_raw(other_company, data.creds, data.rows())
+        pgraw.insert_raw(conn, other_company, data.creds, data.rows())
     title = "e) one company corrupted and restored, another writing"
     try:
         with backup_report.scenario(title, ep.admin_dsn) as journal:
@@ -249,7 +249,7 @@ def test_e_one_company_restored_while_another_keeps_writing(
             )
     finally:
         with connect(ep.admin_dsn) as conn:
-            PgAuthStore(conn).delete_company(other_company)
+            pgraw.delete_company(conn, other_company)
 
 
 @pytest.mark.slow  # a stack of its own: its primary cluster is destroyed

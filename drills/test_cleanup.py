@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from resilience.authstate import pgraw
 from resilience.authstate.pgconn import Conn, connect
 from resilience.authstate.pgstore import PgAuthStore, legacy_twin
 from resilience.config import DrillSettings
@@ -97,7 +98,7 @@ def test_cleanup_beside_the_live_service(
         store = PgAuthStore(admin)
         seeded = {(k.key_type, k.key_id) for k in s.dataset.keys}
         known = aged_rows(company, stale // 2, days_old=45, seed=21, exclude=seeded)
-        store.insert_raw(company, None, known)
+        pgraw.insert_raw(store.conn, company, None, known)
         s.pm2.restart(s.deployed.app)  # the stand-in loads the stale keys too
         health_before = service.wait_mode("postgres", timeout=180)
         taken = seeded | {(r.key_type, r.key_id) for r, _ in known}
@@ -105,7 +106,7 @@ def test_cleanup_beside_the_live_service(
         unknown = aged_rows(
             company, stale - stale // 2, days_old=45, seed=22, exclude=taken, pre_key_base=10**9
         )
-        store.insert_raw(company, None, unknown)
+        pgraw.insert_raw(store.conn, company, None, unknown)
         contended = sorted((r.key_type, r.key_id) for r, _ in unknown)
         own = [("session", f"7000{n:07d}.0") for n in range(500)]  # never an id of the stand-in
 

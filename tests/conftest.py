@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from resilience.authstate import pgraw
 from resilience.authstate.pgconn import Conn, connect
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.drill.stack import Stack
@@ -44,7 +45,7 @@ def company(store: PgAuthStore) -> Iterator[str]:
     """A company id nobody uses; its rows are deleted afterwards."""
     cid = f"t_{uuid.uuid4().hex[:12]}"
     yield cid
-    store.delete_company(cid)
+    pgraw.delete_company(store.conn, cid)
 
 
 @pytest.fixture

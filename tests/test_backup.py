@@ -14,6 +14,7 @@ import pytest
 from pydantic import SecretStr
 from task_runner import run_task
 
+from resilience.authstate import pgraw
 from resilience.authstate.bufferform import count_forms
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgconn import connect
@@ -45,11 +46,11 @@ def companies(stack: Stack) -> Iterator[list[str]]:
         store = PgAuthStore(conn)
         for company in made:
             data = generate(company, 80)
-            store.insert_raw(company, data.creds, data.rows())
+            pgraw.insert_raw(store.conn, company, data.creds, data.rows())
     yield made
     with connect(stack.endpoints.admin_dsn) as conn:
         for company in made:
-            PgAuthStore(conn).delete_company(company)
+            pgraw.delete_company(conn, company)
 
 
 @pytest.fixture

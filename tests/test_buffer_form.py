@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from task_runner import run_task
 
+from resilience.authstate import pgraw
 from resilience.authstate.bufferform import FormCounts, choose, count_forms, pinned
 from resilience.authstate.codec import Style, decode, loads
 from resilience.authstate.dataset import Dataset, generate
@@ -61,7 +62,7 @@ def _seed(store: PgAuthStore, company: str, n: int, style: Any, creds: Style) ->
     """A generated company whose key rows are in ``style(index)``, its creds in ``creds``."""
     data = generate(company, n)
     rows = [(record, style(i)) for i, record in enumerate(data.keys)]
-    store.insert_raw(company, data.creds, rows, creds_style=creds)
+    pgraw.insert_raw(store.conn, company, data.creds, rows, creds_style=creds)
     return data
 
 
@@ -202,13 +203,13 @@ def test_an_empty_company_gets_base64_unless_the_form_is_pinned(
 ) -> None:
     _seed(store, company, 120, lambda _i: "array", "array")
     exported = export_company(store, root, company, source=SOURCE)
-    store.delete_company(company)  # a database lost and rebuilt empty
+    pgraw.delete_company(store.conn, company)  # a database lost and rebuilt empty
     result = import_company(store, root, company)
     assert result.buffer_form is not None and result.buffer_form["form"] == "base64"
     assert {_form_of(t) for t in _texts(conn, company).values()} == {"base64", "none"}
     assert _digest(store, company) == exported.digest
 
-    store.delete_company(company)
+    pgraw.delete_company(store.conn, company)
     pinned_array = PgAuthStore(conn, buffer_form="array")
     result = import_company(pinned_array, root, company)
     assert result.buffer_form == {
@@ -394,10 +395,10 @@ def test_the_monitors_data_checks_count_them_too(
 
 def _legacy_company(store: PgAuthStore, company: str, style: Style) -> None:
     data = generate(company, 60, legacy=6)  # legacy rows base64, as migrated from files
-    store.insert_raw(
-        company, data.creds, [(r, style) for r, _ in data.rows() if r.key_type != "pre"]
+    pgraw.insert_raw(
+        store.conn, company, data.creds, [(r, style) for r, _ in data.rows() if r.key_type != "pre"]
     )
-    store.insert_raw(company, None, [(r, "base64") for r in data.legacy])
+    pgraw.insert_raw(store.conn, company, None, [(r, "base64") for r in data.legacy])
 
 
 def test_legacy_moves_follow_the_form(store: PgAuthStore, admin: Conn, company: str) -> None:

@@ -22,6 +22,7 @@ from invoke.parser import Parser, ParserContext
 from task_runner import run_task
 
 import resilience.maintenance.cleanup as cleanup
+from resilience.authstate import pgraw
 from resilience.authstate.codec import Style
 from resilience.authstate.dataset import generate
 from resilience.authstate.model import KeyRecord
@@ -89,7 +90,7 @@ def seed(store: PgAuthStore, company: str, fresh: int, stale: int, seed: int = 1
     ]
     taken = {(r.key_type, r.key_id) for r, _ in rows}
     rows += aged_rows(company, stale, days_old=45, seed=seed + 100, exclude=taken)
-    store.insert_raw(company, data.creds, rows)
+    pgraw.insert_raw(store.conn, company, data.creds, rows)
     return rows
 
 
@@ -173,7 +174,7 @@ def test_sql_and_python_agree_on_both_meanings(store: PgAuthStore, company: str)
         for ttl in (7, 14, None):
             expires = None if ttl is None else updated + timedelta(days=ttl)
             rows.append(row(company, "session", f"7900{n}.{ttl}", updated, expires))
-    store.insert_raw(company, {"me": "x"}, rows)
+    pgraw.insert_raw(store.conn, company, {"me": "x"}, rows)
     counts = count_expired(store.conn, company_id=company, retention_days=30)
     for kind, rule in (
         (Expiry.STALE, ExpiryRule.stale(30)),
@@ -299,7 +300,7 @@ def test_nothing_newer_than_the_retention_is_lost(
         row(company, "session", f"7911{n}.0", now - timedelta(days=days), None)
         for n, days in enumerate([29.99, 29.5, 20, 1, 0.01, 30.01, 31, 60])
     ]
-    store.insert_raw(company, {"me": "x"}, rows)
+    pgraw.insert_raw(store.conn, company, {"me": "x"}, rows)
     run = cleanup.cleanup_keys(operator, company_id=company, yes=True)
     assert refs_in(admin, company) == {(r.key_type, r.key_id) for r, _ in rows[:5]}
     assert run.deletion.deleted == 3
@@ -319,7 +320,7 @@ def test_expired_deletes_keys_past_expiry_only(
         row(company, "device-list", "7902", now - timedelta(days=40), None),  # stale only
         row(company, "tctoken", "7903", now - timedelta(days=15), now - timedelta(days=1)),
     ]
-    store.insert_raw(company, {"me": "x"}, rows)
+    pgraw.insert_raw(store.conn, company, {"me": "x"}, rows)
     run = cleanup.cleanup_keys(operator, company_id=company, expired=True, yes=True)
     data = run.to_dict()
     assert data["meaning"] == "past_expiry" and data["retention_days"] is None
@@ -346,7 +347,7 @@ def test_one_company_or_all(
         assert refs_in(admin, other) == {(r.key_type, r.key_id) for r, _ in rows_b} - stale_b
         assert len(refs_in(admin, company)) == len(rows_a) - 12
     finally:
-        store.delete_company(other)
+        pgraw.delete_company(store.conn, other)
 
 
 def test_more_than_a_thousand_deleted_is_a_warning(
@@ -657,7 +658,7 @@ def test_tasks_refuse_a_company_that_does_not_exist(
             assert doc["ok"] is False and doc["exit_code"] == 2
         assert len(refs_in(store.conn, other)) == len(rows)
     finally:
-        store.delete_company(other)
+        pgraw.delete_company(store.conn, other)
 
 
 @pytest.mark.parametrize(

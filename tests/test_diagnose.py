@@ -20,9 +20,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
 from task_runner import run_task
 
+from resilience.authstate import pgraw
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgconn import connect
-from resilience.authstate.pgstore import PgAuthStore
 from resilience.backup.catalog import list_region
 from resilience.backup.manifest import PREFIX, manifest_key
 from resilience.backup.take import take_backup
@@ -46,10 +46,10 @@ def company(stack: Stack) -> Iterator[str]:
     cid = f"dg_{uuid.uuid4().hex[:10]}"
     data = generate(cid, 60)
     with connect(stack.endpoints.admin_dsn) as conn:
-        PgAuthStore(conn).insert_raw(cid, data.creds, data.rows())
+        pgraw.insert_raw(conn, cid, data.creds, data.rows())
     yield cid
     with connect(stack.endpoints.admin_dsn) as conn:
-        PgAuthStore(conn).delete_company(cid)
+        pgraw.delete_company(conn, cid)
 
 
 @pytest.fixture
@@ -398,15 +398,15 @@ def test_a_company_gone_from_the_tables_but_in_the_backup_is_scenario_3_not_unkn
     other = f"dg_{uuid.uuid4().hex[:10]}"  # rows of another company: not "no rows at all"
     data = generate(other, 20)
     with connect(stack.endpoints.admin_dsn) as conn:
-        PgAuthStore(conn).insert_raw(other, data.creds, data.rows())
+        pgraw.insert_raw(conn, other, data.creds, data.rows())
     try:
         backup = take_backup(operator).manifest
         with connect(stack.endpoints.admin_dsn) as conn:
-            PgAuthStore(conn).delete_company(company)
+            pgraw.delete_company(conn, company)
         found = diagnose(operator, company)
     finally:
         with connect(stack.endpoints.admin_dsn) as conn:
-            PgAuthStore(conn).delete_company(other)
+            pgraw.delete_company(conn, other)
     assert (found.scenario, found.exit_code, found.company_id) == (3, 13, company)
     [check] = found.completeness
     assert check.creds_lost and check.now_total == 0

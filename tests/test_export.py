@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from resilience.authstate import filestore
+from resilience.authstate import filestore, pgraw
 from resilience.authstate.codec import canonical, loads
 from resilience.authstate.dataset import generate
 from resilience.authstate.model import KeyRecord
@@ -77,7 +77,7 @@ def test_export_of_a_real_tenant_is_exact_and_converges(
     store: PgAuthStore, company: str, root: Path
 ) -> None:
     data = generate(company, 1313)
-    store.insert_raw(company, data.creds, data.rows())
+    pgraw.insert_raw(store.conn, company, data.creds, data.rows())
     messages: list[str] = []
 
     result = export_company(store, root, company, source=SOURCE, progress=messages.append)
@@ -285,7 +285,7 @@ def test_disk_full_mid_export_keeps_the_previous_directory(
     store: PgAuthStore, company: str, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = generate(company, 200)
-    store.insert_raw(company, data.creds, data.rows())
+    pgraw.insert_raw(store.conn, company, data.creds, data.rows())
     export_company(store, root, company, source=SOURCE)
     before = _tree(root)
     store.set_keys(company, {"session": {"79001234567.0": b"new"}})
@@ -326,7 +326,7 @@ def test_export_all_estimate_and_free_space(store: PgAuthStore, root: Path) -> N
         assert not ok and free > 0
     finally:
         for cid in companies:
-            store.delete_company(cid)
+            pgraw.delete_company(store.conn, cid)
 
 
 def _make_undecodable(conn: Conn, company: str) -> None:
@@ -349,7 +349,7 @@ def new_company(store: PgAuthStore) -> Iterator[Callable[[], str]]:
 
     yield make
     for cid in made:
-        store.delete_company(cid)
+        pgraw.delete_company(store.conn, cid)
 
 
 def test_export_all_exports_every_good_company_past_a_bad_one(
@@ -558,7 +558,7 @@ def test_export_and_import_count_every_key_for_the_progress_bar(
     result = export_company(store, root, company, source=SOURCE, meters=exported)
     assert exported.started == [(f"export {company}", result.key_count, "keys")]
     assert exported.advanced == result.key_count and exported.closed == 1
-    store.delete_company(company)
+    pgraw.delete_company(store.conn, company)
     imported = _Counting()
     done = import_company(store, root, company, meters=imported)
     assert imported.started == [(f"import {company}", done.key_count, "keys")]
@@ -611,7 +611,7 @@ def test_a_file_written_from_a_losing_row_is_replaced_by_the_winner(
     """Rows stream in no set order: when a legacy twin that loses its collision comes first,
     its file is written, then replaced by the winner's once every row is in."""
     data = generate(company, 1313)
-    store.insert_raw(company, data.creds, data.rows())
+    pgraw.insert_raw(store.conn, company, data.creds, data.rows())
     view = view_of(company, store.load_creds(company), store.records(company))
     losers = {(t, i) for c in view.collisions for t, i, _ in c.dropped}
     assert len(losers) == 2

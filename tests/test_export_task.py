@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from resilience.authstate import pgraw
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgconn import connect
-from resilience.authstate.pgstore import PgAuthStore
 from resilience.drill.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,10 +27,10 @@ def company(stack: Stack) -> Iterator[str]:
     cid = f"cli_{uuid.uuid4().hex[:10]}"
     data = generate(cid, 120)
     with connect(stack.endpoints.admin_dsn) as conn:
-        PgAuthStore(conn).insert_raw(cid, data.creds, data.rows())
+        pgraw.insert_raw(conn, cid, data.creds, data.rows())
     yield cid
     with connect(stack.endpoints.admin_dsn) as conn:
-        PgAuthStore(conn).delete_company(cid)
+        pgraw.delete_company(conn, cid)
 
 
 def _export(stack: Stack, runs: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

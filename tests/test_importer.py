@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from resilience.authstate import pgimport
+from resilience.authstate import pgimport, pgraw
 from resilience.authstate.codec import canonical, dumps_file, loads
 from resilience.authstate.dataset import generate
 from resilience.authstate.filestore import FileAuthStore
@@ -79,7 +79,7 @@ def test_round_trip_after_file_mode_is_exact(
     store: PgAuthStore, conn: Conn, company: str, root: Path
 ) -> None:
     data = generate(company, 1313)
-    store.insert_raw(company, data.creds, data.rows())
+    pgraw.insert_raw(store.conn, company, data.creds, data.rows())
     exported = export_company(store, root, company, source=SOURCE)
     directory = exported.directory
     before_view = view_of(company, store.load_creds(company), store.records(company))
@@ -261,10 +261,10 @@ def test_a_key_lost_by_the_direct_copy_is_caught_by_the_count(
     """Into a company without key rows the keys go by one COPY, checked by the count: a write
     path that loses one of them (a trigger here) rolls the whole import back."""
     data = generate(company, 50)
-    store.insert_raw(company, data.creds, data.rows())
+    pgraw.insert_raw(store.conn, company, data.creds, data.rows())
     lost = next(k for k in data.keys if k.key_type == "pre-key")
     export_company(store, root, company, source=SOURCE)
-    store.delete_company(company)
+    pgraw.delete_company(store.conn, company)
     with conn.transaction():
         conn.execute(
             "CREATE FUNCTION lose_one_key() RETURNS trigger AS $$ BEGIN "
@@ -317,9 +317,9 @@ def test_import_into_an_empty_database_rebuilds_the_company(
     store: PgAuthStore, conn: Conn, company: str, root: Path
 ) -> None:
     data = generate(company, 300)
-    store.insert_raw(company, data.creds, data.rows())
+    pgraw.insert_raw(store.conn, company, data.creds, data.rows())
     exported = export_company(store, root, company, source=SOURCE)
-    store.delete_company(company)  # the database was lost and rebuilt empty
+    pgraw.delete_company(store.conn, company)  # the database was lost and rebuilt empty
 
     result = import_company(store, root, company)
 
@@ -345,9 +345,9 @@ def test_rows_written_beside_an_import_into_an_empty_company_roll_it_back(
     """A key row the service writes while the keys are being copied: the COPY meets it, the
     import says so and nothing of it stays."""
     data = generate(company, 50)
-    store.insert_raw(company, data.creds, data.rows())
+    pgraw.insert_raw(store.conn, company, data.creds, data.rows())
     export_company(store, root, company, source=SOURCE)
-    store.delete_company(company)
+    pgraw.delete_company(store.conn, company)
     upload = pgimport._upload_rows
 
     def with_a_writer(*args: Any, **kwargs: Any) -> Any:

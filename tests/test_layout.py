@@ -58,6 +58,12 @@ def test_one_home_per_building_block() -> None:
     assert _defined("Manifest") == ["resilience/files/manifest.py"]
     assert _defined("stage_and_swap") == ["resilience/files/staging.py"]
     assert _defined("read_transaction") == ["resilience/authstate/pgconn.py"]
+    assert _defined("insert_raw") == ["resilience/authstate/pgraw.py"]
+    assert _defined("replace_company_raw") == ["resilience/authstate/pgraw.py"]
+    assert _defined("iso_or_none") == ["resilience/infra/timefmt.py"]
+    assert _defined("epoch_iso") == ["resilience/infra/timefmt.py"]
+    formats = ("resilience/monitoring/", "resilience/mirror/", "resilience/files/")
+    assert [p for p in _defined("_iso") if p.startswith(formats)] == []
 
 
 def test_the_mode_flags_are_named_in_one_module() -> None:

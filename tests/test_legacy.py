@@ -14,6 +14,7 @@ import pytest
 from task_runner import run_task
 
 import resilience.maintenance.legacy as legacy
+from resilience.authstate import pgraw
 from resilience.authstate.codec import Style
 from resilience.authstate.dataset import generate
 from resilience.authstate.model import KeyRecord
@@ -113,7 +114,7 @@ EXPECTED_ACTIONS = {
 def test_report_names_every_legacy_row_and_changes_nothing(
     operator: Settings, store: PgAuthStore, company: str, admin: Conn
 ) -> None:
-    store.insert_raw(company, {"me": b"x"}, legacy_fixture(company))
+    pgraw.insert_raw(store.conn, company, {"me": b"x"}, legacy_fixture(company))
     before = raw_rows(admin, company)
     run = legacy.cleanup_legacy(operator, company_id=company)
     data = run.to_dict()
@@ -135,7 +136,7 @@ def test_report_names_every_legacy_row_and_changes_nothing(
 def test_purge_drops_older_legacy_rows_and_moves_newer_ones(
     operator: Settings, store: PgAuthStore, company: str, admin: Conn
 ) -> None:
-    store.insert_raw(company, {"me": b"x"}, legacy_fixture(company))
+    pgraw.insert_raw(store.conn, company, {"me": b"x"}, legacy_fixture(company))
     before = raw_rows(admin, company)
     digest = view_digest(store, company)
     creds = creds_row(admin, company)
@@ -162,7 +163,7 @@ def test_purge_of_a_generated_tenant_keeps_its_digest(
     operator: Settings, store: PgAuthStore, company: str, admin: Conn
 ) -> None:
     data = generate(company, 300, legacy=8)
-    store.insert_raw(company, data.creds, data.rows())
+    pgraw.insert_raw(store.conn, company, data.creds, data.rows())
     digest = view_digest(store, company)
     run = legacy.cleanup_legacy(operator, company_id=company, yes=True)
     assert run.to_dict()["legacy"] == 8
@@ -184,8 +185,9 @@ def test_one_transaction_per_company(
     """A company whose purge fails keeps every row; the others are purged."""
     other = f"t_{uuid.uuid4().hex[:12]}"
     try:
-        store.insert_raw(company, {"me": b"x"}, legacy_fixture(company))
-        store.insert_raw(
+        pgraw.insert_raw(store.conn, company, {"me": b"x"}, legacy_fixture(company))
+        pgraw.insert_raw(
+            store.conn,
             other,
             {"me": b"y"},
             [key(other, "pre-key", "5", 1), key(other, "pre", "key-5", 3, style="base64")],
@@ -201,7 +203,7 @@ def test_one_transaction_per_company(
         assert failed.value.details is not None
         assert company in failed.value.details["failures"]
     finally:
-        store.delete_company(other)
+        pgraw.delete_company(store.conn, other)
 
 
 def test_task_reports_then_purges(
@@ -213,7 +215,7 @@ def test_task_reports_then_purges(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    store.insert_raw(company, {"me": b"x"}, legacy_fixture(company))
+    pgraw.insert_raw(store.conn, company, {"me": b"x"}, legacy_fixture(company))
     env = {
         "RESILIENCE_SERVICE_DSN": stack.endpoints.service_dsn,
         "RESILIENCE_RUNS_DIR": str(tmp_path / "runs"),

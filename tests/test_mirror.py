@@ -18,6 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from psycopg import sql
 
+from resilience.authstate import pgraw
 from resilience.authstate.dataset import generate
 from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgconn import Conn, connect
@@ -76,10 +77,10 @@ def company(stack: Stack) -> Iterator[str]:
     cid = f"m_{uuid.uuid4().hex[:10]}"
     data = generate(cid, 60)
     with connect(stack.endpoints.admin_dsn) as conn:
-        PgAuthStore(conn).insert_raw(cid, data.creds, data.rows())
+        pgraw.insert_raw(conn, cid, data.creds, data.rows())
     yield cid
     with connect(stack.endpoints.admin_dsn) as conn:
-        PgAuthStore(conn).delete_company(cid)
+        pgraw.delete_company(conn, cid)
 
 
 def _db_digest(stack: Stack, company: str) -> str:

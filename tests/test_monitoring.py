@@ -19,6 +19,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from resilience.alerting.channels import Alerts
+from resilience.authstate import pgraw
 from resilience.authstate.pgconn import Conn
 from resilience.config import Settings, load_settings
 from resilience.drill.stack import Stack
@@ -393,11 +394,10 @@ def test_the_monitor_finds_corrupt_creds_by_its_data_checks(
     stack: Stack, tmp_path: Path, admin: Conn
 ) -> None:
     from resilience.authstate.dataset import generate
-    from resilience.authstate.pgstore import PgAuthStore
 
     company = f"t_{tmp_path.name[-8:].replace('-', '_')}"
     data = generate(company, 20)
-    PgAuthStore(admin).insert_raw(company, data.creds, data.rows())
+    pgraw.insert_raw(admin, company, data.creds, data.rows())
     try:
         admin.execute("UPDATE whatsapp_auth SET creds = '{}' WHERE company_id = %s", (company,))
         settings = _settings(stack, tmp_path, integrity_interval=0.1)
@@ -420,4 +420,4 @@ def test_the_monitor_finds_corrupt_creds_by_its_data_checks(
         assert "scenario 2" in integrity[0]["message"] and company in integrity[0]["message"]
         assert "next:" in integrity[0]["message"]
     finally:
-        PgAuthStore(admin).delete_company(company)
+        pgraw.delete_company(admin, company)

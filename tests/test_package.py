@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from resilience.authstate import pgraw
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgconn import connect
 from resilience.authstate.pgstore import PgAuthStore
@@ -167,10 +168,10 @@ def seeded(stack: Stack) -> Iterator[str]:
     company = f"pkg_{uuid.uuid4().hex[:8]}"
     data = generate(company, 200)
     with connect(stack.endpoints.admin_dsn) as conn:
-        PgAuthStore(conn).insert_raw(company, data.creds, data.rows())
+        pgraw.insert_raw(conn, company, data.creds, data.rows())
     yield company
     with connect(stack.endpoints.admin_dsn) as conn:
-        PgAuthStore(conn).delete_company(company)
+        pgraw.delete_company(conn, company)
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from psycopg.types.json import Jsonb
 
-from resilience.authstate import pgconn
+from resilience.authstate import pgconn, pgraw
 from resilience.authstate.codec import canonical
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgconn import Conn, DbLink, connect
@@ -37,7 +37,7 @@ def conn(stack: Stack) -> Iterator[Conn]:
 def company(conn: Conn) -> Iterator[str]:
     cid = f"t_{uuid.uuid4().hex[:12]}"
     yield cid
-    PgAuthStore(conn).delete_company(cid)
+    pgraw.delete_company(conn, cid)
 
 
 def test_creds_round_trip_in_service_encoding(conn: Conn, company: str) -> None:
@@ -124,7 +124,7 @@ def test_invalid_company_is_refused_before_any_query(conn: Conn) -> None:
 def test_dataset_seeds_exactly_and_keeps_encodings(conn: Conn, company: str) -> None:
     data = generate(company, n=300)
     store = PgAuthStore(conn)
-    assert store.insert_raw(company, data.creds, data.rows()) == len(data.keys)
+    assert pgraw.insert_raw(store.conn, company, data.creds, data.rows()) == len(data.keys)
     records = {(r.key_type, r.key_id): r for r in store.records(company)}
     assert len(records) == len(data.keys)
     for key in data.keys:
@@ -154,7 +154,7 @@ def test_a_streamed_export_over_a_link_is_one_round_trip(
     """The switch's round trips: connecting, one preflight statement, one export statement,
     however many chunks the rows come in (libpq's protocol trace counts the turns)."""
     data = generate(company, 2500)  # more rows than one chunk of the stream
-    PgAuthStore(conn).insert_raw(company, data.creds, data.rows())
+    pgraw.insert_raw(conn, company, data.creds, data.rows())
     with DbLink(stack.endpoints.service_dsn) as link:
         store = PgAuthStore(link.conn)
         connecting = link.round_trips

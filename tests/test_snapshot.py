@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from resilience.authstate import pgraw
 from resilience.authstate.dataset import generate
 from resilience.authstate.naming import CREDS_FILE, company_dir_name
 from resilience.authstate.pgstore import PgAuthStore
@@ -41,9 +42,9 @@ SOURCE = "postgresql://svc:s3cret-pw@db.example:5432/auth"
 def company(store: PgAuthStore) -> Iterator[str]:
     cid = f"t_{uuid.uuid4().hex[:12]}"
     data = generate(cid, 150)
-    store.insert_raw(cid, data.creds, data.rows())
+    pgraw.insert_raw(store.conn, cid, data.creds, data.rows())
     yield cid
-    store.delete_company(cid)
+    pgraw.delete_company(store.conn, cid)
 
 
 def _db_digest(store: PgAuthStore, company: str) -> str:
@@ -251,12 +252,12 @@ def new_company(store: PgAuthStore) -> Iterator[Callable[[int], str]]:
         cid = f"t_{uuid.uuid4().hex[:12]}"
         made.append(cid)
         data = generate(cid, n)
-        store.insert_raw(cid, data.creds, data.rows())
+        pgraw.insert_raw(store.conn, cid, data.creds, data.rows())
         return cid
 
     yield make
     for cid in made:
-        store.delete_company(cid)
+        pgraw.delete_company(store.conn, cid)
 
 
 def _corrupt(store: PgAuthStore, company: str) -> None:

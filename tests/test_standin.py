@@ -22,6 +22,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from resilience.authstate import pgraw
 from resilience.authstate.bufferform import FORM_OF_TEXT
 from resilience.authstate.credscache import CacheEntry
 from resilience.authstate.dataset import Dataset, generate
@@ -595,9 +596,9 @@ def pg_company(admin: Conn) -> Iterator[tuple[str, Dataset]]:
     company = unique_company()
     dataset = generate(company, n=200)
     store = PgAuthStore(admin)
-    store.insert_raw(company, dataset.creds, dataset.rows())
+    pgraw.insert_raw(store.conn, company, dataset.creds, dataset.rows())
     yield company, dataset
-    store.delete_company(company)
+    pgraw.delete_company(store.conn, company)
 
 
 def read_db(admin: Conn, company: str) -> tuple[Any, KeyMap]:

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from resilience.authstate import pgraw
 from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgconn import connect
 from resilience.authstate.pgstore import PgAuthStore
@@ -209,7 +210,7 @@ def test_a_refusal_from_the_database_starts_the_stopped_service_again(
     it: refused, and the service is started again in the mode it was in."""
     for service in _deploy(stack, settings, tmp_path, write_interval_ms=0):
         with connect(stack.endpoints.admin_dsn) as conn:
-            PgAuthStore(conn).delete_company(service.company)
+            pgraw.delete_company(conn, service.company)
         before = service.pm2.require(service.deployed.app)
         env_before = service.deployed.env_file.read_bytes()
         journal = Journal("refused late")

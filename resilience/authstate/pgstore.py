@@ -8,8 +8,8 @@ writes the form the store's `buffer_form` chooses per company
 (:mod:`resilience.authstate.bufferform`). Both encodings are read.
 
 The roles beside it: connections and what their failures mean (:mod:`.pgconn`), the import's
-verified write (:mod:`.pgimport`); this module keeps the service's key semantics, reads,
-counts and the raw copy that seeds and restores companies.
+verified write (:mod:`.pgimport`), the raw copy that seeds, restores and removes companies
+(:mod:`.pgraw`); this module keeps the service's key semantics, reads and counts.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from psycopg import sql
@@ -312,89 +311,3 @@ class PgAuthStore:
                 "SELECT count(*) FROM whatsapp_keys WHERE company_id = %s", (company_id,)
             ).fetchone()
         return int(row[0]) if row else 0
-
-    def insert_raw(
-        self,
-        company_id: str,
-        creds: Any | None,
-        rows: Iterable[tuple[KeyRecord, Style]],
-        *,
-        creds_style: Style = DB_STYLE,
-    ) -> int:
-        """Seed rows exactly as given (encoding, updated_at, expires_at) with COPY: for datasets
-        and restores, not for the service path. Returns the number of key rows written."""
-        validate_company_id(company_id)
-        count = 0
-        with database_errors("seeding"), self.conn.transaction():
-            if creds is not None:
-                self.save_creds(company_id, creds, style=creds_style)
-            with self.conn.cursor().copy(
-                "COPY whatsapp_keys (company_id, key_type, key_id, value, created_at, updated_at,"
-                " expires_at) FROM STDIN"
-            ) as copy:
-                for record, style in rows:
-                    updated = record.updated_at or datetime.now().astimezone()
-                    copy.write_row(
-                        (
-                            company_id,
-                            record.key_type,
-                            record.key_id,
-                            Jsonb(
-                                encode(record.value, style, where=record.key_id), dumps=json_bytes
-                            ),
-                            updated,
-                            updated,
-                            record.expires_at,
-                        )
-                    )
-                    count += 1
-        return count
-
-    def raw_company(self, company_id: str) -> tuple[tuple[Any, ...] | None, list[tuple[Any, ...]]]:
-        """A company's creds row and key rows exactly as stored (JSON text, times): what a
-        per-company restore copies from a restored backup into the live database."""
-        validate_company_id(company_id)
-        with database_errors("reading the company's rows"):
-            creds = self.conn.execute(
-                "SELECT creds::text, created_at, updated_at FROM whatsapp_auth "
-                "WHERE company_id = %s",
-                (company_id,),
-            ).fetchone()
-            keys = self.conn.execute(
-                "SELECT key_type, key_id, value::text, created_at, updated_at, expires_at "
-                "FROM whatsapp_keys WHERE company_id = %s ORDER BY key_type, key_id",
-                (company_id,),
-            ).fetchall()
-        return (tuple(creds) if creds else None), [tuple(k) for k in keys]
-
-    def replace_company_raw(
-        self,
-        company_id: str,
-        creds: tuple[Any, ...] | None,
-        keys: list[tuple[Any, ...]],
-    ) -> None:
-        """Replace a company's rows by these (from :meth:`raw_company`) inside the caller's
-        transaction; other companies are not touched."""
-        validate_company_id(company_id)
-        with database_errors("replacing the company's rows"):
-            self.conn.execute("DELETE FROM whatsapp_keys WHERE company_id = %s", (company_id,))
-            self.conn.execute("DELETE FROM whatsapp_auth WHERE company_id = %s", (company_id,))
-            if creds is not None:
-                self.conn.execute(
-                    "INSERT INTO whatsapp_auth (company_id, creds, created_at, updated_at) "
-                    "VALUES (%s, %s::jsonb, %s, %s)",
-                    (company_id, *creds),
-                )
-            with self.conn.cursor().copy(
-                "COPY whatsapp_keys (company_id, key_type, key_id, value, created_at, "
-                "updated_at, expires_at) FROM STDIN"
-            ) as copy:
-                for key_type, key_id, value, created, updated, expires in keys:
-                    copy.write_row((company_id, key_type, key_id, value, created, updated, expires))
-
-    def delete_company(self, company_id: str) -> None:
-        """Remove a company's creds and keys in one transaction (drills clean up with this)."""
-        validate_company_id(company_id)
-        with database_errors("deleting company"), self.conn.transaction():
-            self.conn.execute("DELETE FROM whatsapp_keys WHERE company_id = %s", (company_id,))
-            self.conn.execute("DELETE FROM whatsapp_auth WHERE company_id = %s", (company_id,))

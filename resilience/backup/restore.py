@@ -24,6 +24,7 @@ from typing import Any
 
 from psycopg import sql
 
+from resilience.authstate import pgraw
 from resilience.authstate.bufferform import in_form
 from resilience.authstate.codec import Style, loads
 from resilience.authstate.fingerprint import KeyFingerprint
@@ -114,8 +115,8 @@ def _fingerprint(key_type: str, key_id: str, text: str) -> str:
 
 
 def in_rows_form(rows: RawCompany, style: Style) -> RawCompany:
-    """A company's raw rows (:meth:`PgAuthStore.raw_company`) with every Buffer of every value
-    in ``style``; times and decoded values as they were."""
+    """A company's raw rows (:func:`~resilience.authstate.pgraw.raw_company`) with every Buffer
+    of every value in ``style``; times and decoded values as they were."""
     creds, keys = rows
     if creds is not None:
         creds = (in_form(creds[0], style, where="creds"), *creds[1:])
@@ -230,7 +231,7 @@ def _restore_company(
         pgdump.restore(scratch, path)
         with connect(scratch) as conn:
             source = PgAuthStore(conn)
-            creds, keys = source.raw_company(company)
+            creds, keys = pgraw.raw_company(source.conn, company)
             backup_view = view_of(company, source.load_creds(company), source.records(company))
             backup_form = source.write_form(company, settings.db_buffer_form)
     if backup_view.digest().digest != expected.digest:
@@ -245,7 +246,7 @@ def _restore_company(
             form = backup_form  # auto, and the company has no rows left: the backup's form
         run.buffer_form = form.to_dict()
         creds, keys = in_rows_form((creds, keys), form.style)
-        change = change_between(live.raw_company(company), (creds, keys))
+        change = change_between(pgraw.raw_company(live.conn, company), (creds, keys))
         run.change = change.to_dict()
         if not yes:
             run.mode = "company-preview"
@@ -258,7 +259,7 @@ def _restore_company(
             return
         run.mode = "company"
         with database_errors("restoring the company"), conn.transaction():
-            live.replace_company_raw(company, creds, keys)
+            pgraw.replace_company_raw(live.conn, company, creds, keys)
             after = view_of(company, live.load_creds(company), live.records(company)).digest()
             if after.digest != expected.digest:
                 raise VerificationError(

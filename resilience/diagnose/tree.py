@@ -164,6 +164,24 @@ def _walk(
 ) -> None:
     exposure = result.exposure
     assert exposure is not None
+    if not _tables_hold_rows(conn, result, exposure):
+        return
+    known, companies = _companies(conn, company, exposure)
+    if exposure.newest is None:
+        result.warnings.append("no backup could be read: completeness not compared")
+    _walk_completeness(conn, settings, companies, result, exposure)
+    _walk_integrity(conn, settings, [cid for cid in companies if cid in known], result, exposure)
+    if result.scenario == 0:
+        result.evidence.append(
+            f"{len(companies)} compan{'y' if len(companies) == 1 else 'ies'}: complete and valid"
+        )
+    elif result.next_command is None:
+        result.evidence.append("no backup holds this company: re-pair it (runbook)")
+
+
+def _tables_hold_rows(conn: psycopg.Connection[Any], result: Diagnosis, exposure: Exposure) -> bool:
+    """The auth tables are there, readable by the service's role and not empty; False (scenario
+    4 said) when they are missing or empty."""
     present = {
         t: conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{t}",)).fetchone()[0]  # type: ignore[index]
         for t in TABLES
@@ -173,7 +191,7 @@ def _walk(
         result.reason = f"tables: {', '.join(missing)} missing"
         result.evidence.append(result.reason)
         _gone(result, exposure)
-        return
+        return False
     for table in TABLES:
         row = conn.execute(
             "SELECT has_table_privilege(current_user, %s, 'SELECT'), current_user", (table,)
@@ -189,7 +207,15 @@ def _walk(
         result.reason = "no rows at all in the auth tables"
         result.evidence.append(result.reason)
         _gone(result, exposure)
-        return
+        return False
+    return True
+
+
+def _companies(
+    conn: psycopg.Connection[Any], company: str | None, exposure: Exposure
+) -> tuple[set[str], list[str]]:
+    """(the companies with rows, the companies to look at: ``company`` or every one a row or
+    the newest backup holds)."""
     known = {
         r[0]
         for r in conn.execute(
@@ -200,9 +226,17 @@ def _walk(
     backed = set(exposure.newest.companies) if exposure.newest else set()
     if company is not None and company not in known | backed:
         raise InputError(f"unknown company {company!r}: no rows and no backup hold it")
-    companies = [company] if company is not None else sorted(known | backed)
-    if exposure.newest is None:
-        result.warnings.append("no backup could be read: completeness not compared")
+    return known, [company] if company is not None else sorted(known | backed)
+
+
+def _walk_completeness(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    companies: list[str],
+    result: Diagnosis,
+    exposure: Exposure,
+) -> None:
+    """Each company against the newest backup; the first with data missing is scenario 3."""
     for cid in companies:
         digest = exposure.newest.companies.get(cid) if exposure.newest else None
         check = compare(
@@ -224,42 +258,49 @@ def _walk(
             )
             result.evidence.append(result.reason)
             result.next_command, result.preview_command = _company_restore(cid, exposure)
+
+
+def _walk_integrity(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    companies: list[str],
+    result: Diagnosis,
+    exposure: Exposure,
+) -> None:
+    """Each company with rows decoded; the first with invalid data is scenario 2 (unless an
+    earlier branch already named one)."""
     for cid in companies:
-        if cid not in known:
-            continue
         integrity = check_integrity(conn, cid, settings.db_buffer_form)
         result.integrity.append(integrity)
-        if not integrity.ok and result.scenario == 0:
-            result.scenario = 2
-            result.company_id = cid
-            problems = []
-            if integrity.creds != "ok":
-                problems.append(f"creds {integrity.creds} ({', '.join(integrity.creds_problems)})")
-            if integrity.bad_keys:
-                shown = ", ".join(f"{e['type']}/{e['id']}" for e in integrity.bad_examples)
-                problems.append(f"{integrity.bad_keys} key(s) do not decode: {shown}")
-            if integrity.unresolved_legacy:
-                problems.append(f"{len(integrity.unresolved_legacy)} unresolved legacy row(s)")
-            if integrity.unreadable:
-                problems.append(
-                    f"{sum(integrity.unreadable.values())} row(s) the service cannot read "
-                    f"(RESILIENCE_DB_BUFFER_FORM={integrity.buffer_form}): "
-                    f"{_forms(integrity.unreadable)}"
-                )
-            result.reason = f"company {cid}: invalid data: " + "; ".join(problems)
-            result.evidence.append(result.reason)
-            if len(problems) == 1 and integrity.unreadable:  # every value decodes: rewrite them
-                result.next_command, result.preview_command = _rewrite_forms(
-                    cid, integrity.buffer_form
-                )
-            else:
-                result.next_command, result.preview_command = _company_restore(cid, exposure)
-    if result.scenario == 0:
-        result.evidence.append(
-            f"{len(companies)} compan{'y' if len(companies) == 1 else 'ies'}: complete and valid"
+        if integrity.ok or result.scenario != 0:
+            continue
+        result.scenario = 2
+        result.company_id = cid
+        problems = _integrity_problems(integrity)
+        result.reason = f"company {cid}: invalid data: " + "; ".join(problems)
+        result.evidence.append(result.reason)
+        if len(problems) == 1 and integrity.unreadable:  # every value decodes: rewrite them
+            result.next_command, result.preview_command = _rewrite_forms(cid, integrity.buffer_form)
+        else:
+            result.next_command, result.preview_command = _company_restore(cid, exposure)
+
+
+def _integrity_problems(integrity: Integrity) -> list[str]:
+    problems = []
+    if integrity.creds != "ok":
+        problems.append(f"creds {integrity.creds} ({', '.join(integrity.creds_problems)})")
+    if integrity.bad_keys:
+        shown = ", ".join(f"{e['type']}/{e['id']}" for e in integrity.bad_examples)
+        problems.append(f"{integrity.bad_keys} key(s) do not decode: {shown}")
+    if integrity.unresolved_legacy:
+        problems.append(f"{len(integrity.unresolved_legacy)} unresolved legacy row(s)")
+    if integrity.unreadable:
+        problems.append(
+            f"{sum(integrity.unreadable.values())} row(s) the service cannot read "
+            f"(RESILIENCE_DB_BUFFER_FORM={integrity.buffer_form}): "
+            f"{_forms(integrity.unreadable)}"
         )
-    elif result.next_command is None:
-        result.evidence.append("no backup holds this company: re-pair it (runbook)")
+    return problems
 
 
 def _gone(result: Diagnosis, exposure: Exposure) -> None:

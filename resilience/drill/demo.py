@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from resilience.authstate import pgraw
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgconn import connect
 from resilience.authstate.pgstore import PgAuthStore
@@ -72,7 +73,7 @@ def deploy_demo(stack: Stack, settings: DrillSettings, *, keys: int = DEMO_KEYS)
         store = PgAuthStore(conn)
         if store.load_creds(DEMO_COMPANY) is None:
             data = generate(DEMO_COMPANY, keys)
-            store.insert_raw(DEMO_COMPANY, data.creds, data.rows())
+            pgraw.insert_raw(store.conn, DEMO_COMPANY, data.creds, data.rows())
     if pm2.describe(DEMO_APP) is None:
         # a work tree nothing runs from is a leftover (a crashed run; perhaps checked out on
         # the fallback tag by a switch): the demo starts from a fresh one

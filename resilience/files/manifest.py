@@ -24,6 +24,7 @@ from resilience.authstate.naming import (
 )
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError
+from resilience.infra.timefmt import iso_or_none as _iso
 
 MANIFEST_FORMAT = 1
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
@@ -36,10 +37,6 @@ __all__ = [
     "parse_manifest",
     "read_manifest",
 ]
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
 
 
 def _ref_to_json(ref: KeyRef) -> list[str | None]:

@@ -17,8 +17,9 @@ from resilience.infra.commandline import Launcher
 from resilience.infra.daemon import Daemon
 from resilience.infra.redact import Redactor, redact_dsn
 from resilience.mirror import feed
-from resilience.mirror.mirror import CycleResult, Mirror, mirror_dsn
+from resilience.mirror.mirror import Mirror, mirror_dsn
 from resilience.mirror.position import read_position
+from resilience.mirror.state import CycleResult
 from resilience.runs.record import recorded_run
 
 PLAN_INSTALL = [

@@ -25,6 +25,9 @@ with the triggers disabled, a change table truncated by hand), reporting each on
 A change for a company whose id does not validate is logged and skipped (never a path); a
 directory that cannot be written (full or read-only disk) stops the applying: the position
 stays where it was, so the lag grows and alerts.
+
+Beside it: what the mirror holds and the pure part of a cycle (:mod:`.state`), where a restart
+picks up (:mod:`.resume`).
 """
 
 from __future__ import annotations
@@ -40,44 +43,47 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
-from resilience.authstate.codec import canonical, decode, dumps_file
+from resilience.authstate.codec import decode, dumps_file
 from resilience.authstate.filestore import TEMP_PREFIX, FileAuthStore, create_file, make_durable
-from resilience.authstate.fingerprint import KeyFingerprint, digest_of_fingerprints
+from resilience.authstate.fingerprint import KeyFingerprint
 from resilience.authstate.model import KeyRecord
 from resilience.authstate.naming import (
-    CREDS_FILE,
     MANIFEST_FILE,
-    Collision,
     file_name_for,
     resolve_collisions,
 )
 from resilience.authstate.pgconn import Conn, connect, read_transaction
 from resilience.authstate.pgstore import PgAuthStore
-from resilience.authstate.view import CompanyView, baileys_ref, view_of
+from resilience.authstate.view import baileys_ref, view_of
 from resilience.config import Settings, validate_company_id
 from resilience.errors import DatabaseError, DataError, InputError, ResilienceError, first_line
 from resilience.files.export import export_company
-from resilience.files.importer import read_directory
-from resilience.files.manifest import Manifest
 from resilience.files.staging import ensure_root
 from resilience.infra.redact import Redactor, redact_dsn
 from resilience.mirror import feed
 from resilience.mirror.position import Position, read_position, write_position
+from resilience.mirror.resume import carry_over, resume_company
+from resilience.mirror.state import (
+    CompanyState,
+    CycleRead,
+    CycleResult,
+    Delta,
+    applied,
+    by_company,
+    candidates,
+    reconcile_into,
+)
 
 log = logging.getLogger(__name__)
 
-Entry = tuple[str, str, str]  # Baileys (type, id), fingerprint
 #: Files of one company in one cycle from which one syncfs makes them durable (fewer: fsyncs).
 SYNCFS_FROM = 1000
 Event = Callable[[str], None]
-_UNCHANGED = object()
 
 
 def mirror_dsn(settings: Settings) -> str:
@@ -85,103 +91,6 @@ def mirror_dsn(settings: Settings) -> str:
     if secret is None:
         raise InputError("RESILIENCE_MIRROR_DSN (or RESILIENCE_SERVICE_DSN) is not set")
     return secret.get_secret_value()
-
-
-@dataclass
-class CompanyState:
-    """What the mirror holds of one company (values are on disk; fingerprints in memory)."""
-
-    company_id: str
-    creds: Any | None
-    entries: dict[str, Entry]  # file name -> entry
-    collisions: dict[str, Collision] = field(default_factory=dict)
-    _digest: str | None = field(default=None, repr=False, compare=False)
-
-    def digest(self) -> str:
-        """The set digest (computed once: a state is replaced, never changed, by a write)."""
-        if self._digest is None:
-            self._digest = digest_of_fingerprints(self.creds, (e[2] for e in self.entries.values()))
-        return self._digest
-
-    def counts_by_type(self) -> dict[str, int]:
-        counts: dict[str, int] = defaultdict(int)
-        for key_type, _, _ in self.entries.values():
-            counts[key_type] += 1
-        return dict(sorted(counts.items()))
-
-    def manifest(self, source: str, at: datetime) -> Manifest:
-        return Manifest(
-            company_id=self.company_id,
-            source=source,
-            exported_at=at,
-            key_count=len(self.entries),
-            counts_by_type=self.counts_by_type(),
-            digest=self.digest(),
-            files={name: (t, i) for name, (t, i, _) in sorted(self.entries.items())},
-            collisions=[self.collisions[n] for n in sorted(self.collisions)],
-        )
-
-    @classmethod
-    def of_view(cls, view: CompanyView) -> CompanyState:
-        entries = {
-            name: (e.key_type, e.key_id, KeyFingerprint.of(e.key_type, e.key_id, e.record.value))
-            for name, e in view.entries.items()
-        }
-        return cls(view.company_id, view.creds, entries, {c.file_name: c for c in view.collisions})
-
-
-@dataclass
-class Delta:
-    """What one cycle changes in one company: files (None deletes), creds, collisions."""
-
-    files: dict[str, tuple[Entry, bytes] | None] = field(default_factory=dict)
-    creds: Any = _UNCHANGED
-    collisions: dict[str, Collision | None] = field(default_factory=dict)
-    repaired: list[str] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.files) or self.creds is not _UNCHANGED or bool(self.collisions)
-
-
-@dataclass
-class CycleResult:
-    changes: int
-    drained: bool
-    files_written: int
-    files_deleted: int
-    repaired: list[str]
-    exported: list[str]
-    skipped: int
-    duration_s: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "changes": self.changes,
-            "drained": self.drained,
-            "files_written": self.files_written,
-            "files_deleted": self.files_deleted,
-            "repaired": list(self.repaired),
-            "exported": list(self.exported),
-            "skipped": self.skipped,
-            "duration_s": round(self.duration_s, 6),
-        }
-
-
-def _splits(text: str) -> list[tuple[str, str]]:
-    return [
-        (text[:at], text[at + 1 :])
-        for at, char in enumerate(text)
-        if char == "-" and 0 < at < len(text) - 1
-    ]
-
-
-def candidates(key_type: str, key_id: str) -> set[tuple[str, str]]:
-    """Every ``(type, id)`` a row naming the same file as ``(key_type, key_id)`` may have:
-    the key itself and every split of its joined name at a dash, as written and after
-    Baileys' name fix (the old migration split fixed file names)."""
-    joined = f"{key_type}-{key_id}"
-    fixed = file_name_for(key_type, key_id).removesuffix(".json")
-    return {(key_type, key_id), *_splits(joined), *_splits(fixed)}
 
 
 class Mirror:
@@ -203,7 +112,7 @@ class Mirror:
         self.files = FileAuthStore(self.root)
         self.companies: dict[str, CompanyState] = {}
         self.position = Position(pid=os.getpid(), source=self.source)
-        self._carry_over()
+        carry_over(self.root, self.position)
         self.conn: Conn | None = None
         self.on_event = on_event or (lambda message: log.info("%s", message))
         self.cycles = 0
@@ -236,23 +145,6 @@ class Mirror:
             for _ in self.conn.notifies(timeout=0):
                 pass
 
-    def _carry_over(self) -> None:
-        """Keep what the last position confirmed (its time, the moment the database was
-        lost, the companies' digests) until this process confirms a newer one: a mirror
-        restarted while the database is down must not forget the position it reached."""
-        try:
-            previous = read_position(self.root)
-        except DataError:
-            return
-        if previous is None:
-            return
-        p = self.position
-        p.confirmed_at, p.failing_since = previous.confirmed_at, previous.failing_since
-        p.last_change_id = previous.last_change_id
-        p.companies = dict(previous.companies)
-        p.reconcile_at = previous.reconcile_at
-        p.reconcile_repairs_total = previous.reconcile_repairs_total
-
     # --- start: resume or export -------------------------------------------------------------
     def start(self) -> CycleResult:
         """Connect, take every company from the directories (when they match the recorded
@@ -274,7 +166,7 @@ class Mirror:
                 except InputError:
                     log.warning("skipping company %r: not a valid id", company_id[:60])
                     continue
-                resumed = self._resume(company_id, previous)
+                resumed = resume_company(self.files, company_id, previous, self.on_event)
                 if resumed is not None:
                     self.companies[company_id] = resumed
                     self.on_event(f"company {company_id}: resumed from its directory")
@@ -293,28 +185,6 @@ class Mirror:
         result.exported[:0] = exported
         return result
 
-    def _resume(self, company_id: str, previous: Position | None) -> CompanyState | None:
-        if previous is None or company_id not in previous.companies:
-            return None
-        try:
-            directory = self.files.company_dir(company_id)
-            for leftover in directory.glob(f"{TEMP_PREFIX}*"):  # a cycle killed mid-write
-                leftover.unlink(missing_ok=True)
-            state = read_directory(directory, company_id)
-        except ResilienceError as exc:
-            self.on_event(f"company {company_id}: directory not resumable ({exc})")
-            return None
-        entries = {
-            name: (*ref, KeyFingerprint.of(*ref, state.values[name]))
-            for name, ref in state.files.items()
-        }
-        collisions = {c.file_name: c for c in state.manifest.collisions} if state.manifest else {}
-        resumed = CompanyState(company_id, state.creds, entries, collisions)
-        if resumed.digest() != previous.companies[company_id].get("digest"):
-            self.on_event(f"company {company_id}: directory differs from its position")
-            return None
-        return resumed
-
     def _export(self, store: PgAuthStore, company_id: str) -> CompanyState:
         """The full export of one company (inside the caller's snapshot), and its state."""
         result = export_company(store, self.root, company_id, source=self.source)
@@ -331,94 +201,115 @@ class Mirror:
         if self.conn is None:
             raise DatabaseError("the mirror is not connected")
         conn = self.conn
-        store = PgAuthStore(conn)
         started = time.monotonic()
         snapshot_at = datetime.now(UTC)  # before the snapshot: a conservative position
+        read = self._read(conn, reconcile=reconcile)
+        written, deleted, repaired = self._write_deltas(read.deltas, snapshot_at)
+        self._advance(read, snapshot_at, started)
+        if reconcile:
+            self._reconciled(snapshot_at, repaired)
+        write_position(self.root, self.position)
+        feed.prune_changes(conn, [c.id for c in read.changes])
+        self.cycles += 1
+        return CycleResult(
+            len(read.changes),
+            read.drained,
+            written,
+            deleted,
+            repaired,
+            read.exported,
+            read.skipped,
+            time.monotonic() - started,
+        )
+
+    def _read(self, conn: Conn, *, reconcile: bool) -> CycleRead:
+        """Step 1, in one snapshot: the recorded changes, each company's delta (a company new
+        to the mirror is exported whole), a reconciliation's repairs, how far behind we are."""
+        store = PgAuthStore(conn)
         batch = self.settings.mirror_batch
-        deltas: dict[str, Delta] = {}
-        exported: list[str] = []
-        skipped = 0
+        read = CycleRead()
         with read_transaction(conn):
-            changes = feed.read_changes(conn, batch)
-            drained = len(changes) < batch
-            by_company: dict[str, list[feed.Change]] = defaultdict(list)
-            for change in changes:
-                by_company[change.company_id].append(change)
-            for company_id, items in by_company.items():
-                try:
-                    validate_company_id(company_id)
-                except InputError:
-                    skipped += len(items)
-                    log.warning(
-                        "skipping %d change(s) of company %r: not a valid id (never a path)",
-                        len(items),
-                        company_id[:60],
-                    )
-                    continue
-                if company_id not in self.companies:
-                    try:
-                        self.companies[company_id] = self._export(store, company_id)
-                        exported.append(company_id)
-                    except ResilienceError as exc:
-                        log.warning("company %s not mirrored yet: %s", company_id, exc)
-                    continue
-                deltas[company_id] = self._delta(store, company_id, items)
+            read.changes = feed.read_changes(conn, batch)
+            read.drained = len(read.changes) < batch
+            for company_id, items in by_company(read.changes).items():
+                self._take(store, company_id, items, read)
             if reconcile:
                 for company_id in list(self.companies):
-                    if company_id in exported:
+                    if company_id in read.exported:
                         continue
-                    delta = deltas.setdefault(company_id, Delta())
+                    delta = read.deltas.setdefault(company_id, Delta())
                     self._reconcile(store, company_id, delta)
-            pending = len(changes)  # behind at the start of this cycle
-            if not drained:
+            read.pending = len(read.changes)  # behind at the start of this cycle
+            if not read.drained:
                 row = conn.execute(f"SELECT count(*) FROM {feed.CHANGES_TABLE}").fetchone()
-                pending = max(pending, int(row[0])) if row else pending
+                read.pending = max(read.pending, int(row[0])) if row else read.pending
+        return read
+
+    def _take(
+        self, store: PgAuthStore, company_id: str, items: list[feed.Change], read: CycleRead
+    ) -> None:
+        """One company's changes: skipped (an id that is not valid), a full export (a company
+        new to the mirror) or its delta."""
+        try:
+            validate_company_id(company_id)
+        except InputError:
+            read.skipped += len(items)
+            log.warning(
+                "skipping %d change(s) of company %r: not a valid id (never a path)",
+                len(items),
+                company_id[:60],
+            )
+            return
+        if company_id not in self.companies:
+            try:
+                self.companies[company_id] = self._export(store, company_id)
+                read.exported.append(company_id)
+            except ResilienceError as exc:
+                log.warning("company %s not mirrored yet: %s", company_id, exc)
+            return
+        read.deltas[company_id] = self._delta(store, company_id, items)
+
+    def _write_deltas(self, deltas: dict[str, Delta], at: datetime) -> tuple[int, int, list[str]]:
+        """Step 2: every company's changed files made durable; (written, deleted, repaired)."""
         written = deleted = 0
         repaired: list[str] = []
         for company_id, delta in deltas.items():
             if delta:
-                w, d = self._write(company_id, delta, snapshot_at)
+                w, d = self._write(company_id, delta, at)
                 written, deleted = written + w, deleted + d
                 repaired += delta.repaired
+        return written, deleted, repaired
+
+    def _advance(self, read: CycleRead, snapshot_at: datetime, started: float) -> None:
+        """Step 3 (in memory; recorded by the caller): the position once the files are durable."""
         p = self.position
-        if drained:
+        if read.drained:
             p.confirmed_at = snapshot_at
-        if changes:
-            p.last_change_id = max(p.last_change_id, max(c.id for c in changes))
-        p.applied_total += len(changes)
-        p.pending_changes = pending
-        p.last_batch = len(changes)
+        if read.changes:
+            p.last_change_id = max(p.last_change_id, max(c.id for c in read.changes))
+        p.applied_total += len(read.changes)
+        p.pending_changes = read.pending
+        p.last_batch = len(read.changes)
         p.last_apply_s = round(time.monotonic() - started, 6)
         p.state, p.failing_since, p.last_error = "following", None, None
-        p.skipped_changes_total += skipped
+        p.skipped_changes_total += read.skipped
         p.companies = {
             c: {"digest": s.digest(), "key_count": len(s.entries)}
             for c, s in sorted(self.companies.items())
         }
-        if reconcile:
-            p.reconcile_at = snapshot_at
-            p.reconcile_last = repaired[:50]
-            p.reconcile_repairs_total += len(repaired)
-            if repaired:
-                log.warning(
-                    "reconciliation repaired %d file(s) the feed missed: %s",
-                    len(repaired),
-                    ", ".join(repaired[:10]),
-                )
-                self.on_event(f"reconciliation repaired {len(repaired)}: {repaired[:10]}")
-        write_position(self.root, p)
-        feed.prune_changes(conn, [c.id for c in changes])
-        self.cycles += 1
-        return CycleResult(
-            len(changes),
-            drained,
-            written,
-            deleted,
-            repaired,
-            exported,
-            skipped,
-            time.monotonic() - started,
-        )
+
+    def _reconciled(self, at: datetime, repaired: list[str]) -> None:
+        p = self.position
+        p.reconcile_at = at
+        p.reconcile_last = repaired[:50]
+        p.reconcile_repairs_total += len(repaired)
+        if repaired:
+            log.warning(
+                "reconciliation repaired %d file(s) the feed missed: %s",
+                len(repaired),
+                ", ".join(repaired[:10]),
+            )
+            self.on_event(f"reconciliation repaired {len(repaired)}: {repaired[:10]}")
 
     def _delta(self, store: PgAuthStore, company_id: str, items: list[feed.Change]) -> Delta:
         delta = Delta()
@@ -467,58 +358,14 @@ class Mirror:
         """Compare the company whole (as it will be after ``delta``) with the database and
         add a repair for every file that differs."""
         view = view_of(company_id, store.load_creds(company_id), store.records(company_id))
-        state = self.companies[company_id]
-        after: dict[str, Entry | None] = dict(state.entries)
-        for name, change in delta.files.items():
-            after[name] = None if change is None else change[0]
-        expected = CompanyState.of_view(view)
-        for name in sorted(set(after) | set(expected.entries)):
-            want = expected.entries.get(name)
-            if after.get(name) == want:
-                continue
-            if want is None:
-                delta.files[name] = None
-            else:
-                delta.files[name] = (want, dumps_file(view.entries[name].record.value))
-            delta.repaired.append(f"{company_id}: {name}")
-        creds_after = state.creds if delta.creds is _UNCHANGED else delta.creds
-        if _canon(creds_after) != _canon(view.creds):
-            delta.creds = view.creds
-            delta.repaired.append(f"{company_id}: {CREDS_FILE}")
-        for name in set(state.collisions) | set(expected.collisions):
-            if state.collisions.get(name) != expected.collisions.get(name):
-                delta.collisions[name] = expected.collisions.get(name)
+        reconcile_into(self.companies[company_id], view, delta)
 
     # --- writing -----------------------------------------------------------------------------
     def _write(self, company_id: str, delta: Delta, at: datetime) -> tuple[int, int]:
         """Apply ``delta`` to the company's directory: new contents into temp files, made
         durable at once, renamed into place (the manifest last), the directory fsynced. The
         in-memory state follows only once all of it is done."""
-        state = self.companies[company_id]
-        entries = dict(state.entries)
-        collisions = dict(state.collisions)
-        writes: list[tuple[str, bytes]] = []
-        deletes: list[str] = []
-        for name, change in sorted(delta.files.items()):
-            if change is None:
-                entries.pop(name, None)
-                deletes.append(name)
-            else:
-                entries[name] = change[0]
-                writes.append((name, change[1]))
-        creds = state.creds
-        if delta.creds is not _UNCHANGED:
-            creds = delta.creds
-            if creds is None:
-                deletes.append(CREDS_FILE)
-            else:
-                writes.append((CREDS_FILE, dumps_file(creds)))
-        for name, collision in delta.collisions.items():
-            if collision is None:
-                collisions.pop(name, None)
-            else:
-                collisions[name] = collision
-        new_state = CompanyState(company_id, creds, entries, collisions)
+        new_state, writes, deletes = applied(self.companies[company_id], delta)
         manifest = new_state.manifest(self.source, at).to_dict()
         # the export's manifest, compact: rewritten every cycle, and json's indenting encoder
         # is pure Python (ten times slower on a large company)
@@ -584,10 +431,6 @@ class Mirror:
             write_position(self.root, p)  # the same confirmed position, with the failure
         except OSError as write_exc:
             log.warning("mirror position not written: %s", write_exc.strerror)
-
-
-def _canon(value: Any) -> bytes | None:
-    return None if value is None else canonical(value)
 
 
 def _rows(conn: Conn, company_id: str, wanted: Iterable[tuple[str, str]]) -> list[KeyRecord]:

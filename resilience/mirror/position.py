@@ -21,6 +21,7 @@ from typing import Any
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError
 from resilience.infra.fsutil import atomic_write
+from resilience.infra.timefmt import iso_or_none
 
 POSITION_FILE = "position.json"
 POSITION_FORMAT = 1
@@ -31,10 +32,6 @@ def _time(value: Any) -> datetime | None:
         return None
     moment = datetime.fromisoformat(str(value))
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
 
 
 @dataclass
@@ -76,7 +73,7 @@ class Position:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for name in ("confirmed_at", "written_at", "failing_since", "reconcile_at"):
-            data[name] = _iso(getattr(self, name))
+            data[name] = iso_or_none(getattr(self, name))
         return {"format": POSITION_FORMAT, **data}
 
     @classmethod

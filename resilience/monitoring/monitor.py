@@ -22,9 +22,11 @@ from resilience.alerting.channels import Alerts
 from resilience.config import Settings
 from resilience.errors import ResilienceError
 from resilience.infra.redact import Redactor, redact_dsn
+from resilience.infra.timefmt import epoch_iso
 from resilience.mirror.health import mirror_observation
 from resilience.monitoring import charts
 from resilience.monitoring.alertstate import AlertBook, Notification
+from resilience.monitoring.datachecks import DataChecks
 from resilience.monitoring.latency import SlidingWindow
 from resilience.monitoring.rules import Finding, Observed, evaluate, overall
 from resilience.monitoring.sources import (
@@ -43,90 +45,8 @@ HISTORY = "history"
 EXIT_CODES = {"ok": 0, "warning": 1, "critical": 2}
 
 
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
-
-
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
-
-
-class DataChecks:
-    """The data branches of `diagnose` (integrity and completeness per company, against the
-    newest backup), every ``integrity_interval`` seconds, in a thread and on a connection of
-    their own: they read every key, so they never run inside a cycle."""
-
-    RULES = ("integrity", "completeness")
-
-    def __init__(self, settings: Settings, dsn: str) -> None:
-        self.settings = settings
-        self.connection = MonitorConnection(
-            dsn,
-            connect_timeout=min(settings.db_connect_timeout, settings.monitor_http_timeout),
-            statement_timeout_ms=max(settings.monitor_statement_timeout_ms, 30000),
-        )
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._next = 0.0
-        self.findings: list[Finding] = []
-        self.summary: dict[str, Any] | None = None  # None until the first run ended
-
-    def maybe_start(self, now: float) -> None:
-        if (self._thread is not None and self._thread.is_alive()) or now < self._next:
-            return
-        self._next = now + self.settings.integrity_interval
-        self._thread = threading.Thread(target=self._run, name="data-checks", daemon=True)
-        self._thread.start()
-
-    def observed(self) -> tuple[list[Finding], dict[str, Any] | None]:
-        with self._lock:
-            return list(self.findings), self.summary
-
-    def _run(self) -> None:
-        from resilience.diagnose.tree import TITLES, scan_data
-
-        began = time.time()
-        try:
-            diagnosis = scan_data(self.connection.get(), self.settings)
-        except SourceDown as exc:
-            with self._lock:
-                self.summary = {"state": "unreachable", "at": _iso(began), "error": str(exc)}
-            return
-        except (psycopg.Error, ResilienceError) as exc:
-            error = self.connection.failed(exc)
-            with self._lock:
-                self.summary = {"state": "unreachable", "at": _iso(began), "error": str(error)}
-            return
-        findings = []
-        if diagnosis.scenario in (2, 3, 4):
-            rule = "integrity" if diagnosis.scenario == 2 else "completeness"
-            findings.append(
-                Finding(
-                    rule,
-                    "critical",
-                    f"{TITLES[diagnosis.scenario]}: {diagnosis.reason}; next: "
-                    f"{diagnosis.next_command or 're-pair the company (no backup holds it)'}",
-                    self.settings.alert_cooldown,
-                )
-            )
-        with self._lock:
-            self.findings = findings
-            self.summary = {
-                "state": "ok",
-                "at": _iso(began),
-                "duration_s": round(time.time() - began, 3),
-                "scenario": diagnosis.scenario,
-                "title": TITLES[diagnosis.scenario],
-                "company_id": diagnosis.company_id,
-                "next_command": diagnosis.next_command,
-                "companies": len(diagnosis.completeness),
-                "warnings": diagnosis.warnings,
-            }
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self.connection.close()
 
 
 class Monitor:
@@ -201,7 +121,9 @@ class Monitor:
     # --- one cycle -----------------------------------------------------------------------------
 
     def _error(self, at: float, source: str, message: str) -> None:
-        self.errors.append({"at": _iso(at), "source": source, "error": self.redactor.text(message)})
+        self.errors.append(
+            {"at": epoch_iso(at), "source": source, "error": self.redactor.text(message)}
+        )
 
     def _scrape(self, now: float, sources: dict[str, Any]) -> ServiceMetrics | None:
         url = self.settings.metrics_url
@@ -320,7 +242,7 @@ class Monitor:
         idle = metrics.pool_idle or 0.0
         size_max = metrics.pool_max or 0.0
         sample = {
-            "at": _iso(now),
+            "at": epoch_iso(now),
             "size": active + idle,
             "idle": idle,
             "active": active,
@@ -506,7 +428,7 @@ class Monitor:
         return {
             "status": status,
             "exit_code": EXIT_CODES[status],
-            "checked_at": _iso(now),
+            "checked_at": epoch_iso(now),
             "company": self.settings.company_id,
             "cycle": self.cycles,
             "sources": sources,

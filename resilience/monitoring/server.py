@@ -14,7 +14,6 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from resilience.errors import StackError
+from resilience.infra.timefmt import epoch_iso
 from resilience.monitoring import charts
 from resilience.monitoring.rules import SEVERITY_RANK
 
@@ -34,18 +34,11 @@ if TYPE_CHECKING:
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _iso(at: Any) -> str:
-    try:
-        return datetime.fromtimestamp(float(at), UTC).isoformat(timespec="seconds")
-    except (TypeError, ValueError):
-        return str(at)
-
-
 _env = Environment(
     loader=PackageLoader("resilience.monitoring", "templates"),
     autoescape=select_autoescape(["html", "j2"]),
 )
-_env.filters["iso"] = _iso
+_env.filters["iso"] = epoch_iso
 
 
 def limits(doc: dict[str, Any]) -> dict[str, float | None]:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from resilience.authstate import pgraw
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgconn import connect
 from resilience.authstate.pgstore import PgAuthStore
@@ -48,7 +49,7 @@ def seed(admin_dsn: str, size_mb: float, say: Progress) -> tuple[list[str], int]
         while size < size_mb * 1024 * 1024:
             company = f"benchbk_{secrets.token_hex(4)}"
             data = generate(company, 1000)
-            store.insert_raw(company, data.creds, data.rows())
+            pgraw.insert_raw(store.conn, company, data.creds, data.rows())
             made.append(company)
             row = conn.execute(
                 "SELECT pg_total_relation_size('whatsapp_keys') + "
@@ -123,7 +124,7 @@ def bench_backup(
     finally:
         with connect(admin_dsn) as conn:
             for company in companies:
-                PgAuthStore(conn).delete_company(company)
+                pgraw.delete_company(conn, company)
     backup_ratio = measure.ratio(times["backup"], times["raw_backup"])
     restore_ratio = measure.ratio(times["restore"], times["raw"])
     return {

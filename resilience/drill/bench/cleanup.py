@@ -43,6 +43,7 @@ from typing import Any
 
 import psycopg
 
+from resilience.authstate import pgraw
 from resilience.authstate.codec import Style
 from resilience.authstate.dataset import generate
 from resilience.authstate.model import KeyRecord
@@ -292,10 +293,10 @@ def _stats_ms(values: list[float | None]) -> dict[str, Any]:
 
 def _reset(store: PgAuthStore, company_id: str, rows: Rows) -> None:
     """The company emptied, seeded again and vacuumed: every timed run starts alike."""
-    store.delete_company(company_id)
+    pgraw.delete_company(store.conn, company_id)
     with database_errors("vacuuming before a bench run"):
         store.conn.execute("VACUUM whatsapp_keys")
-    store.insert_raw(company_id, None, rows)
+    pgraw.insert_raw(store.conn, company_id, None, rows)
     with database_errors("vacuuming before a bench run"):
         store.conn.execute("VACUUM ANALYZE whatsapp_keys")
 
@@ -437,7 +438,7 @@ def bench_cleanup(
             finally:
                 report(f"removing bench company {company_id}")
                 with contextlib.suppress(ResilienceError, psycopg.Error):
-                    store.delete_company(company_id)
+                    pgraw.delete_company(store.conn, company_id)
     target = results.get(str(TARGET_KEYS))
     ratio = None if target is None else target["ratio"]
     p99 = None if target is None else target["batched_upsert_p99_ms"]["max"]

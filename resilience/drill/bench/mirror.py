@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from resilience.authstate import pgraw
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgconn import connect
 from resilience.authstate.pgstore import PgAuthStore
@@ -183,14 +184,14 @@ def bench_mirror(
                 # a fresh company of the real tenant's size for every run
                 company = f"bench_mirror_{secrets.token_hex(4)}"
                 data = generate(company, SEED_KEYS)
-                store.insert_raw(company, data.creds, data.rows())
+                pgraw.insert_raw(store.conn, company, data.creds, data.rows())
                 try:
                     run = _one_run(
                         store, dsn, company, work_dir / f"mirror-{n}", burst, n % 3, say,
                         upserts=upserts, steady_seconds=steady_seconds,
                     )  # fmt: skip
                 finally:
-                    store.delete_company(company)
+                    pgraw.delete_company(store.conn, company)
                 runs.append(run)
         finally:
             with contextlib.suppress(Exception):

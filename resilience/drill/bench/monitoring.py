@@ -48,9 +48,9 @@ import psycopg
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
+from resilience.authstate import pgraw
 from resilience.authstate.dataset import generate
 from resilience.authstate.pgconn import Conn, connect, database_errors
-from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import Settings
 from resilience.drill.bench import measure
 from resilience.errors import InputError, ResilienceError, VerificationError
@@ -238,7 +238,7 @@ def _seed(admin_dsn: str, company_id: str, n: int, report: Progress) -> int:
     data = generate(company_id, n, seed=17)
     report(f"{n} keys: seeding company {company_id}")
     with connect(admin_dsn, autocommit=True) as conn:
-        seeded = PgAuthStore(conn).insert_raw(company_id, data.creds, data.rows())
+        seeded = pgraw.insert_raw(conn, company_id, data.creds, data.rows())
         with database_errors("vacuuming after seeding"):
             conn.execute("VACUUM ANALYZE whatsapp_keys")
             conn.execute("VACUUM ANALYZE whatsapp_auth")
@@ -288,7 +288,7 @@ def monitor_cycle(
             contextlib.suppress(ResilienceError, psycopg.Error),
             connect(admin_dsn, autocommit=True) as conn,
         ):
-            PgAuthStore(conn).delete_company(company_id)
+            pgraw.delete_company(conn, company_id)
     cycle = measure.stats(cold)
     return {
         "keys_seeded": seeded,

@@ -32,8 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from resilience.authstate import pgraw
 from resilience.authstate.pgconn import connect
-from resilience.authstate.pgstore import PgAuthStore
 from resilience.backup.barman import archives, list_backups
 from resilience.backup.base import take_base_backup, wal_objects
 from resilience.backup.pitr import pitr, stop_restored
@@ -198,7 +198,7 @@ def bench_pitr(
     finally:
         with connect(admin_dsn) as conn:
             for company in companies:
-                PgAuthStore(conn).delete_company(company)
+                pgraw.delete_company(conn, company)
     count = len(segments)
     rate = round(count / measure.stats(times["push"])["median"] if count else 0.0, 3)
     push_ratio = measure.ratio(times["push"], times["raw_push"])

@@ -1,7 +1,7 @@
 """``bench restore``: export and import of N keys, each beside its raw limit, in one run.
 
-For every size a fresh company is seeded through :meth:`PgAuthStore.insert_raw` with
-:func:`~resilience.authstate.dataset.generate`'s data for ``bench_<n>`` (the same data in every
+For every size a fresh company is seeded through :func:`~resilience.authstate.pgraw.insert_raw`
+with :func:`~resilience.authstate.dataset.generate`'s data for ``bench_<n>`` (the same data in every
 run, under a company id of its own), then, ``repeat`` times each and side by side (the
 order of the pair alternates from one repetition to the next, so drift hits both alike):
 
@@ -45,6 +45,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from resilience.authstate import pgraw
 from resilience.authstate.dataset import generate
 from resilience.authstate.filestore import (
     DIR_MODE,
@@ -190,7 +191,7 @@ def _raw_import(conn: Conn, company_id: str, rows: bytes, creds: str) -> None:
 
 def _empty(store: PgAuthStore, company_id: str) -> None:
     """Delete the company's rows and vacuum, so every timed write starts from the same table."""
-    store.delete_company(company_id)
+    pgraw.delete_company(store.conn, company_id)
     with database_errors("vacuuming after a bench round"):
         store.conn.execute("VACUUM whatsapp_keys")
         store.conn.execute("VACUUM whatsapp_auth")
@@ -205,7 +206,7 @@ def _bench_size(
     conn = store.conn
     report(f"{n} keys: seeding company {company_id}")
     data = generate(f"bench_{n}", n)  # the same data in every run; stored under company_id
-    rows = store.insert_raw(company_id, data.creds, data.rows())
+    rows = pgraw.insert_raw(store.conn, company_id, data.creds, data.rows())
     expected = view_of(company_id, data.creds, data.keys).digest().digest
     _check(_db_digest(store, company_id), expected, "the database after seeding")
 
@@ -320,7 +321,7 @@ def _check_count(store: PgAuthStore, company_id: str, expected: int) -> None:
 def _cleanup(store: PgAuthStore, company_id: str, work: Path, report: Progress) -> None:
     report(f"removing bench company {company_id} and its files")
     shutil.rmtree(work, ignore_errors=True)
-    store.delete_company(company_id)
+    pgraw.delete_company(store.conn, company_id)
 
 
 # --- many tenants -------------------------------------------------------------------------------
@@ -368,7 +369,7 @@ def _bench_tenants(
         report(f"{count} companies x {keys} keys: seeding")
         rows = 0
         for company_id in companies:
-            rows += store.insert_raw(company_id, data.creds, data.rows())
+            rows += pgraw.insert_raw(store.conn, company_id, data.creds, data.rows())
         first = export_company(store, work / "prepared", companies[0], source="bench")
         payloads = {
             n: p for n, p in read_raw_files(first.directory).items() if n != "manifest.json"
@@ -409,7 +410,7 @@ def _bench_tenants(
         report(f"removing the {count} bench companies")
         for company_id in companies:
             with contextlib.suppress(ResilienceError):
-                store.delete_company(company_id)
+                pgraw.delete_company(store.conn, company_id)
     return {
         "companies": count,
         "keys_per_company": keys,

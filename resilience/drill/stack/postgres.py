@@ -21,7 +21,8 @@ from pathlib import Path
 import psycopg
 
 from resilience.authstate.schema import apply_schema
-from resilience.errors import StackError
+from resilience.backup import pitr
+from resilience.errors import ConfigError, StackError
 from resilience.infra.processes import PidFile, accepts_connections, spawn, stop, tail
 from resilience.infra.waiting import wait_until
 
@@ -52,17 +53,15 @@ def find_bindir() -> Path:
 
 
 def server_user() -> str | None:
-    """The user the server must run as: `postgres` when we are root, else ourselves (None)."""
-    if os.geteuid() != 0:
-        return None
+    """The user the server must run as (the library's answer: `postgres` when we are root, else
+    ourselves, None), its failure told with the rig's way to fix it."""
     try:
-        pwd.getpwnam("postgres")
-    except KeyError:
+        return pitr.server_user()
+    except ConfigError:
         raise StackError(
             "running as root, PostgreSQL must run as the 'postgres' user, which does not exist: "
             "'apt-get install postgresql' creates it (or 'useradd --system postgres')"
         ) from None
-    return "postgres"
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from resilience.authstate import pgraw
 from resilience.errors import InputError, StackError
 from resilience.infra.pm2 import Pm2
 from resilience.infra.processes import free_port
@@ -320,7 +321,6 @@ def _seed_company(admin_dsn: str, company: str, keys: int, kind: str) -> Dataset
     from resilience.authstate.codec import Style
     from resilience.authstate.dataset import generate
     from resilience.authstate.pgconn import connect
-    from resilience.authstate.pgstore import PgAuthStore
     from resilience.authstate.view import baileys_ref
 
     data = generate(company, keys)
@@ -340,9 +340,9 @@ def _seed_company(admin_dsn: str, company: str, keys: int, kind: str) -> Dataset
             )
             as_baileys: Style = "base64"
             rows = ((record, as_baileys) for record in data.keys)
-            PgAuthStore(conn).insert_raw(company, data.creds, rows, creds_style=as_baileys)
+            pgraw.insert_raw(conn, company, data.creds, rows, creds_style=as_baileys)
         else:
-            PgAuthStore(conn).insert_raw(company, data.creds, data.rows())
+            pgraw.insert_raw(conn, company, data.creds, data.rows())
     return data
 
 
@@ -387,7 +387,6 @@ def _tear_down(stack: Stack, ep: Endpoints, pm2: Pm2, app: str, company: str) ->
     """Undo every fault (PostgreSQL started again when it does not answer), delete the PM2 app
     and the company's rows."""
     from resilience.authstate.pgconn import connect
-    from resilience.authstate.pgstore import PgAuthStore
     from resilience.chaos.toxiproxy import ToxiproxyClient
     from resilience.errors import DatabaseError
 
@@ -400,4 +399,4 @@ def _tear_down(stack: Stack, ep: Endpoints, pm2: Pm2, app: str, company: str) ->
     with suppress(StackError):
         pm2.delete(app)
     with connect(ep.admin_dsn) as conn:
-        PgAuthStore(conn).delete_company(company)
+        pgraw.delete_company(conn, company)

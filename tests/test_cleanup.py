@@ -21,6 +21,7 @@ import pytest
 from invoke.parser import Parser, ParserContext
 from task_runner import run_task
 
+import resilience.maintenance.batches as deleter
 import resilience.maintenance.cleanup as cleanup
 from resilience.authstate import pgraw
 from resilience.authstate.codec import Style
@@ -274,7 +275,7 @@ def test_batches_take_exactly_their_size_in_either_order(
 ) -> None:
     """Physical order (tuple ids) on PostgreSQL 14 and newer, the primary key before: the same
     rows go, in the same number of batches of exactly the batch size."""
-    monkeypatch.setattr(cleanup, "physical_order", lambda _conn: physical)
+    monkeypatch.setattr(deleter, "physical_order", lambda _conn: physical)
     rows = seed(store, company, fresh=40, stale=33, seed=12)
     run = cleanup.cleanup_keys(
         with_batch(operator, cleanup_batch_size=8), company_id=company, yes=True
@@ -374,17 +375,17 @@ def test_more_than_a_thousand_deleted_is_a_warning(
 def _interrupt_after(monkeypatch: pytest.MonkeyPatch, admin: Conn, batches: int) -> list[int]:
     """Kill the cleanup's own server process after `batches` committed batches: the database
     is gone for that connection, as in an outage, mid-run."""
-    real = cleanup._delete_batch
+    real = deleter._delete_batch
     calls: list[int] = []
 
-    def interrupted(conn: Conn, *args: Any, **kwargs: Any) -> cleanup.Batch:
+    def interrupted(conn: Conn, *args: Any, **kwargs: Any) -> deleter.Batch:
         batch = real(conn, *args, **kwargs)
         calls.append(batch.picked)
         if len(calls) == batches:
             admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
         return batch
 
-    monkeypatch.setattr(cleanup, "_delete_batch", interrupted)
+    monkeypatch.setattr(deleter, "_delete_batch", interrupted)
     return calls
 
 
@@ -558,24 +559,24 @@ def test_locks_not_granted_are_retried_then_reported(
             "FOR UPDATE",
             (company, stale[0].key_type, stale[0].key_id),
         )
-        monkeypatch.setattr(cleanup, "LOCK_RETRY_WINDOW_S", 0.5)
-        monkeypatch.setattr(cleanup, "LOCK_RETRY_INTERVAL_S", 0.1)
+        monkeypatch.setattr(deleter, "LOCK_RETRY_WINDOW_S", 0.5)
+        monkeypatch.setattr(deleter, "LOCK_RETRY_INTERVAL_S", 0.1)
         with pytest.raises(DatabaseError, match="not granted within 50 ms") as failed:
             cleanup.cleanup_keys(settings, company_id=company, yes=True)
         assert failed.value.details is not None and failed.value.details["lock_retries"] >= 2
         assert len(refs_in(admin, company)) == len(rows)  # the batch was rolled back
 
         # retried until the lock is released: the holder commits at the first refusal
-        real = cleanup._delete_batch
+        real = deleter._delete_batch
 
-        def release_on_refusal(*args: Any, **kwargs: Any) -> cleanup.Batch:
+        def release_on_refusal(*args: Any, **kwargs: Any) -> deleter.Batch:
             try:
                 return real(*args, **kwargs)
             except psycopg.errors.LockNotAvailable:
                 holder.commit()
                 raise
 
-        monkeypatch.setattr(cleanup, "_delete_batch", release_on_refusal)
+        monkeypatch.setattr(deleter, "_delete_batch", release_on_refusal)
         holder.execute(
             "SELECT 1 FROM whatsapp_keys WHERE company_id = %s AND key_type = %s AND key_id = %s "
             "FOR UPDATE",

@@ -13,15 +13,15 @@
 4. start it (pg_ctl, as the server's user when we are root), wait until it is promoted, and
    verify: it answers, and every company's key count and set digest are read from it.
 
-The live cluster is never touched: replacing it is a separate, confirmed step (runbook).
+The live cluster is never touched: replacing it is a separate, confirmed step (runbook). The
+restored cluster as a server (its user, binaries, start, digests, stop) is
+:mod:`resilience.backup.pitr_server`.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import pwd
-import shutil
 import subprocess
 import tempfile
 import time
@@ -31,15 +31,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 from resilience.authstate.pgconn import connect
-from resilience.authstate.pgstore import PgAuthStore
-from resilience.authstate.view import view_of
-from resilience.backup.barman import Archive, archives, find_command, list_backups, run
+from resilience.backup.barman import Archive, archives, list_backups, run
 from resilience.backup.base import wal_objects
+from resilience.backup.pitr_server import (
+    company_digests,
+    find_pg_ctl,
+    log_tail,
+    restored_dsn,
+    server_user,
+    start_server,
+    stop_restored,
+    wal_restore_command,
+)
 from resilience.config import Settings
-from resilience.errors import ConfigError, DataError, InputError, ResilienceError, StackError
+from resilience.errors import DataError, InputError, ResilienceError
 from resilience.infra.commandline import operator_command as cmd
 from resilience.infra.processes import free_port
 from resilience.infra.redact import redact_dsn
@@ -47,8 +53,19 @@ from resilience.infra.s3 import regions_from_settings
 from resilience.infra.waiting import wait_until
 from resilience.runs.record import recorded_run
 
+__all__ = [  # server_user and stop_restored live in pitr_server; callers import them from here
+    "PitrResult",
+    "Plan",
+    "missing_segments",
+    "pitr",
+    "plan",
+    "segment_name",
+    "segment_number",
+    "server_user",
+    "stop_restored",
+]
+
 Progress = Callable[[str], None]
-LOG_NAME = "pitr-server.log"
 PREFETCH_DIR = "pitr-wal-prefetch"
 
 
@@ -89,7 +106,8 @@ def missing_segments(
     return gaps
 
 
-def _iso(value: Any) -> datetime | None:
+def _parse_time(value: Any) -> datetime | None:
+    """A timestamp as barman reports it, as an aware datetime (naive: UTC); None if it is none."""
     try:
         moment = datetime.fromisoformat(str(value))
     except ValueError:
@@ -129,7 +147,7 @@ def plan(settings: Settings, archive: Archive, at: datetime | None, target_dir: 
         raise InputError(
             f"region {archive.name} holds no base backup: run `{cmd('backup.base')}` first"
         )
-    ended = [(b, _iso(b.get("end_time_iso"))) for b in backups]
+    ended = [(b, _parse_time(b.get("end_time_iso"))) for b in backups]
     before = [(b, end) for b, end in ended if end is not None and (at is None or end < at)]
     if not before:
         oldest = min(end for _b, end in ended if end is not None)
@@ -176,95 +194,7 @@ def plan(settings: Settings, archive: Archive, at: datetime | None, target_dir: 
     )
 
 
-# --- the server -------------------------------------------------------------------------------
-def server_user() -> str | None:
-    """`postgres` when we are root (PostgreSQL refuses root), else ourselves (None)."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        raise ConfigError(
-            "running as root, restored clusters run as 'postgres', which does not exist"
-        ) from None
-    return "postgres"
-
-
-def find_pg_ctl(settings: Settings) -> str:
-    if settings.pg_bindir is not None:
-        candidates = [str(settings.pg_bindir / "pg_ctl")]
-    else:
-        candidates = sorted(
-            glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
-            key=lambda p: (
-                int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0
-            ),
-            reverse=True,
-        )
-    candidates += [p for p in [shutil.which("pg_ctl")] if p]
-    for candidate in candidates:
-        if os.access(candidate, os.X_OK):
-            return candidate
-    raise ConfigError(
-        "pg_ctl not found: install PostgreSQL's server binaries or set RESILIENCE_PG_BINDIR"
-    )
-
-
-def wal_restore_command(settings: Settings, user: str | None) -> str:
-    """barman-cloud-wal-restore as the server's user can run it (ConfigError otherwise)."""
-    bindir = settings.barman_server_bin_dir
-    candidate = (
-        bindir if bindir.is_absolute() else Path.cwd() / bindir
-    ) / "barman-cloud-wal-restore"
-    path = (
-        str(candidate) if candidate.exists() else find_command("barman-cloud-wal-restore", settings)
-    )
-    try:
-        done = subprocess.run(
-            [path, "--version"],
-            user=user,
-            capture_output=True,
-            timeout=60,
-            check=False,
-            env={"PATH": "/usr/bin:/bin", "HOME": _home(user)},
-            cwd="/",
-        )
-        ok = done.returncode == 0
-    except OSError:
-        ok = False
-    if not ok:
-        raise ConfigError(
-            f"barman-cloud-wal-restore ({path}) cannot be run by the server's user "
-            f"{user or '(ourselves)'}: set RESILIENCE_BARMAN_SERVER_BIN_DIR to an install it can "
-            "run (./run makes one in .tools/barman)"
-        )
-    return path
-
-
-def _home(user: str | None) -> str:
-    if user is None:
-        return os.environ.get("HOME", "/")
-    return pwd.getpwnam(user).pw_dir
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _service_parts(settings: Settings) -> dict[str, Any]:
-    if settings.service_dsn is None:
-        raise ConfigError("verifying a restored cluster needs RESILIENCE_SERVICE_DSN")
-    return conninfo_to_dict(settings.service_dsn.get_secret_value())
-
-
-def restored_dsn(settings: Settings, port: int) -> str:
-    """The service's role and database, on the restored cluster's port."""
-    parts = _service_parts(settings)
-    parts.update(host="127.0.0.1", port=str(port))
-    parts.pop("hostaddr", None)
-    return make_conninfo(**parts)
-
-
+# --- the restore ----------------------------------------------------------------------------------
 @dataclass
 class PitrResult:
     plan: Plan
@@ -351,85 +281,25 @@ def pitr(
 def _restore(
     settings: Settings, archive: Archive, result: PitrResult, port: int | None, say: Progress
 ) -> None:
+    """The restore itself, step by step; `result` says how far it got and how long each took."""
     chosen = result.plan
+    target = chosen.target_dir
     user = server_user()
     pg_ctl = find_pg_ctl(settings)
     restore_bin = wal_restore_command(settings, user)
-    target = chosen.target_dir
     began = time.monotonic()
-    target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if user:
-        info = pwd.getpwnam(user)
-        os.chown(target, info.pw_uid, info.pw_gid)
-    probe = subprocess.run(["test", "-w", str(target)], user=user, check=False, cwd="/")
-    if probe.returncode != 0:
-        raise InputError(
-            f"the server's user {user} cannot reach {target}: choose a --target-dir it can "
-            "traverse (e.g. under /var/lib/postgresql or the system temp dir)"
-        )
-    say(f"restoring base backup {chosen.backup_id} into {target} ...")
-    run(
-        settings,
-        archive,
-        "barman-cloud-restore",
-        [*archive.cloud_args(), archive.url, archive.server, chosen.backup_id, str(target)],
-        what=f"restoring base backup {chosen.backup_id}",
-    )
+    _prepare_target(target, user)
+    _restore_base_backup(settings, archive, chosen, say)
     result.timings["restore_base"] = time.monotonic() - began
     result.port = port or free_port()
-    cloud = " ".join(archive.cloud_args())
-    # prefetch a few segments per call into a spool of the copy's own (fewer processes)
-    prefetch = target / PREFETCH_DIR
-    restore_command = (
-        f"{restore_bin} {cloud} --parallel 3 --spool-dir {prefetch} "
-        f"{archive.url} {archive.server} %f %p"
-    )
-    lines = [
-        "",
-        "# backup.pitr: point-in-time recovery of this copy",
-        f"restore_command = {_quote(restore_command)}",
-        *([f"recovery_target_time = {_quote(chosen.at.isoformat())}"] if chosen.at else []),
-        "recovery_target_action = 'promote'",
-        "archive_mode = 'off'",
-        f"port = {result.port}",
-        "listen_addresses = '127.0.0.1'",
-        "unix_socket_directories = ''",
-        "",
-    ]
-    with open(target / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
-        conf.write("\n".join(lines))
-    (target / "recovery.signal").touch()
-    for stale in ("postmaster.pid", "standby.signal"):
-        (target / stale).unlink(missing_ok=True)
-    prefetch.mkdir(mode=0o700, exist_ok=True)
-    if user:
-        info = pwd.getpwnam(user)
-        for root, dirs, files in os.walk(target):
-            for name in [*dirs, *files]:
-                os.lchown(os.path.join(root, name), info.pw_uid, info.pw_gid)
-        os.chown(target, info.pw_uid, info.pw_gid)
-    target.chmod(0o700)
-    env = {**archive.environment(), "HOME": _home(user), "PGDATA": str(target)}
+    _configure_recovery(archive, chosen, restore_bin, result.port)
+    _hand_to_server_user(target, user)
     started = time.monotonic()
     say(
         f"starting the restored cluster on port {result.port} "
         f"(recovery to {chosen.at.isoformat() if chosen.at else 'the end of the archive'}) ..."
     )
-    postgres = str(Path(pg_ctl).parent / "postgres")
-    with open(target / LOG_NAME, "ab") as log:
-        try:
-            server = subprocess.Popen(
-                [postgres, "-D", str(target)],
-                user=user,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd="/",
-            )
-        except OSError as exc:
-            raise StackError(f"cannot start the restored cluster: {exc.strerror or exc}") from None
+    server = start_server(pg_ctl, target, user, archive.environment())
     result.stop_command = f"pg_ctl -D {target} stop" + (f"  (as {user})" if user else "")
     result.dsn = restored_dsn(settings, result.port)
     try:
@@ -445,13 +315,81 @@ def _restore(
     say(f"promoted on timeline {result.timeline}, recovered to {result.recovered_to}")
 
 
-def _log_tail(target: Path, lines: int = 3) -> str:
-    try:
-        text = (target / LOG_NAME).read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no server log)"
-    fatal = [line for line in text if "FATAL" in line or "PANIC" in line]
-    return " | ".join((fatal or text)[-lines:])[:500]
+def _prepare_target(target: Path, user: str | None) -> None:
+    """The target directory, made and owned by the server's user, who must be able to reach it."""
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if user:
+        info = pwd.getpwnam(user)
+        os.chown(target, info.pw_uid, info.pw_gid)
+    probe = subprocess.run(["test", "-w", str(target)], user=user, check=False, cwd="/")
+    if probe.returncode != 0:
+        raise InputError(
+            f"the server's user {user} cannot reach {target}: choose a --target-dir it can "
+            "traverse (e.g. under /var/lib/postgresql or the system temp dir)"
+        )
+
+
+def _restore_base_backup(settings: Settings, archive: Archive, chosen: Plan, say: Progress) -> None:
+    say(f"restoring base backup {chosen.backup_id} into {chosen.target_dir} ...")
+    run(
+        settings,
+        archive,
+        "barman-cloud-restore",
+        [
+            *archive.cloud_args(),
+            archive.url,
+            archive.server,
+            chosen.backup_id,
+            str(chosen.target_dir),
+        ],
+        what=f"restoring base backup {chosen.backup_id}",
+    )
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _configure_recovery(archive: Archive, chosen: Plan, restore_bin: str, port: int) -> None:
+    """The recovery settings appended to postgresql.auto.conf, `recovery.signal`, no stale
+    pid or standby file, and the WAL prefetch spool."""
+    target = chosen.target_dir
+    cloud = " ".join(archive.cloud_args())
+    # prefetch a few segments per call into a spool of the copy's own (fewer processes)
+    prefetch = target / PREFETCH_DIR
+    restore_command = (
+        f"{restore_bin} {cloud} --parallel 3 --spool-dir {prefetch} "
+        f"{archive.url} {archive.server} %f %p"
+    )
+    lines = [
+        "",
+        "# backup.pitr: point-in-time recovery of this copy",
+        f"restore_command = {_quote(restore_command)}",
+        *([f"recovery_target_time = {_quote(chosen.at.isoformat())}"] if chosen.at else []),
+        "recovery_target_action = 'promote'",
+        "archive_mode = 'off'",
+        f"port = {port}",
+        "listen_addresses = '127.0.0.1'",
+        "unix_socket_directories = ''",
+        "",
+    ]
+    with open(target / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
+        conf.write("\n".join(lines))
+    (target / "recovery.signal").touch()
+    for stale in ("postmaster.pid", "standby.signal"):
+        (target / stale).unlink(missing_ok=True)
+    prefetch.mkdir(mode=0o700, exist_ok=True)
+
+
+def _hand_to_server_user(target: Path, user: str | None) -> None:
+    """Everything in the target owned by the server's user; the directory private (0700)."""
+    if user:
+        info = pwd.getpwnam(user)
+        for root, dirs, files in os.walk(target):
+            for name in [*dirs, *files]:
+                os.lchown(os.path.join(root, name), info.pw_uid, info.pw_gid)
+        os.chown(target, info.pw_uid, info.pw_gid)
+    target.chmod(0o700)
 
 
 def _wait_promoted(
@@ -461,7 +399,7 @@ def _wait_promoted(
 
     def promoted() -> bool:
         if server.poll() is not None:  # the server exited: recovery failed
-            raise DataError(f"the restored cluster stopped during recovery: {_log_tail(target)}")
+            raise DataError(f"the restored cluster stopped during recovery: {log_tail(target)}")
         with connect(result.dsn or "", timeout=2) as conn:
             row = conn.execute(
                 "SELECT pg_is_in_recovery(), "
@@ -477,7 +415,7 @@ def _wait_promoted(
     def timeout(last: Exception | None) -> ResilienceError:
         return DataError(
             f"the restored cluster was not promoted within {settings.pitr_timeout:.0f} s "
-            f"(RESILIENCE_PITR_TIMEOUT): {_log_tail(target)}"
+            f"(RESILIENCE_PITR_TIMEOUT): {log_tail(target)}"
         )
 
     wait_until(
@@ -488,28 +426,3 @@ def _wait_promoted(
         on_timeout=timeout,
         fatal=(DataError,),
     )
-
-
-def company_digests(dsn: str, timeout: float) -> dict[str, dict[str, Any]]:
-    """Every company's key count and set digest, as the restored cluster holds them."""
-    out: dict[str, dict[str, Any]] = {}
-    with connect(dsn, timeout=timeout) as conn:
-        store = PgAuthStore(conn)
-        for company in store.companies():
-            view = view_of(company, store.load_creds(company), store.records(company))
-            digest = view.digest()
-            out[company] = {"keys": digest.key_count, "digest": digest.digest}
-    return out
-
-
-def stop_restored(settings: Settings, target: Path) -> bool:
-    """Stop a restored cluster (fast shutdown); True when one was running."""
-    user = server_user()
-    done = subprocess.run(
-        [find_pg_ctl(settings), "-D", str(target), "-m", "fast", "-w", "-t", "60", "stop"],
-        user=user,
-        capture_output=True,
-        check=False,
-        cwd="/",
-    )
-    return done.returncode == 0

@@ -5,112 +5,47 @@ depends on `future`. This client puts a timeout on every request and turns every
 `ChaosError` whose message carries the HTTP status and the server's own error text.
 
 Units, as the server defines them: latency, jitter, delays and timeouts in milliseconds, except
-the slicer's `delay`, which is in microseconds; bandwidth `rate` in KB/s; sizes in bytes.
+the slicer's `delay`, which is in microseconds; bandwidth `rate` in KB/s; sizes in bytes. What the
+API sends and takes (proxies, toxics, streams) is :mod:`resilience.chaos.model`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, get_args
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from resilience.chaos.model import (
+    STREAMS,
+    TOXIC_TYPES,
+    Proxy,
+    ProxySpec,
+    Stream,
+    Toxic,
+    ToxicType,
+    check_non_negative,
+    check_stream,
+    check_toxicity,
+)
 from resilience.errors import ChaosError, ConfigError, InputError
 
-Stream = Literal["upstream", "downstream"]
-ToxicType = Literal[
-    "latency", "bandwidth", "slow_close", "timeout", "reset_peer", "slicer", "limit_data"
+__all__ = [  # the API's types live in resilience.chaos.model; callers import them from here
+    "STREAMS",
+    "TOXIC_TYPES",
+    "Proxy",
+    "ProxySpec",
+    "Stream",
+    "Toxic",
+    "ToxicType",
+    "ToxiproxyAPIError",
+    "ToxiproxyClient",
 ]
 
-STREAMS: tuple[Stream, ...] = get_args(Stream)
-TOXIC_TYPES: tuple[ToxicType, ...] = get_args(ToxicType)
-
 _MAX_SERVER_MESSAGE = 300
-
-
-@dataclass(frozen=True)
-class Toxic:
-    """One active toxic on a proxy, as the server reports it."""
-
-    name: str
-    type: str
-    stream: str
-    toxicity: float
-    attributes: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, data: Any) -> Toxic:
-        if not isinstance(data, dict):
-            raise ChaosError(f"Toxiproxy returned a toxic that is not an object: {data!r:.100}")
-        try:
-            attributes = data.get("attributes") or {}
-            return cls(
-                name=str(data["name"]),
-                type=str(data["type"]),
-                stream=str(data["stream"]),
-                toxicity=float(data["toxicity"]),
-                attributes=dict(attributes),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ChaosError(f"Toxiproxy returned a malformed toxic: {exc}") from None
-
-
-@dataclass(frozen=True)
-class Proxy:
-    """One proxy with its active toxics. `listen` is the bound address (port 0 resolved)."""
-
-    name: str
-    listen: str
-    upstream: str
-    enabled: bool
-    toxics: tuple[Toxic, ...] = ()
-
-    @property
-    def host(self) -> str:
-        """Host part of `listen`, for clients that connect through the proxy."""
-        return self.listen.rsplit(":", 1)[0].strip("[]")
-
-    @property
-    def port(self) -> int:
-        """Port part of `listen`."""
-        return int(self.listen.rsplit(":", 1)[1])
-
-    @classmethod
-    def from_json(cls, data: Any) -> Proxy:
-        if not isinstance(data, dict):
-            raise ChaosError(f"Toxiproxy returned a proxy that is not an object: {data!r:.100}")
-        try:
-            return cls(
-                name=str(data["name"]),
-                listen=str(data["listen"]),
-                upstream=str(data["upstream"]),
-                enabled=bool(data["enabled"]),
-                toxics=tuple(Toxic.from_json(t) for t in data.get("toxics") or ()),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ChaosError(f"Toxiproxy returned a malformed proxy: {exc}") from None
-
-
-@dataclass(frozen=True)
-class ProxySpec:
-    """What `populate` needs to create or replace one proxy."""
-
-    name: str
-    listen: str
-    upstream: str
-    enabled: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "listen": self.listen,
-            "upstream": self.upstream,
-            "enabled": self.enabled,
-        }
 
 
 class ToxiproxyAPIError(ChaosError):
@@ -144,22 +79,6 @@ def _server_message(response: httpx.Response) -> str:
 def _reason(exc: Exception) -> str:
     text = " ".join(str(exc).split())
     return text[:120] if text else type(exc).__name__
-
-
-def _check_stream(stream: str) -> None:
-    if stream not in STREAMS:
-        raise InputError(f"toxic stream must be 'upstream' or 'downstream', not {stream!r}")
-
-
-def _check_toxicity(toxicity: float) -> None:
-    if not 0.0 <= toxicity <= 1.0:
-        raise InputError(f"toxicity must be between 0.0 and 1.0, not {toxicity!r}")
-
-
-def _check_non_negative(**values: int) -> None:
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InputError(f"toxic attribute {key} must be a non-negative integer, not {value!r}")
 
 
 def _segment(value: str) -> str:
@@ -341,8 +260,8 @@ class ToxiproxyClient:
     ) -> Toxic:
         """POST /proxies/{proxy}/toxics. The server names it `<type>_<stream>` when `name` is
         None; unknown types are refused by the server (HTTP 400)."""
-        _check_stream(stream)
-        _check_toxicity(toxicity)
+        check_stream(stream)
+        check_toxicity(toxicity)
         body: dict[str, Any] = {
             "type": type,
             "stream": stream,
@@ -366,7 +285,7 @@ class ToxiproxyClient:
         if attributes is not None:
             body["attributes"] = dict(attributes)
         if toxicity is not None:
-            _check_toxicity(toxicity)
+            check_toxicity(toxicity)
             body["toxicity"] = toxicity
         path = f"/proxies/{_segment(proxy)}/toxics/{_segment(name)}"
         return Toxic.from_json(self._request("PATCH", path, body))
@@ -387,7 +306,7 @@ class ToxiproxyClient:
         toxicity: float = 1.0,
     ) -> Toxic:
         """Delay data by `latency` ms, ± `jitter` ms."""
-        _check_non_negative(latency=latency, jitter=jitter)
+        check_non_negative(latency=latency, jitter=jitter)
         attrs = {"latency": latency, "jitter": jitter}
         return self.add_toxic(
             proxy, "latency", name=name, stream=stream, toxicity=toxicity, attributes=attrs
@@ -403,7 +322,7 @@ class ToxiproxyClient:
         toxicity: float = 1.0,
     ) -> Toxic:
         """Limit the stream to `rate` KB/s."""
-        _check_non_negative(rate=rate)
+        check_non_negative(rate=rate)
         return self.add_toxic(
             proxy,
             "bandwidth",
@@ -423,7 +342,7 @@ class ToxiproxyClient:
         toxicity: float = 1.0,
     ) -> Toxic:
         """Delay the TCP close by `delay` ms."""
-        _check_non_negative(delay=delay)
+        check_non_negative(delay=delay)
         return self.add_toxic(
             proxy,
             "slow_close",
@@ -443,7 +362,7 @@ class ToxiproxyClient:
         toxicity: float = 1.0,
     ) -> Toxic:
         """Stop all data; close the connection after `timeout` ms, or never when 0."""
-        _check_non_negative(timeout=timeout)
+        check_non_negative(timeout=timeout)
         return self.add_toxic(
             proxy,
             "timeout",
@@ -463,7 +382,7 @@ class ToxiproxyClient:
         toxicity: float = 1.0,
     ) -> Toxic:
         """Reset connections (TCP RST) at once, or after `timeout` ms."""
-        _check_non_negative(timeout=timeout)
+        check_non_negative(timeout=timeout)
         return self.add_toxic(
             proxy,
             "reset_peer",
@@ -485,7 +404,7 @@ class ToxiproxyClient:
         toxicity: float = 1.0,
     ) -> Toxic:
         """Cut data into packets of `average_size` ± `size_variation` bytes, `delay` µs apart."""
-        _check_non_negative(average_size=average_size, size_variation=size_variation, delay=delay)
+        check_non_negative(average_size=average_size, size_variation=size_variation, delay=delay)
         attrs = {"average_size": average_size, "size_variation": size_variation, "delay": delay}
         return self.add_toxic(
             proxy, "slicer", name=name, stream=stream, toxicity=toxicity, attributes=attrs
@@ -501,7 +420,7 @@ class ToxiproxyClient:
         toxicity: float = 1.0,
     ) -> Toxic:
         """Close the connection once `bytes` bytes have passed."""
-        _check_non_negative(bytes=bytes)
+        check_non_negative(bytes=bytes)
         return self.add_toxic(
             proxy,
             "limit_data",

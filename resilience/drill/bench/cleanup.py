@@ -10,7 +10,7 @@ company's random name: the same rows every time. Then, ``repeat`` times and side
 order of the pair alternates from one repetition to the next), each on the same freshly seeded
 and vacuumed table (seeding and vacuum are not timed):
 
-- **batched**: :func:`resilience.maintenance.cleanup.delete_expired`, what ``cleanup.keys
+- **batched**: :func:`resilience.maintenance.batches.delete_expired`, what ``cleanup.keys
   --yes`` runs (batches of ``batch_size`` in the table's physical order, each its own
   transaction with ``SET LOCAL lock_timeout``);
 - **single**: one ``DELETE ... WHERE <the same predicate> RETURNING``, counted per type the
@@ -51,7 +51,7 @@ from resilience.authstate.pgconn import Conn, connect, database_errors
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.drill.bench import measure
 from resilience.errors import InputError, ResilienceError, VerificationError
-from resilience.maintenance.cleanup import delete_expired
+from resilience.maintenance.batches import delete_expired
 from resilience.maintenance.expiry import Expiry, ExpiryRule, count_expired, database_now
 
 DEFAULT_SIZES: tuple[int, ...] = (100_000,)

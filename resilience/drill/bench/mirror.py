@@ -211,9 +211,33 @@ def _one_run(
     upserts: int,
     steady_seconds: float,
 ) -> dict[str, Any]:
+    # 1. upsert latency, trigger off and on, in the same run
+    run = _upsert_latency(store, dsn, company, mirror_dir, rotate, say, upserts)
+    feed.install_feed(store.conn)
+    with _mirror_running(dsn, mirror_dir) as process:
+        _confirmed_after(mirror_dir, datetime.now(UTC))
+        # 2. lag under the stand-in's steady rate (the company at its real size)
+        run["steady"] = _steady_lag(store, company, mirror_dir, steady_seconds, say)
+        # 3. apply throughput: a burst recorded while the mirror is paused (SIGSTOP), drained
+        run["apply"] = _apply_throughput(store, company, mirror_dir, process.pid, burst, say)
+        # 4. lag under a burst of N changes, the mirror running
+        run["burst"] = _burst_lag(store, company, mirror_dir, burst, say)
+    return run
+
+
+def _upsert_latency(
+    store: PgAuthStore,
+    dsn: str,
+    company: str,
+    mirror_dir: Path,
+    rotate: int,
+    say: Progress,
+    upserts: int,
+) -> dict[str, Any]:
+    """A latency block with the trigger off, on, and on with the mirror following, in the
+    order `rotate` gives; p50 and p99 of each, and the trigger's overheads."""
     conn = store.conn
     run: dict[str, Any] = {}
-    # 1. upsert latency, trigger off and on, in the same run
     phases = ["off", "on", "mirror"]
     for phase in phases[rotate:] + phases[:rotate]:
         if phase == "off":
@@ -232,66 +256,81 @@ def _one_run(
         say(f"upserts, trigger {phase}: p50 {statistics.median(times) * 1000:.2f} ms")
     run["overhead_p50"] = run["upsert_on"]["p50_s"] / run["upsert_off"]["p50_s"] - 1
     run["overhead_p50_with_mirror"] = run["upsert_mirror"]["p50_s"] / run["upsert_off"]["p50_s"] - 1
-    feed.install_feed(conn)
-    with _mirror_running(dsn, mirror_dir) as process:
-        _confirmed_after(mirror_dir, datetime.now(UTC))
-        # 2. lag under the stand-in's steady rate (the company at its real size)
-        commits: list[datetime] = []
-        with _Sampler(mirror_dir) as sampler:
-            next_at = time.monotonic()
-            end = next_at + steady_seconds
-            n = 0
-            while time.monotonic() < end:
-                store.set_keys(company, _values(WRITE_KEYS, 2_000_000 + (n % 100) * WRITE_KEYS))
-                commits.append(datetime.now(UTC))
-                n += 1
-                next_at += STEADY_INTERVAL_S
-                threading.Event().wait(max(0.0, next_at - time.monotonic()))
-            _confirmed_after(mirror_dir, commits[-1])
-        lags = sampler.lags(commits)
-        run["steady"] = {
-            "writes": len(commits),
-            "changes_per_s": len(commits) * WRITE_KEYS / steady_seconds,
-            "lag_p50_s": statistics.median(lags),
-            "lag_p95_s": _pct(lags, 0.95),
-            "lag_max_s": max(lags),
-        }
-        say(f"steady: lag p50 {run['steady']['lag_p50_s'] * 1000:.0f} ms")
-        # 3. apply throughput: a burst recorded while the mirror is paused (SIGSTOP), drained
-        os.kill(process.pid, signal.SIGSTOP)
-        try:
-            for start in range(0, burst, 100):
-                store.set_keys(company, _values(min(100, burst - start), 1_000_000 + start))
-            row = conn.execute(f"SELECT count(*) FROM {feed.CHANGES_TABLE}").fetchone()
-            backlog = int(row[0]) if row else 0
-            marker = datetime.now(UTC)
-            started = time.perf_counter()
-        finally:
-            os.kill(process.pid, signal.SIGCONT)
-        _confirmed_after(mirror_dir, marker)
-        drained_s = time.perf_counter() - started
-        run["apply"] = {
-            "changes": backlog,
-            "seconds": drained_s,
-            "changes_per_s": backlog / drained_s if drained_s > 0 else None,
-        }
-        say(f"apply: {backlog} changes drained in {drained_s:.2f} s")
-        # 4. lag under a burst of N changes, the mirror running
-        with _Sampler(mirror_dir) as sampler:
-            burst_started = time.perf_counter()
-            for start in range(0, burst, 100):
-                store.set_keys(company, _values(min(100, burst - start), 3_000_000 + start))
-            burst_end = datetime.now(UTC)
-            write_s = time.perf_counter() - burst_started
-            caught_up_s = _confirmed_after(mirror_dir, burst_end)
-        run["burst"] = {
-            "changes": burst,
-            "write_s": write_s,
-            "lag_after_last_commit_s": caught_up_s,
-            "max_pending_changes_seen": max((p for _, _, p in sampler.samples), default=0),
-        }
-        say(f"burst: caught up {caught_up_s:.2f} s after the last commit")
     return run
+
+
+def _steady_lag(
+    store: PgAuthStore, company: str, mirror_dir: Path, steady_seconds: float, say: Progress
+) -> dict[str, Any]:
+    """Writes at the stand-in's steady rate; the lag of each until the mirror confirmed it."""
+    commits: list[datetime] = []
+    with _Sampler(mirror_dir) as sampler:
+        next_at = time.monotonic()
+        end = next_at + steady_seconds
+        n = 0
+        while time.monotonic() < end:
+            store.set_keys(company, _values(WRITE_KEYS, 2_000_000 + (n % 100) * WRITE_KEYS))
+            commits.append(datetime.now(UTC))
+            n += 1
+            next_at += STEADY_INTERVAL_S
+            threading.Event().wait(max(0.0, next_at - time.monotonic()))
+        _confirmed_after(mirror_dir, commits[-1])
+    lags = sampler.lags(commits)
+    steady = {
+        "writes": len(commits),
+        "changes_per_s": len(commits) * WRITE_KEYS / steady_seconds,
+        "lag_p50_s": statistics.median(lags),
+        "lag_p95_s": _pct(lags, 0.95),
+        "lag_max_s": max(lags),
+    }
+    say(f"steady: lag p50 {steady['lag_p50_s'] * 1000:.0f} ms")
+    return steady
+
+
+def _apply_throughput(
+    store: PgAuthStore, company: str, mirror_dir: Path, pid: int, burst: int, say: Progress
+) -> dict[str, Any]:
+    """A burst recorded while the mirror (process `pid`) is paused, then the time it takes
+    to drain it once resumed."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for start in range(0, burst, 100):
+            store.set_keys(company, _values(min(100, burst - start), 1_000_000 + start))
+        row = store.conn.execute(f"SELECT count(*) FROM {feed.CHANGES_TABLE}").fetchone()
+        backlog = int(row[0]) if row else 0
+        marker = datetime.now(UTC)
+        started = time.perf_counter()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _confirmed_after(mirror_dir, marker)
+    drained_s = time.perf_counter() - started
+    say(f"apply: {backlog} changes drained in {drained_s:.2f} s")
+    return {
+        "changes": backlog,
+        "seconds": drained_s,
+        "changes_per_s": backlog / drained_s if drained_s > 0 else None,
+    }
+
+
+def _burst_lag(
+    store: PgAuthStore, company: str, mirror_dir: Path, burst: int, say: Progress
+) -> dict[str, Any]:
+    """A burst of `burst` changes with the mirror running: how long after its last commit
+    the mirror confirmed it, and the most changes pending it reported."""
+    with _Sampler(mirror_dir) as sampler:
+        burst_started = time.perf_counter()
+        for start in range(0, burst, 100):
+            store.set_keys(company, _values(min(100, burst - start), 3_000_000 + start))
+        burst_end = datetime.now(UTC)
+        write_s = time.perf_counter() - burst_started
+        caught_up_s = _confirmed_after(mirror_dir, burst_end)
+    say(f"burst: caught up {caught_up_s:.2f} s after the last commit")
+    return {
+        "changes": burst,
+        "write_s": write_s,
+        "lag_after_last_commit_s": caught_up_s,
+        "max_pending_changes_seen": max((p for _, _, p in sampler.samples), default=0),
+    }
 
 
 def _summary(

@@ -34,7 +34,7 @@ from typing import Any
 
 from resilience.authstate import pgraw
 from resilience.authstate.pgconn import connect
-from resilience.backup.barman import archives, list_backups
+from resilience.backup.barman import Archive, archives, list_backups
 from resilience.backup.base import take_base_backup, wal_objects
 from resilience.backup.pitr import pitr, stop_restored
 from resilience.backup.wal import WalSpool, push_once
@@ -135,71 +135,119 @@ def bench_pitr(
     times: dict[str, list[float]] = {"push": [], "raw_push": [], "restore": [], "raw_restore": []}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-pitr-") as tmp:
-            work = Path(tmp)
             segments = [spool.dir / n for n in spool.files() if len(n) == 24]
             seg_bytes = sum(p.stat().st_size for p in segments)
             say(f"{len(segments)} WAL segments ({seg_bytes / 1024 / 1024:.0f} MB) from seeding")
-            for n in range(repeat):
-                for name in ("push", "raw_push") if n % 2 == 0 else ("raw_push", "push"):
-                    copy = work / f"spool-{n}"
-                    copy.mkdir(exist_ok=True)
-                    for path in segments:
-                        shutil.copyfile(path, copy / path.name)
-                    files = sorted(copy.iterdir())
-                    if name == "push":
-                        took = _timed_push(settings, copy, f"bench{n}")
-                    else:
-                        took = _timed_raw_push(stores, files, str(n))
-                    shutil.rmtree(copy, ignore_errors=True)
-                    times[name].append(took)
-                    say(f"{name} {n + 1}/{repeat}: {took:.2f} s")
+            _push_rounds(settings, stores, segments, Path(tmp), repeat, times, say)
             # the restore: a base backup, ten minutes of traffic as WAL, then to its end
-            push_once(settings)
-            base = take_base_backup(settings)
-            say(f"base backup in {base.duration_s:.1f} s")
-            companies.append(_traffic(admin_dsn, spool))
-            push_once(settings)
-            archive = archives(settings, stores)[-1]
-            backup = [
-                b for b in list_backups(settings, archive) if b.get("backup_name") == base.name
-            ]
-            begin_wal = str(backup[-1]["begin_wal"]) if backup else ""
-            base_keys = [
-                k
-                for k, _s, _m in archive.store.objects(
-                    f"{archive.key_prefix}base/{backup[-1]['backup_id']}/" if backup else "none/"
-                )
-            ]
-            wal_keys = [
-                k
-                for k, _s, _m in archive.store.objects(archive.key_prefix + "wals/")
-                if k.rsplit("/", 1)[-1][:24] >= begin_wal
-            ]
-            wal_count = len([n for n in wal_objects(archive) if len(n) == 24 and n >= begin_wal])
-            for n in range(repeat):
-                for name in (
-                    ("restore", "raw_restore") if n % 2 == 0 else ("raw_restore", "restore")
-                ):
-                    if name == "restore":
-                        target = Path(tempfile.gettempdir()) / f"bench-pitr-{secrets.token_hex(4)}"
-                        began = time.perf_counter()
-                        try:
-                            pitr(
-                                settings, at=None, region=archive.name, target_dir=target, yes=True
-                            )
-                            took = time.perf_counter() - began
-                        finally:
-                            stop_restored(settings, target)
-                            shutil.rmtree(target, ignore_errors=True)
-                    else:
-                        took = _timed_get(archive.store, [*base_keys, *wal_keys])
-                    times[name].append(took)
-                    say(f"{name} {n + 1}/{repeat}: {took:.2f} s")
+            base_name = _base_then_traffic(settings, admin_dsn, spool, companies, say)
+            archive, keys, wal_count = _restore_sources(settings, stores, base_name)
+            _restore_rounds(settings, archive, keys, repeat, times, say)
     finally:
         with connect(admin_dsn) as conn:
             for company in companies:
                 pgraw.delete_company(conn, company)
-    count = len(segments)
+    measured = {"segments": len(segments), "segment_bytes": seg_bytes, "wal_count": wal_count}
+    return _result(settings, stores, size, repeat, measured, times)
+
+
+def _push_rounds(
+    settings: Settings,
+    stores: list[RegionStore],
+    segments: list[Path],
+    work: Path,
+    repeat: int,
+    times: dict[str, list[float]],
+    say: Progress,
+) -> None:
+    """`repeat` times the pusher and the raw push over a copy of the segments, alternating."""
+    for n in range(repeat):
+        for name in ("push", "raw_push") if n % 2 == 0 else ("raw_push", "push"):
+            copy = work / f"spool-{n}"
+            copy.mkdir(exist_ok=True)
+            for path in segments:
+                shutil.copyfile(path, copy / path.name)
+            files = sorted(copy.iterdir())
+            if name == "push":
+                took = _timed_push(settings, copy, f"bench{n}")
+            else:
+                took = _timed_raw_push(stores, files, str(n))
+            shutil.rmtree(copy, ignore_errors=True)
+            times[name].append(took)
+            say(f"{name} {n + 1}/{repeat}: {took:.2f} s")
+
+
+def _base_then_traffic(
+    settings: Settings, admin_dsn: str, spool: WalSpool, companies: list[str], say: Progress
+) -> str:
+    """A base backup, then the traffic (its company added to `companies`, to be deleted),
+    pushed; the base backup's name."""
+    push_once(settings)
+    base = take_base_backup(settings)
+    say(f"base backup in {base.duration_s:.1f} s")
+    companies.append(_traffic(admin_dsn, spool))
+    push_once(settings)
+    return base.name
+
+
+def _restore_sources(
+    settings: Settings, stores: list[RegionStore], base_name: str
+) -> tuple[Archive, list[str], int]:
+    """The last region's archive, the keys of every object of the base backup and of the WAL
+    from its first segment, and how many WAL segments those are."""
+    archive = archives(settings, stores)[-1]
+    backup = [b for b in list_backups(settings, archive) if b.get("backup_name") == base_name]
+    begin_wal = str(backup[-1]["begin_wal"]) if backup else ""
+    base_keys = [
+        k
+        for k, _s, _m in archive.store.objects(
+            f"{archive.key_prefix}base/{backup[-1]['backup_id']}/" if backup else "none/"
+        )
+    ]
+    wal_keys = [
+        k
+        for k, _s, _m in archive.store.objects(archive.key_prefix + "wals/")
+        if k.rsplit("/", 1)[-1][:24] >= begin_wal
+    ]
+    wal_count = len([n for n in wal_objects(archive) if len(n) == 24 and n >= begin_wal])
+    return archive, [*base_keys, *wal_keys], wal_count
+
+
+def _restore_rounds(
+    settings: Settings,
+    archive: Archive,
+    keys: list[str],
+    repeat: int,
+    times: dict[str, list[float]],
+    say: Progress,
+) -> None:
+    """`repeat` times a PITR to the end of the archive and the raw restore, alternating."""
+    for n in range(repeat):
+        for name in ("restore", "raw_restore") if n % 2 == 0 else ("raw_restore", "restore"):
+            if name == "restore":
+                target = Path(tempfile.gettempdir()) / f"bench-pitr-{secrets.token_hex(4)}"
+                began = time.perf_counter()
+                try:
+                    pitr(settings, at=None, region=archive.name, target_dir=target, yes=True)
+                    took = time.perf_counter() - began
+                finally:
+                    stop_restored(settings, target)
+                    shutil.rmtree(target, ignore_errors=True)
+            else:
+                took = _timed_get(archive.store, keys)
+            times[name].append(took)
+            say(f"{name} {n + 1}/{repeat}: {took:.2f} s")
+
+
+def _result(
+    settings: Settings,
+    stores: list[RegionStore],
+    size: int,
+    repeat: int,
+    measured: dict[str, int],
+    times: dict[str, list[float]],
+) -> dict[str, Any]:
+    count = measured["segments"]
     rate = round(count / measure.stats(times["push"])["median"] if count else 0.0, 3)
     push_ratio = measure.ratio(times["push"], times["raw_push"])
     return {
@@ -208,7 +256,7 @@ def bench_pitr(
         "repeat": repeat,
         "regions": [s.name for s in stores],
         "segments": count,
-        "segment_bytes": seg_bytes,
+        "segment_bytes": measured["segment_bytes"],
         "push_processes_per_region": settings.wal_push_processes,
         "push": measure.stats(times["push"]),
         "raw_push": measure.stats(times["raw_push"]),
@@ -217,7 +265,7 @@ def bench_pitr(
         "raw_push_segments_per_s": round(count / min(times["raw_push"]) if count else 0.0, 3),
         "push_ratio": push_ratio,
         "push_ratio_min": measure.ratio(times["push"], times["raw_push"], min),
-        "restore_wal_segments": wal_count,
+        "restore_wal_segments": measured["wal_count"],
         "restore": measure.stats(times["restore"]),
         "raw_restore": measure.stats(times["raw_restore"]),
         "restore_ratio": measure.ratio(times["restore"], times["raw_restore"]),

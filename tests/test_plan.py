@@ -1,6 +1,6 @@
 """The switch's plan, without a stack: the steps each source and direction runs, in order.
 
-The plan is built once from the preflight's facts (resilience.restore.switch.plan_for) with a
+The plan is built once from the preflight's facts (resilience.restore.plans.plan_for) with a
 source chosen once (resilience.restore.sources); nothing here touches PM2, PostgreSQL or git."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 
 from resilience.config import Settings
 from resilience.restore.facts import Preflight, ToFilesFacts, ToPostgresFacts
+from resilience.restore.plans import ToFiles, plan_for
 from resilience.restore.session import Events, SwitchOptions, SwitchSession
 from resilience.restore.sources import KeptDirectory, LiveExport, MirrorCopy, SnapshotCopy
 from resilience.restore.state import SwitchState
-from resilience.restore.switch import ToFiles, plan_for
 from resilience.restore.target import Target
 from resilience.runs.journal import Journal
 

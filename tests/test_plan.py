@@ -1,6 +1,6 @@
 """The switch's plan, without a stack: the steps each source and direction runs, in order.
 
-The plan is built once from the preflight's facts (resilience.restore.switch.plan_for) with a
+The plan is built once from the preflight's facts (resilience.restore.plans.plan_for) with a
 source chosen once (resilience.restore.sources); nothing here touches PM2, PostgreSQL or git."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from resilience.config import Settings
-from resilience.restore.preflight import Preflight
+from resilience.restore.facts import Preflight, ToFilesFacts, ToPostgresFacts
+from resilience.restore.plans import ToFiles, plan_for
 from resilience.restore.session import Events, SwitchOptions, SwitchSession
 from resilience.restore.sources import KeptDirectory, LiveExport, MirrorCopy, SnapshotCopy
 from resilience.restore.state import SwitchState
-from resilience.restore.switch import ToFiles, plan_for
 from resilience.restore.target import Target
 from resilience.runs.journal import Journal
 
@@ -44,7 +44,7 @@ TAIL = ["code", "env", "start-service", "verify", "remove-previous"]
 
 
 def test_a_live_export(tmp_path: Path) -> None:
-    facts = Preflight("to-files", "acme", db_reachable=True, key_count=10)
+    facts = ToFilesFacts("acme", db_verdict="reachable", key_count=10)
     assert names(session_for(tmp_path), facts) == ["stop-service", "export", *TAIL]
     assert names(session_for(tmp_path, tag=False), facts) == [
         "stop-service", "export", "env", "start-service", "verify", "remove-previous",
@@ -54,7 +54,7 @@ def test_a_live_export(tmp_path: Path) -> None:
 def test_the_stop_begun_by_the_preflight_is_waited_for_before_the_export(tmp_path: Path) -> None:
     session = session_for(tmp_path, unattended=True)
     session.stopping = object()  # type: ignore[assignment]  # begun by the preflight
-    facts = Preflight("to-files", "acme", db_reachable=True, key_count=10)
+    facts = ToFilesFacts("acme", db_verdict="reachable", key_count=10)
     steps = plan_for(session, facts)
     assert [s.name for s in steps] == ["stop-service", "service-stopped", "export", *TAIL]
     assert "begun by the preflight" in steps[0].description
@@ -67,7 +67,7 @@ def test_the_stop_begun_by_the_preflight_is_waited_for_before_the_export(tmp_pat
 def test_a_copy_installs_beside_the_stop(
     tmp_path: Path, mirror: str | None, source: type, name: str
 ) -> None:
-    facts = Preflight("to-files", "acme", db_verdict="outage", snapshot_age_s=60.0)
+    facts = ToFilesFacts("acme", db_verdict="outage", snapshot_age_s=60.0)
     facts.mirror_dir = mirror
     session = session_for(tmp_path)
     plan = ToFiles(session, facts)
@@ -81,7 +81,7 @@ def test_a_copy_installs_beside_the_stop(
 def test_a_rerun_in_file_mode_keeps_the_directory(tmp_path: Path) -> None:
     session = session_for(tmp_path)
     session.target.company_dir.mkdir(parents=True)
-    facts = Preflight("to-files", "acme", db_reachable=True, env_mode="file")
+    facts = ToFilesFacts("acme", db_verdict="reachable", env_mode="file")
     plan = ToFiles(session, facts)
     assert isinstance(plan.source, KeptDirectory)
     assert [s.name for s in plan.steps()][:2] == ["stop-service", "keep-directory"]
@@ -93,7 +93,7 @@ def test_a_rerun_in_file_mode_keeps_the_directory(tmp_path: Path) -> None:
 def test_the_way_back(tmp_path: Path) -> None:
     session = session_for(tmp_path)
     SwitchState(company_id="acme", previous_ref="main").write(session.target.state_file)
-    facts = Preflight("to-postgres", "acme", db_reachable=True, env_mode="file")
+    facts = ToPostgresFacts("acme", db_verdict="reachable", env_mode="file")
     assert names(session, facts) == [
         "stop-service", "import", "env", "code", "start-service", "verify", "done",
     ]  # fmt: skip

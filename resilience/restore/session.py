@@ -21,7 +21,7 @@ from resilience.authstate.pgconn import DbLink, connect
 from resilience.errors import StackError
 from resilience.infra.pm2 import Pending
 from resilience.infra.progress import NO_METERS, Meters
-from resilience.restore.preflight import Direction
+from resilience.restore.facts import Direction
 from resilience.restore.target import Target
 from resilience.runs.journal import Journal
 

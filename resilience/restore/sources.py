@@ -24,7 +24,8 @@ from resilience.files import export as export_mod
 from resilience.files import importer, snapshot
 from resilience.infra.redact import redact_dsn
 from resilience.mirror.fallback import mirror_fallback, stop_mirror_process
-from resilience.restore.preflight import Preflight
+from resilience.restore.facts import ToFilesFacts
+from resilience.restore.refusals import over_age_limit
 from resilience.restore.session import SwitchSession
 from resilience.restore.state import SwitchState
 
@@ -63,7 +64,7 @@ class Source(Protocol):
 class LiveExport:
     name = "export"
 
-    def __init__(self, session: SwitchSession, facts: Preflight) -> None:
+    def __init__(self, session: SwitchSession, facts: ToFilesFacts) -> None:
         self.session, self.facts = session, facts
 
     def describe(self) -> str:
@@ -122,7 +123,7 @@ class KeptDirectory:
 class SnapshotCopy:
     name = "install-snapshot"
 
-    def __init__(self, session: SwitchSession, facts: Preflight) -> None:
+    def __init__(self, session: SwitchSession, facts: ToFilesFacts) -> None:
         self.session, self.facts = session, facts
 
     def describe(self) -> str:
@@ -158,7 +159,7 @@ class MirrorCopy:
 
     name = "install-mirror"
 
-    def __init__(self, session: SwitchSession, facts: Preflight) -> None:
+    def __init__(self, session: SwitchSession, facts: ToFilesFacts) -> None:
         self.session, self.facts = session, facts
         self.stopped = False  # the mirror process was stopped here
 
@@ -178,7 +179,7 @@ class MirrorCopy:
         if found is None:
             raise InputError(f"the mirror holds no confirmed copy of {t.company_id} any more")
         age = found.age_s()
-        if age > s.snapshot_max_age and not self.session.options.force:
+        if over_age_limit(age, s, self.session.options):
             raise InputError(f"the mirror's position is {age:.0f} s old: --force to use it")
         try:
             result = snapshot.install_snapshot(
@@ -200,7 +201,7 @@ class MirrorCopy:
             self.session.target.pm2.restart(self.session.settings.mirror_app)
 
 
-def choose_source(session: SwitchSession, facts: Preflight, state: SwitchState) -> Source:
+def choose_source(session: SwitchSession, facts: ToFilesFacts, state: SwitchState) -> Source:
     """The source, once, from the preflight's facts and the recorded state."""
     t = session.target
     if (

@@ -3,7 +3,8 @@
 1. catch up regions that missed earlier backups (from the local spool);
 2. in one REPEATABLE READ snapshot: export it, check that pg_dump is not older than the server,
    `pg_dump --snapshot` the auth tables (or the whole database), and count rows and digest every
-   company in that very snapshot, so the manifest describes exactly what the dump holds;
+   company in that very snapshot (its canonical digest, and its stored rows' digest computed by
+   the server), so the manifest describes exactly what the dump holds;
 3. judge the backup against its own history (rows down more than 20 %, size halved) and the size
    bound (1 GB): alerts, never a refusal, the backup is kept either way;
 4. upload the dump and then its manifest to every region; a region that fails (refuses, hangs
@@ -25,6 +26,7 @@ from typing import Any
 
 from resilience.alerting.channels import notify
 from resilience.authstate.pgconn import connect, database_errors
+from resilience.authstate.pgdigest import stored_digests
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.backup import dump as pgdump
@@ -117,14 +119,20 @@ def _history(stores: list[RegionStore]) -> list[BackupManifest]:
 
 
 def _counts_and_digests(store: PgAuthStore) -> tuple[dict[str, int], dict[str, CompanyDigest]]:
-    """Row counts per auth table and every company's key count and set digest."""
+    """Row counts per auth table and every company's key count, set digest and stored rows'
+    digest."""
     rows = store.row_counts()
+    stored = stored_digests(store.conn)
     companies = {}
     for company in store.companies():
         view = view_of(company, store.load_creds(company), store.records(company))
         digest = view.digest()
         companies[company] = CompanyDigest(
-            digest.key_count, digest.digest, view.counts_by_type(), view.creds is not None
+            digest.key_count,
+            digest.digest,
+            view.counts_by_type(),
+            view.creds is not None,
+            stored.get(company),
         )
     return rows, companies
 

@@ -24,7 +24,7 @@ from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.backup.manifest import BackupManifest
 from resilience.backup.take import _counts_and_digests
-from resilience.backup.verify import compare
+from resilience.backup.verify import compare, stored_rows_digests
 from resilience.drill.stack import Stack
 from resilience.errors import DataError
 from resilience.files.export import export_company
@@ -154,13 +154,18 @@ def _twins(raw: Raw) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
 
 
 def test_equal_stored_rows_give_equal_digests(
-    store: PgAuthStore, conn: Conn, company: str, other: str
+    stack: Stack, store: PgAuthStore, conn: Conn, company: str, other: str
 ) -> None:
     raw = _seed(store, company)
     first = stored_digests(conn)[company]
     assert len(first) == 64
     # the same rows under another company, written in the reverse order
     assert _put(store, other, (raw[0], raw[1][::-1]))[0] == first
+    assert stored_digests(conn, [company, "t_nobody"]) == {company: first}
+    assert stored_rows_digests(stack.endpoints.service_dsn, [company, other]) == {
+        company: first,
+        other: first,
+    }
     conn.execute("SET TimeZone = 'Pacific/Chatham'")
     conn.execute("SET DateStyle = 'SQL, DMY'")
     conn.execute("SET extra_float_digits = 0")

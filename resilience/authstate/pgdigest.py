@@ -15,6 +15,7 @@ separated by NUL, which PostgreSQL text and jsonb cannot hold.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from resilience.authstate.pgconn import database_errors
@@ -41,28 +42,37 @@ _KEY_ROW = _row(
 )
 _CREDS_ROW = _row(_TS.format(col="created_at"), _TS.format(col="updated_at"), "creds::text")
 
-#: (company_id, hex digest) of every company with creds or keys.
+#: (company_id, hex digest) of every company with creds or keys (`{where}`: none, or
+#: `_IN_COMPANIES`).
 STORED_DIGESTS_SQL = f"""
 WITH keys AS (
   SELECT company_id, count(*) AS n, string_agg(h, ''::bytea ORDER BY h) AS hashes
-  FROM (SELECT company_id, {_KEY_ROW} AS h FROM whatsapp_keys) AS key_rows
+  FROM (SELECT company_id, {_KEY_ROW} AS h FROM whatsapp_keys {{where}}) AS key_rows
   GROUP BY company_id
 ), creds AS (
-  SELECT company_id, {_CREDS_ROW} AS h FROM whatsapp_auth
+  SELECT company_id, {_CREDS_ROW} AS h FROM whatsapp_auth {{where}}
 )
 SELECT coalesce(k.company_id, c.company_id),
        encode(sha256(
-         convert_to(format(E'stored-rows:1\\ncreds:%s\\nkeys:%s\\n',
-                           coalesce(encode(c.h, 'hex'), 'absent'), coalesce(k.n, 0)), 'UTF8')
+         convert_to(concat(E'stored-rows:1\\ncreds:', coalesce(encode(c.h, 'hex'), 'absent'),
+                           E'\\nkeys:', coalesce(k.n, 0), E'\\n'), 'UTF8')
          || coalesce(k.hashes, ''::bytea)
        ), 'hex')
 FROM keys k FULL JOIN creds c ON c.company_id = k.company_id
 """
 
 
-def stored_digests(conn: Any) -> dict[str, str]:
+_IN_COMPANIES = "WHERE company_id = ANY(%(companies)s)"
+
+
+def stored_digests(conn: Any, companies: Sequence[str] | None = None) -> dict[str, str]:
     """Every company's digest of its stored rows (hex SHA-256), by company id, read by the
-    server in one statement, inside whatever transaction (snapshot) `conn` is in."""
+    server in one statement, inside whatever transaction (snapshot) `conn` is in; only those
+    of `companies` when given."""
+    if companies is None:
+        query, params = STORED_DIGESTS_SQL.format(where=""), None
+    else:
+        query, params = STORED_DIGESTS_SQL.format(where=_IN_COMPANIES), {"companies": companies}
     with database_errors("digesting the stored rows"):
-        rows = conn.execute(STORED_DIGESTS_SQL).fetchall()
+        rows = conn.execute(query.encode(), params).fetchall()
     return {str(company): str(digest) for company, digest in rows}

@@ -20,7 +20,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from resilience.authstate.pgconn import Conn, connect, database_errors
+from resilience.authstate.pgconn import connect, database_errors
 from resilience.authstate.pgdigest import stored_digests
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
@@ -150,18 +150,22 @@ def by_stored_rows(manifest: BackupManifest) -> bool:
     return all(c.stored_digest is not None for c in manifest.companies.values())
 
 
-Digests = dict[str, tuple[int, str]]  # company: (key count, digest)
+def stored_rows_digests(dsn: str, companies: list[str]) -> dict[str, str]:
+    """Every company's stored rows' digest; the server does the work, so the companies are
+    shared among one connection per core."""
 
+    def digests(chunk: list[str] | None) -> dict[str, str]:
+        with connect(dsn) as conn:
+            return stored_digests(conn, chunk)
 
-def _stored_rows_compared(conn: Conn, manifest: BackupManifest) -> tuple[Digests, Digests]:
-    """(expected, found) stored rows' digests, recomputed by the server in one statement."""
-    expected = {c: (d.key_count, d.stored_digest or "") for c, d in manifest.companies.items()}
-    found = {}
-    for company, digest in stored_digests(conn).items():
-        # equal stored rows hold equal keys: a company that matches has the manifest's count
-        count, recorded = expected.get(company, (0, ""))
-        found[company] = (count if digest == recorded else 0, digest)
-    return expected, found
+    workers = min(os.cpu_count() or 1, 4, len(companies))
+    if workers <= 1:
+        return digests(None)
+    found: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for part in pool.map(digests, [companies[i::workers] for i in range(workers)]):
+            found.update(part)
+    return found
 
 
 def compare(dsn: str, manifest: BackupManifest) -> Verified:
@@ -171,11 +175,17 @@ def compare(dsn: str, manifest: BackupManifest) -> Verified:
     with connect(dsn) as conn:
         store = PgAuthStore(conn)
         rows = store.row_counts()
-        if stored:
-            expected, found = _stored_rows_compared(conn, manifest)
-        else:
-            companies = store.companies()
-    if not stored:
+        companies = store.companies()
+    expected: dict[str, tuple[int, str]]  # company: (key count, digest)
+    found: dict[str, tuple[int, str]]
+    if stored:
+        expected = {c: (d.key_count, d.stored_digest or "") for c, d in manifest.companies.items()}
+        found = {}
+        for company, digest in stored_rows_digests(dsn, companies).items():
+            # equal stored rows hold equal keys: a company that matches has the manifest's count
+            count, recorded = expected.get(company, (0, ""))
+            found[company] = (count if digest == recorded else 0, digest)
+    else:
         expected = {c: (d.key_count, d.digest) for c, d in manifest.companies.items()}
         found = company_digests(dsn, companies)
     mismatches = [

@@ -23,8 +23,9 @@ from resilience.authstate.pgdigest import stored_digests
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.backup.manifest import BackupManifest
-from resilience.backup.take import _counts_and_digests
+from resilience.backup.take import dump_with_manifest
 from resilience.backup.verify import compare, stored_rows_digests
+from resilience.config import Settings
 from resilience.drill.stack import Stack
 from resilience.errors import DataError
 from resilience.files.export import export_company
@@ -248,36 +249,24 @@ def test_any_changed_byte_in_any_buffer_form_or_legacy_twin_changes_it(
 
 
 def test_a_backup_records_both_digests_and_the_files_give_the_canonical_one(
-    store: PgAuthStore, conn: Conn, company: str, root: Path
+    stack: Stack, store: PgAuthStore, conn: Conn, company: str, root: Path, tmp_path: Path
 ) -> None:
     _seed(store, company)
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        _, companies = _counts_and_digests(store)
-    recorded = companies[company]
+    manifest = _manifest(stack, tmp_path)
+    recorded = manifest.companies[company]
+    # computed in the dump's snapshot by a connection of its own: what the rows give now
     assert recorded.stored_digest == stored_digests(conn)[company]
     assert recorded.stored_digest != recorded.digest
+    assert all(c.stored_digest is not None for c in manifest.companies.values())
     export_company(store, root, company, source="test")
     files = read_directory(root / company_dir_name(company), company).digest()
     assert (files.digest, files.key_count) == (recorded.digest, recorded.key_count)
 
 
-def _manifest(store: PgAuthStore) -> BackupManifest:
-    with store.conn.transaction():
-        store.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        rows, companies = _counts_and_digests(store)
-    return BackupManifest(
-        id="20261206T000000000000Z",
-        kind="hourly",
-        started_at="",
-        ended_at="",
-        sha256="0" * 64,
-        size=1,
-        rows=rows,
-        companies=companies,
-        server_version=15,
-        client_version=15,
-    )
+def _manifest(stack: Stack, work: Path) -> BackupManifest:
+    """The manifest of a backup of the auth tables as they are (its dump is not needed)."""
+    settings = Settings.model_validate({})
+    return dump_with_manifest(settings, stack.endpoints.service_dsn, work, "hourly", [])[0]
 
 
 def _without_stored(manifest: BackupManifest) -> BackupManifest:
@@ -289,10 +278,10 @@ def _without_stored(manifest: BackupManifest) -> BackupManifest:
 
 
 def test_a_restore_is_compared_by_stored_rows_and_an_old_manifest_by_decoded_keys(
-    stack: Stack, store: PgAuthStore, company: str
+    stack: Stack, store: PgAuthStore, company: str, tmp_path: Path
 ) -> None:
     raw = _seed(store, company)
-    manifest = _manifest(store)
+    manifest = _manifest(stack, tmp_path)
     assert BackupManifest.from_json(manifest.to_json(), "new") == manifest
     old = _without_stored(manifest)
     assert all(c.stored_digest is None for c in old.companies.values())
@@ -315,9 +304,11 @@ def test_a_restore_is_compared_by_stored_rows_and_an_old_manifest_by_decoded_key
     assert compare(dsn, manifest).mismatches == compare(dsn, old).mismatches == differs
 
 
-def test_a_malformed_stored_digest_is_refused(store: PgAuthStore, company: str) -> None:
+def test_a_malformed_stored_digest_is_refused(
+    stack: Stack, store: PgAuthStore, company: str, tmp_path: Path
+) -> None:
     _seed(store, company)
-    data = json.loads(_manifest(store).to_json())
+    data = json.loads(_manifest(stack, tmp_path).to_json())
     data["companies"][company]["stored_digest"] = "not hex"
     with pytest.raises(DataError, match="company digest is malformed"):
         BackupManifest.from_json(json.dumps(data).encode(), "x")

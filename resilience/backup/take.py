@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from psycopg import sql
+
 from resilience.alerting.channels import notify
 from resilience.authstate.pgconn import connect, database_errors
 from resilience.authstate.pgdigest import stored_digests
@@ -119,22 +121,29 @@ def _history(stores: list[RegionStore]) -> list[BackupManifest]:
 
 
 def _counts_and_digests(store: PgAuthStore) -> tuple[dict[str, int], dict[str, CompanyDigest]]:
-    """Row counts per auth table and every company's key count, set digest and stored rows'
-    digest."""
+    """Row counts per auth table and every company's key count and set digest."""
     rows = store.row_counts()
-    stored = stored_digests(store.conn)
     companies = {}
     for company in store.companies():
         view = view_of(company, store.load_creds(company), store.records(company))
         digest = view.digest()
         companies[company] = CompanyDigest(
-            digest.key_count,
-            digest.digest,
-            view.counts_by_type(),
-            view.creds is not None,
-            stored.get(company),
+            digest.key_count, digest.digest, view.counts_by_type(), view.creds is not None
         )
     return rows, companies
+
+
+def _stored_in_snapshot(dsn: str, snapshot: str, timeout: float) -> dict[str, str]:
+    """Every company's stored rows' digest, read in the exported `snapshot` by a connection of
+    its own: the server works while this process decodes keys."""
+    with (
+        connect(dsn, timeout=timeout) as conn,
+        database_errors("digesting the backup's snapshot"),
+        conn.transaction(),
+    ):
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        return stored_digests(conn)
 
 
 def dump_with_manifest(
@@ -155,12 +164,21 @@ def dump_with_manifest(
             pgdump.check_client_version(client, server, tool)
             exported = conn.execute("SELECT pg_export_snapshot()").fetchone()
             snapshot = str(exported[0]) if exported else None
-            # pg_dump reads the snapshot in its own process while we count and digest in ours:
-            # the two overlap on two cores instead of running one after the other
-            with ThreadPoolExecutor(max_workers=1) as pool:
+            # pg_dump reads the snapshot in its own process and the server digests its stored
+            # rows on a connection of its own while we count and decode keys in ours: they
+            # overlap on two cores instead of running one after the other
+            with ThreadPoolExecutor(max_workers=2) as pool:
                 dumping = pool.submit(pgdump.dump, dsn, path, snapshot=snapshot, tables=tables)
+                hashing = (
+                    pool.submit(_stored_in_snapshot, dsn, snapshot, settings.db_connect_timeout)
+                    if snapshot
+                    else None
+                )
                 rows, companies = _counts_and_digests(store)
+                stored = hashing.result() if hashing else stored_digests(conn)
                 dumping.result()
+            for company, recorded in companies.items():
+                recorded.stored_digest = stored.get(company)
     manifest = BackupManifest(
         id=new_id(started),
         kind=choose_kind(kind, history, started),

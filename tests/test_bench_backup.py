@@ -25,5 +25,6 @@ def test_bench_backup_measures_ours_beside_raw(stack: Stack, tmp_path: Path) -> 
     for side in ("backup", "raw_backup", "restore_verified", "raw_restore"):
         assert len(result[side]["runs"]) == 1 and result[side]["median"] > 0
     assert result["backup_ratio"] > 0 and result["restore_ratio"] > 0
+    assert result["restore_compared"] == "stored rows"
     with connect(ep.admin_dsn) as conn:
         assert set(PgAuthStore(conn).companies()) == before  # the bench's companies are gone

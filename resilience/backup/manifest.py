@@ -3,7 +3,9 @@
 Uploaded after the dump, so an object without a manifest is never taken for a backup. It records
 the id, kind, SHA-256 and size of the dump, the row count per table, server and client versions,
 start and end time, the previous backup's id, and for every company its key count and set
-digest (:mod:`resilience.authstate.view`: the service's view, legacy twins resolved).
+digest (:mod:`resilience.authstate.view`: the service's view, legacy twins resolved, what a
+directory of files gives) and the digest of its rows as stored, computed by PostgreSQL in the
+dump's snapshot (:mod:`resilience.authstate.pgdigest`), which a restore is verified by.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class CompanyDigest:
     # they were recorded (a comparison then uses the total alone)
     by_type: dict[str, int] | None = None
     has_creds: bool | None = None
+    # SHA-256 of the company's rows as stored (resilience.authstate.pgdigest), in the dump's
+    # snapshot; None in manifests written before it was recorded (verified by decoding then)
+    stored_digest: str | None = None
 
 
 @dataclass
@@ -95,6 +100,7 @@ class BackupManifest:
                     if v.get("by_type") is None
                     else {str(t): int(n) for t, n in dict(v["by_type"]).items()},
                     None if v.get("has_creds") is None else bool(v["has_creds"]),
+                    None if v.get("stored_digest") is None else str(v["stored_digest"]),
                 )
                 for c, v in dict(data["companies"]).items()
             }
@@ -118,7 +124,11 @@ class BackupManifest:
             raise bad("id or kind malformed")
         if not _HEX64.match(manifest.sha256) or manifest.size < 0:
             raise bad("sha256 or size malformed")
-        if any(not _HEX64.match(c.digest) for c in manifest.companies.values()):
+        if any(
+            not _HEX64.match(c.digest)
+            or (c.stored_digest is not None and not _HEX64.match(c.stored_digest))
+            for c in manifest.companies.values()
+        ):
             raise bad("a company digest is malformed")
         return manifest
 

@@ -3,7 +3,8 @@
 1. catch up regions that missed earlier backups (from the local spool);
 2. in one REPEATABLE READ snapshot: export it, check that pg_dump is not older than the server,
    `pg_dump --snapshot` the auth tables (or the whole database), and count rows and digest every
-   company in that very snapshot, so the manifest describes exactly what the dump holds;
+   company in that very snapshot (its canonical digest, and its stored rows' digest computed by
+   the server), so the manifest describes exactly what the dump holds;
 3. judge the backup against its own history (rows down more than 20 %, size halved) and the size
    bound (1 GB): alerts, never a refusal, the backup is kept either way;
 4. upload the dump and then its manifest to every region; a region that fails (refuses, hangs
@@ -23,8 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from psycopg import sql
+
 from resilience.alerting.channels import notify
 from resilience.authstate.pgconn import connect, database_errors
+from resilience.authstate.pgdigest import stored_digests
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.backup import dump as pgdump
@@ -129,6 +133,19 @@ def _counts_and_digests(store: PgAuthStore) -> tuple[dict[str, int], dict[str, C
     return rows, companies
 
 
+def _stored_in_snapshot(dsn: str, snapshot: str, timeout: float) -> dict[str, str]:
+    """Every company's stored rows' digest, read in the exported `snapshot` by a connection of
+    its own: the server works while this process decodes keys."""
+    with (
+        connect(dsn, timeout=timeout) as conn,
+        database_errors("digesting the backup's snapshot"),
+        conn.transaction(),
+    ):
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        return stored_digests(conn)
+
+
 def dump_with_manifest(
     settings: Settings, dsn: str, work: Path, kind: str, history: list[BackupManifest]
 ) -> tuple[BackupManifest, Path]:
@@ -147,12 +164,21 @@ def dump_with_manifest(
             pgdump.check_client_version(client, server, tool)
             exported = conn.execute("SELECT pg_export_snapshot()").fetchone()
             snapshot = str(exported[0]) if exported else None
-            # pg_dump reads the snapshot in its own process while we count and digest in ours:
-            # the two overlap on two cores instead of running one after the other
-            with ThreadPoolExecutor(max_workers=1) as pool:
+            # pg_dump reads the snapshot in its own process and the server digests its stored
+            # rows on a connection of its own while we count and decode keys in ours: they
+            # overlap on two cores instead of running one after the other
+            with ThreadPoolExecutor(max_workers=2) as pool:
                 dumping = pool.submit(pgdump.dump, dsn, path, snapshot=snapshot, tables=tables)
+                hashing = (
+                    pool.submit(_stored_in_snapshot, dsn, snapshot, settings.db_connect_timeout)
+                    if snapshot
+                    else None
+                )
                 rows, companies = _counts_and_digests(store)
+                stored = hashing.result() if hashing else stored_digests(conn)
                 dumping.result()
+            for company, recorded in companies.items():
+                recorded.stored_digest = stored.get(company)
     manifest = BackupManifest(
         id=new_id(started),
         kind=choose_kind(kind, history, started),

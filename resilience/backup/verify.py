@@ -3,7 +3,12 @@
 The dump is downloaded and its SHA-256 and size compared with the manifest; `pg_restore --list`
 must show the auth tables and their data; then it is restored into a scratch database (created
 with `RESILIENCE_RESTORE_DSN`, a role that may create databases, and always dropped again) and
-its row counts and every company's set digest are compared with the manifest.
+its row counts and every company's digest are compared with the manifest.
+
+The company digests compared are those of the rows as stored, recomputed by the server in one
+statement (:mod:`resilience.authstate.pgdigest`): the restored rows are checked byte for byte
+and no key is decoded. A manifest written before those were recorded is verified by the
+canonical set digests, every key decoded (:func:`company_digests`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from resilience.authstate.pgconn import connect, database_errors
+from resilience.authstate.pgdigest import stored_digests
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.backup import dump as pgdump
@@ -97,6 +103,7 @@ class Verified:
     keys: int
     mismatches: list[str] = field(default_factory=list)
     restore_s: float = 0.0
+    compared: str = "stored rows"  # or "decoded keys" (a manifest without stored digests)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +113,7 @@ class Verified:
             "keys": self.keys,
             "mismatches": self.mismatches,
             "restore_s": round(self.restore_s, 3),
+            "compared": self.compared,
         }
 
 
@@ -136,29 +144,65 @@ def company_digests(dsn: str, companies: list[str]) -> dict[str, tuple[int, str]
     return found
 
 
+def by_stored_rows(manifest: BackupManifest) -> bool:
+    """Whether the manifest records every company's stored rows' digest (backups taken since
+    they are recorded), so a restore is compared by those."""
+    return all(c.stored_digest is not None for c in manifest.companies.values())
+
+
+def stored_rows_digests(dsn: str, companies: list[str]) -> dict[str, str]:
+    """Every company's stored rows' digest; the server does the work, so the companies are
+    shared among one connection per core."""
+
+    def digests(chunk: list[str] | None) -> dict[str, str]:
+        with connect(dsn) as conn:
+            return stored_digests(conn, chunk)
+
+    workers = min(os.cpu_count() or 1, 4, len(companies))
+    if workers <= 1:
+        return digests(None)
+    found: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for part in pool.map(digests, [companies[i::workers] for i in range(workers)]):
+            found.update(part)
+    return found
+
+
 def compare(dsn: str, manifest: BackupManifest) -> Verified:
-    """Row counts and every company's digest of the database at `dsn` against the manifest."""
+    """Row counts and every company's digest of the database at `dsn` against the manifest:
+    the stored rows' digests when the manifest has them, else the canonical set digests."""
+    stored = by_stored_rows(manifest)
     with connect(dsn) as conn:
         store = PgAuthStore(conn)
         rows = store.row_counts()
         companies = store.companies()
-    found = company_digests(dsn, companies)
+    expected: dict[str, tuple[int, str]]  # company: (key count, digest)
+    found: dict[str, tuple[int, str]]
+    if stored:
+        expected = {c: (d.key_count, d.stored_digest or "") for c, d in manifest.companies.items()}
+        found = {}
+        for company, digest in stored_rows_digests(dsn, companies).items():
+            # equal stored rows hold equal keys: a company that matches has the manifest's count
+            count, recorded = expected.get(company, (0, ""))
+            found[company] = (count if digest == recorded else 0, digest)
+    else:
+        expected = {c: (d.key_count, d.digest) for c, d in manifest.companies.items()}
+        found = company_digests(dsn, companies)
     mismatches = [
         f"{table}: {rows.get(table)} rows, the manifest says {count}"
         for table, count in manifest.rows.items()
         if rows.get(table) != count
     ]
-    for company, expected in manifest.companies.items():
-        digest = found.get(company)
-        if digest is None:
+    for company, (_, digest) in expected.items():
+        got = found.get(company)
+        if got is None:
             mismatches.append(f"company {company}: missing")
-        elif digest[1] != expected.digest:
+        elif got[1] != digest:
             mismatches.append(f"company {company}: digest differs from the manifest")
-    mismatches += [
-        f"company {c}: not in the manifest" for c in found if c not in manifest.companies
-    ]
+    mismatches += [f"company {c}: not in the manifest" for c in found if c not in expected]
     keys = sum(count for count, _ in found.values())
-    return Verified(manifest.id, rows, len(found), keys, mismatches)
+    compared = "stored rows" if stored else "decoded keys"
+    return Verified(manifest.id, rows, len(found), keys, mismatches, compared=compared)
 
 
 def verify_backup(settings: Settings, store: RegionStore, manifest: BackupManifest) -> Verified:

@@ -7,7 +7,8 @@ then ``repeat`` times each, side by side, the order of each pair alternating:
   row counts and every company's digest, SHA-256, uploads with SSE, manifest);
 - **raw backup**: ``pg_dump -Fc`` of the same tables plus one ``put_object`` per region;
 - **restore**: :func:`~resilience.backup.restore.restore_backup` into a scratch database with
-  verification (download, SHA-256, pg_restore, counts and every company's digest);
+  verification (download, SHA-256, pg_restore, counts and every company's digest: the server's
+  digest of the stored rows, as ``restore_compared`` says);
 - **raw restore**: download with ``get_object`` plus ``pg_restore`` into a fresh database.
 
 Ratios are medians over medians; the target is 1.3 or better for each. The bench's companies,
@@ -97,6 +98,7 @@ def bench_backup(
         with tempfile.TemporaryDirectory(prefix="bench-backup-") as tmp:
             work = Path(tmp)
             last_id = ""
+            compared = ""
             for n in range(repeat):
                 pair = [("backup", None), ("raw_backup", None)]
                 for name, _ in pair if n % 2 == 0 else reversed(pair):
@@ -110,7 +112,8 @@ def bench_backup(
                 for name in ("restore", "raw") if n % 2 == 0 else ("raw", "restore"):
                     began = time.monotonic()
                     if name == "restore":
-                        restore_backup(settings, backup_id=last_id, region=stores[-1].name)
+                        done = restore_backup(settings, backup_id=last_id, region=stores[-1].name)
+                        compared = str(done.verified.get("compared", ""))
                     else:
                         _raw_restore(
                             admin_dsn,
@@ -138,6 +141,7 @@ def bench_backup(
         "restore_verified": measure.stats(times["restore"]),
         "raw_restore": measure.stats(times["raw"]),
         "restore_ratio": restore_ratio,
+        "restore_compared": compared,
         "target_ratio": TARGET_RATIO,
         "met": backup_ratio is not None
         and restore_ratio is not None

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from resilience.authstate import pgraw
 from resilience.authstate.dataset import generate
 from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgconn import Conn
@@ -43,19 +44,19 @@ OLD_FORM = {"keyData": {"buffer": True, "value": base64.b64encode(b"\x01\x02\x03
 def other(store: PgAuthStore) -> Iterator[str]:
     cid = f"t_{uuid.uuid4().hex[:12]}"
     yield cid
-    store.delete_company(cid)
+    pgraw.delete_company(store.conn, cid)
 
 
 def _seed(store: PgAuthStore, company: str) -> Raw:
     """Creds and keys with Buffers as arrays and as base64, legacy twins (newer and older
     than their `pre-key`), one value in the older reviver's form; the rows as stored."""
     data = generate(company, 120, legacy=6)
-    store.insert_raw(company, data.creds, data.rows())
+    pgraw.insert_raw(store.conn, company, data.creds, data.rows())
     store.conn.execute(
         "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) VALUES (%s, %s, %s, %s)",
         (company, *OLD_FORM_REF, json.dumps(OLD_FORM)),
     )
-    creds, keys = store.raw_company(company)
+    creds, keys = pgraw.raw_company(store.conn, company)
     texts = [k[2] for k in keys]
     assert any('"data": [' in t for t in texts) and any('"data": "' in t for t in texts)
     assert any(k[0] == "pre" for k in keys)
@@ -65,7 +66,7 @@ def _seed(store: PgAuthStore, company: str) -> Raw:
 def _put(store: PgAuthStore, company: str, raw: Raw) -> tuple[str, str]:
     """Write `raw` as `company`'s rows; (stored digest, canonical digest)."""
     with store.conn.transaction():
-        store.replace_company_raw(company, raw[0], raw[1])
+        pgraw.replace_company_raw(store.conn, company, raw[0], raw[1])
     canonical = view_of(company, store.load_creds(company), store.records(company)).digest()
     return stored_digests(store.conn)[company], canonical.digest
 
@@ -294,13 +295,17 @@ def test_a_restore_is_compared_by_stored_rows_and_an_old_manifest_by_decoded_key
 
     # the same bytes in another Buffer form: only the stored rows tell
     with store.conn.transaction():
-        store.replace_company_raw(company, *_edit_value(raw, _plain, _is_array, _to_base64))
+        pgraw.replace_company_raw(
+            store.conn, company, *_edit_value(raw, _plain, _is_array, _to_base64)
+        )
     differs = [f"company {company}: digest differs from the manifest"]
     assert compare(dsn, manifest).mismatches == differs
     assert compare(dsn, old).mismatches == []
     # a changed byte: both
     with store.conn.transaction():
-        store.replace_company_raw(company, *_edit_value(raw, _plain, _is_any, _flip_any))
+        pgraw.replace_company_raw(
+            store.conn, company, *_edit_value(raw, _plain, _is_any, _flip_any)
+        )
     assert compare(dsn, manifest).mismatches == compare(dsn, old).mismatches == differs
 
 

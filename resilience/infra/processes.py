@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,9 +21,28 @@ from resilience.errors import StackError
 from resilience.infra.fsutil import atomic_write
 from resilience.infra.waiting import wait_until
 
+#: Where listening ports are picked: below the kernel's ephemeral range, so that no outgoing
+#: connection takes a port a listener must bind again (Toxiproxy re-listens on a proxy's port
+#: when it is enabled after a fault; a connection that took the port meanwhile made it fail).
+LISTEN_PORTS_FROM = 20000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the kernel picks it); the caller binds it soon after."""
+    """A port that was free a moment ago, outside the ephemeral range when there is room below
+    it (else the kernel picks one); the caller binds it soon after."""
+    high = _ephemeral_low() - 1
+    if high - LISTEN_PORTS_FROM >= 1000:
+        for port in random.sample(range(LISTEN_PORTS_FROM, high + 1), 64):
+            if not port_in_use(port, host):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

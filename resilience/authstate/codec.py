@@ -285,12 +285,31 @@ def file_forms(value: Any, *, where: str = "value") -> tuple[bytes, bytes]:
     export writes and what it fingerprints. ``value`` may hold Buffer objects in either
     encoding (a value as parsed, not decoded) or bytes; a Buffer whose data is not bytes
     raises :class:`DataError` naming ``where``."""
+    return file_forms_plain(value, where=where)[:2]
+
+
+#: a run of 16 digits: an integer that may be beyond a double's exact range (2**53)
+_LONG_INT_RUN = b"0" * 16
+
+
+def file_forms_plain(value: Any, *, where: str = "value") -> tuple[bytes, bytes, bool]:
+    """:func:`file_forms`, and whether the value is *plain*: dicts, lists, strings, booleans,
+    null, integers below 10**15 and Buffers in the base64 form :func:`dumps_file` writes (no
+    float, no legacy Buffer form). Two plain values, or a plain value and a stored row, whose
+    JSON parses to equal jsonb hold the same decoded value (jsonb compares numbers by value,
+    which only floats and integers beyond 2**53 could tell apart); the way back relies on it
+    (:mod:`resilience.files.wayback`)."""
     try:
         # the stored form made beside it costs about 0.2 s per 100k keys: one walk, not two
         encoded = _quick_forms(value)[1]
+        plain = True
     except _Unusual:
         encoded = _encode(value, "base64", _root(where), js_numbers=True)
-    return _dumps(encoded, sort_keys=False), _dumps(encoded, sort_keys=True)
+        plain = False
+    payload = _dumps(encoded, sort_keys=False)
+    if plain:
+        plain = _LONG_INT_RUN not in payload.translate(_DIGITS_TO_ZERO)
+    return payload, _dumps(encoded, sort_keys=True), plain
 
 
 def db_forms(value: Any, *, where: str = "value", style: Style = "array") -> tuple[Any, bytes]:

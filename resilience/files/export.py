@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from resilience.authstate.codec import file_forms
+from resilience.authstate.codec import file_forms, file_forms_plain
 from resilience.authstate.dirwriter import NewDirWriter
 from resilience.authstate.filestore import FileAuthStore, MakeDurable, SyncGroup, make_durable
 from resilience.authstate.fingerprint import (
@@ -65,6 +65,7 @@ from resilience.authstate.view import CompanyView, baileys_ref, view_of
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError
 from resilience.files.manifest import Manifest, collision_to_dict
+from resilience.files.merge import file_hash
 from resilience.files.parallel import per_company
 from resilience.files.staging import stage_and_swap, write_private
 from resilience.infra.progress import NO_METERS, Meters
@@ -104,6 +105,9 @@ class ExportResult:
     fingerprints: dict[str, str] = field(default_factory=dict, repr=False)
     creds_print: str | None = None
     next_pre_key_id: int | None = None  # the creds' nextPreKeyId (pre-keys issued after it)
+    #: file name -> merge.file_hash of the plain files written (the way back reads a file with
+    #: these bytes as the base's without decoding it); not in to_dict
+    file_hashes: dict[str, str] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         installed = {} if self.installed_from is None else {"installed_from": self.installed_from}
@@ -274,6 +278,8 @@ def export_company(
         records: list[KeyRecord] = []
         written_from: dict[str, KeyRecord] = {}  # file name -> the row whose bytes it holds
         prints: dict[str, str] = {}
+        hashes: dict[str, str] = {}
+        made["hashes"] = hashes
         sizes: dict[str, int] = {}
         try:
             for item in itertools.chain([first], rows):
@@ -285,7 +291,7 @@ def export_company(
                 name = file_name_for(item.key_type, item.key_id)  # a hostile id is refused
                 if name in written_from:
                     continue  # rows naming one file: resolved once every row is in, below
-                payload, prints[name] = _file_of(item, company_id)
+                payload, prints[name] = _file_of(item, company_id, hashes, name)
                 writer.put(name, payload)
                 sizes[name] = len(payload)
                 written_from[name] = item
@@ -304,7 +310,7 @@ def export_company(
                 )
                 winner = view.entries[name].record
                 if written_from[name] is not winner:  # the file holds a row that lost
-                    payload, prints[name] = _file_of(winner, company_id)
+                    payload, prints[name] = _file_of(winner, company_id, hashes, name)
                     writer.replace(name, payload)
                     sizes[name] = len(payload)
             creds_payload = file_forms(creds, where="creds")[0]
@@ -361,6 +367,7 @@ def export_company(
         bytes_written=size,
         duration_s=time.monotonic() - started,
         fingerprints=made["prints"],
+        file_hashes=made["hashes"],
         creds_print=creds_fingerprint(made["creds"]),
         next_pre_key_id=next_pre_key_id(made["creds"]),
     )
@@ -386,15 +393,22 @@ def _translated(
         raise DataError(f"company {company_id} was not exported: {exc}") from None
 
 
-def _file_of(record: KeyRecord, company_id: str) -> tuple[bytes, str]:
-    """(the bytes of the row's file, its fingerprint under the Baileys reference)."""
+def _file_of(
+    record: KeyRecord, company_id: str, hashes: dict[str, str], name: str
+) -> tuple[bytes, str]:
+    """(the bytes of the row's file, its fingerprint under the Baileys reference); the file's
+    hash put in ``hashes`` when its value is plain (else any earlier one removed)."""
     try:
-        payload, canonical_form = file_forms(
+        payload, canonical_form, plain = file_forms_plain(
             record.value, where=f"{record.key_type}/{record.key_id}"
         )
     except DataError as exc:
         raise DataError(f"company {company_id} was not exported: {exc}") from None
     key_type, key_id = baileys_ref(record.key_type, record.key_id)
+    if plain:
+        hashes[name] = file_hash(key_type, key_id, payload)
+    else:
+        hashes.pop(name, None)
     return payload, KeyFingerprint.of_canonical(key_type, key_id, canonical_form)
 
 

@@ -267,81 +267,8 @@ def export_company(
     first = next(rows, None)
     if first is None:
         raise InputError(f"unknown company {company_id}: no creds and no keys in the database")
-    made: dict[str, Any] = {}
-
-    def fill(staging: Path) -> tuple[int, int]:
-        staged = staging / company_dir_name(company_id)
-        FileAuthStore(staging).make_new_dir(company_id)
-        writer = NewDirWriter(staged)
-        meter = meters.start(f"export {company_id}", expected_rows, "keys")
-        creds: Any | None = None
-        records: list[KeyRecord] = []
-        written_from: dict[str, KeyRecord] = {}  # file name -> the row whose bytes it holds
-        prints: dict[str, str] = {}
-        hashes: dict[str, str] = {}
-        made["hashes"] = hashes
-        sizes: dict[str, int] = {}
-        try:
-            for item in itertools.chain([first], rows):
-                if isinstance(item, CredsRow):
-                    creds = item.value
-                    continue
-                records.append(item)
-                meter.advance()
-                name = file_name_for(item.key_type, item.key_id)  # a hostile id is refused
-                if name in written_from:
-                    continue  # rows naming one file: resolved once every row is in, below
-                payload, prints[name] = _file_of(item, company_id, hashes, name)
-                writer.put(name, payload)
-                sizes[name] = len(payload)
-                written_from[name] = item
-            report(f"company {company_id}: read creds and {len(records)} key rows")
-            if creds is None:
-                raise DataError(
-                    f"company {company_id} has {len(records)} keys but no creds in the "
-                    "database: the account must be re-paired (QR code)"
-                )
-            view = made["view"] = view_of(company_id, creds, records)
-            for collision in view.collisions:
-                name = collision.file_name
-                report(
-                    f"company {company_id}: {name} named by {1 + len(collision.dropped)} rows; "
-                    f"kept {collision.chosen[0]}/{collision.chosen[1]}"
-                )
-                winner = view.entries[name].record
-                if written_from[name] is not winner:  # the file holds a row that lost
-                    payload, prints[name] = _file_of(winner, company_id, hashes, name)
-                    writer.replace(name, payload)
-                    sizes[name] = len(payload)
-            creds_payload = file_forms(creds, where="creds")[0]
-            writer.put(CREDS_FILE, creds_payload)
-            size = len(creds_payload) + sum(sizes.values())
-            digest = digest_of_fingerprints(creds, prints.values())
-            made["prints"], made["creds"] = prints, creds
-        except BaseException:
-            writer.abort()  # this error is the one raised, not the writer's
-            raise
-        finally:
-            meter.close()
-        written = writer.close()
-        manifest = made["manifest"] = Manifest(
-            company_id=company_id,
-            source=redact_dsn(source),
-            exported_at=datetime.now(UTC),
-            key_count=len(view.entries),
-            counts_by_type=view.counts_by_type(),
-            digest=digest,
-            files={name: (e.key_type, e.key_id) for name, e in view.entries.items()},
-            collisions=view.collisions,
-        )
-        manifest_json = manifest.to_json()
-        write_private(staged / MANIFEST_FILE, manifest_json, fsync=False)
-        durable(staged, [*written, MANIFEST_FILE])
-        # every file was read back as written (the writer) and the listing is checked below:
-        # count and size come from what was written, not from a stat of every file
-        if verify:
-            _verify_staged(staged, company_id, set(written) | {MANIFEST_FILE})
-        return len(written) + 1, size + len(manifest_json)
+    fill = _Fill(company_id, first, rows, report, meters, expected_rows, durable, verify)
+    fill.source = redact_dsn(source)  # as the manifest names it
 
     made_dirs = _missing_dirs(Path(root))
     try:
@@ -353,8 +280,7 @@ def export_company(
         raise
     finally:
         rows.close()  # a failure before the last row: the rest of the stream is dropped
-    manifest: Manifest = made["manifest"]
-    view: CompanyView = made["view"]
+    manifest, view = fill.manifest, fill.view
     report(f"company {company_id}: {manifest.key_count} keys in place at {directory}")
     return ExportResult(
         company_id=company_id,
@@ -366,11 +292,129 @@ def export_company(
         files_written=files,
         bytes_written=size,
         duration_s=time.monotonic() - started,
-        fingerprints=made["prints"],
-        file_hashes=made["hashes"],
-        creds_print=creds_fingerprint(made["creds"]),
-        next_pre_key_id=next_pre_key_id(made["creds"]),
+        fingerprints=fill.prints,
+        file_hashes=fill.hashes,
+        creds_print=creds_fingerprint(fill.creds),
+        next_pre_key_id=next_pre_key_id(fill.creds),
     )
+
+
+class _Fill:
+    """The staging step of one export (what :func:`stage_and_swap` calls): the rows streamed
+    into files as they arrive, collisions resolved, creds, manifest, durability and the check of
+    the staged directory. What it made stays on it for the result."""
+
+    def __init__(
+        self,
+        company_id: str,
+        first: CredsRow | KeyRecord,
+        rows: Iterator[CredsRow | KeyRecord],
+        report: Progress,
+        meters: Meters,
+        expected_rows: int | None,
+        durable: MakeDurable,
+        verify: bool,
+    ) -> None:
+        self.company_id, self.first, self.rows, self.report = company_id, first, rows, report
+        self.meters, self.expected_rows = meters, expected_rows
+        self.durable, self.verify = durable, verify
+        self.source = ""
+        self.creds: Any | None = None
+        self.prints: dict[str, str] = {}  # file name -> key fingerprint
+        self.hashes: dict[str, str] = {}  # file name -> merge.file_hash (plain files)
+        self.sizes: dict[str, int] = {}
+        self.view: CompanyView
+        self.manifest: Manifest
+
+    def __call__(self, staging: Path) -> tuple[int, int]:
+        company_id = self.company_id
+        staged = staging / company_dir_name(company_id)
+        FileAuthStore(staging).make_new_dir(company_id)
+        writer = NewDirWriter(staged)
+        meter = self.meters.start(f"export {company_id}", self.expected_rows, "keys")
+        try:
+            records, written_from = self._write_keys(writer, meter.advance)
+            if self.creds is None:
+                raise DataError(
+                    f"company {company_id} has {len(records)} keys but no creds in the "
+                    "database: the account must be re-paired (QR code)"
+                )
+            self.view = view_of(company_id, self.creds, records)
+            self._rewrite_collisions(writer, written_from)
+            creds_payload = file_forms(self.creds, where="creds")[0]
+            writer.put(CREDS_FILE, creds_payload)
+            size = len(creds_payload) + sum(self.sizes.values())
+        except BaseException:
+            writer.abort()  # this error is the one raised, not the writer's
+            raise
+        finally:
+            meter.close()
+        written = writer.close()
+        manifest_size = self._finish(staged, written)
+        return len(written) + 1, size + manifest_size
+
+    def _write_keys(
+        self, writer: NewDirWriter, advance: Callable[[], None]
+    ) -> tuple[list[KeyRecord], dict[str, KeyRecord]]:
+        """Every row read, the first row naming each file written to it (the creds kept)."""
+        records: list[KeyRecord] = []
+        written_from: dict[str, KeyRecord] = {}  # file name -> the row whose bytes it holds
+        for item in itertools.chain([self.first], self.rows):
+            if isinstance(item, CredsRow):
+                self.creds = item.value
+                continue
+            records.append(item)
+            advance()
+            name = file_name_for(item.key_type, item.key_id)  # a hostile id is refused
+            if name in written_from:
+                continue  # rows naming one file: resolved once every row is in
+            self._put(writer, name, item, replace=False)
+            written_from[name] = item
+        self.report(f"company {self.company_id}: read creds and {len(records)} key rows")
+        return records, written_from
+
+    def _rewrite_collisions(self, writer: NewDirWriter, written_from: dict[str, KeyRecord]) -> None:
+        """Where several rows name one file and the one written lost, the winner's bytes."""
+        for collision in self.view.collisions:
+            name = collision.file_name
+            self.report(
+                f"company {self.company_id}: {name} named by {1 + len(collision.dropped)} rows; "
+                f"kept {collision.chosen[0]}/{collision.chosen[1]}"
+            )
+            winner = self.view.entries[name].record
+            if written_from[name] is not winner:  # the file holds a row that lost
+                self._put(writer, name, winner, replace=True)
+
+    def _put(self, writer: NewDirWriter, name: str, record: KeyRecord, *, replace: bool) -> None:
+        payload, self.prints[name] = _file_of(record, self.company_id, self.hashes, name)
+        if replace:
+            writer.replace(name, payload)
+        else:
+            writer.put(name, payload)
+        self.sizes[name] = len(payload)
+
+    def _finish(self, staged: Path, written: list[str]) -> int:
+        """The manifest written, the staged directory made durable and checked; the
+        manifest's size."""
+        view = self.view
+        self.manifest = Manifest(
+            company_id=self.company_id,
+            source=self.source,
+            exported_at=datetime.now(UTC),
+            key_count=len(view.entries),
+            counts_by_type=view.counts_by_type(),
+            digest=digest_of_fingerprints(self.creds, self.prints.values()),
+            files={name: (e.key_type, e.key_id) for name, e in view.entries.items()},
+            collisions=view.collisions,
+        )
+        manifest_json = self.manifest.to_json()
+        write_private(staged / MANIFEST_FILE, manifest_json, fsync=False)
+        self.durable(staged, [*written, MANIFEST_FILE])
+        # every file was read back as written (the writer) and the listing is checked below:
+        # count and size come from what was written, not from a stat of every file
+        if self.verify:
+            _verify_staged(staged, self.company_id, set(written) | {MANIFEST_FILE})
+        return len(manifest_json)
 
 
 def _missing_dirs(root: Path) -> list[Path]:

@@ -58,6 +58,24 @@ _COUNT_SQL = (
 )
 
 
+def form_of_text(text: str) -> RowForm:
+    """:data:`FORM_OF_TEXT` in Python: the form of a row from its value's jsonb text."""
+    return _form(text, '"data": [', '"data": "', '"buffer": true')
+
+
+def form_of_compact(raw: bytes) -> RowForm:
+    """The form a row holding the value of compact JSON ``raw`` (``"key":value``, as files
+    are written) has: the same as :func:`form_of_text` of that row's jsonb text."""
+    return _form(raw, b'"data":[', b'"data":"', b'"buffer":true')
+
+
+def _form(text: Any, array: Any, base64: Any, old: Any) -> RowForm:
+    has_array, has_base64 = array in text, base64 in text
+    if old in text or (has_array and has_base64):
+        return "mixed"
+    return "array" if has_array else "base64" if has_base64 else "none"
+
+
 def other(style: Style) -> Style:
     return "array" if style == "base64" else "base64"
 

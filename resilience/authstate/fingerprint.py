@@ -70,9 +70,8 @@ def digest_of_fingerprints(creds: Any | None, key_fingerprints: Iterable[str]) -
         digest.update(creds_form)
         digest.update(b"\n")
     digest.update(b"keys:%d\n" % len(fingerprints))
-    for fingerprint in fingerprints:
-        digest.update(fingerprint.encode("ascii"))
-        digest.update(b"\n")
+    if fingerprints:  # each fingerprint and a newline, in one update
+        digest.update("\n".join(fingerprints).encode("ascii") + b"\n")
     return digest.hexdigest()
 
 

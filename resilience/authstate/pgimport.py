@@ -8,7 +8,7 @@ upsert and one delete, then the server's comparison of every row with the upload
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -89,6 +89,8 @@ def sync_company(
     advance: Callable[[int], None] | None = None,
     prints: list[str] | None = None,
     buffer_form: BufferFormSetting | None = None,
+    kept: Mapping[tuple[str, str], str] | None = None,
+    form: FormChoice | None = None,
 ) -> SyncResult:
     """Make the company's rows exactly ``creds`` and ``keys`` (``{(type, id): value}``)
     inside the caller's transaction, with the service's semantics: a key new or changed is
@@ -115,12 +117,19 @@ def sync_company(
     Rows written (new and changed keys, creds when they differ) are in the Buffer form
     :meth:`write_form` chooses (``buffer_form``, default the store's): with ``auto`` the
     form most of the company's rows use before the import, base64 for a company without
-    rows. An unchanged row stays as it is, whatever its form."""
+    rows. An unchanged row stays as it is, whatever its form.
+
+    ``kept`` (``{(type, id): xmin}``) names rows the caller read in this transaction and keeps
+    exactly as they are, without uploading their values (the way back's rows PostgreSQL
+    already holds as the merge wants them): they are spared by the delete, counted among
+    the company's keys, and the server checks that each is still the version read (its
+    ``xmin``), else :class:`VerificationError`. ``form``: :meth:`write_form`'s answer when
+    the caller counted the rows' forms in this transaction (the way back, from its read)."""
     validate_company_id(company_id)
     if store.conn.info.transaction_status == TransactionStatus.IDLE:
         raise DatabaseError("sync_company must run inside the caller's transaction")
     conn = store.conn
-    form = store.write_form(company_id, buffer_form)
+    form = form or store.write_form(company_id, buffer_form)
     rows = _upload_rows(keys, where, advance, prints, form.style)
     with database_errors("importing the auth state"):
         head = conn.execute(
@@ -128,12 +137,12 @@ def sync_company(
             "now() + %s, now() + %s",
             (company_id, SHORT_TTL, LONG_TTL),
         ).fetchone()
-        if head is not None and not head[0]:
+        if head is not None and not head[0] and not kept:
             keys_check = _copy_new_keys(
                 store, company_id, rows, {SHORT_TTL: head[1], LONG_TTL: head[2]}, len(keys)
             )
         else:
-            keys_check = _upsert_keys(store, company_id, keys, rows)
+            keys_check = _upsert_keys(store, company_id, keys, rows, kept or {})
         stored_creds = store.load_creds(company_id)
         creds_changed = stored_creds is None or canonical(stored_creds) != canonical(creds)
         if creds_changed:
@@ -141,13 +150,14 @@ def sync_company(
         after_creds = store.load_creds(company_id) if creds_changed else stored_creds
     upserted, deleted, (stored, uploaded, equal) = keys_check
     creds_equal = after_creds is not None and canonical(after_creds) == canonical(creds)
-    if not (stored == equal == uploaded == len(keys) and creds_equal):
+    total = len(keys) + len(kept or {})
+    if not (stored == equal == uploaded == total and creds_equal):
         raise VerificationError(
             f"import of company {company_id}: the database holds {stored} key rows, "
-            f"{equal} equal to the {len(keys)} uploaded, creds "
+            f"{equal} equal to the {total} uploaded, creds "
             f"{'equal' if creds_equal else 'different'}; rolled back"
         )
-    return SyncResult(len(keys), upserted, deleted, creds_changed, form)
+    return SyncResult(total, upserted, deleted, creds_changed, form)
 
 
 def _copy_new_keys(
@@ -187,16 +197,18 @@ def _upsert_keys(
     company_id: str,
     keys: Mapping[tuple[str, str], Any],
     rows: Iterator[tuple[str, str, Jsonb, timedelta]],
+    kept: Mapping[tuple[str, str], str],
 ) -> _KeysCheck:
     """Upsert ``rows`` through the temporary table ``resilience_import``, delete the
-    company's other rows, and count what the server finds equal (sync_company)."""
+    company's other rows (not those ``kept``), and count what the server finds equal
+    (sync_company)."""
     conn = store.conn
     # A primary key, and statistics once filled: without them the planner, trusting
     # old statistics that put the company at a handful of rows, joined 100k rows by a
     # nested loop over a scan of this table (the DELETE below ran for minutes).
     conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS resilience_import (key_type text, key_id text, "
-        "value jsonb, ttl interval, keep boolean NOT NULL DEFAULT false, "
+        "value jsonb, ttl interval, keep boolean NOT NULL DEFAULT false, ver xid, "
         "PRIMARY KEY (key_type, key_id)) ON COMMIT DROP"
     )
     conn.execute("TRUNCATE resilience_import")
@@ -207,6 +219,13 @@ def _upsert_keys(
     ) as copy:
         for row in rows:
             copy.write_row(row)
+    if kept:
+        with cur.copy(
+            "COPY resilience_import (key_type, key_id, keep, ver) FROM STDIN",
+            writer=QueuedLibpqWriter(cur),
+        ) as copy:
+            for (key_type, key_id), version in kept.items():
+                copy.write_row((key_type, key_id, True, version))
     conn.execute("ANALYZE resilience_import")
     differing = conn.execute(
         "SELECT i.key_type, i.key_id, k.value::text FROM resilience_import i "
@@ -245,8 +264,56 @@ def _upsert_keys(
         "(SELECT count(*) FROM resilience_import), "
         "(SELECT count(*) FROM resilience_import i JOIN whatsapp_keys k ON "
         "k.company_id = %(c)s AND k.key_type = i.key_type AND k.key_id = i.key_id "
-        "AND (k.value = i.value OR i.keep))",
+        "AND (k.value = i.value OR (i.keep AND (i.ver IS NULL OR k.xmin = i.ver))))",
         {"c": company_id},
     ).fetchone()
     counts = (check[0], check[1], check[2]) if check else (0, 0, 0)
     return upserted, [(t, i) for t, i in deleted], counts
+
+
+def rows_beside(
+    store: PgAuthStore,
+    company_id: str,
+    texts: Iterable[tuple[str, str, str]],
+) -> Iterator[tuple[str, str, datetime | None, str, str | None]]:
+    """Every key row of the company as ``(type, id, updated_at, xmin, value text)`` inside
+    the caller's transaction, the text None where the row's jsonb equals the one of
+    ``texts`` (``(type, id, JSON text)``, which must be valid jsonb input) for the same
+    ``(type, id)``: the way back compares the directory's files with the rows on the server
+    and decodes only the rows that differ. Streamed in chunks."""
+    validate_company_id(company_id)
+    conn = store.conn
+    if conn.info.transaction_status == TransactionStatus.IDLE:
+        raise DatabaseError("rows_beside must run inside the caller's transaction")
+    with database_errors("reading the rows beside the directory"):
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS resilience_beside (key_type text, key_id text, "
+            "value jsonb, PRIMARY KEY (key_type, key_id)) ON COMMIT DROP"
+        )
+        conn.execute("TRUNCATE resilience_beside")
+        cur = conn.cursor()
+        with cur.copy(
+            "COPY resilience_beside (key_type, key_id, value) FROM STDIN",
+            writer=QueuedLibpqWriter(cur),
+        ) as copy:
+            for row in texts:
+                copy.write_row(row)
+        conn.execute("ANALYZE resilience_beside")
+        yield from cur.stream(
+            "SELECT k.key_type, k.key_id, k.updated_at, k.xmin::text, CASE WHEN "
+            "b.value IS NOT NULL AND b.value = k.value THEN NULL ELSE k.value::text END "
+            "FROM whatsapp_keys k LEFT JOIN resilience_beside b "
+            "ON b.key_type = k.key_type AND b.key_id = k.key_id WHERE k.company_id = %s",
+            (company_id,),
+            size=1000,  # rows per chunk, as PgAuthStore.stream_company
+        )
+
+
+def creds_text(store: PgAuthStore, company_id: str) -> str | None:
+    """The company's creds as their jsonb text (None: no creds row)."""
+    validate_company_id(company_id)
+    with database_errors("loading creds"):
+        row = store.conn.execute(
+            "SELECT creds::text FROM whatsapp_auth WHERE company_id = %s", (company_id,)
+        ).fetchone()
+    return None if row is None else str(row[0])

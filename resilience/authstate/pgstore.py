@@ -265,9 +265,12 @@ class PgAuthStore:
         advance: Callable[[int], None] | None = None,
         prints: list[str] | None = None,
         buffer_form: BufferFormSetting | None = None,
+        kept: Mapping[tuple[str, str], str] | None = None,
+        form: FormChoice | None = None,
     ) -> SyncResult:
-        """Make the company's rows exactly ``creds`` and ``keys`` inside the caller's
-        transaction, checked by the server (:func:`resilience.authstate.pgimport.sync_company`)."""
+        """Make the company's rows exactly ``creds`` and ``keys`` (and the rows ``kept``) inside
+        the caller's transaction, checked by the server
+        (:func:`resilience.authstate.pgimport.sync_company`)."""
         return pgimport.sync_company(
             self,
             company_id,
@@ -277,6 +280,8 @@ class PgAuthStore:
             advance=advance,
             prints=prints,
             buffer_form=buffer_form,
+            kept=kept,
+            form=form,
         )
 
     def stored_bytes(self, company_id: str) -> tuple[int, int, int]:

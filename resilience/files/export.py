@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from resilience.authstate.codec import file_forms
+from resilience.authstate.codec import file_forms, file_forms_plain
 from resilience.authstate.dirwriter import NewDirWriter
 from resilience.authstate.filestore import FileAuthStore, MakeDurable, SyncGroup, make_durable
 from resilience.authstate.fingerprint import (
@@ -65,6 +65,7 @@ from resilience.authstate.view import CompanyView, baileys_ref, view_of
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError, ResilienceError, VerificationError
 from resilience.files.manifest import Manifest, collision_to_dict
+from resilience.files.merge import file_hash
 from resilience.files.parallel import per_company
 from resilience.files.staging import stage_and_swap, write_private
 from resilience.infra.progress import NO_METERS, Meters
@@ -104,6 +105,9 @@ class ExportResult:
     fingerprints: dict[str, str] = field(default_factory=dict, repr=False)
     creds_print: str | None = None
     next_pre_key_id: int | None = None  # the creds' nextPreKeyId (pre-keys issued after it)
+    #: file name -> merge.file_hash of the plain files written (the way back reads a file with
+    #: these bytes as the base's without decoding it); not in to_dict
+    file_hashes: dict[str, str] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         installed = {} if self.installed_from is None else {"installed_from": self.installed_from}
@@ -263,79 +267,8 @@ def export_company(
     first = next(rows, None)
     if first is None:
         raise InputError(f"unknown company {company_id}: no creds and no keys in the database")
-    made: dict[str, Any] = {}
-
-    def fill(staging: Path) -> tuple[int, int]:
-        staged = staging / company_dir_name(company_id)
-        FileAuthStore(staging).make_new_dir(company_id)
-        writer = NewDirWriter(staged)
-        meter = meters.start(f"export {company_id}", expected_rows, "keys")
-        creds: Any | None = None
-        records: list[KeyRecord] = []
-        written_from: dict[str, KeyRecord] = {}  # file name -> the row whose bytes it holds
-        prints: dict[str, str] = {}
-        sizes: dict[str, int] = {}
-        try:
-            for item in itertools.chain([first], rows):
-                if isinstance(item, CredsRow):
-                    creds = item.value
-                    continue
-                records.append(item)
-                meter.advance()
-                name = file_name_for(item.key_type, item.key_id)  # a hostile id is refused
-                if name in written_from:
-                    continue  # rows naming one file: resolved once every row is in, below
-                payload, prints[name] = _file_of(item, company_id)
-                writer.put(name, payload)
-                sizes[name] = len(payload)
-                written_from[name] = item
-            report(f"company {company_id}: read creds and {len(records)} key rows")
-            if creds is None:
-                raise DataError(
-                    f"company {company_id} has {len(records)} keys but no creds in the "
-                    "database: the account must be re-paired (QR code)"
-                )
-            view = made["view"] = view_of(company_id, creds, records)
-            for collision in view.collisions:
-                name = collision.file_name
-                report(
-                    f"company {company_id}: {name} named by {1 + len(collision.dropped)} rows; "
-                    f"kept {collision.chosen[0]}/{collision.chosen[1]}"
-                )
-                winner = view.entries[name].record
-                if written_from[name] is not winner:  # the file holds a row that lost
-                    payload, prints[name] = _file_of(winner, company_id)
-                    writer.replace(name, payload)
-                    sizes[name] = len(payload)
-            creds_payload = file_forms(creds, where="creds")[0]
-            writer.put(CREDS_FILE, creds_payload)
-            size = len(creds_payload) + sum(sizes.values())
-            digest = digest_of_fingerprints(creds, prints.values())
-            made["prints"], made["creds"] = prints, creds
-        except BaseException:
-            writer.abort()  # this error is the one raised, not the writer's
-            raise
-        finally:
-            meter.close()
-        written = writer.close()
-        manifest = made["manifest"] = Manifest(
-            company_id=company_id,
-            source=redact_dsn(source),
-            exported_at=datetime.now(UTC),
-            key_count=len(view.entries),
-            counts_by_type=view.counts_by_type(),
-            digest=digest,
-            files={name: (e.key_type, e.key_id) for name, e in view.entries.items()},
-            collisions=view.collisions,
-        )
-        manifest_json = manifest.to_json()
-        write_private(staged / MANIFEST_FILE, manifest_json, fsync=False)
-        durable(staged, [*written, MANIFEST_FILE])
-        # every file was read back as written (the writer) and the listing is checked below:
-        # count and size come from what was written, not from a stat of every file
-        if verify:
-            _verify_staged(staged, company_id, set(written) | {MANIFEST_FILE})
-        return len(written) + 1, size + len(manifest_json)
+    fill = _Fill(company_id, first, rows, report, meters, expected_rows, durable, verify)
+    fill.source = redact_dsn(source)  # as the manifest names it
 
     made_dirs = _missing_dirs(Path(root))
     try:
@@ -347,8 +280,7 @@ def export_company(
         raise
     finally:
         rows.close()  # a failure before the last row: the rest of the stream is dropped
-    manifest: Manifest = made["manifest"]
-    view: CompanyView = made["view"]
+    manifest, view = fill.manifest, fill.view
     report(f"company {company_id}: {manifest.key_count} keys in place at {directory}")
     return ExportResult(
         company_id=company_id,
@@ -360,10 +292,129 @@ def export_company(
         files_written=files,
         bytes_written=size,
         duration_s=time.monotonic() - started,
-        fingerprints=made["prints"],
-        creds_print=creds_fingerprint(made["creds"]),
-        next_pre_key_id=next_pre_key_id(made["creds"]),
+        fingerprints=fill.prints,
+        file_hashes=fill.hashes,
+        creds_print=creds_fingerprint(fill.creds),
+        next_pre_key_id=next_pre_key_id(fill.creds),
     )
+
+
+class _Fill:
+    """The staging step of one export (what :func:`stage_and_swap` calls): the rows streamed
+    into files as they arrive, collisions resolved, creds, manifest, durability and the check of
+    the staged directory. What it made stays on it for the result."""
+
+    def __init__(
+        self,
+        company_id: str,
+        first: CredsRow | KeyRecord,
+        rows: Iterator[CredsRow | KeyRecord],
+        report: Progress,
+        meters: Meters,
+        expected_rows: int | None,
+        durable: MakeDurable,
+        verify: bool,
+    ) -> None:
+        self.company_id, self.first, self.rows, self.report = company_id, first, rows, report
+        self.meters, self.expected_rows = meters, expected_rows
+        self.durable, self.verify = durable, verify
+        self.source = ""
+        self.creds: Any | None = None
+        self.prints: dict[str, str] = {}  # file name -> key fingerprint
+        self.hashes: dict[str, str] = {}  # file name -> merge.file_hash (plain files)
+        self.sizes: dict[str, int] = {}
+        self.view: CompanyView
+        self.manifest: Manifest
+
+    def __call__(self, staging: Path) -> tuple[int, int]:
+        company_id = self.company_id
+        staged = staging / company_dir_name(company_id)
+        FileAuthStore(staging).make_new_dir(company_id)
+        writer = NewDirWriter(staged)
+        meter = self.meters.start(f"export {company_id}", self.expected_rows, "keys")
+        try:
+            records, written_from = self._write_keys(writer, meter.advance)
+            if self.creds is None:
+                raise DataError(
+                    f"company {company_id} has {len(records)} keys but no creds in the "
+                    "database: the account must be re-paired (QR code)"
+                )
+            self.view = view_of(company_id, self.creds, records)
+            self._rewrite_collisions(writer, written_from)
+            creds_payload = file_forms(self.creds, where="creds")[0]
+            writer.put(CREDS_FILE, creds_payload)
+            size = len(creds_payload) + sum(self.sizes.values())
+        except BaseException:
+            writer.abort()  # this error is the one raised, not the writer's
+            raise
+        finally:
+            meter.close()
+        written = writer.close()
+        manifest_size = self._finish(staged, written)
+        return len(written) + 1, size + manifest_size
+
+    def _write_keys(
+        self, writer: NewDirWriter, advance: Callable[[], None]
+    ) -> tuple[list[KeyRecord], dict[str, KeyRecord]]:
+        """Every row read, the first row naming each file written to it (the creds kept)."""
+        records: list[KeyRecord] = []
+        written_from: dict[str, KeyRecord] = {}  # file name -> the row whose bytes it holds
+        for item in itertools.chain([self.first], self.rows):
+            if isinstance(item, CredsRow):
+                self.creds = item.value
+                continue
+            records.append(item)
+            advance()
+            name = file_name_for(item.key_type, item.key_id)  # a hostile id is refused
+            if name in written_from:
+                continue  # rows naming one file: resolved once every row is in
+            self._put(writer, name, item, replace=False)
+            written_from[name] = item
+        self.report(f"company {self.company_id}: read creds and {len(records)} key rows")
+        return records, written_from
+
+    def _rewrite_collisions(self, writer: NewDirWriter, written_from: dict[str, KeyRecord]) -> None:
+        """Where several rows name one file and the one written lost, the winner's bytes."""
+        for collision in self.view.collisions:
+            name = collision.file_name
+            self.report(
+                f"company {self.company_id}: {name} named by {1 + len(collision.dropped)} rows; "
+                f"kept {collision.chosen[0]}/{collision.chosen[1]}"
+            )
+            winner = self.view.entries[name].record
+            if written_from[name] is not winner:  # the file holds a row that lost
+                self._put(writer, name, winner, replace=True)
+
+    def _put(self, writer: NewDirWriter, name: str, record: KeyRecord, *, replace: bool) -> None:
+        payload, self.prints[name] = _file_of(record, self.company_id, self.hashes, name)
+        if replace:
+            writer.replace(name, payload)
+        else:
+            writer.put(name, payload)
+        self.sizes[name] = len(payload)
+
+    def _finish(self, staged: Path, written: list[str]) -> int:
+        """The manifest written, the staged directory made durable and checked; the
+        manifest's size."""
+        view = self.view
+        self.manifest = Manifest(
+            company_id=self.company_id,
+            source=self.source,
+            exported_at=datetime.now(UTC),
+            key_count=len(view.entries),
+            counts_by_type=view.counts_by_type(),
+            digest=digest_of_fingerprints(self.creds, self.prints.values()),
+            files={name: (e.key_type, e.key_id) for name, e in view.entries.items()},
+            collisions=view.collisions,
+        )
+        manifest_json = self.manifest.to_json()
+        write_private(staged / MANIFEST_FILE, manifest_json, fsync=False)
+        self.durable(staged, [*written, MANIFEST_FILE])
+        # every file was read back as written (the writer) and the listing is checked below:
+        # count and size come from what was written, not from a stat of every file
+        if self.verify:
+            _verify_staged(staged, self.company_id, set(written) | {MANIFEST_FILE})
+        return len(manifest_json)
 
 
 def _missing_dirs(root: Path) -> list[Path]:
@@ -386,15 +437,22 @@ def _translated(
         raise DataError(f"company {company_id} was not exported: {exc}") from None
 
 
-def _file_of(record: KeyRecord, company_id: str) -> tuple[bytes, str]:
-    """(the bytes of the row's file, its fingerprint under the Baileys reference)."""
+def _file_of(
+    record: KeyRecord, company_id: str, hashes: dict[str, str], name: str
+) -> tuple[bytes, str]:
+    """(the bytes of the row's file, its fingerprint under the Baileys reference); the file's
+    hash put in ``hashes`` when its value is plain (else any earlier one removed)."""
     try:
-        payload, canonical_form = file_forms(
+        payload, canonical_form, plain = file_forms_plain(
             record.value, where=f"{record.key_type}/{record.key_id}"
         )
     except DataError as exc:
         raise DataError(f"company {company_id} was not exported: {exc}") from None
     key_type, key_id = baileys_ref(record.key_type, record.key_id)
+    if plain:
+        hashes[name] = file_hash(key_type, key_id, payload)
+    else:
+        hashes.pop(name, None)
     return payload, KeyFingerprint.of_canonical(key_type, key_id, canonical_form)
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from resilience.authstate.codec import parse
 from resilience.authstate.naming import (
     MANIFEST_FILE,
     Collision,
@@ -210,8 +211,8 @@ def read_manifest(company_dir: Path) -> Manifest | None:
     with os.fdopen(fd, "rb") as handle:
         raw = handle.read()
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        data = parse(raw, where=MANIFEST_FILE)  # orjson (the json module where it refuses)
+    except DataError:
         raise _bad(path, "not valid JSON") from None
     manifest = parse_manifest(data, path)
     if Path(company_dir).name != company_dir_name(manifest.company_id):

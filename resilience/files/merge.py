@@ -23,13 +23,14 @@ made by hand, or a record lost) the directory is taken whole, as before, and tha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from resilience.authstate.naming import company_dir_name
 from resilience.config import validate_company_id
@@ -56,6 +57,9 @@ class InstalledBase:
     creds: str | None  # creds_fingerprint of the installed creds
     keys: dict[str, str] = field(repr=False)  # file name -> KeyFingerprint
     next_pre_key_id: int | None = None  # the installed creds' nextPreKeyId
+    #: file name -> :func:`file_hash` of the bytes installed, for the files whose value is
+    #: plain (codec.file_forms_plain); None when the source did not record them
+    files: dict[str, str] | None = field(default=None, repr=False)
 
     def write(self, root: Path) -> Path:
         """Atomically, 0600, beside the switch state."""
@@ -83,6 +87,15 @@ class InstalledBase:
                 base.company_id == company_id
                 and isinstance(base.keys, dict)
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in base.keys.items())
+                and (
+                    base.files is None
+                    or (
+                        isinstance(base.files, dict)
+                        and all(
+                            isinstance(v, str) and k in base.keys for k, v in base.files.items()
+                        )
+                    )
+                )
             )
         except TypeError:
             ok = False
@@ -111,10 +124,19 @@ def record_base(
     creds: str | None,
     keys: Mapping[str, str],
     next_pre_key: int | None = None,
+    files: Mapping[str, str] | None = None,
 ) -> InstalledBase:
-    """Write the base of a switch that installed ``keys`` (file name -> fingerprint)."""
+    """Write the base of a switch that installed ``keys`` (file name -> fingerprint; ``files``:
+    file name -> :func:`file_hash` of the plain files' bytes, when the source knows them)."""
     base = InstalledBase(
-        company_id, source, datetime.now(UTC).isoformat(), digest, creds, dict(keys), next_pre_key
+        company_id,
+        source,
+        datetime.now(UTC).isoformat(),
+        digest,
+        creds,
+        dict(keys),
+        next_pre_key,
+        None if files is None else dict(files),
     )
     base.write(root)
     return base
@@ -132,19 +154,28 @@ class InstalledCopy(Protocol):
 def record_installed(
     root: Path, company_id: str, source: str, copy: InstalledCopy
 ) -> InstalledBase:
-    """:func:`record_base` of what ``copy`` put in place."""
+    """:func:`record_base` of what ``copy`` put in place (with its files' hashes when it has
+    them: an export's result)."""
+    files: Mapping[str, str] | None = getattr(copy, "file_hashes", None)
     return record_base(
         root, company_id, source, copy.digest, copy.creds_print, copy.fingerprints,
-        copy.next_pre_key_id,
+        copy.next_pre_key_id, files,
     )  # fmt: skip
+
+
+def file_hash(key_type: str, key_id: str, raw: bytes) -> str:
+    """A key file's bytes under its reference, hashed: a file of the directory whose hash is
+    the base's holds what the switch installed (its fingerprint is the base's)."""
+    head = f"{key_type}\0{key_id}\0".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(head + raw, digest_size=16).hexdigest()
 
 
 # --- the merge --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Side:
-    """One side of the merge for one file name: the key's reference and its fingerprint."""
+class Side(NamedTuple):
+    """One side of the merge for one file name: the key's reference and its fingerprint
+    (a named tuple: the way back makes one per key and side)."""
 
     ref: Ref
     fingerprint: str
@@ -234,6 +265,8 @@ _PRE_KEY_FILE = re.compile(r"pre-key-([0-9]{1,9})\.json")
 
 
 def _pre_key_number(name: str) -> int | None:
+    if not name.startswith("pre-key-"):  # most names: no regular expression run
+        return None
     found = _PRE_KEY_FILE.fullmatch(name)
     return int(found.group(1)) if found else None
 

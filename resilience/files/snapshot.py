@@ -249,8 +249,6 @@ def take_snapshot(
     failures: list[CompanyFailure] = []
 
     def fill(staging: Path) -> None:
-        error_classes: set[type[ResilienceError]] = set()
-
         parallel = workers if stores is not None else 1
         durable: MakeDurable = SyncGroup() if parallel > 1 else make_durable
 
@@ -263,38 +261,8 @@ def take_snapshot(
             outcomes = per_company(wanted, one, workers=parallel, done=lambda *_: meter.advance())
         finally:
             meter.close()
-        for company_id, outcome in outcomes:
-            if isinstance(outcome, ResilienceError):
-                failures.append(CompanyFailure.of(company_id, outcome))
-                error_classes.add(type(outcome))
-                _discard(staging, company_id)
-                log.warning(
-                    "snapshot: company %s left out (%s): %s",
-                    shown_company(company_id),
-                    failures[-1].error,
-                    failures[-1].message,
-                )
-            else:
-                results.append(outcome)
-        if not results:
-            raise _nothing_to_keep(failures, error_classes)
-        meta = {
-            "format": SNAPSHOT_FORMAT,
-            "taken_at": taken_at.isoformat(),
-            "source": redact_dsn(source),
-            "companies": {
-                r.company_id: {
-                    "key_count": r.key_count,
-                    "digest": r.digest,
-                    "counts_by_type": r.counts_by_type,
-                    "collisions": len(r.collisions),
-                    "bytes": r.bytes_written,
-                }
-                for r in results
-            },
-            "failed": {f.company_id: {"error": f.error, "message": f.message} for f in failures},
-        }
-        write_private(staging / SNAPSHOT_FILE, (json.dumps(meta, indent=1) + "\n").encode("ascii"))
+        _sort_outcomes(staging, outcomes, results, failures)
+        write_private(staging / SNAPSHOT_FILE, _snapshot_json(taken_at, source, results, failures))
 
     final, _ = stage_new(snapshots_dir, taken_at.strftime(STAMP_FORMAT), fill, what="snapshot")
     prune_snapshots(snapshots_dir, keep)
@@ -305,6 +273,55 @@ def take_snapshot(
         {r.company_id: CompanyEntry(key_count=r.key_count, digest=r.digest) for r in results},
         {f.company_id: FailedEntry(error=f.error, message=f.message) for f in failures},
     )
+
+
+def _sort_outcomes(
+    staging: Path,
+    outcomes: list[tuple[str, ExportResult | ResilienceError]],
+    results: list[ExportResult],
+    failures: list[CompanyFailure],
+) -> None:
+    """Each company's export into ``results`` or, with its files discarded, ``failures``;
+    every company failing is an error (nothing to keep)."""
+    error_classes: set[type[ResilienceError]] = set()
+    for company_id, outcome in outcomes:
+        if isinstance(outcome, ResilienceError):
+            failures.append(CompanyFailure.of(company_id, outcome))
+            error_classes.add(type(outcome))
+            _discard(staging, company_id)
+            log.warning(
+                "snapshot: company %s left out (%s): %s",
+                shown_company(company_id),
+                failures[-1].error,
+                failures[-1].message,
+            )
+        else:
+            results.append(outcome)
+    if not results:
+        raise _nothing_to_keep(failures, error_classes)
+
+
+def _snapshot_json(
+    taken_at: datetime, source: str, results: list[ExportResult], failures: list[CompanyFailure]
+) -> bytes:
+    """``snapshot.json``: when, from where, each company kept and each left out."""
+    meta = {
+        "format": SNAPSHOT_FORMAT,
+        "taken_at": taken_at.isoformat(),
+        "source": redact_dsn(source),
+        "companies": {
+            r.company_id: {
+                "key_count": r.key_count,
+                "digest": r.digest,
+                "counts_by_type": r.counts_by_type,
+                "collisions": len(r.collisions),
+                "bytes": r.bytes_written,
+            }
+            for r in results
+        },
+        "failed": {f.company_id: {"error": f.error, "message": f.message} for f in failures},
+    }
+    return (json.dumps(meta, indent=1) + "\n").encode("ascii")
 
 
 def _discard(staging: Path, company_id: str) -> None:

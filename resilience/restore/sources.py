@@ -41,6 +41,9 @@ class Installed:
     details: dict[str, Any]  # for the step's journal
     #: the merge base is recorded from this copy (a kept directory keeps the first run's)
     new_base: bool = True
+    #: file name -> hash of the plain files' bytes (an export's; the way back reads a file
+    #: with those bytes as installed without decoding it: resilience.files.wayback)
+    file_hashes: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of_export(cls, result: export_mod.ExportResult, **details: Any) -> Installed:
@@ -50,6 +53,7 @@ class Installed:
             result.fingerprints,
             result.next_pre_key_id,
             {**result.to_dict(), **details},
+            file_hashes=result.file_hashes,
         )
 
 

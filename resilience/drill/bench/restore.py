@@ -68,7 +68,7 @@ from resilience.files.export import (
     free_space_ok,
 )
 from resilience.files.importer import import_company, read_directory
-from resilience.files.merge import record_installed
+from resilience.files.merge import InstalledBase, record_installed
 from resilience.files.parallel import StorePool
 from resilience.infra.fsutil import fsync_dir
 
@@ -203,7 +203,6 @@ def _empty(store: PgAuthStore, company_id: str) -> None:
 def _bench_size(
     store: PgAuthStore, company_id: str, n: int, repeat: int, work: Path, report: Progress
 ) -> dict[str, Any]:
-    conn = store.conn
     report(f"{n} keys: seeding company {company_id}")
     data = generate(f"bench_{n}", n)  # the same data in every run; stored under company_id
     rows = pgraw.insert_raw(store.conn, company_id, data.creds, data.rows())
@@ -218,71 +217,23 @@ def _bench_size(
     payloads = read_raw_files(first.directory)
     size = sum(len(p) for p in payloads.values())
     _check_room(work, 2 * repeat * (size + len(payloads) * BLOCK_BYTES))
-
-    export_s: list[float] = []
-    raw_export_s: list[float] = []
-    for rep in range(repeat):
-        report(f"{n} keys: export and raw export, run {rep + 1}/{repeat}")
-        ours_dir, raw_dir = work / f"export-{rep}", work / f"raw-export-{rep}"
-        exported: list[str] = []
-        pair: list[tuple[list[float], Callable[[], object]]] = [
-            (
-                export_s,
-                partial(_export_digest, store, company_id, ours_dir, exported),
-            ),
-            (raw_export_s, partial(_raw_export, conn, company_id, payloads, raw_dir)),
-        ]
-        for runs, action in pair if rep % 2 == 0 else reversed(pair):
-            runs.append(measure.timed(action))
-        report(f"{n} keys: export {export_s[-1]:.2f} s, raw export {raw_export_s[-1]:.2f} s")
-        _check(exported[0], expected, "the export")
+    export_s, raw_export_s = _export_rounds(
+        store, company_id, n, repeat, work, report, payloads, expected
+    )
 
     report(f"{n} keys: first import (prepares the raw import's rows, checks the round trip)")
     _empty(store, company_id)
     _check(import_company(store, prepared, company_id).digest_db, expected, "the import")
     _check(_db_digest(store, company_id), expected, "the database after the import")
-    copy_rows, creds_text = _capture_rows(conn, company_id)
-    imported_rows = store.count_keys(company_id)
-
-    import_s: list[float] = []
-    raw_import_s: list[float] = []
-    for rep in range(repeat):
-        report(f"{n} keys: import and raw import, run {rep + 1}/{repeat}")
-        steps: list[tuple[list[float], Callable[[], object], Callable[[], None]]] = [
-            (
-                import_s,
-                partial(import_company, store, prepared, company_id),
-                partial(_check_db, store, company_id, expected, "the import"),
-            ),
-            (
-                raw_import_s,
-                partial(_raw_import, conn, company_id, copy_rows, creds_text),
-                partial(_check_count, store, company_id, imported_rows),
-            ),
-        ]
-        for runs, action, after in steps if rep % 2 == 0 else reversed(steps):
-            _empty(store, company_id)
-            runs.append(measure.timed(action))
-            after()
-        report(f"{n} keys: import {import_s[-1]:.2f} s, raw import {raw_import_s[-1]:.2f} s")
-
-    over_rows_s: list[float] = []
-    for rep in range(repeat):
-        report(f"{n} keys: import over the rows, run {rep + 1}/{repeat}")
-        over_rows_s.append(measure.timed(partial(import_company, store, prepared, company_id)))
-        _check_db(store, company_id, expected, "the import over the rows")
-        report(f"{n} keys: import over the rows {over_rows_s[-1]:.2f} s")
-
+    import_s, raw_import_s = _import_rounds(
+        store, company_id, n, repeat, prepared, report, expected
+    )
+    over_rows_s = _rounds_over_rows(store, company_id, n, repeat, prepared, report, expected)
     # what restore.to-postgres runs: the three-way merge against what the export installed
     base = record_installed(prepared, company_id, "export", first)
-    way_back_s: list[float] = []
-    for rep in range(repeat):
-        report(f"{n} keys: the way back (three-way merge) over the rows, run {rep + 1}/{repeat}")
-        merged = partial(import_company, store, prepared, company_id, three_way=True, base=base)
-        way_back_s.append(measure.timed(merged))
-        _check_db(store, company_id, expected, "the way back over the rows")
-        report(f"{n} keys: the way back over the rows {way_back_s[-1]:.2f} s")
-
+    way_back_s = _rounds_over_rows(
+        store, company_id, n, repeat, prepared, report, expected, base=base
+    )
     return {
         "keys": n,
         "rows": rows,
@@ -300,6 +251,99 @@ def _bench_size(
         "ratio_way_back_over_rows": measure.ratio(way_back_s, raw_import_s),
         "digest": expected,
     }
+
+
+def _export_rounds(
+    store: PgAuthStore,
+    company_id: str,
+    n: int,
+    repeat: int,
+    work: Path,
+    report: Progress,
+    payloads: dict[str, bytes],
+    expected: str,
+) -> tuple[list[float], list[float]]:
+    """``repeat`` exports beside as many raw exports, the pair's order alternating: (export
+    times, raw export times); :class:`VerificationError` when an export reports another
+    digest."""
+    export_s: list[float] = []
+    raw_export_s: list[float] = []
+    for rep in range(repeat):
+        report(f"{n} keys: export and raw export, run {rep + 1}/{repeat}")
+        ours_dir, raw_dir = work / f"export-{rep}", work / f"raw-export-{rep}"
+        exported: list[str] = []
+        pair: list[tuple[list[float], Callable[[], object]]] = [
+            (export_s, partial(_export_digest, store, company_id, ours_dir, exported)),
+            (raw_export_s, partial(_raw_export, store.conn, company_id, payloads, raw_dir)),
+        ]
+        for runs, action in pair if rep % 2 == 0 else reversed(pair):
+            runs.append(measure.timed(action))
+        report(f"{n} keys: export {export_s[-1]:.2f} s, raw export {raw_export_s[-1]:.2f} s")
+        _check(exported[0], expected, "the export")
+    return export_s, raw_export_s
+
+
+def _import_rounds(
+    store: PgAuthStore,
+    company_id: str,
+    n: int,
+    repeat: int,
+    prepared: Path,
+    report: Progress,
+    expected: str,
+) -> tuple[list[float], list[float]]:
+    """``repeat`` imports beside as many raw imports into the emptied company, the pair's
+    order alternating: (import times, raw import times)."""
+    copy_rows, creds_text = _capture_rows(store.conn, company_id)
+    imported_rows = store.count_keys(company_id)
+    import_s: list[float] = []
+    raw_import_s: list[float] = []
+    for rep in range(repeat):
+        report(f"{n} keys: import and raw import, run {rep + 1}/{repeat}")
+        steps: list[tuple[list[float], Callable[[], object], Callable[[], None]]] = [
+            (
+                import_s,
+                partial(import_company, store, prepared, company_id),
+                partial(_check_db, store, company_id, expected, "the import"),
+            ),
+            (
+                raw_import_s,
+                partial(_raw_import, store.conn, company_id, copy_rows, creds_text),
+                partial(_check_count, store, company_id, imported_rows),
+            ),
+        ]
+        for runs, action, after in steps if rep % 2 == 0 else reversed(steps):
+            _empty(store, company_id)
+            runs.append(measure.timed(action))
+            after()
+        report(f"{n} keys: import {import_s[-1]:.2f} s, raw import {raw_import_s[-1]:.2f} s")
+    return import_s, raw_import_s
+
+
+def _rounds_over_rows(
+    store: PgAuthStore,
+    company_id: str,
+    n: int,
+    repeat: int,
+    prepared: Path,
+    report: Progress,
+    expected: str,
+    *,
+    base: InstalledBase | None = None,
+) -> list[float]:
+    """``repeat`` imports into the company that holds the rows already: the import's upsert
+    path, or with ``base`` the way back as restore.to-postgres runs it (three-way merge)."""
+    what = "import over the rows" if base is None else "the way back over the rows"
+    runs: list[float] = []
+    for rep in range(repeat):
+        report(f"{n} keys: {what}, run {rep + 1}/{repeat}")
+        action = partial(
+            import_company, store, prepared, company_id, three_way=base is not None, base=base
+        )
+        runs.append(measure.timed(action))
+        _check_db(store, company_id, expected, what)
+        report(f"{n} keys: {what} {runs[-1]:.2f} s")
+    return runs
 
 
 def _check_room(work: Path, needed: int) -> None:

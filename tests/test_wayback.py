@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from resilience.authstate import pgraw
 from resilience.authstate.codec import Style, dumps_file
 from resilience.authstate.dataset import generate
 from resilience.authstate.model import KeyRecord
@@ -43,7 +44,7 @@ def _seed(store: PgAuthStore, company: str) -> None:
     rows = list(data.rows())
     for (key_type, key_id), (value, style) in ODD.items():
         rows.append((KeyRecord(company, key_type, key_id, value, NOW, NOW), style))
-    store.insert_raw(company, data.creds, rows)
+    pgraw.insert_raw(store.conn, company, data.creds, rows)
 
 
 def _change_files(directory: Path) -> None:
@@ -86,7 +87,7 @@ def _change_rows(conn: Conn, company: str) -> None:
         (company,),
     )
     store = PgAuthStore(conn)
-    store.insert_raw(
+    pgraw.insert_raw(store.conn,
         company,
         None,
         [
@@ -120,16 +121,16 @@ def test_the_shortcuts_give_the_merge_over_every_decoded_value(
     assert len(plain) > 200
     slow = replace(fast, files=None)
     if rows == "imported again":  # the bench's rows: written by an import, base64
-        store.delete_company(company)
+        pgraw.delete_company(store.conn, company)
         import_company(store, root, company)
     _change_files(root / company_dir_name(company))
     _change_rows(conn, company)
-    before = store.raw_company(company)
+    before = pgraw.raw_company(store.conn, company)
 
     outcomes = []
     for base in (slow, fast, slow):
         with conn.transaction():
-            store.replace_company_raw(company, *before)
+            pgraw.replace_company_raw(store.conn, company, *before)
         result = _merge(store, root, company, base)
         outcomes.append((result, _rows(conn, company)))
     assert outcomes[0] == outcomes[1] == outcomes[2]

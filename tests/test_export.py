@@ -26,14 +26,10 @@ from resilience.authstate.pgstore import CredsRow, PgAuthStore
 from resilience.authstate.view import digest_of_keys, view_of
 from resilience.drill.stack import Stack
 from resilience.errors import DataError, InputError, VerificationError
+from resilience.files import batch as batch_module
 from resilience.files import export as export_module
-from resilience.files.export import (
-    CompanyFailure,
-    estimate_export_bytes,
-    export_all,
-    export_company,
-    free_space_ok,
-)
+from resilience.files.batch import CompanyFailure, export_all
+from resilience.files.export import estimate_export_bytes, export_company, free_space_ok
 from resilience.files.importer import import_company, map_directory
 from resilience.files.manifest import MANIFEST_FILE, read_manifest
 
@@ -456,7 +452,7 @@ def test_export_all_lets_other_exceptions_through(
     first, broken = new_company(), new_company()
     for cid in (first, broken):
         _seed_small(store, cid)
-    real = export_module.export_company
+    real = batch_module.export_company
 
     def export_or_crash(
         store: PgAuthStore, root: Path, company_id: str, **kwargs: Any
@@ -465,7 +461,7 @@ def test_export_all_lets_other_exceptions_through(
             raise RuntimeError("a bug, not a bad tenant")
         return real(store, root, company_id, **kwargs)
 
-    monkeypatch.setattr(export_module, "export_company", export_or_crash)
+    monkeypatch.setattr(batch_module, "export_company", export_or_crash)
     with pytest.raises(RuntimeError, match="a bug"):
         export_all(store, root, [first, broken], source=SOURCE)
 

@@ -28,8 +28,8 @@ from resilience.config import Settings
 from resilience.drill.stack import Stack
 from resilience.errors import ConfigError, DatabaseError
 from resilience.files.importer import read_directory
+from resilience.files.install import install_snapshot
 from resilience.files.manifest import read_manifest
-from resilience.files.snapshot import install_snapshot
 from resilience.mirror import feed
 from resilience.mirror import mirror as mirror_module
 from resilience.mirror.commands import change_feed, mirror_status

@@ -21,15 +21,13 @@ from resilience.authstate.view import view_of
 from resilience.errors import DataError, InputError, VerificationError
 from resilience.files.export import export_company
 from resilience.files.importer import read_directory
+from resilience.files.install import install_snapshot, prepare_standby, standby_name
 from resilience.files.manifest import MANIFEST_FILE
 from resilience.files.snapshot import (
     SNAPSHOT_FILE,
     Snapshot,
-    install_snapshot,
     list_snapshots,
     newest_snapshot,
-    prepare_standby,
-    standby_name,
     take_snapshot,
 )
 

@@ -18,9 +18,10 @@ from resilience.authstate.pgconn import connect
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import Settings, service_dsn, validate_company_id
 from resilience.errors import DataError, InputError, PartialFailure, ResilienceError
-from resilience.files.export import CompanyFailure, ExportBatch, export_all
+from resilience.files.batch import CompanyFailure, ExportBatch, export_all
+from resilience.files.install import prepare_standby
 from resilience.files.parallel import StorePool, per_company
-from resilience.files.snapshot import Snapshot, prepare_standby, take_snapshot
+from resilience.files.snapshot import Snapshot, take_snapshot
 from resilience.infra.oplock import company_lock, operation_lock
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
@@ -349,7 +350,7 @@ def snapshot(
 
 def _standby_for_service(settings: Settings, taken: Snapshot) -> dict[str, Any] | None:
     """The standby copy of the service's company (``RESILIENCE_COMPANY_ID``) beside its
-    directory (:func:`~resilience.files.snapshot.prepare_standby`), when the settings name
+    directory (:func:`~resilience.files.install.prepare_standby`), when the settings name
     that directory and the snapshot holds the company; None otherwise. A standby that cannot
     be written is reported, not raised: the snapshot itself is what counts, and an install
     without a standby copies the files instead."""

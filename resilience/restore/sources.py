@@ -21,7 +21,7 @@ from resilience.authstate.fingerprint import creds_fingerprint, next_pre_key_id
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.errors import DataError, InputError, VerificationError
 from resilience.files import export as export_mod
-from resilience.files import importer, snapshot
+from resilience.files import importer, install, snapshot
 from resilience.infra.redact import redact_dsn
 from resilience.mirror.fallback import mirror_fallback, stop_mirror_process
 from resilience.restore.facts import ToFilesFacts
@@ -147,7 +147,7 @@ class SnapshotCopy:
         except DataError as exc:
             raise InputError(f"the snapshot the preflight found is gone: {exc}") from None
         age = found.age_s()
-        result = snapshot.install_snapshot(found, t.company_id, t.auth_root, set_aside=set_aside)
+        result = install.install_snapshot(found, t.company_id, t.auth_root, set_aside=set_aside)
         return Installed.of_export(
             result,
             snapshot=str(found.path),
@@ -186,7 +186,7 @@ class MirrorCopy:
         if over_age_limit(age, s, self.session.options):
             raise InputError(f"the mirror's position is {age:.0f} s old: --force to use it")
         try:
-            result = snapshot.install_snapshot(
+            result = install.install_snapshot(
                 found.as_snapshot(), t.company_id, t.auth_root, set_aside=set_aside
             )
         except VerificationError as exc:

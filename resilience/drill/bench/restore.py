@@ -60,13 +60,8 @@ from resilience.authstate.pgstore import PgAuthStore
 from resilience.authstate.view import view_of
 from resilience.drill.bench import measure, rss_probe
 from resilience.errors import InputError, ResilienceError, VerificationError
-from resilience.files.export import (
-    BLOCK_BYTES,
-    ExportBatch,
-    export_all,
-    export_company,
-    free_space_ok,
-)
+from resilience.files.batch import ExportBatch, export_all
+from resilience.files.export import BLOCK_BYTES, export_company, free_space_ok
 from resilience.files.importer import import_company, read_directory
 from resilience.files.merge import InstalledBase, record_installed
 from resilience.files.parallel import StorePool

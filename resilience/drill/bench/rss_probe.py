@@ -22,7 +22,7 @@ from typing import Any
 from resilience.authstate.pgconn import connect
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.errors import VerificationError
-from resilience.files.export import export_all
+from resilience.files.batch import export_all
 from resilience.files.parallel import StorePool
 
 DSN_VARIABLE = "RESILIENCE_BENCH_DSN"

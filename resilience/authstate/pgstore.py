@@ -3,7 +3,7 @@
 Keys are read by `company_id, key_type, key_id = ANY(ids)`; written by multi-row upserts in
 batches of 100 with the TTL of their type; a `None` value deletes the key; creds are one upsert.
 The service's own write path (`set_keys`, `save_creds`) writes the form their ``style`` names
-(default "array"; the stand-in passes its ``DB_BUFFER_FORM``); the import (`sync_company`)
+(default "array"; the stand-in passes its ``DB_BUFFER_FORM``); the import (`pgimport.sync_company`)
 writes the form the store's `buffer_form` chooses per company
 (:mod:`resilience.authstate.bufferform`). Both encodings are read.
 
@@ -14,7 +14,7 @@ verified write (:mod:`.pgimport`), the raw copy that seeds, restores and removes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +23,6 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-from resilience.authstate import pgimport
 from resilience.authstate.bufferform import FormChoice, FormCounts, choose, choose_for, count_forms
 from resilience.authstate.codec import (
     Style,
@@ -38,7 +37,7 @@ from resilience.authstate.pgconn import (  # the connection API, also reached fr
     Conn,
     database_errors,
 )
-from resilience.authstate.pgimport import DB_STYLE, SyncResult
+from resilience.authstate.pgimport import DB_STYLE
 from resilience.authstate.schema import TABLES
 from resilience.config import BufferFormSetting, validate_company_id
 from resilience.errors import (
@@ -72,7 +71,7 @@ def _record_order(record: KeyRecord) -> tuple[str, str]:
 class PgAuthStore:
     """Auth state of every company in one database, through one connection.
 
-    ``buffer_form`` is the Buffer form :meth:`sync_company` writes rows in
+    ``buffer_form`` is the Buffer form :func:`.pgimport.sync_company` writes rows in
     (``RESILIENCE_DB_BUFFER_FORM``): ``auto`` (per company, the form most of its rows use),
     ``array`` or ``base64``."""
 
@@ -254,35 +253,6 @@ class PgAuthStore:
                 else:
                     value = read(text, where=f"{key_type}/{key_id}")
                     yield KeyRecord(company_id, key_type, key_id, value, updated, expires)
-
-    def sync_company(
-        self,
-        company_id: str,
-        creds: Any,
-        keys: Mapping[tuple[str, str], Any],
-        *,
-        where: Callable[[str, str], str] | None = None,
-        advance: Callable[[int], None] | None = None,
-        prints: list[str] | None = None,
-        buffer_form: BufferFormSetting | None = None,
-        kept: Mapping[tuple[str, str], str] | None = None,
-        form: FormChoice | None = None,
-    ) -> SyncResult:
-        """Make the company's rows exactly ``creds`` and ``keys`` (and the rows ``kept``) inside
-        the caller's transaction, checked by the server
-        (:func:`resilience.authstate.pgimport.sync_company`)."""
-        return pgimport.sync_company(
-            self,
-            company_id,
-            creds,
-            keys,
-            where=where,
-            advance=advance,
-            prints=prints,
-            buffer_form=buffer_form,
-            kept=kept,
-            form=form,
-        )
 
     def stored_bytes(self, company_id: str) -> tuple[int, int, int]:
         """(bytes of the key values as stored, number of keys, bytes of the creds), read by one

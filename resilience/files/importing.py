@@ -16,7 +16,7 @@ from resilience.authstate.bufferform import FormChoice
 from resilience.authstate.filestore import key_file_names
 from resilience.authstate.naming import company_dir_name, file_name_for, try_parse_file_name
 from resilience.authstate.pgconn import Conn, database_errors
-from resilience.authstate.pgimport import SyncResult
+from resilience.authstate.pgimport import SyncResult, sync_company
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.config import validate_company_id
 from resilience.errors import DataError, InputError
@@ -148,11 +148,12 @@ def sync_keys(
     form: FormChoice | None = None,
 ) -> SyncResult:
     """``keys`` (and the rows ``kept``) made the company's rows
-    (:meth:`PgAuthStore.sync_company`), with progress; a file that appeared in the directory
-    meanwhile fails it inside the transaction (nothing is imported)."""
+    (:func:`~resilience.authstate.pgimport.sync_company`), with progress; a file that appeared
+    in the directory meanwhile fails it inside the transaction (nothing is imported)."""
     meter = meters.start(f"import {company_id}", len(keys), "keys")
     try:
-        synced = store.sync_company(
+        synced = sync_company(
+            store,
             company_id,
             creds,
             keys,

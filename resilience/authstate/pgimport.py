@@ -8,7 +8,7 @@ upsert and one delete, then the server's comparison of every row with the upload
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -77,6 +77,14 @@ def _upload_rows(
             stored, canonical_form = db_forms(value, where=shown, style=style)
             prints.append(KeyFingerprint.of_canonical(key_type, key_id, canonical_form))
         yield key_type, key_id, Jsonb(stored, dumps=json_bytes), ttl_for(key_type)
+
+
+def _copy_rows(cur: psycopg.Cursor[Any], statement: str, rows: Iterable[Sequence[Any]]) -> None:
+    """``COPY ... FROM STDIN`` of ``rows``. psycopg's queued writer sends the data from a
+    thread of its own: the server parses one batch while this thread encodes the next."""
+    with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def sync_company(
@@ -172,14 +180,11 @@ def _copy_new_keys(
     change them before commit: the company's row count is the check."""
     cur = store.conn.cursor()
     try:
-        # psycopg's queued writer sends the data from a thread of its own: the server
-        # parses one batch while this thread encodes the next
-        with cur.copy(
+        _copy_rows(
+            cur,
             "COPY whatsapp_keys (company_id, key_type, key_id, value, expires_at) FROM STDIN",
-            writer=QueuedLibpqWriter(cur),
-        ) as copy:
-            for key_type, key_id, value, ttl in rows:
-                copy.write_row((company_id, key_type, key_id, value, expires[ttl]))
+            ((company_id, t, i, value, expires[ttl]) for t, i, value, ttl in rows),
+        )
     except psycopg.errors.UniqueViolation:
         raise DatabaseError(
             f"import of company {company_id}: key rows of the company were written by "
@@ -213,19 +218,13 @@ def _upsert_keys(
     )
     conn.execute("TRUNCATE resilience_import")
     cur = conn.cursor()
-    with cur.copy(
-        "COPY resilience_import (key_type, key_id, value, ttl) FROM STDIN",
-        writer=QueuedLibpqWriter(cur),
-    ) as copy:
-        for row in rows:
-            copy.write_row(row)
+    _copy_rows(cur, "COPY resilience_import (key_type, key_id, value, ttl) FROM STDIN", rows)
     if kept:
-        with cur.copy(
+        _copy_rows(
+            cur,
             "COPY resilience_import (key_type, key_id, keep, ver) FROM STDIN",
-            writer=QueuedLibpqWriter(cur),
-        ) as copy:
-            for (key_type, key_id), version in kept.items():
-                copy.write_row((key_type, key_id, True, version))
+            ((t, i, True, version) for (t, i), version in kept.items()),
+        )
     conn.execute("ANALYZE resilience_import")
     differing = conn.execute(
         "SELECT i.key_type, i.key_id, k.value::text FROM resilience_import i "
@@ -292,12 +291,7 @@ def rows_beside(
         )
         conn.execute("TRUNCATE resilience_beside")
         cur = conn.cursor()
-        with cur.copy(
-            "COPY resilience_beside (key_type, key_id, value) FROM STDIN",
-            writer=QueuedLibpqWriter(cur),
-        ) as copy:
-            for row in texts:
-                copy.write_row(row)
+        _copy_rows(cur, "COPY resilience_beside (key_type, key_id, value) FROM STDIN", texts)
         conn.execute("ANALYZE resilience_beside")
         yield from cur.stream(
             "SELECT k.key_type, k.key_id, k.updated_at, k.xmin::text, CASE WHEN "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +19,13 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
+from resilience.backup import walbatch
+from resilience.backup.barman import archives
 from resilience.backup.pitr import segment_name
 from resilience.backup.wal import WalSpool, push_once
-from resilience.backup.walupload import batch_interpreter
+from resilience.backup.walupload import _archive_args, batch_interpreter
 from resilience.config import Settings
+from resilience.infra.s3 import regions_from_settings
 
 SEG = 16 * 1024 * 1024
 SECRET = "s3-secret-Wb71qq"
@@ -135,3 +139,20 @@ def test_a_hanging_uploader_is_stopped_and_the_region_fails_that_pass(
     assert set(result.errors) == {"moscow", "eu"}
     assert all("no upload ended within 1 s" in e for e in result.errors.values())
     assert WalSpool(settings.wal_spool_dir).files() == [wal(1)]
+
+
+def test_a_file_another_pass_removed_is_gone_not_failed(tmp_path: Path, moto_url: str) -> None:
+    settings = _settings(tmp_path, moto_url)
+    (settings.wal_spool_dir / wal(2)).write_bytes(b"w")
+    archive = archives(settings, regions_from_settings(settings))[0]
+    python = batch_interpreter(settings)
+    assert python is not None
+    gone, there = settings.wal_spool_dir / wal(1), settings.wal_spool_dir / wal(2)
+    done = subprocess.run(
+        [python, "-I", str(Path(walbatch.__file__)), walbatch.BATCH_FLAG, "2",
+         *_archive_args(archive)],
+        input=f"{gone}\n{there}\n", capture_output=True, text=True, env=archive.environment(),
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == [f"gone {wal(1)}", f"ok {wal(2)}"]

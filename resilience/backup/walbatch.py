@@ -8,8 +8,9 @@ ours, so this file imports only barman and the standard library, never `resilien
 It reads every WAL path from stdin (one per line, until end of file), then uploads them oldest
 first with N threads, each with a cloud interface of its own, exactly as
 `barman.clients.cloud_walarchive.main` does for one file (name check, compression, history
-tags). It writes one line per file to stdout as each upload ends: ``ok NAME`` or
-``error NAME MESSAGE``; after the first error no new upload starts (those under way finish).
+tags). It writes one line per file to stdout as each upload ends: ``ok NAME``,
+``error NAME MESSAGE``, or ``gone NAME`` for a file no longer in the spool (another pass sent
+it everywhere); after the first error no new upload starts (those under way finish).
 Why by hand: barman-cloud has no batch mode, and one process per segment spends most of its
 time starting Python (about 0.5 s a segment on our machines).
 """
@@ -62,6 +63,9 @@ def main(argv: list[str]) -> int:
                 except queue.Empty:
                     return
                 name = os.path.basename(path)
+                if not os.path.exists(path):  # another pass sent it everywhere and removed it
+                    report(f"gone {name}")
+                    continue
                 try:
                     if not is_any_xlog_file(path):
                         raise ValueError(f"{name} is an invalid name for a WAL file")

@@ -131,6 +131,8 @@ def _push_batch(
                 if verdict == "ok" and name in todo:
                     spool.mark(archive.mark, name)
                     outcome[name] = None
+                elif verdict == "gone" and name in todo:
+                    outcome[name] = None  # as _archive_one: nothing left to send
                 elif verdict == "error" and name in todo:
                     outcome[name] = (
                         f"region {archive.name} ({archive.store.bucket}): archiving {name} "

@@ -20,14 +20,8 @@ import httpx
 import pytest
 
 from resilience.chaos import faults
-from resilience.chaos.toxiproxy import (
-    STREAMS,
-    Proxy,
-    ProxySpec,
-    Stream,
-    ToxiproxyAPIError,
-    ToxiproxyClient,
-)
+from resilience.chaos.model import STREAMS, Proxy, ProxySpec, Stream
+from resilience.chaos.toxiproxy import ToxiproxyAPIError, ToxiproxyClient
 from resilience.errors import ChaosError, ConfigError, InputError, StackError
 from resilience.infra.waiting import wait_until
 

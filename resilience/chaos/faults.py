@@ -15,7 +15,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from resilience.chaos.toxiproxy import Proxy, Stream, Toxic, ToxiproxyAPIError, ToxiproxyClient
+from resilience.chaos.model import Proxy, Stream, Toxic
+from resilience.chaos.toxiproxy import ToxiproxyAPIError, ToxiproxyClient
 from resilience.errors import ChaosError
 
 log = logging.getLogger(__name__)

@@ -20,30 +20,15 @@ from urllib.parse import quote
 import httpx
 
 from resilience.chaos.model import (
-    STREAMS,
-    TOXIC_TYPES,
     Proxy,
     ProxySpec,
     Stream,
     Toxic,
-    ToxicType,
     check_non_negative,
     check_stream,
     check_toxicity,
 )
 from resilience.errors import ChaosError, ConfigError, InputError
-
-__all__ = [  # the API's types live in resilience.chaos.model; callers import them from here
-    "STREAMS",
-    "TOXIC_TYPES",
-    "Proxy",
-    "ProxySpec",
-    "Stream",
-    "Toxic",
-    "ToxicType",
-    "ToxiproxyAPIError",
-    "ToxiproxyClient",
-]
 
 _MAX_SERVER_MESSAGE = 300
 

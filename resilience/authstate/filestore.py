@@ -4,8 +4,7 @@ Layout: ``<root>/company_<id>/creds.json`` and one ``<type>-<id>.json`` per key 
 :mod:`resilience.authstate.naming`), each holding base64 BufferJSON as Baileys writes it.
 
 Every write is atomic: a temp file in the same directory, fsync, ``os.replace``, then fsync of the
-directory. Files are 0600 and directories 0700, set explicitly whatever the umask. Temp files are
-named ``.tmp-<random>`` (never a ``.json`` name Baileys could read).
+directory. Files are 0600 and directories 0700, whatever the umask. Temp files: ``.tmp-<random>``.
 
 A whole directory written at once (:meth:`FileAuthStore.write_all` with ``durable="batch"``) is
 the exception: it must be a new directory that nobody reads yet (an export's staging directory,
@@ -483,15 +482,19 @@ def read_raw_files(company_dir: Path) -> dict[str, bytes]:
 
 
 def key_file_names(company_dir: Path) -> list[str]:
+    return sorted(key_file_set(company_dir))  # the key files, sorted
+
+
+def key_file_set(company_dir: Path) -> set[str]:
     """Names of the key files of a company directory (not creds, manifest or temp files)."""
     try:
         names = os.listdir(company_dir)
     except OSError as exc:
         raise DataError(f"cannot list {company_dir}: {exc.strerror}") from None
-    return sorted(
+    return {
         n
         for n in names
         if n.endswith(FILE_SUFFIX)
         and n not in (CREDS_FILE, MANIFEST_FILE)
         and not n.startswith(TEMP_PREFIX)
-    )
+    }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +37,10 @@ class KeyRecord:
     value: Any
     updated_at: datetime | None = None
     expires_at: datetime | None = None
+    #: the row version read (its ``xmin``), when read from PostgreSQL by
+    #: :meth:`~resilience.authstate.pgstore.PgAuthStore.stream_company`: the way back tells a
+    #: row untouched since an export by it
+    version: str | None = field(default=None, compare=False)
 
 
 def ttl_for(key_type: str) -> timedelta:

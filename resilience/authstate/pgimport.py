@@ -151,13 +151,8 @@ def sync_company(
             )
         else:
             keys_check = _upsert_keys(store, company_id, keys, rows, kept or {})
-        stored_creds = store.load_creds(company_id)
-        creds_changed = stored_creds is None or canonical(stored_creds) != canonical(creds)
-        if creds_changed:
-            store.save_creds(company_id, creds, style=form.style)
-        after_creds = store.load_creds(company_id) if creds_changed else stored_creds
+        creds_changed, creds_equal = sync_creds(store, company_id, creds, lambda: form.style)
     upserted, deleted, (stored, uploaded, equal) = keys_check
-    creds_equal = after_creds is not None and canonical(after_creds) == canonical(creds)
     total = len(keys) + len(kept or {})
     if not (stored == equal == uploaded == total and creds_equal):
         raise VerificationError(
@@ -166,6 +161,21 @@ def sync_company(
             f"{'equal' if creds_equal else 'different'}; rolled back"
         )
     return SyncResult(total, upserted, deleted, creds_changed, form)
+
+
+def sync_creds(
+    store: PgAuthStore, company_id: str, creds: Any, style: Callable[[], Style]
+) -> tuple[bool, bool]:
+    """The company's creds made ``creds`` in the caller's transaction, written (in the Buffer
+    form ``style()`` gives) only when they differ by decoded value: (changed, equal to
+    ``creds`` when read back)."""
+    with database_errors("importing the creds"):
+        stored = store.load_creds(company_id)
+        changed = stored is None or canonical(stored) != canonical(creds)
+        if changed:
+            store.save_creds(company_id, creds, style=style())
+        after = store.load_creds(company_id) if changed else stored
+    return changed, after is not None and canonical(after) == canonical(creds)
 
 
 def _copy_new_keys(

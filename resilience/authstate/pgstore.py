@@ -226,9 +226,10 @@ class PgAuthStore:
         rows included), in no particular order, as the server sends them: one statement, one
         snapshot of the database and one round trip, whatever the isolation level; rows arrive
         in chunks (libpq's chunked rows mode), so the caller works on them while the server
-        sends the rest. Values travel as JSON text and are parsed once, by the codec; decoded
-        (Buffers as bytes) unless ``decoded`` is False (Buffer objects as stored: what an
-        export re-encodes in one walk, see :func:`~resilience.authstate.codec.file_forms`)."""
+        sends the rest, each with its version (``xmin``). Values travel as JSON text and are
+        parsed once, by the codec; decoded (Buffers as bytes) unless ``decoded`` is False
+        (Buffer objects as stored: what an export re-encodes in one walk, see
+        :func:`~resilience.authstate.codec.file_forms`)."""
         read = loads if decoded else parse
         validate_company_id(company_id)
         conn = self.conn
@@ -240,10 +241,10 @@ class PgAuthStore:
             conn.transaction() if own else nullcontext(),
             conn.cursor() as cur,
         ):
-            for part, key_type, key_id, text, updated, expires in cur.stream(
+            for part, key_type, key_id, text, updated, expires, version in cur.stream(
                 "SELECT 0 AS part, NULL AS key_type, NULL AS key_id, creds::text, updated_at, "
-                "NULL::timestamptz FROM whatsapp_auth WHERE company_id = %(c)s UNION ALL "
-                "SELECT 1, key_type, key_id, value::text, updated_at, expires_at "
+                "NULL::timestamptz, NULL FROM whatsapp_auth WHERE company_id = %(c)s UNION ALL "
+                "SELECT 1, key_type, key_id, value::text, updated_at, expires_at, xmin::text "
                 "FROM whatsapp_keys WHERE company_id = %(c)s",
                 {"c": company_id},
                 size=STREAM_ROWS,
@@ -252,7 +253,7 @@ class PgAuthStore:
                     yield CredsRow(read(text, where="creds"))
                 else:
                     value = read(text, where=f"{key_type}/{key_id}")
-                    yield KeyRecord(company_id, key_type, key_id, value, updated, expires)
+                    yield KeyRecord(company_id, key_type, key_id, value, updated, expires, version)
 
     def stored_bytes(self, company_id: str) -> tuple[int, int, int]:
         """(bytes of the key values as stored, number of keys, bytes of the creds), read by one

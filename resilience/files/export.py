@@ -105,6 +105,9 @@ class ExportResult:
     #: file name -> merge.file_hash of the plain files written (the way back reads a file with
     #: these bytes as the base's without decoding it); not in to_dict
     file_hashes: dict[str, str] = field(default_factory=dict, repr=False)
+    #: file name -> [type, id, version] of the row each file holds (None when a file holds a
+    #: legacy row): the way back tells rows untouched since by it; not in to_dict
+    row_versions: dict[str, list[str]] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         installed = {} if self.installed_from is None else {"installed_from": self.installed_from}
@@ -227,6 +230,7 @@ def export_company(
         duration_s=time.monotonic() - started,
         fingerprints=fill.prints,
         file_hashes=fill.hashes,
+        row_versions=row_versions(view),
         creds_print=creds_fingerprint(fill.creds),
         next_pre_key_id=next_pre_key_id(fill.creds),
     )
@@ -348,6 +352,21 @@ class _Fill:
         if self.verify:
             _verify_staged(staged, self.company_id, set(written) | {MANIFEST_FILE})
         return len(manifest_json)
+
+
+def row_versions(view: CompanyView) -> dict[str, list[str]] | None:
+    """File name -> ``[type, id, version]`` of the row each file holds, when each holds one
+    row stored under its Baileys reference (no legacy row, no several rows naming one file):
+    what :mod:`~resilience.files.untouched` compares PostgreSQL's rows with. None otherwise."""
+    if view.collisions:
+        return None
+    versions: dict[str, list[str]] = {}
+    for name, entry in view.entries.items():
+        row = entry.record
+        if row.version is None or (row.key_type, row.key_id) != (entry.key_type, entry.key_id):
+            return None
+        versions[name] = [row.key_type, row.key_id, row.version]
+    return versions
 
 
 def _missing_dirs(root: Path) -> list[Path]:

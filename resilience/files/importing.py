@@ -13,7 +13,7 @@ from typing import Any
 from psycopg.pq import TransactionStatus
 
 from resilience.authstate.bufferform import FormChoice
-from resilience.authstate.filestore import key_file_names
+from resilience.authstate.filestore import key_file_names, key_file_set
 from resilience.authstate.naming import company_dir_name, file_name_for, try_parse_file_name
 from resilience.authstate.pgconn import Conn, database_errors
 from resilience.authstate.pgimport import SyncResult, sync_company
@@ -165,7 +165,7 @@ def sync_keys(
         )
     finally:
         meter.close()
-    appeared = set(key_file_names(company_dir)) - set(files)
+    appeared = key_file_set(company_dir) - files.keys()
     if appeared:
         raise DataError(
             f"{company_dir} changed while it was being read: {listed(sorted(appeared))} appeared"

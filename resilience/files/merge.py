@@ -24,17 +24,19 @@ made by hand, or a record lost) the directory is taken whole, as before, and tha
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping, Set
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from resilience.authstate.naming import company_dir_name
+import orjson
+
+from resilience.authstate.naming import MANIFEST_FILE, company_dir_name
 from resilience.config import validate_company_id
 from resilience.errors import DataError
+from resilience.files.untouched import file_signatures, versions_sum
 from resilience.infra.fsutil import atomic_write
 
 Ref = tuple[str, str]
@@ -60,11 +62,26 @@ class InstalledBase:
     #: file name -> :func:`file_hash` of the bytes installed, for the files whose value is
     #: plain (codec.file_forms_plain); None when the source did not record them
     files: dict[str, str] | None = field(default=None, repr=False)
+    #: file name -> [type, id, version] of the row each file holds, as the export read it,
+    #: and file name -> signature of the file put in place (:mod:`.untouched`; the manifest's
+    #: too: while it is untouched it maps the names as the rows do); None when the
+    #: source did not record them (the way back then reads every file and row)
+    rows: dict[str, list[str]] | None = field(default=None, repr=False)
+    stats: dict[str, list[int]] | None = field(default=None, repr=False)
+    #: :func:`~.untouched.versions_sum` of ``rows`` as ``"count:sum"``, computed when recorded
+    row_sum: str | None = None
+
+    def versions_sum(self) -> tuple[int, int]:
+        """:func:`~.untouched.versions_sum` of the rows recorded (computed if not recorded)."""
+        if self.row_sum is not None:
+            count, total = self.row_sum.split(":")
+            return int(count), int(total)
+        return versions_sum((self.rows or {}).values())
 
     def write(self, root: Path) -> Path:
         """Atomically, 0600, beside the switch state."""
         path = base_path(root, self.company_id)
-        atomic_write(path, json.dumps(asdict(self), separators=(",", ":")).encode())
+        atomic_write(path, orjson.dumps(self))  # a dataclass, natively (100k keys: ms)
         return path
 
     @classmethod
@@ -73,7 +90,7 @@ class InstalledBase:
         :class:`DataError` when it cannot be read (never guessed)."""
         path = base_path(root, company_id)
         try:
-            data: Any = json.loads(path.read_bytes())
+            data: Any = orjson.loads(path.read_bytes())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
@@ -96,6 +113,7 @@ class InstalledBase:
                         )
                     )
                 )
+                and _recorded_per_key(base)
             )
         except TypeError:
             ok = False
@@ -105,6 +123,31 @@ class InstalledBase:
                 f"{company_id}: move it away to take the directory whole"
             )
         return base
+
+
+_ROW_SUM = re.compile(r"[0-9]{1,12}:[0-9]{1,40}")
+
+
+def _recorded_per_key(base: InstalledBase) -> bool:
+    """The base's row versions and file signatures, when recorded, are one per key file."""
+    rows, stats = base.rows, base.stats
+    if rows is None and stats is None:
+        return True
+    return (
+        isinstance(rows, dict)
+        and isinstance(stats, dict)
+        and rows.keys() == base.keys.keys()
+        and stats.keys() - {MANIFEST_FILE} <= base.keys.keys()
+        and all(
+            isinstance(row, list) and len(row) == 3 and all(isinstance(p, str) for p in row)
+            for row in rows.values()
+        )
+        and all(
+            isinstance(sig, list) and len(sig) == 4 and all(type(n) is int for n in sig)
+            for sig in stats.values()
+        )
+        and (base.row_sum is None or bool(_ROW_SUM.fullmatch(str(base.row_sum))))
+    )
 
 
 def base_path(root: Path, company_id: str) -> Path:
@@ -125,9 +168,16 @@ def record_base(
     keys: Mapping[str, str],
     next_pre_key: int | None = None,
     files: Mapping[str, str] | None = None,
+    rows: Mapping[str, list[str]] | None = None,
 ) -> InstalledBase:
     """Write the base of a switch that installed ``keys`` (file name -> fingerprint; ``files``:
-    file name -> :func:`file_hash` of the plain files' bytes, when the source knows them)."""
+    file name -> :func:`file_hash` of the plain files' bytes, when the source knows them;
+    ``rows``: file name -> [type, id, version] of the rows exported). With ``rows`` the
+    files' signatures are taken now (:mod:`.untouched`): call it before the service runs."""
+    stats = row_sum = None
+    if rows is not None:
+        stats = file_signatures(root / company_dir_name(company_id), [*rows, MANIFEST_FILE])
+        row_sum = "{}:{}".format(*versions_sum(rows.values()))
     base = InstalledBase(
         company_id,
         source,
@@ -137,6 +187,9 @@ def record_base(
         dict(keys),
         next_pre_key,
         None if files is None else dict(files),
+        None if rows is None else dict(rows),
+        stats,
+        row_sum,
     )
     base.write(root)
     return base
@@ -154,12 +207,13 @@ class InstalledCopy(Protocol):
 def record_installed(
     root: Path, company_id: str, source: str, copy: InstalledCopy
 ) -> InstalledBase:
-    """:func:`record_base` of what ``copy`` put in place (with its files' hashes when it has
-    them: an export's result)."""
+    """:func:`record_base` of what ``copy`` put in place (with its files' hashes and its rows'
+    versions when it has them: an export's result)."""
     files: Mapping[str, str] | None = getattr(copy, "file_hashes", None)
+    rows: Mapping[str, list[str]] | None = getattr(copy, "row_versions", None)
     return record_base(
         root, company_id, source, copy.digest, copy.creds_print, copy.fingerprints,
-        copy.next_pre_key_id, files,
+        copy.next_pre_key_id, files, rows,
     )  # fmt: skip
 
 
@@ -271,6 +325,12 @@ def _pre_key_number(name: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def _highest_pre_key(names: Iterable[str]) -> int | None:
+    """The highest pre-key id among file names (a regular expression only for pre-keys)."""
+    found = (_PRE_KEY_FILE.fullmatch(n) for n in names if n.startswith("pre-key-"))
+    return max((int(m.group(1)) for m in found if m), default=None)
+
+
 def pre_keys_issued_in_files(
     base: InstalledBase | None,
     next_pre_key: int | None,
@@ -291,10 +351,13 @@ def pre_keys_issued_in_files(
     issued_from = base.next_pre_key_id
     if issued_from is not None and next_pre_key is not None and next_pre_key > issued_from:
         ranges.append((issued_from, next_pre_key))
-    base_max = max((n for n in map(_pre_key_number, base.keys) if n is not None), default=None)
-    ours_max = max((n for n in map(_pre_key_number, ours) if n is not None), default=None)
+    # only a name the base has not can be above the base's highest pre-key
+    ours_max = _highest_pre_key(n for n in ours if n not in base.keys)
+    base_max = None if ours_max is None else _highest_pre_key(base.keys)
     if base_max is not None and ours_max is not None and ours_max > base_max:
         ranges.append((base_max + 1, ours_max + 1))
+    if not ranges:
+        return set()
     return {
         name
         for name in candidates

@@ -22,7 +22,6 @@ and the digests are those of the merge over every decoded value.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,10 +65,11 @@ from resilience.files.merge import (
     InstalledBase,
     MergePlan,
     Side,
-    file_hash,
     plan_merge,
     pre_keys_issued_in_files,
 )
+from resilience.files.ourside import OurFiles, read_our_files
+from resilience.files.wayback_fast import merge_as_exported
 from resilience.infra.progress import Meters
 from resilience.infra.waiting import wait_until
 
@@ -211,12 +211,17 @@ def merge_import(
 ) -> ImportResult:
     """The way back of ``import_company(three_way=True)``: the merge planned (``dry_run``) or
     written in one verified transaction (module text)."""
-    _manifest, files = mapped_files(company_dir, company_id)
     if dry_run:
+        _manifest, files = mapped_files(company_dir, company_id)
         return _preview_merge(store, company_dir, company_id, base, files, started)
     require_idle(store.conn)
     creds = read_creds_file(company_dir)
-    ours = _read_ours_beside_base(company_dir, files, base)
+    if base is not None:  # PostgreSQL as the export left it: only what file mode touched
+        quick = merge_as_exported(store, company_dir, company_id, base, creds, meters, started)
+        if quick is not None:
+            return quick
+    _manifest, files = mapped_files(company_dir, company_id)
+    ours = read_our_files(company_dir, files, base)
     with import_transaction(store, company_id):
         theirs = _read_theirs_beside(store, company_id, files, ours)
         owned = pre_keys_issued_in_files(base, next_pre_key_id(creds), ours.sides, theirs.sides)
@@ -289,68 +294,9 @@ def _preview_merge(
 # --- the write's reads: only what differs is decoded ----------------------------------------------
 
 
-@dataclass
-class _Ours:
-    """The directory for the way back: every key file's :class:`Side`; the files with the
-    base's bytes kept as read (parsed only if asked for), the others parsed."""
-
-    raw: dict[str, bytes] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict)
-    sides: dict[str, Side] = field(default_factory=dict)
-
-    def value(self, name: str) -> Any:
-        """The file's value, Buffers as written."""
-        if name in self.values:
-            return self.values[name]
-        return parse(self.raw[name], where=name)
-
-
-def _read_ours_beside_base(
-    company_dir: Path, files: Mapping[str, Ref], base: InstalledBase | None
-) -> _Ours:
-    """Every key file read; one whose bytes hash as the base recorded them has the base's
-    fingerprint, every other one is decoded (:class:`DataError` naming a file that does not
-    decode or vanished)."""
-    hashes = (base.files or {}) if base is not None else {}
-    ours = _Ours()
-    dir_fd = os.open(company_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for name, ref in files.items():
-            _read_one(company_dir, dir_fd, name, ref, base, hashes.get(name), ours)
-    finally:
-        os.close(dir_fd)
-    return ours
-
-
-def _read_one(
-    company_dir: Path,
-    dir_fd: int,
-    name: str,
-    ref: Ref,
-    base: InstalledBase | None,
-    known: str | None,
-    ours: _Ours,
-) -> None:
-    key_type, key_id = ref
-    try:
-        raw = read_regular_file(company_dir, name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        raise DataError(
-            f"{name[:80]!r} in {company_dir} vanished while it was being read"
-        ) from None
-    if base is not None and known is not None and known == file_hash(key_type, key_id, raw):
-        ours.raw[name] = raw
-        ours.sides[name] = Side(ref, base.keys[name])
-        return
-    value = parse(raw, where=name)
-    form = canonical(value, where=name)
-    ours.values[name] = value
-    ours.sides[name] = Side(ref, KeyFingerprint.of_canonical(key_type, key_id, form))
-
-
 class _Row(NamedTuple):
     """A key row as the way back reads it; ``text`` None: its jsonb equals the file of the
-    same ``(type, id)`` (one of :attr:`_Ours.raw`)."""
+    same ``(type, id)`` (one of :attr:`OurFiles.raw`)."""
 
     key_type: str
     key_id: str
@@ -372,7 +318,7 @@ class _Theirs:
     #: the form rows are written in (PgAuthStore.write_form), from the rows read
     form: FormChoice | None = None
 
-    def value(self, row: _Row, ours: _Ours) -> Any:
+    def value(self, row: _Row, ours: OurFiles) -> Any:
         """The row's value, Buffers as stored."""
         if row.text is None:
             return ours.value(self.name_of[(row.key_type, row.key_id)])
@@ -380,7 +326,7 @@ class _Theirs:
 
 
 def _read_theirs_beside(
-    store: PgAuthStore, company_id: str, files: Mapping[str, Ref], ours: _Ours
+    store: PgAuthStore, company_id: str, files: Mapping[str, Ref], ours: OurFiles
 ) -> _Theirs:
     """PostgreSQL's creds and rows read beside the files with the base's bytes (their rows
     compared by the server); only the rows that differ from them are decoded."""
@@ -415,7 +361,7 @@ def _read_theirs_beside(
     return theirs
 
 
-def _chosen(company_id: str, group: list[_Row], theirs: _Theirs, ours: _Ours) -> _Row:
+def _chosen(company_id: str, group: list[_Row], theirs: _Theirs, ours: OurFiles) -> _Row:
     """The row the service reads of several naming one file (legacy twins), chosen as
     :func:`~resilience.authstate.view.view_of` chooses."""
     records = {
@@ -429,7 +375,9 @@ def _chosen(company_id: str, group: list[_Row], theirs: _Theirs, ours: _Ours) ->
     return next(r for r in group if (r.key_type, r.key_id) == (winner.key_type, winner.key_id))
 
 
-def _writes(plan: MergePlan, ours: _Ours, theirs: _Theirs) -> tuple[dict[Ref, Any], dict[Ref, str]]:
+def _writes(
+    plan: MergePlan, ours: OurFiles, theirs: _Theirs
+) -> tuple[dict[Ref, Any], dict[Ref, str]]:
     """The merge's keys: those to upload (new, changed, or under another row's reference) and
     the rows kept as they are, by ``xmin``."""
     keys: dict[Ref, Any] = {}

@@ -44,6 +44,8 @@ class Installed:
     #: file name -> hash of the plain files' bytes (an export's; the way back reads a file
     #: with those bytes as installed without decoding it: resilience.files.wayback)
     file_hashes: dict[str, str] = field(default_factory=dict, repr=False)
+    #: file name -> [type, id, version] of the rows an export read (resilience.files.untouched)
+    row_versions: dict[str, list[str]] | None = field(default=None, repr=False)
 
     @classmethod
     def of_export(cls, result: export_mod.ExportResult, **details: Any) -> Installed:
@@ -54,6 +56,7 @@ class Installed:
             result.next_pre_key_id,
             {**result.to_dict(), **details},
             file_hashes=result.file_hashes,
+            row_versions=result.row_versions,
         )
 
 

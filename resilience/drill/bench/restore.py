@@ -17,7 +17,13 @@ order of the pair alternates from one repetition to the next, so drift hits both
   to PostgreSQL after an outage that lost nothing (the import's upsert path: every key compared,
   none written);
 - **raw import**: ``COPY ... FROM STDIN`` of the rows the import writes (captured from a first
-  import before timing) and the creds row, in one transaction, into the emptied company.
+  import before timing) and the creds row, in one transaction, into the emptied company;
+- **the way back over the rows** (target against the raw import): the company exported as its
+  rows stand and the base recorded, as the switch to files does, then ``restore.to-postgres``'s
+  three-way merge over the company's own rows (an outage that lost nothing: PostgreSQL as the
+  export left it, the directory as installed; :mod:`resilience.files.wayback_fast`);
+- **the way back reading everything** (no target): the same merge over a base without the
+  rows' versions and the files' signatures, as when PostgreSQL changed after the export.
 
 Ratios are medians over medians (``export / raw export``, ``import / raw import``). Before any
 timing the bench proves the data round-trips: the database's digest after seeding equals the
@@ -41,6 +47,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -225,10 +232,8 @@ def _bench_size(
         store, company_id, n, repeat, prepared, report, expected
     )
     over_rows_s = _rounds_over_rows(store, company_id, n, repeat, prepared, report, expected)
-    # what restore.to-postgres runs: the three-way merge against what the export installed
-    base = record_installed(prepared, company_id, "export", first)
-    way_back_s = _rounds_over_rows(
-        store, company_id, n, repeat, prepared, report, expected, base=base
+    way_back_s, full_merge_s = _way_back_rounds(
+        store, company_id, n, repeat, work, report, expected
     )
     return {
         "keys": n,
@@ -245,6 +250,8 @@ def _bench_size(
         "ratio_import_over_rows": measure.ratio(over_rows_s, raw_import_s),
         "way_back_over_rows_s": measure.stats(way_back_s),
         "ratio_way_back_over_rows": measure.ratio(way_back_s, raw_import_s),
+        "way_back_reading_everything_s": measure.stats(full_merge_s),
+        "ratio_way_back_reading_everything": measure.ratio(full_merge_s, raw_import_s),
         "digest": expected,
     }
 
@@ -340,6 +347,34 @@ def _rounds_over_rows(
         _check_db(store, company_id, expected, what)
         report(f"{n} keys: {what} {runs[-1]:.2f} s")
     return runs
+
+
+def _way_back_rounds(
+    store: PgAuthStore,
+    company_id: str,
+    n: int,
+    repeat: int,
+    work: Path,
+    report: Progress,
+    expected: str,
+) -> tuple[list[float], list[float]]:
+    """The way back as restore.to-postgres runs it after a live export and an outage that lost
+    nothing: the company exported as its rows stand and the base recorded (as the switch to
+    files does), then the three-way merge over the company's own rows, ``repeat`` times; then
+    as many merges over a base without the rows' versions and files' signatures (every file
+    and row read: what the way back does when PostgreSQL changed since the export)."""
+    report(f"{n} keys: live export for the way back (the switch to files)")
+    live = export_company(store, work / "live", company_id, source="bench")
+    _check(live.digest, expected, "the live export")
+    base = record_installed(work / "live", company_id, "export", live)
+    fast = _rounds_over_rows(
+        store, company_id, n, repeat, work / "live", report, expected, base=base
+    )
+    full = replace(base, rows=None, stats=None)
+    slow = _rounds_over_rows(
+        store, company_id, n, repeat, work / "live", report, expected, base=full
+    )
+    return fast, slow
 
 
 def _check_room(work: Path, needed: int) -> None:

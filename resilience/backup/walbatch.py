@@ -1,65 +1,171 @@
-"""Many WAL files to one region in one process, with barman-cloud-wal-archive's own code.
+"""Many WAL files to every region in one process, with barman-cloud-wal-archive's own code.
 
 Run by the interpreter of `barman-cloud-wal-archive` (which may be another virtualenv than
 ours, so this file imports only barman and the standard library, never `resilience`):
 
-    python walbatch.py --batch-uploads N <barman-cloud-wal-archive's arguments, no WAL path>
+    python walbatch.py --batch-uploads N
 
-It reads every WAL path from stdin (one per line, until end of file), then uploads them oldest
-first with N threads sharing one cloud interface (made once: it uploads through boto3's
-client, which is thread-safe; a session per thread cost a third of a second each), exactly as
-`barman.clients.cloud_walarchive.main` does for one file (name check, compression, history
-tags). It writes one line per file to stdout as each upload ends: ``ok NAME``,
-``error NAME MESSAGE``, or ``gone NAME`` for a file no longer in the spool (another pass sent
-it everywhere); after the first error no new upload starts (those under way finish).
-Why by hand: barman-cloud has no batch mode, and one process per segment spends most of its
-time starting Python (about 0.5 s a segment on our machines).
+Its stdin is one JSON document, ``{"regions": [{"name", "args", "env", "paths"}, ...]}``: each
+region's barman-cloud-wal-archive arguments (without a WAL path), its ``AWS_*`` variables (its
+credentials travel here, never in argv) and the WAL paths it lacks, oldest first. Each region
+gets one cloud interface (made once, with that region's variables in the environment: boto3
+reads them when it makes the client; the client is thread-safe, so the region's N threads
+share it) and uploads the files oldest first, N at a time, exactly as
+`barman.clients.cloud_walarchive.main` does for one file (name check, key, compression, history
+tags). A file is compressed once for all regions: the first region to need it compresses it
+with barman's own compressor, the others upload the same bytes.
+
+It writes one line per file and region to stdout as each upload ends: ``ok REGION NAME``,
+``error REGION NAME MESSAGE``, or ``gone REGION NAME`` for a file no longer in the spool
+(another pass sent it everywhere); after a region's first error no new upload to that region
+starts (those under way finish), the other regions go on.
+Why by hand: barman-cloud has no batch mode, and one process per segment and region spends
+most of its time starting Python and boto3 (about 0.5 s a segment on our machines).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import queue
 import sys
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import closing
 from typing import Any
 
 BATCH_FLAG = "--batch-uploads"
 
 
-def _split(argv: list[str]) -> tuple[int, list[str]]:
-    if len(argv) < 2 or argv[0] != BATCH_FLAG:
-        raise SystemExit(f"usage: walbatch.py {BATCH_FLAG} N <barman-cloud-wal-archive args>")
-    return max(1, int(argv[1])), argv[2:]
+def _uploads(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != BATCH_FLAG:
+        raise SystemExit(f"usage: walbatch.py {BATCH_FLAG} N (regions and paths on stdin)")
+    return max(1, int(argv[1]))
 
 
-def main(argv: list[str]) -> int:
-    uploads, barman_args = _split(argv)
+class _Entry:
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.data: bytes | None = None
+        self.uses = 0
+
+
+class SharedBytes:
+    """What each file becomes once compressed, made once and handed to every region that
+    uploads it; an entry leaves when its `users` (path -> how many regions upload it) took it,
+    and at most `room` are kept (a region far behind the others compresses again rather than
+    holding memory)."""
+
+    def __init__(self, users: dict[str, int], room: int) -> None:
+        self.users = users
+        self.room = max(1, room)
+        self.lock = threading.Lock()
+        self.entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def get(self, path: str, make: Callable[[], bytes]) -> bytes:
+        with self.lock:
+            entry = self.entries.get(path)
+            owner = entry is None
+            if entry is None:
+                entry = self.entries[path] = _Entry()
+                while len(self.entries) > self.room:
+                    self.entries.popitem(last=False)
+            entry.uses += 1
+            if entry.uses >= self.users.get(path, 1):
+                self.entries.pop(path, None)
+        if owner:
+            try:
+                entry.data = make()
+            finally:
+                entry.ready.set()
+            return entry.data
+        entry.ready.wait()
+        return entry.data if entry.data is not None else make()  # the maker failed: our turn
+
+
+def _interfaces(regions: list[dict[str, Any]]) -> list[tuple[Any, Any, Exception | None]]:
+    """(config, interface, why not) per region, made one after another with that region's
+    AWS_* variables in the environment (boto3 reads them as it makes the client)."""
     from barman.clients import cloud_walarchive
     from barman.cloud_providers import get_cloud_interface
-    from barman.xlog import is_any_xlog_file, is_history_file
 
-    # the WAL path argument is required by the parser; each upload names its own file
-    config: Any = cloud_walarchive.parse_arguments([*barman_args, "x"])
-    try:  # one interface for every thread (boto3's client, which is thread-safe), made once
-        interface: Any = get_cloud_interface(config)
-        broken: Exception | None = None
-    except Exception as exc:  # reported with the first file to upload
-        interface, broken = None, exc
-    paths = [line.strip() for line in sys.stdin.read().splitlines() if line.strip()]
-    todo: queue.SimpleQueue[str] = queue.SimpleQueue()
-    for path in paths:
-        todo.put(path)
-    failed = threading.Event()
-    out = threading.Lock()
+    made: list[tuple[Any, Any, Exception | None]] = []
+    for region in regions:
+        for key in [k for k in os.environ if k.startswith("AWS_")]:
+            if key not in region["env"]:
+                del os.environ[key]
+        os.environ.update(region["env"])
+        # the WAL path argument is required by the parser; each upload names its own file
+        config: Any = cloud_walarchive.parse_arguments([*region["args"], "x"])
+        try:
+            made.append((config, get_cloud_interface(config), None))
+        except Exception as exc:  # reported with the region's first file to upload
+            made.append((config, None, exc))
+    return made
 
-    def report(line: str) -> None:
-        with out:  # this process's protocol with its parent, one whole line at a time
+
+def _shared_uploader(base: Any, shared: SharedBytes) -> Any:
+    """barman's CloudWalUploader whose file object is the shared compressed bytes (made by
+    barman's own retrieve_file_obj the first time)."""
+
+    class Uploader(base):  # type: ignore[misc]
+        def retrieve_file_obj(self, wal_path: str) -> Any:
+            def make() -> bytes:
+                with closing(super(Uploader, self).retrieve_file_obj(wal_path)) as made:
+                    return bytes(made.read())
+
+            return io.BytesIO(shared.get(wal_path, make))
+
+    return Uploader
+
+
+class Batch:
+    """One run: every region's paths, N threads a region, one answer line per file and
+    region."""
+
+    def __init__(self, regions: list[dict[str, Any]], uploads: int) -> None:
+        from barman.clients import cloud_walarchive
+
+        self.regions = regions
+        self.uploads = uploads
+        self.made = _interfaces(regions)
+        users: dict[str, int] = {}
+        for region in regions:
+            for path in region["paths"]:
+                users[path] = users.get(path, 0) + 1
+        self.uploader = _shared_uploader(
+            cloud_walarchive.CloudWalUploader, SharedBytes(users, 2 * uploads)
+        )
+        self.out = threading.Lock()
+        self.failed = [threading.Event() for _ in regions]
+
+    def report(self, line: str) -> None:
+        with self.out:  # this process's protocol with its parent, one whole line at a time
             sys.stdout.write(line.replace("\n", " ") + "\n")
             sys.stdout.flush()
 
-    def worker() -> None:
+    def upload(self, index: int, path: str) -> None:
+        """One file to one region, as barman-cloud-wal-archive does; raises when it fails."""
+        from barman.xlog import is_any_xlog_file, is_history_file
+
+        config, interface, broken = self.made[index]
+        if not is_any_xlog_file(path):
+            raise ValueError(f"{os.path.basename(path)} is an invalid name for a WAL file")
+        if broken is not None:
+            raise broken
+        uploader = self.uploader(
+            cloud_interface=interface,
+            server_name=config.server_name,
+            compression=config.compression,
+            compression_level=config.compression_level,
+        )
+        history = {"override_tags": config.history_tags} if is_history_file(path) else {}
+        uploader.upload_wal(path, **history)
+
+    def worker(self, index: int, todo: queue.SimpleQueue[str]) -> None:
+        region, failed = self.regions[index]["name"], self.failed[index]
         while not failed.is_set():
             try:
                 path = todo.get_nowait()
@@ -67,36 +173,40 @@ def main(argv: list[str]) -> int:
                 return
             name = os.path.basename(path)
             if not os.path.exists(path):  # another pass sent it everywhere and removed it
-                report(f"gone {name}")
+                self.report(f"gone {region} {name}")
                 continue
             try:
-                if not is_any_xlog_file(path):
-                    raise ValueError(f"{name} is an invalid name for a WAL file")
-                if broken is not None:
-                    raise broken
-                uploader = cloud_walarchive.CloudWalUploader(
-                    cloud_interface=interface,
-                    server_name=config.server_name,
-                    compression=config.compression,
-                    compression_level=config.compression_level,
-                )
-                kwargs = {"override_tags": config.history_tags} if is_history_file(path) else {}
-                uploader.upload_wal(path, **kwargs)
+                self.upload(index, path)
             except Exception as exc:  # reported to the parent, which decides
                 failed.set()
-                report(f"error {name} Barman cloud WAL archiver exception: {exc}")
+                self.report(f"error {region} {name} Barman cloud WAL archiver exception: {exc}")
             else:
-                report(f"ok {name}")
+                self.report(f"ok {region} {name}")
 
-    threads = [threading.Thread(target=worker) for _ in range(min(uploads, len(paths)) or 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if interface is not None:
-        with closing(interface):
-            pass
-    return 1 if failed.is_set() else 0
+    def run(self) -> int:
+        threads = []
+        for index, region in enumerate(self.regions):
+            todo: queue.SimpleQueue[str] = queue.SimpleQueue()
+            for path in region["paths"]:
+                todo.put(str(path))
+            count = min(self.uploads, len(region["paths"]))
+            threads += [
+                threading.Thread(target=self.worker, args=(index, todo)) for _ in range(count)
+            ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for _config, interface, _broken in self.made:
+            if interface is not None:
+                with closing(interface):
+                    pass
+        return 1 if any(f.is_set() for f in self.failed) else 0
+
+
+def main(argv: list[str]) -> int:
+    uploads = _uploads(argv)
+    return Batch(json.loads(sys.stdin.read())["regions"], uploads).run()
 
 
 def _exit(code: int) -> None:

@@ -186,12 +186,14 @@ def test_each_file_is_compressed_once_for_every_region_that_takes_it() -> None:
 
         return make
 
+    a, b, c = (("a", "gzip", 1), ("b", "gzip", 1), ("c", "gzip", 1))
     shared = walbatch.SharedBytes({"a": 2, "b": 2, "c": 1}, room=1)
-    assert shared.get("a", maker("a")) == b"a" and shared.get("a", maker("a")) == b"a"
+    assert shared.get(a, maker("a"), use=False) == b"a"  # prepared before any region takes it
+    assert shared.get(a, maker("a")) == b"a" and shared.get(a, maker("a")) == b"a"
     assert made == ["a"] and shared.entries == {}  # both regions took it: it is gone
-    shared.get("b", maker("b"))
-    shared.get("c", maker("c"))  # no room for two: b leaves, its second region compresses again
-    assert shared.get("b", maker("b")) == b"b" and made == ["a", "b", "c", "b"]
+    shared.get(b, maker("b"))
+    shared.get(c, maker("c"))  # no room for two: b leaves, its second region compresses again
+    assert shared.get(b, maker("b")) == b"b" and made == ["a", "b", "c", "b"]
 
 
 def test_a_failed_compression_is_tried_again_by_the_region_waiting_for_it() -> None:
@@ -201,5 +203,5 @@ def test_a_failed_compression_is_tried_again_by_the_region_waiting_for_it() -> N
         raise OSError("disk")
 
     with pytest.raises(OSError):
-        shared.get("a", broken)
-    assert shared.get("a", lambda: b"again") == b"again"
+        shared.get(("a", "gzip", 1), broken)
+    assert shared.get(("a", "gzip", 1), lambda: b"again") == b"again"

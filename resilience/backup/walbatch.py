@@ -13,7 +13,8 @@ reads them when it makes the client; the client is thread-safe, so the region's 
 share it) and uploads the files oldest first, N at a time, exactly as
 `barman.clients.cloud_walarchive.main` does for one file (name check, key, compression, history
 tags). A file is compressed once for all regions: the first region to need it compresses it
-with barman's own compressor, the others upload the same bytes.
+with barman's own compressor, the others upload the same bytes; the threads start compressing
+at once, while boto3 is imported and the interfaces are made.
 
 It writes one line per file and region to stdout as each upload ends: ``ok REGION NAME``,
 ``error REGION NAME MESSAGE``, or ``gone REGION NAME`` for a file no longer in the spool
@@ -52,6 +53,9 @@ class _Entry:
         self.uses = 0
 
 
+Key = tuple[str, Any, Any]  # path, compression, compression level
+
+
 class SharedBytes:
     """What each file becomes once compressed, made once and handed to every region that
     uploads it; an entry leaves when its `users` (path -> how many regions upload it) took it,
@@ -62,19 +66,22 @@ class SharedBytes:
         self.users = users
         self.room = max(1, room)
         self.lock = threading.Lock()
-        self.entries: OrderedDict[str, _Entry] = OrderedDict()
+        self.entries: OrderedDict[Key, _Entry] = OrderedDict()
 
-    def get(self, path: str, make: Callable[[], bytes]) -> bytes:
+    def get(self, key: Key, make: Callable[[], bytes], *, use: bool = True) -> bytes:
+        """The bytes of `key`, made by `make` unless another thread made or makes them; `use`
+        False only prepares them (a region's upload takes them later)."""
         with self.lock:
-            entry = self.entries.get(path)
+            entry = self.entries.get(key)
             owner = entry is None
             if entry is None:
-                entry = self.entries[path] = _Entry()
+                entry = self.entries[key] = _Entry()
                 while len(self.entries) > self.room:
                     self.entries.popitem(last=False)
-            entry.uses += 1
-            if entry.uses >= self.users.get(path, 1):
-                self.entries.pop(path, None)
+            if use:
+                entry.uses += 1
+                if entry.uses >= self.users.get(key[0], 1):
+                    self.entries.pop(key, None)
         if owner:
             try:
                 entry.data = make()
@@ -83,27 +90,6 @@ class SharedBytes:
             return entry.data
         entry.ready.wait()
         return entry.data if entry.data is not None else make()  # the maker failed: our turn
-
-
-def _interfaces(regions: list[dict[str, Any]]) -> list[tuple[Any, Any, Exception | None]]:
-    """(config, interface, why not) per region, made one after another with that region's
-    AWS_* variables in the environment (boto3 reads them as it makes the client)."""
-    from barman.clients import cloud_walarchive
-    from barman.cloud_providers import get_cloud_interface
-
-    made: list[tuple[Any, Any, Exception | None]] = []
-    for region in regions:
-        for key in [k for k in os.environ if k.startswith("AWS_")]:
-            if key not in region["env"]:
-                del os.environ[key]
-        os.environ.update(region["env"])
-        # the WAL path argument is required by the parser; each upload names its own file
-        config: Any = cloud_walarchive.parse_arguments([*region["args"], "x"])
-        try:
-            made.append((config, get_cloud_interface(config), None))
-        except Exception as exc:  # reported with the region's first file to upload
-            made.append((config, None, exc))
-    return made
 
 
 def _shared_uploader(base: Any, shared: SharedBytes) -> Any:
@@ -116,30 +102,56 @@ def _shared_uploader(base: Any, shared: SharedBytes) -> Any:
                 with closing(super(Uploader, self).retrieve_file_obj(wal_path)) as made:
                     return bytes(made.read())
 
-            return io.BytesIO(shared.get(wal_path, make))
+            key = (wal_path, self.compression, self.compression_level)
+            return io.BytesIO(shared.get(key, make))
 
     return Uploader
 
 
 class Batch:
     """One run: every region's paths, N threads a region, one answer line per file and
-    region."""
+    region. The threads start compressing at once; each region's cloud interface is made
+    meanwhile (boto3's import and client take a few tenths of a second)."""
 
     def __init__(self, regions: list[dict[str, Any]], uploads: int) -> None:
         from barman.clients import cloud_walarchive
 
         self.regions = regions
         self.uploads = uploads
-        self.made = _interfaces(regions)
+        # the WAL path argument is required by the parser; each upload names its own file
+        self.configs = [cloud_walarchive.parse_arguments([*r["args"], "x"]) for r in regions]
+        self.interfaces: list[Any] = [None for _ in regions]
+        self.broken: list[Exception | None] = [None for _ in regions]
+        self.opened = [threading.Event() for _ in regions]
         users: dict[str, int] = {}
         for region in regions:
             for path in region["paths"]:
                 users[path] = users.get(path, 0) + 1
-        self.uploader = _shared_uploader(
-            cloud_walarchive.CloudWalUploader, SharedBytes(users, 2 * uploads)
-        )
+        self.shared = SharedBytes(users, 2 * uploads)
+        self.compress = cloud_walarchive.CloudWalUploader.retrieve_file_obj  # barman's own
+        self.uploader = _shared_uploader(cloud_walarchive.CloudWalUploader, self.shared)
         self.out = threading.Lock()
         self.failed = [threading.Event() for _ in regions]
+
+    def open_interfaces(self) -> None:
+        """Each region's interface, one after another with that region's AWS_* variables in
+        the environment (boto3 reads them as it makes the client)."""
+        from barman.cloud_providers import get_cloud_interface
+
+        try:
+            for index, region in enumerate(self.regions):
+                for key in [k for k in os.environ if k.startswith("AWS_")]:
+                    if key not in region["env"]:
+                        del os.environ[key]
+                os.environ.update(region["env"])
+                try:
+                    self.interfaces[index] = get_cloud_interface(self.configs[index])
+                except Exception as exc:  # reported with the region's first file to upload
+                    self.broken[index] = exc
+                self.opened[index].set()
+        finally:
+            for opened in self.opened:
+                opened.set()
 
     def report(self, line: str) -> None:
         with self.out:  # this process's protocol with its parent, one whole line at a time
@@ -150,17 +162,26 @@ class Batch:
         """One file to one region, as barman-cloud-wal-archive does; raises when it fails."""
         from barman.xlog import is_any_xlog_file, is_history_file
 
-        config, interface, broken = self.made[index]
+        config = self.configs[index]
         if not is_any_xlog_file(path):
             raise ValueError(f"{os.path.basename(path)} is an invalid name for a WAL file")
-        if broken is not None:
-            raise broken
         uploader = self.uploader(
-            cloud_interface=interface,
+            cloud_interface=None,
             server_name=config.server_name,
             compression=config.compression,
             compression_level=config.compression_level,
         )
+
+        def make() -> bytes:
+            with closing(self.compress(uploader, path)) as made:
+                return bytes(made.read())
+
+        # compressed now, while the interface may still be in the making; kept for the upload
+        self.shared.get((path, config.compression, config.compression_level), make, use=False)
+        self.opened[index].wait()
+        if self.broken[index] is not None:
+            raise self.broken[index]  # type: ignore[misc]
+        uploader.cloud_interface = self.interfaces[index]
         history = {"override_tags": config.history_tags} if is_history_file(path) else {}
         uploader.upload_wal(path, **history)
 
@@ -195,9 +216,10 @@ class Batch:
             ]
         for thread in threads:
             thread.start()
+        self.open_interfaces()
         for thread in threads:
             thread.join()
-        for _config, interface, _broken in self.made:
+        for interface in self.interfaces:
             if interface is not None:
                 with closing(interface):
                     pass

@@ -205,3 +205,30 @@ def test_a_failed_compression_is_tried_again_by_the_region_waiting_for_it() -> N
     with pytest.raises(OSError):
         shared.get(("a", "gzip", 1), broken)
     assert shared.get(("a", "gzip", 1), lambda: b"again") == b"again"
+
+
+def test_without_barmans_python_each_file_goes_by_its_own_command(
+    tmp_path: Path, moto_url: str
+) -> None:
+    bindir = tmp_path / "bin"  # a barman-cloud-wal-archive that is no Python script
+    bindir.mkdir()
+    sent = tmp_path / "sent"
+    sent.mkdir()
+    script = bindir / "barman-cloud-wal-archive"
+    # its last three arguments: the archive's URL (s3://BUCKET/prefix), server and WAL path
+    script.write_text(
+        "#!/bin/sh\n"
+        'for a; do url="$server"; server="$wal"; wal="$a"; done\n'
+        'bucket=$(echo "$url" | cut -d/ -f3)\n'
+        f'cp "$wal" "{sent}/$bucket.$(basename "$wal")"\n'
+    )
+    script.chmod(0o755)
+    settings = _settings(tmp_path, moto_url, barman_bin_dir=bindir)
+    assert batch_interpreter(settings) is None
+    for n in (1, 2):
+        (settings.wal_spool_dir / wal(n)).write_bytes(b"w")
+    result = push_once(settings)
+    assert result.errors == {} and result.removed == [wal(1), wal(2)]
+    assert sorted(p.name for p in sent.iterdir()) == [
+        f"{bucket}.{wal(n)}" for bucket in ("wal-eu", "wal-moscow") for n in (1, 2)
+    ]

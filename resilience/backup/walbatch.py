@@ -128,7 +128,7 @@ class Batch:
             for path in region["paths"]:
                 users[path] = users.get(path, 0) + 1
         self.shared = SharedBytes(users, 2 * uploads)
-        self.compress = cloud_walarchive.CloudWalUploader.retrieve_file_obj  # barman's own
+        self.plain = cloud_walarchive.CloudWalUploader
         self.uploader = _shared_uploader(cloud_walarchive.CloudWalUploader, self.shared)
         self.out = threading.Lock()
         self.failed = [threading.Event() for _ in regions]
@@ -165,23 +165,22 @@ class Batch:
         config = self.configs[index]
         if not is_any_xlog_file(path):
             raise ValueError(f"{os.path.basename(path)} is an invalid name for a WAL file")
-        uploader = self.uploader(
-            cloud_interface=None,
-            server_name=config.server_name,
-            compression=config.compression,
-            compression_level=config.compression_level,
-        )
+        kwargs = {
+            "server_name": config.server_name,
+            "compression": config.compression,
+            "compression_level": config.compression_level,
+        }
 
-        def make() -> bytes:
-            with closing(self.compress(uploader, path)) as made:
-                return bytes(made.read())
+        def make() -> bytes:  # barman's own compression (its uploader needs no interface for it)
+            with closing(self.plain(cloud_interface=None, **kwargs).retrieve_file_obj(path)) as f:
+                return bytes(f.read())
 
         # compressed now, while the interface may still be in the making; kept for the upload
         self.shared.get((path, config.compression, config.compression_level), make, use=False)
         self.opened[index].wait()
         if self.broken[index] is not None:
             raise self.broken[index]  # type: ignore[misc]
-        uploader.cloud_interface = self.interfaces[index]
+        uploader = self.uploader(cloud_interface=self.interfaces[index], **kwargs)
         history = {"override_tags": config.history_tags} if is_history_file(path) else {}
         uploader.upload_wal(path, **history)
 

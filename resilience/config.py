@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     wal_spool_alert_age: float = Field(300.0, gt=0)  # seconds: an older waiting file alerts
     wal_push_interval: float = Field(10.0, gt=0)  # seconds between passes of backup.wal-daemon
     wal_push_timeout: float = Field(120.0, gt=0)  # seconds one segment's upload may take
-    # barman-cloud-wal-archive processes at once per region (pgBackRest's process-max)
+    # uploads at once per region (pgBackRest's process-max), barman-cloud-wal-archive's code
     wal_push_processes: int = Field(4, ge=1, le=64)
     pitr_prefix: str = "pitr"  # barman-cloud's archive: s3://<bucket>/<prefix>/<server>/
     pitr_server: str = "baileys"

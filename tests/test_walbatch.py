@@ -1,5 +1,5 @@
-"""The WAL pusher's batch uploader: barman-cloud-wal-archive's own code, many segments in one
-process per region, against a real S3 protocol (moto's server in this process).
+"""The WAL pusher's batch uploader: barman-cloud-wal-archive's own code, many segments to every
+region in one process, against a real S3 protocol (moto's server in this process).
 
 Evidence is what S3 holds: every object read back, decompressed, equal to the spooled bytes,
 under barman's own layout, which barman-cloud-wal-restore reads."""
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import gzip
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from resilience.backup import walbatch
 from resilience.backup.barman import archives
 from resilience.backup.pitr import segment_name
 from resilience.backup.wal import WalSpool, push_once
-from resilience.backup.walupload import _archive_args, batch_interpreter
+from resilience.backup.walupload import batch_environment, batch_interpreter, batch_request
 from resilience.config import Settings
 from resilience.infra.s3 import regions_from_settings
 
@@ -149,10 +150,85 @@ def test_a_file_another_pass_removed_is_gone_not_failed(tmp_path: Path, moto_url
     assert python is not None
     gone, there = settings.wal_spool_dir / wal(1), settings.wal_spool_dir / wal(2)
     done = subprocess.run(
-        [python, "-I", str(Path(walbatch.__file__)), walbatch.BATCH_FLAG, "2",
-         *_archive_args(archive)],
-        input=f"{gone}\n{there}\n", capture_output=True, text=True, env=archive.environment(),
-        timeout=60, check=False,
+        [python, "-I", str(Path(walbatch.__file__)), walbatch.BATCH_FLAG, "2"],
+        input=batch_request([(archive, [gone, there])]), capture_output=True, text=True,
+        env=batch_environment(), timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert sorted(done.stdout.splitlines()) == [f"gone {wal(1)}", f"ok {wal(2)}"]
+    region = archive.name
+    assert sorted(done.stdout.splitlines()) == [f"gone {region} {wal(1)}", f"ok {region} {wal(2)}"]
+
+
+def test_a_hanging_region_fails_alone_and_the_other_region_gets_its_files(
+    tmp_path: Path, moto_url: str
+) -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        settings = _settings(tmp_path, moto_url, wal_push_timeout=5.0).model_copy(
+            update={"s3_endpoint_eu": f"http://127.0.0.1:{silent.getsockname()[1]}"}
+        )
+        (settings.wal_spool_dir / wal(1)).write_bytes(b"w" * 100)
+        result = push_once(settings)
+    assert result.pushed == {"moscow": [wal(1)], "eu": []}
+    assert set(result.errors) == {"eu"} and "no upload ended within 5 s" in result.errors["eu"]
+    assert WalSpool(settings.wal_spool_dir).files() == [wal(1)]  # EU lacks it: kept
+    assert list(_held(moto_url, "wal-moscow").values()) == [b"w" * 100]
+
+
+def test_each_file_is_compressed_once_for_every_region_that_takes_it() -> None:
+    made: list[str] = []
+
+    def maker(path: str) -> Callable[[], bytes]:
+        def make() -> bytes:
+            made.append(path)
+            return path.encode()
+
+        return make
+
+    a, b, c = (("a", "gzip", 1), ("b", "gzip", 1), ("c", "gzip", 1))
+    shared = walbatch.SharedBytes({"a": 2, "b": 2, "c": 1}, room=1)
+    assert shared.get(a, maker("a"), use=False) == b"a"  # prepared before any region takes it
+    assert shared.get(a, maker("a")) == b"a" and shared.get(a, maker("a")) == b"a"
+    assert made == ["a"] and shared.entries == {}  # both regions took it: it is gone
+    shared.get(b, maker("b"))
+    shared.get(c, maker("c"))  # no room for two: b leaves, its second region compresses again
+    assert shared.get(b, maker("b")) == b"b" and made == ["a", "b", "c", "b"]
+
+
+def test_a_failed_compression_is_tried_again_by_the_region_waiting_for_it() -> None:
+    shared = walbatch.SharedBytes({"a": 2}, room=4)
+
+    def broken() -> bytes:
+        raise OSError("disk")
+
+    with pytest.raises(OSError):
+        shared.get(("a", "gzip", 1), broken)
+    assert shared.get(("a", "gzip", 1), lambda: b"again") == b"again"
+
+
+def test_without_barmans_python_each_file_goes_by_its_own_command(
+    tmp_path: Path, moto_url: str
+) -> None:
+    bindir = tmp_path / "bin"  # a barman-cloud-wal-archive that is no Python script
+    bindir.mkdir()
+    sent = tmp_path / "sent"
+    sent.mkdir()
+    script = bindir / "barman-cloud-wal-archive"
+    # its last three arguments: the archive's URL (s3://BUCKET/prefix), server and WAL path
+    script.write_text(
+        "#!/bin/sh\n"
+        'for a; do url="$server"; server="$wal"; wal="$a"; done\n'
+        'bucket=$(echo "$url" | cut -d/ -f3)\n'
+        f'cp "$wal" "{sent}/$bucket.$(basename "$wal")"\n'
+    )
+    script.chmod(0o755)
+    settings = _settings(tmp_path, moto_url, barman_bin_dir=bindir)
+    assert batch_interpreter(settings) is None
+    for n in (1, 2):
+        (settings.wal_spool_dir / wal(n)).write_bytes(b"w")
+    result = push_once(settings)
+    assert result.errors == {} and result.removed == [wal(1), wal(2)]
+    assert sorted(p.name for p in sent.iterdir()) == [
+        f"{bucket}.{wal(n)}" for bucket in ("wal-eu", "wal-moscow") for n in (1, 2)
+    ]

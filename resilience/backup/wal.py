@@ -7,8 +7,9 @@ The pusher (`backup.wal-push`, one pass; `backup.wal-daemon`, a loop under PM2) 
 spooled file to every region with `barman-cloud-wal-archive`'s own code,
 RESILIENCE_WAL_PUSH_PROCESSES uploads at once per region and both regions at once (as
 pgBackRest's asynchronous archive-push with process-max), oldest first, and deletes it from the
-spool only once every region has it. Each region's uploads run in one process of barman's Python
-(`walbatch.py`), not one process per segment, which spent most of its time starting Python.
+spool only once every region has it. Every region's uploads run in one process of barman's
+Python (`walbatch.py`), each segment compressed once for all regions, not one process per
+segment and region, which spent most of its time starting Python.
 A region's first failure stops new uploads to it for the pass; segments already under way
 finish, so a region may hold later segments than one it lacks: that gap is named in the result
 (and the restore refuses to pass it, `resilience.backup.pitr`) until the next pass fills it.
@@ -31,14 +32,13 @@ import shlex
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from resilience.alerting.channels import notify
 from resilience.backup.barman import archives
-from resilience.backup.walupload import push_region
+from resilience.backup.walupload import push_regions
 from resilience.config import Settings
 from resilience.errors import ConfigError, PartialFailure, ResilienceError
 from resilience.infra.fsutil import atomic_write
@@ -195,23 +195,18 @@ def push_once(
     regions = archives(settings, regions_from_settings(settings))
     files = spool.files()
     if files:
-        with ThreadPoolExecutor(max_workers=len(regions)) as pool:
-            futures = {
-                a.name: pool.submit(push_region, settings, a, spool, files, say) for a in regions
-            }
-            for name, future in futures.items():
-                region = future.result()
-                result.pushed[name] = region.sent
-                if region.failure:
-                    gap = region.gap
-                    result.errors[name] = region.failure + (
-                        f" (a gap: {len(gap)} file(s) from {gap[0]} missing before later ones "
-                        "it holds, until the next pass)"
-                        if gap
-                        else ""
-                    )
-                if region.gap:
-                    result.gaps[name] = region.gap
+        for name, region in push_regions(settings, regions, spool, files, say).items():
+            result.pushed[name] = region.sent
+            if region.failure:
+                gap = region.gap
+                result.errors[name] = region.failure + (
+                    f" (a gap: {len(gap)} file(s) from {gap[0]} missing before later ones "
+                    "it holds, until the next pass)"
+                    if gap
+                    else ""
+                )
+            if region.gap:
+                result.gaps[name] = region.gap
         names = [a.mark for a in regions]
         for name in files:
             if all(spool.has(r, name) for r in names):

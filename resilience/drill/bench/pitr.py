@@ -5,9 +5,9 @@ On a stack whose PostgreSQL archives into its spool (``archive_timeout`` 60 s):
 - an auth database of about ``size_mb`` is seeded; the WAL segments that this produced are the
   bench's segments;
 - **push**, ``repeat`` times: a pass of the pusher (:func:`~resilience.backup.wal.push_once`:
-  ``barman-cloud-wal-archive``'s uploader in one process per region,
-  ``RESILIENCE_WAL_PUSH_PROCESSES`` uploads at once per region, gzip, SSE, both regions in
-  parallel) over a copy of those segments, beside
+  ``barman-cloud-wal-archive``'s uploader in one process for both regions,
+  ``RESILIENCE_WAL_PUSH_PROCESSES`` uploads at once per region, gzip (each segment compressed
+  once for both), SSE, both regions in parallel) over a copy of those segments, beside
   **raw push**: one ``put_object`` of the same bytes per segment and region (the two regions in
   parallel too); segments per second and the ratio;
 - **restore**: a base backup, then ten minutes of the service's traffic as WAL (6,000 upserts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from resilience.files.merge import (
     pre_keys_issued_in_files,
     record_base,
 )
+from resilience.files.untouched import versions_sum
 
 
 def side(name: str, value: str) -> Side:
@@ -102,6 +104,24 @@ def test_the_base_is_written_0600_and_read_back(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600
     assert InstalledBase.read(tmp_path, "acme") == base
     assert InstalledBase.read(tmp_path, "other") is None
+
+
+def test_a_base_with_row_versions_records_signatures_and_their_sum(tmp_path: Path) -> None:
+    directory = tmp_path / "company_acme"
+    directory.mkdir()
+    for name in ("a.json", "manifest.json"):
+        (directory / name).write_bytes(b"{}")
+    rows = {"a.json": ["session", "a", "1234"]}
+    base = record_base(tmp_path, "acme", "export", "d", "c", {"a.json": "fp"}, rows=rows)
+    assert base.stats is not None and set(base.stats) == {"a.json", "manifest.json"}
+    assert base.versions_sum() == versions_sum(rows.values())
+    assert InstalledBase.read(tmp_path, "acme") == base
+    data = json.loads(base_path(tmp_path, "acme").read_bytes())
+    for broken in ({"rows": {"b.json": ["session", "b", "1"]}}, {"stats": {"a.json": "1:2"}},
+                   {"row_sum": "x"}):  # fmt: skip
+        base_path(tmp_path, "acme").write_bytes(json.dumps({**data, **broken}).encode())
+        with pytest.raises(DataError, match="move it away"):
+            InstalledBase.read(tmp_path, "acme")
 
 
 @pytest.mark.parametrize("content", [b"not json", b"[]", b'{"company_id": "other"}'])

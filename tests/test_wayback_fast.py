@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +18,28 @@ import pytest
 from resilience.authstate import pgraw
 from resilience.authstate.codec import dumps_file
 from resilience.authstate.dataset import generate
+from resilience.authstate.model import KeyRecord
 from resilience.authstate.naming import company_dir_name
 from resilience.authstate.pgconn import Conn
 from resilience.authstate.pgstore import PgAuthStore
 from resilience.files.export import export_company
 from resilience.files.importer import import_company
 from resilience.files.merge import InstalledBase, record_installed
+from resilience.files.untouched import versions_again, versions_now, versions_sum
 from resilience.files.wayback import read_creds_file
 from resilience.files.wayback_fast import merge_as_exported
 from resilience.infra.fsutil import atomic_write
 from resilience.infra.progress import NO_METERS
 
 pytestmark = pytest.mark.stack
+NOW = datetime.now().astimezone()
 
 
 def _export(store: PgAuthStore, company: str, root: Path) -> InstalledBase:
     data = generate(company, 300, legacy=0)  # no legacy row: the export records versions
     pgraw.insert_raw(store.conn, company, data.creds, data.rows())
     base = record_installed(
-        root, company, "export", export_company(store, root, company, source="t")
+        root, company, "export", export_company(store, root, company, source="t", versions=True)
     )
     assert base.rows is not None and len(base.rows) == len(base.keys) == 300
     assert base.stats is not None and base.stats.keys() == {*base.keys, "manifest.json"}
@@ -166,3 +170,21 @@ def test_a_file_rewritten_in_place_with_its_size_and_mtime_put_back_is_touched(
         "AND key_id = %s",
         (company, key_type, key_id),
     ).fetchone() == (1,)
+
+
+def test_the_server_sums_the_versions_as_python_does_over_any_id(
+    store: PgAuthStore, conn: Conn, company: str
+) -> None:
+    ids = ["plain", "a:b:c", "ünïcødé:1", "12:3", "x" * 300, "emoji-\U0001f600"]
+    rows = [(KeyRecord(company, "session", i, {"v": i}, NOW, NOW), "array") for i in ids]
+    pgraw.insert_raw(store.conn, company, {"me": 1}, rows)
+    with conn.transaction():
+        read = conn.execute(
+            "SELECT key_type, key_id, xmin::text FROM whatsapp_keys WHERE company_id = %s",
+            (company,),
+        ).fetchall()
+        now, again = versions_now(conn, company)
+        assert versions_again(conn, company) == again
+    assert now == versions_sum(read) and now[0] == len(ids)
+    moved = [(t, i + ("" if i != "a:b:c" else "!"), v) for t, i, v in read]
+    assert versions_sum(moved) != now, "another id, another sum"

@@ -176,6 +176,7 @@ def export_company(
     set_aside: list[Path] | None = None,
     durable: MakeDurable = make_durable,
     expected_rows: int | None = None,
+    versions: bool = False,
 ) -> ExportResult:
     """Export one company from PostgreSQL to ``root/company_<id>`` (see the module text).
 
@@ -187,6 +188,8 @@ def export_company(
     when the caller knows) is the progress bar's total; with a bar and no total the rows are
     counted first. With ``verify``
     the staged directory is read back and its digest compared before it replaces anything.
+    With ``versions`` the result carries the rows' versions (``row_versions``: what a switch
+    records for its way back; left out of batch exports, whose results are all kept).
     Raises :class:`InputError` (unknown company, hostile ids, unwritable or full export dir),
     :class:`DataError` (keys without creds, values that do not decode),
     :class:`VerificationError` or :class:`DatabaseError`; on any of them nothing changed.
@@ -230,7 +233,7 @@ def export_company(
         duration_s=time.monotonic() - started,
         fingerprints=fill.prints,
         file_hashes=fill.hashes,
-        row_versions=row_versions(view),
+        row_versions=row_versions(view) if versions else None,
         creds_print=creds_fingerprint(fill.creds),
         next_pre_key_id=next_pre_key_id(fill.creds),
     )

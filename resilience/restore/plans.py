@@ -353,7 +353,11 @@ class ToPostgres(_Plan):
         try:
             with self._connect() as conn:
                 result = export_mod.export_company(
-                    PgAuthStore(conn), t.auth_root, t.company_id, source=redact_dsn(t.service_dsn)
+                    PgAuthStore(conn),
+                    t.auth_root,
+                    t.company_id,
+                    source=redact_dsn(t.service_dsn),
+                    versions=True,
                 )
             record_installed(t.auth_root, t.company_id, "export", result)
         except ResilienceError as exc:

@@ -96,6 +96,7 @@ class LiveExport:
             meters=self.session.events.meters,
             set_aside=set_aside,
             expected_rows=self.facts.key_count,  # the preflight counted: no round trip
+            versions=True,
         )
         return Installed.of_export(result)
 

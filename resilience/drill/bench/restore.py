@@ -364,7 +364,7 @@ def _way_back_rounds(
     as many merges over a base without the rows' versions and files' signatures (every file
     and row read: what the way back does when PostgreSQL changed since the export)."""
     report(f"{n} keys: live export for the way back (the switch to files)")
-    live = export_company(store, work / "live", company_id, source="bench")
+    live = export_company(store, work / "live", company_id, source="bench", versions=True)
     _check(live.digest, expected, "the live export")
     base = record_installed(work / "live", company_id, "export", live)
     fast = _rounds_over_rows(

@@ -399,28 +399,31 @@ def test_a_database_lost_mid_run_keeps_what_was_deleted_and_a_rerun_continues(
     admin: Conn,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    rows = seed(store, company, fresh=100, stale=50, seed=6)
+    rows = seed(store, company, fresh=100, stale=80, seed=6)
     settings = with_batch(operator, cleanup_batch_size=10)
-    _interrupt_after(monkeypatch, admin, 2)
+    calls = _interrupt_after(monkeypatch, admin, 2)
     with pytest.raises(DatabaseUnreachable) as failed:
         cleanup.cleanup_keys(settings, company_id=company, yes=True)
     error = failed.value
+    # exactly 10 picked first, then the pages that held them, or up to twice as many
+    deleted = sum(calls)
+    assert len(calls) == 2 and calls[0] == 10 and 10 <= deleted < 80
     assert error.exit_code == 6
-    assert "stopped after 2 batch(es), 20 of 50 keys deleted" in str(error)
+    assert f"stopped after 2 batch(es), {deleted} of 80 keys deleted" in str(error)
     assert "a re-run continues" in str(error)
     assert error.details is not None
-    assert error.details["deleted"] == 20 and error.details["batches"] == 2
+    assert error.details["deleted"] == deleted and error.details["batches"] == 2
     assert error.details["complete"] is False and error.details["position"] is not None
     assert "record" not in error.details
     assert error.record is not None
     journal = journal_of(error.record)
     assert journal["status"] == "failed"
-    assert journal["measurements"]["cleanup"]["deleted"] == 20
+    assert journal["measurements"]["cleanup"]["deleted"] == deleted
     delete_step = next(s for s in journal["steps"] if s["name"] == "delete")
     assert delete_step["status"] == "failed" and delete_step["details"]["batches"] == 2
     everything = {(r.key_type, r.key_id) for r, _ in rows}
     left = refs_in(admin, company)
-    assert len(everything - left) == 20  # what was deleted stays deleted
+    assert len(everything - left) == deleted  # what was deleted stays deleted
     assert stack.endpoints.receivers_url is not None
     with ReceiverClient(stack.endpoints.receivers_url) as receivers:
         event = receivers.wait_for(
@@ -434,7 +437,7 @@ def test_a_database_lost_mid_run_keeps_what_was_deleted_and_a_rerun_continues(
 
     monkeypatch.undo()
     run = cleanup.cleanup_keys(settings, company_id=company, yes=True)
-    assert run.deletion.deleted == 30 and run.deletion.complete
+    assert run.deletion.deleted == 80 - deleted and run.deletion.complete
     stale = expected(rows, ExpiryRule.stale(), run.now)
     assert refs_in(admin, company) == everything - stale
 

@@ -7,9 +7,10 @@ deletes the expired rows of the next run of pages after the previous batch's: a 
 A run spans about the pages that hold ``batch_size`` expired rows, judged from what the last
 batch found (a run at most doubles, and never spans more than twice the pages of
 ``batch_size`` rows at the table's average density), so a batch deletes about ``batch_size``
-rows. The first batch, and any where expired rows are sparser than that, picks the next
-``batch_size`` expired rows after the previous one instead and deletes the expired rows of that
-range, in the same snapshot: exactly those (two scans of the range). Before PostgreSQL 14
+rows. Where expired rows are sparser than that, a batch picks the next ``batch_size`` expired
+rows after the previous one instead and deletes the expired rows of that range, in the same
+snapshot: exactly those (two scans of the range); the first batch picks :data:`FIRST_PICK` (or
+``batch_size`` if smaller), which the first run is sized from. Before PostgreSQL 14
 the batches walk the primary key, exactly ``batch_size`` rows each. A batch whose locks were
 not granted in time, or that a deadlock with a writer rolled back, is retried for a while
 (:data:`LOCK_RETRY_WINDOW_S`), then the deletion stops. :class:`Deletion` says how far it got,
@@ -175,6 +176,9 @@ FIRST_TID = "(0,0)"
 #: table's average row density, so that, expired rows spread alike, it deletes at most about
 #: twice the batch size.
 MAX_PAGES_FACTOR = 2
+#: The first batch in physical order picks this many rows at most (exactly, fewer only at the
+#: end): enough to judge how densely expired rows lie, cheap for its two scans.
+FIRST_PICK = 500
 #: Rows per page assumed when the table was never analysed (pg_class.reltuples unknown): dense,
 #: so that runs stay short.
 DENSE_ROWS_PER_PAGE = 100
@@ -263,8 +267,8 @@ class _PhysicalWalk:
     holding `batch_size` expired rows at the density the last batch found; at most twice the
     last batch's pages and at most `cap`, twice the pages of `batch_size` rows at the table's
     average density), a pick of the next `batch_size` expired rows where they are sparser. The
-    first batch is a pick: exactly `batch_size` rows, and the density the first run starts
-    from."""
+    first batch is a pick of exactly :data:`FIRST_PICK` rows (or `batch_size` if smaller): the
+    density the first run starts from."""
 
     statements: dict[str, sql.Composed]
     batch_size: int
@@ -286,22 +290,25 @@ class _PhysicalWalk:
         """The statement of the next batch; fills `params`."""
         params["after"] = done.tid or FIRST_TID
         if not self.pages:
+            first = done.tid is None
+            params["limit"] = min(self.batch_size, FIRST_PICK) if first else self.batch_size
             return self.statements["pick"]
         params["before"] = f"({_page(params['after']) + self.pages},0)"
         return self.statements["run"]
 
     def done_with(self, done: Deletion, batch: Batch, params: dict[str, Any]) -> None:
         """Move `done` past `batch` and size the next one."""
-        if batch.table_pages is not None:  # a run
-            spanned = self.pages
+        if batch.table_pages is not None:  # a run: it grows at most twofold
+            spanned = grown = self.pages
             done.tid = params["before"]
             done.complete = _page(done.tid) >= batch.table_pages
         else:
             spanned = _page(batch.tid or params["after"]) - _page(params["after"]) + 1
+            grown = self.cap
             done.tid = batch.tid or done.tid
-            done.complete = batch.picked < self.batch_size
+            done.complete = batch.picked < params["limit"]
         wanted = spanned * self.batch_size // batch.picked if batch.picked else self.cap + 1
-        self.pages = max(1, min(wanted, 2 * spanned)) if wanted <= self.cap else 0
+        self.pages = max(1, min(wanted, 2 * grown)) if wanted <= self.cap else 0
 
 
 def physical_order(conn: Conn) -> bool:

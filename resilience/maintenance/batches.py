@@ -2,12 +2,19 @@
 physical order (docs/domain.md §7, §9).
 
 Each batch is one statement in its own short transaction, with ``SET LOCAL lock_timeout``, that
-picks the next ``batch_size`` expired rows after the last tuple id of the previous batch and
-deletes the expired rows of that range, in the same snapshot: exactly those. Both are TID range
-scans (PostgreSQL 14 and newer), the pages in order and each read once; before PostgreSQL 14 the
-batches walk the primary key instead. A batch whose locks were not granted in time, or that a
-deadlock with a writer rolled back, is retried for a while (:data:`LOCK_RETRY_WINDOW_S`), then
-the deletion stops. :class:`Deletion` says how far it got, batch by batch, also after a failure.
+deletes the expired rows of the next run of pages after the previous batch's: a TID range scan
+(PostgreSQL 14 and newer), the pages in order and each read once, as one ``DELETE`` reads them.
+A run spans about the pages that hold ``batch_size`` expired rows, judged from what the last
+batch found (a run at most doubles, and never spans more than twice the pages of
+``batch_size`` rows at the table's average density), so a batch deletes about ``batch_size``
+rows. Where expired rows are sparser than that, a batch picks the next ``batch_size`` expired
+rows after the previous one instead and deletes the expired rows of that range, in the same
+snapshot: exactly those (two scans of the range); the first batch picks :data:`FIRST_PICK` (or
+``batch_size`` if smaller), which the first run is sized from. Before PostgreSQL 14
+the batches walk the primary key, exactly ``batch_size`` rows each. A batch whose locks were
+not granted in time, or that a deadlock with a writer rolled back, is retried for a while
+(:data:`LOCK_RETRY_WINDOW_S`), then the deletion stops. :class:`Deletion` says how far it got,
+batch by batch, also after a failure.
 """
 
 from __future__ import annotations
@@ -46,8 +53,9 @@ class Deletion:
     deleted: int = 0
     deleted_value_bytes: int = 0
     by_company_type: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: How far it got: the tuple id of the last row the last committed batch picked (physical
-    #: order), or its last key (key order, before PostgreSQL 14); the next batch starts after.
+    #: How far it got: in physical order the tuple id the last committed batch ended at (a run
+    #: of pages: ``(page, 0)``, that page not yet read; a pick: the last row it picked), in key
+    #: order (before PostgreSQL 14) its last key; the next batch starts after.
     position: tuple[str, str, str] | None = None
     tid: str | None = None
     complete: bool = False
@@ -84,20 +92,39 @@ class Deletion:
 
 @dataclass(frozen=True)
 class Batch:
-    """One committed batch: rows picked, rows deleted per company and type, value bytes."""
+    """One committed batch: rows picked (a run of pages: rows deleted), rows deleted per company
+    and type, value bytes."""
 
     picked: int
     deleted: dict[str, dict[str, int]]
     value_bytes: int
     last: tuple[str, str, str] | None
-    #: The tuple id of the last row picked (physical order): the next batch starts after it.
+    #: A run of pages: the table's pages when the batch ran (the walk ends there).
+    table_pages: int | None = None
+    #: A pick: the tuple id of the last row picked (the next batch starts after it).
     tid: str | None = None
 
 
-#: One batch in physical order: the next `limit` expired rows after the last tuple id of the
-#: previous batch (a TID range scan: the pages in order, each read once), then every expired row
-#: in that range deleted by the same kind of scan, in the same snapshot: exactly those rows.
-_PHYSICAL_SQL = """
+#: One batch in physical order where expired rows are dense: every expired row in the next run
+#: of pages (a TID range scan: the pages in order, each read once, as one DELETE reads them),
+#: counted per company and type, and how many pages the table has now (the walk ends there).
+_RUN_SQL = """
+WITH gone AS (
+    DELETE FROM whatsapp_keys
+    WHERE ctid > %(after)s::tid AND ctid < %(before)s::tid AND {pick}
+    RETURNING company_id, key_type, pg_column_size(value) AS bytes
+)
+SELECT 'deleted', company_id, key_type, NULL::text, count(*), sum(bytes)
+  FROM gone GROUP BY company_id, key_type
+UNION ALL
+SELECT 'pages', NULL, NULL, NULL,
+       pg_relation_size('whatsapp_keys') / current_setting('block_size')::bigint, NULL
+"""
+
+#: One batch in physical order where expired rows are sparse: the next `limit` expired rows after
+#: the last tuple id of the previous batch (a TID range scan), then every expired row in that
+#: range deleted by the same kind of scan, in the same snapshot: exactly those rows.
+_PICK_SQL = """
 WITH batch AS MATERIALIZED (
     SELECT count(*) AS picked, max(tid) AS last FROM (
         SELECT ctid AS tid FROM whatsapp_keys
@@ -145,9 +172,19 @@ SELECT 'last', company_id, key_type, key_id, NULL, NULL FROM last
 
 #: Before the first batch: every tuple id is greater (offsets start at 1).
 FIRST_TID = "(0,0)"
+#: A physical batch spans at most this many times the pages that hold `batch_size` rows at the
+#: table's average row density, so that, expired rows spread alike, it deletes at most about
+#: twice the batch size.
+MAX_PAGES_FACTOR = 2
+#: The first batch in physical order picks this many rows at most (exactly, fewer only at the
+#: end): enough to judge how densely expired rows lie, cheap for its two scans.
+FIRST_PICK = 500
+#: Rows per page assumed when the table was never analysed (pg_class.reltuples unknown): dense,
+#: so that runs stay short.
+DENSE_ROWS_PER_PAGE = 100
 #: Per batch transaction: the lock timeout, and only TID range scans (never an index in key
-#: order, nor a synchronised sequential scan starting mid-table: the rows a batch picks are the
-#: first `limit` after its position, so its range holds no more than those).
+#: order, nor a synchronised sequential scan starting mid-table: a batch reads its pages once,
+#: in order).
 _BATCH_SETTINGS = (
     "SELECT set_config('lock_timeout', %s, true), set_config('enable_seqscan', 'off', true),"
     " set_config('enable_indexscan', 'off', true),"
@@ -162,15 +199,17 @@ def _scoped(rule: ExpiryRule, company: bool) -> sql.Composed:
     return sql.SQL(" AND ").join([*scope, sql.SQL("({})").format(rule.predicate())])
 
 
-def batch_statement(rule: ExpiryRule, *, company: bool, physical: bool = True) -> sql.Composed:
-    """The statement of one batch (one company or all): in physical order (parameters `after`,
-    a tuple id, and `limit`), or in key order (`after_c`, `after_t`, `after_i` or None, and
-    `limit`). Rows: ('deleted', company, type, -, count, bytes) per company and type,
-    ('picked', -, -, the last tuple id picked, rows picked, -), and in key order the last key
-    picked, ('last', company, type, id, -, -)."""
+def batch_statement(rule: ExpiryRule, *, company: bool, order: str = "run") -> sql.Composed:
+    """The statement of one batch (one company or all): a run of pages (`order` "run",
+    parameters `after` and `before`, tuple ids: the rows between), a pick in physical order
+    ("pick": `after`, a tuple id, and `limit`), or in key order ("key": `after_c`, `after_t`,
+    `after_i` or None, and `limit`). Rows: ('deleted', company, type, -, count, bytes) per
+    company and type; for a run ('pages', -, -, -, the table's pages, -); for a pick
+    ('picked', -, -, the last tuple id picked, rows picked, -); in key order ('picked', -, -, -,
+    rows picked, -) and the last key picked, ('last', company, type, id, -, -)."""
     pick = _scoped(rule, company)
-    if physical:
-        return sql.SQL(_PHYSICAL_SQL).format(pick=pick)
+    if order in ("run", "pick"):
+        return sql.SQL(_RUN_SQL if order == "run" else _PICK_SQL).format(pick=pick)
     after = sql.SQL(
         "(%(after_c)s::text IS NULL OR "
         "(company_id, key_type, key_id) > (%(after_c)s, %(after_t)s, %(after_i)s))"
@@ -195,22 +234,81 @@ def _delete_batch(
     deleted: dict[str, dict[str, int]] = {}
     value_bytes = 0
     picked = 0
+    pages: int | None = None
     tid: str | None = None
     last: tuple[str, str, str] | None = None
     for kind, company, key_type, key_id, count, size in rows:
         if kind == "picked":
             picked, tid = int(count), key_id
+        elif kind == "pages":
+            pages = int(count)
         elif kind == "last":
             last = (company, key_type, key_id)
         else:
             deleted.setdefault(company, {})[key_type] = int(count)
             value_bytes += int(size or 0)
-    return Batch(picked, deleted, value_bytes, last, tid)
+    if pages is not None:
+        picked = sum(n for types in deleted.values() for n in types.values())
+    return Batch(picked, deleted, value_bytes, last, pages, tid)
 
 
 class _LockBusy(Exception):
     """A batch's locks were not granted within lock_timeout, or a deadlock with a writer rolled
     it back (retried: it is "not yet")."""
+
+
+def _page(tid: str) -> int:
+    return int(tid.strip("()").split(",")[0])
+
+
+@dataclass
+class _PhysicalWalk:
+    """The batches in physical order: a run of pages where expired rows are dense (about those
+    holding `batch_size` expired rows at the density the last batch found; at most twice the
+    last batch's pages and at most `cap`, twice the pages of `batch_size` rows at the table's
+    average density), a pick of the next `batch_size` expired rows where they are sparser. The
+    first batch is a pick of exactly :data:`FIRST_PICK` rows (or `batch_size` if smaller): the
+    density the first run starts from."""
+
+    statements: dict[str, sql.Composed]
+    batch_size: int
+    pages: int  # of the next run; 0: the next batch is a pick
+    cap: int
+
+    @classmethod
+    def start(cls, conn: Conn, rule: ExpiryRule, company: bool, batch_size: int) -> _PhysicalWalk:
+        row = conn.execute(
+            "SELECT relpages, reltuples FROM pg_class WHERE oid = 'whatsapp_keys'::regclass"
+        ).fetchone()
+        relpages, reltuples = row if row is not None else (0, -1.0)
+        density = reltuples / relpages if relpages > 0 and reltuples > 0 else DENSE_ROWS_PER_PAGE
+        cap = MAX_PAGES_FACTOR * math.ceil(batch_size / max(1.0, density))
+        statements = {o: batch_statement(rule, company=company, order=o) for o in ("run", "pick")}
+        return cls(statements, batch_size, 0, cap)
+
+    def next(self, done: Deletion, params: dict[str, Any]) -> sql.Composed:
+        """The statement of the next batch; fills `params`."""
+        params["after"] = done.tid or FIRST_TID
+        if not self.pages:
+            first = done.tid is None
+            params["limit"] = min(self.batch_size, FIRST_PICK) if first else self.batch_size
+            return self.statements["pick"]
+        params["before"] = f"({_page(params['after']) + self.pages},0)"
+        return self.statements["run"]
+
+    def done_with(self, done: Deletion, batch: Batch, params: dict[str, Any]) -> None:
+        """Move `done` past `batch` and size the next one."""
+        if batch.table_pages is not None:  # a run: it grows at most twofold
+            spanned = grown = self.pages
+            done.tid = params["before"]
+            done.complete = _page(done.tid) >= batch.table_pages
+        else:
+            spanned = _page(batch.tid or params["after"]) - _page(params["after"]) + 1
+            grown = self.cap
+            done.tid = batch.tid or done.tid
+            done.complete = batch.picked < params["limit"]
+        wanted = spanned * self.batch_size // batch.picked if batch.picked else self.cap + 1
+        self.pages = max(1, min(wanted, 2 * grown)) if wanted <= self.cap else 0
 
 
 def physical_order(conn: Conn) -> bool:
@@ -245,8 +343,9 @@ def delete_expired(
         validate_company_id(company_id)
     report = progress or no_progress
     done = state if state is not None else Deletion()
-    physical = physical_order(conn)
-    statement = batch_statement(rule, company=company_id is not None, physical=physical)
+    one = company_id is not None
+    walk = _PhysicalWalk.start(conn, rule, one, batch_size) if physical_order(conn) else None
+    statement = batch_statement(rule, company=one, order="key")
     base: dict[str, Any] = {**rule.params(now), "limit": batch_size}
     if company_id is not None:
         base["company"] = company_id
@@ -255,8 +354,8 @@ def delete_expired(
     try:
         while not done.complete:
             params = dict(base)
-            if physical:
-                params["after"] = done.tid or FIRST_TID
+            if walk is not None:
+                statement = walk.next(done, params)
             else:
                 key = done.position or (None, None, None)
                 params.update(zip(("after_c", "after_t", "after_i"), key, strict=True))
@@ -270,9 +369,10 @@ def delete_expired(
             done.deleted_value_bytes += batch.value_bytes
             if batch.last is not None:
                 done.position = batch.last
-            if batch.tid is not None:
-                done.tid = batch.tid
-            done.complete = batch.picked < batch_size
+            if walk is not None:
+                walk.done_with(done, batch, params)
+            else:
+                done.complete = batch.picked < batch_size
             of = f"/~{planned}" if planned else ""
             report(f"batch {done.batches}{of}: {done.deleted} keys deleted")
     finally:

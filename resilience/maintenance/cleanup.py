@@ -8,14 +8,17 @@ the database's clock at the start, so the dry run, the count and the deletion ag
 
 Deletion (:mod:`resilience.maintenance.batches`) walks the table in its physical order (tuple
 ids; PostgreSQL 14 and newer): each batch is one statement in its own short transaction, with
-``SET LOCAL lock_timeout``, that picks the next ``batch_size`` expired rows after the last tuple
-id of the previous batch and deletes the expired rows of that range, in the same snapshot:
-exactly those. Both are TID range scans, the pages in order and each read once, where
-key-ordered batches touched every page at random (4x one ``DELETE``). A row the service rewrote
-meanwhile is checked again once its writer is done (fresh again, it stays). Before PostgreSQL 14
-(no TID range scan) the batches walk the primary key instead. A concurrent writer waits at most
-for one batch; the cleanup retries a batch whose locks were not granted in time, or that a
-deadlock with a writer rolled back, for a while, then stops. ``whatsapp_auth`` is never touched.
+``SET LOCAL lock_timeout``, that deletes the expired rows of the next run of pages, sized from
+what the last batch found to hold about ``batch_size`` of them (where expired rows are sparse a
+batch picks exactly the next ``batch_size`` expired rows after the previous one and deletes the
+expired rows of that range, in the same snapshot; the first batch picks a few hundred that
+way). These are TID range scans, the pages in order and each read once as one ``DELETE`` reads
+them, where key-ordered batches touched every page at random (4x one ``DELETE``). A row the
+service rewrote meanwhile is checked again once its writer is done (fresh again, it stays).
+Before PostgreSQL 14 (no TID range scan) the batches walk the primary key instead. A
+concurrent writer waits at most for one batch; the cleanup retries a batch whose locks were not
+granted in time, or that a deadlock with a writer rolled back, for a while, then stops.
+``whatsapp_auth`` is never touched.
 
 A run that stops (database lost, lock not granted) keeps what it deleted: each batch committed
 on its own. The error says how far it got (batches, keys deleted, per type, the last tuple id,

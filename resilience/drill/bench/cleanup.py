@@ -11,7 +11,7 @@ order of the pair alternates from one repetition to the next), each on the same 
 and vacuumed table (seeding and vacuum are not timed):
 
 - **batched**: :func:`resilience.maintenance.batches.delete_expired`, what ``cleanup.keys
-  --yes`` runs (batches of ``batch_size`` in the table's physical order, each its own
+  --yes`` runs (batches of about ``batch_size`` in the table's physical order, each its own
   transaction with ``SET LOCAL lock_timeout``);
 - **single**: one ``DELETE ... WHERE <the same predicate> RETURNING``, counted per type the
   same way, in one transaction.

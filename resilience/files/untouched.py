@@ -19,13 +19,17 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resilience.authstate.filestore import TEMP_PREFIX
+from resilience.authstate.naming import CREDS_FILE, FILE_SUFFIX, MANIFEST_FILE
 from resilience.authstate.pgconn import Conn, database_errors
 from resilience.config import validate_company_id
-from resilience.errors import DatabaseError
+from resilience.errors import DatabaseError, DataError
 
 
 def signature(info: os.stat_result) -> list[int]:
@@ -79,6 +83,76 @@ def untouched_files(
     finally:
         os.close(dir_fd)
     return untouched
+
+
+@dataclass
+class Scan:
+    """A company directory as one pass over it found it: the key files with the ``(type, id)``
+    of the exported row of their name, the names no row had (``unmapped``), those untouched
+    since the base, and the directory's own signature then (:meth:`unchanged_since`)."""
+
+    files: dict[str, tuple[str, str]] = field(default_factory=dict)
+    unmapped: list[str] = field(default_factory=list)
+    untouched: set[str] = field(default_factory=set)
+    directory: list[int] = field(default_factory=list)
+    settled: bool = False  # the directory last changed over RACY_NS before the scan
+
+    def unchanged_since(self, company_dir: Path) -> bool:
+        """No name created, removed or renamed in the directory since the scan: its
+        modification and change times are the same and were already older than the kernel's
+        clock granularity then (else a change in the same tick could keep them: not trusted)."""
+        return self.settled and signature(os.stat(company_dir)) == self.directory
+
+
+#: how long ago a directory must have changed for its times to tell a later change (a coarse
+#: kernel tick is a few milliseconds; a second leaves room for any clock)
+RACY_NS = 1_000_000_000
+
+
+def scan_directory(
+    company_dir: Path, rows: Mapping[str, Sequence[str]], recorded: Mapping[str, list[int]]
+) -> Scan:
+    """One pass over ``company_dir``: the key files (not creds, manifest or temp files), each
+    mapped by ``rows`` and, if ``recorded`` (recorded names are rows'), stat'ed and compared as
+    :func:`untouched_files` does."""
+    scan = Scan()
+    files, untouched = scan.files, scan.untouched
+    lstat, regular = os.stat, stat.S_ISREG
+    dir_fd = os.open(company_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        info = os.fstat(dir_fd)
+        scan.directory = signature(info)
+        scan.settled = time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) > RACY_NS
+        for name in os.listdir(dir_fd):
+            if not name.endswith(FILE_SUFFIX) or name.startswith(TEMP_PREFIX):
+                continue
+            if name in (CREDS_FILE, MANIFEST_FILE):
+                continue
+            row = rows.get(name)
+            if row is None:
+                scan.unmapped.append(name)
+                continue
+            files[name] = (row[0], row[1])
+            was = recorded.get(name)
+            if was is None:
+                continue
+            try:
+                now = lstat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if (
+                now.st_ctime_ns == was[3]
+                and now.st_ino == was[0]
+                and now.st_size == was[1]
+                and now.st_mtime_ns == was[2]
+                and regular(now.st_mode)
+            ):
+                untouched.add(name)
+    except OSError as exc:
+        raise DataError(f"cannot list {company_dir}: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
+    return scan
 
 
 def versions_sum(rows: Iterable[Sequence[str]]) -> tuple[int, int]:

@@ -53,7 +53,9 @@ from resilience.files.merge import InstalledBase, MergePlan, Side, plan_merge
 from resilience.files.merge import pre_keys_issued_in_files as issued_in_files
 from resilience.files.ourside import OurFiles, read_our_files
 from resilience.files.untouched import (
+    Scan,
     file_signatures,
+    scan_directory,
     untouched_files,
     versions_again,
     versions_now,
@@ -79,8 +81,7 @@ def merge_as_exported(
     with import_transaction(store, company_id), ThreadPoolExecutor(1) as pool:
         # the server sums the rows' versions while the files are listed and stat'ed
         asked = pool.submit(versions_now, store.conn, company_id)
-        files = _mapped(company_dir, company_id, rows, stats)
-        untouched = untouched_files(company_dir, files, stats)
+        files, untouched, scan = _mapped(company_dir, company_id, rows, stats)
         touched = {name: ref for name, ref in files.items() if name not in untouched}
         ours = read_our_files(company_dir, touched, base)
         now, again = asked.result()
@@ -99,7 +100,7 @@ def merge_as_exported(
             buffer_form = synced.buffer_form.to_dict() if synced.buffer_form else None
         else:
             creds_changed, buffer_form = _sync_creds_only(
-                store, company_id, company_dir, files, creds
+                store, company_id, company_dir, files, creds, scan
             )
             if versions_again(store.conn, company_id) != again:
                 raise VerificationError(
@@ -133,27 +134,28 @@ def _mapped(
     company_id: str,
     rows: Mapping[str, list[str]],
     stats: Mapping[str, list[int]],
-) -> dict[str, Ref]:
-    """The key files mapped back to their ``(type, id)``: by the exported rows while the
-    manifest is the one installed (it maps them so), else by :func:`mapped_files`."""
+) -> tuple[dict[str, Ref], set[str], Scan | None]:
+    """The key files mapped back to their ``(type, id)`` and those untouched: in one pass,
+    by the exported rows, while the manifest is the one installed (it maps them so); else by
+    :func:`mapped_files`. With the pass, what it saw of the directory."""
     now = file_signatures(company_dir, [MANIFEST_FILE]).get(MANIFEST_FILE)
     if now is None or now != stats.get(MANIFEST_FILE):
-        return mapped_files(company_dir, company_id)[1]
-    files: dict[str, Ref] = {}
+        files = mapped_files(company_dir, company_id)[1]
+        return files, untouched_files(company_dir, files, stats), None
+    scan = scan_directory(company_dir, rows, stats)
     unmappable: list[str] = []
-    for name in key_file_set(company_dir):
-        row = rows.get(name)
-        ref = (row[0], row[1]) if row is not None else try_parse_file_name(name)
+    for name in scan.unmapped:  # created in file mode: mapped by name where that is exact
+        ref = try_parse_file_name(name)
         if ref is None:
             unmappable.append(name)
         else:
-            files[name] = ref
+            scan.files[name] = ref
     if unmappable:
         raise DataError(
             f"{len(unmappable)} key file(s) in {company_dir} cannot be mapped back to a key id "
             f"without guessing: {listed(sorted(unmappable))}; nothing was imported"
         )
-    return files
+    return scan.files, scan.untouched, scan
 
 
 def _digests(
@@ -247,7 +249,12 @@ def _value(ours: OurFiles, company_dir: Path, name: str) -> Any:
 
 
 def _sync_creds_only(
-    store: PgAuthStore, company_id: str, company_dir: Path, files: Mapping[str, Ref], creds: Any
+    store: PgAuthStore,
+    company_id: str,
+    company_dir: Path,
+    files: Mapping[str, Ref],
+    creds: Any,
+    scan: Scan | None,
 ) -> tuple[bool, dict[str, Any] | None]:
     """The creds synced when no key row changes: (changed, the Buffer form they were written
     in, None when not written); a key file that appeared meanwhile fails the way back inside
@@ -263,6 +270,8 @@ def _sync_creds_only(
         raise VerificationError(
             f"way back of company {company_id}: the creds read back differ; rolled back"
         )
+    if scan is not None and scan.unchanged_since(company_dir):
+        return changed, forms[0].to_dict() if forms else None  # no name came or went
     appeared = key_file_set(company_dir) - files.keys()
     if appeared:
         raise DataError(

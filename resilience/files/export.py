@@ -65,6 +65,7 @@ from resilience.errors import DataError, InputError, VerificationError
 from resilience.files.manifest import Manifest, collision_to_dict
 from resilience.files.merge import file_hash
 from resilience.files.staging import stage_and_swap, write_private
+from resilience.infra.gcpause import collector_paused
 from resilience.infra.progress import NO_METERS, Meters
 from resilience.infra.redact import redact_dsn
 
@@ -194,6 +195,26 @@ def export_company(
     :class:`DataError` (keys without creds, values that do not decode),
     :class:`VerificationError` or :class:`DatabaseError`; on any of them nothing changed.
     """
+    with collector_paused():  # 100k records held: see resilience.infra.gcpause
+        return _export(
+            store, root, company_id, source, progress, verify, meters, set_aside, durable,
+            expected_rows, versions,
+        )  # fmt: skip
+
+
+def _export(
+    store: PgAuthStore,
+    root: Path,
+    company_id: str,
+    source: str,
+    progress: Progress | None,
+    verify: bool,
+    meters: Meters,
+    set_aside: list[Path] | None,
+    durable: MakeDurable,
+    expected_rows: int | None,
+    versions: bool,
+) -> ExportResult:
     started = time.monotonic()
     report = progress or _no_progress
     validate_company_id(company_id)

@@ -67,6 +67,7 @@ from resilience.files.importing import (
 from resilience.files.manifest import Manifest
 from resilience.files.merge import InstalledBase
 from resilience.files.wayback import check_directory, merge_import
+from resilience.infra.gcpause import collector_paused
 from resilience.infra.progress import NO_METERS, Meters
 
 #: names other modules import from here
@@ -250,11 +251,12 @@ def import_company(
     company_dir = safe_path(Path(root), company_dir_name(company_id))
     if not company_dir.is_dir():
         raise InputError(f"no Baileys directory {company_dir} to import for company {company_id}")
-    if three_way:
-        return merge_import(store, company_dir, company_id, base, dry_run, meters, started)
-    if dry_run:
-        return _preview_import(store, company_dir, company_id, started)
-    return _write_import(store, company_dir, company_id, meters, started)
+    with collector_paused():  # every key held while it works: see resilience.infra.gcpause
+        if three_way:
+            return merge_import(store, company_dir, company_id, base, dry_run, meters, started)
+        if dry_run:
+            return _preview_import(store, company_dir, company_id, started)
+        return _write_import(store, company_dir, company_id, meters, started)
 
 
 def _preview_import(

@@ -54,3 +54,12 @@ def test_a_collector_off_before_stays_off() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_as_a_decorator_each_call_pauses_and_resumes() -> None:
+    @collector_paused()
+    def inside() -> bool:
+        return gc.isenabled()
+
+    assert inside() is False and inside() is False
+    assert gc.isenabled()

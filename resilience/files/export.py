@@ -165,6 +165,7 @@ def _verify_staged(company_dir: Path, company_id: str, expected: set[str]) -> No
         )
 
 
+@collector_paused()  # 100k records held while it works: see resilience.infra.gcpause
 def export_company(
     store: PgAuthStore,
     root: Path,
@@ -195,26 +196,6 @@ def export_company(
     :class:`DataError` (keys without creds, values that do not decode),
     :class:`VerificationError` or :class:`DatabaseError`; on any of them nothing changed.
     """
-    with collector_paused():  # 100k records held: see resilience.infra.gcpause
-        return _export(
-            store, root, company_id, source, progress, verify, meters, set_aside, durable,
-            expected_rows, versions,
-        )  # fmt: skip
-
-
-def _export(
-    store: PgAuthStore,
-    root: Path,
-    company_id: str,
-    source: str,
-    progress: Progress | None,
-    verify: bool,
-    meters: Meters,
-    set_aside: list[Path] | None,
-    durable: MakeDurable,
-    expected_rows: int | None,
-    versions: bool,
-) -> ExportResult:
     started = time.monotonic()
     report = progress or _no_progress
     validate_company_id(company_id)

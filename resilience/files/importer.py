@@ -223,6 +223,7 @@ def plan_import(
     return plan, view
 
 
+@collector_paused()  # every key held while it works: see resilience.infra.gcpause
 def import_company(
     store: PgAuthStore,
     root: Path,
@@ -251,12 +252,11 @@ def import_company(
     company_dir = safe_path(Path(root), company_dir_name(company_id))
     if not company_dir.is_dir():
         raise InputError(f"no Baileys directory {company_dir} to import for company {company_id}")
-    with collector_paused():  # every key held while it works: see resilience.infra.gcpause
-        if three_way:
-            return merge_import(store, company_dir, company_id, base, dry_run, meters, started)
-        if dry_run:
-            return _preview_import(store, company_dir, company_id, started)
-        return _write_import(store, company_dir, company_id, meters, started)
+    if three_way:
+        return merge_import(store, company_dir, company_id, base, dry_run, meters, started)
+    if dry_run:
+        return _preview_import(store, company_dir, company_id, started)
+    return _write_import(store, company_dir, company_id, meters, started)
 
 
 def _preview_import(

@@ -68,12 +68,17 @@ def mapped_files(company_dir: Path, company_id: str) -> tuple[Manifest | None, d
         raise InputError(f"{company_dir} is not the directory of company {company_id}")
     manifest = read_manifest(company_dir)
     mapped, unmappable = _map_names(company_dir, manifest)
+    refuse_unmappable(company_dir, unmappable)
+    return manifest, mapped
+
+
+def refuse_unmappable(company_dir: Path, unmappable: list[str]) -> None:
+    """:class:`DataError` listing the key files that cannot be mapped back without guessing."""
     if unmappable:
         raise DataError(
             f"{len(unmappable)} key file(s) in {company_dir} cannot be mapped back to a key id "
             f"without guessing: {listed(unmappable)}; nothing was imported"
         )
-    return manifest, mapped
 
 
 @dataclass
@@ -165,9 +170,15 @@ def sync_keys(
         )
     finally:
         meter.close()
+    refuse_appeared(company_dir, files)
+    return synced
+
+
+def refuse_appeared(company_dir: Path, files: Mapping[str, Ref]) -> None:
+    """:class:`DataError` (inside the import's transaction: nothing imported) when key files
+    that were not read appeared in the directory meanwhile."""
     appeared = key_file_set(company_dir) - files.keys()
     if appeared:
         raise DataError(
             f"{company_dir} changed while it was being read: {listed(sorted(appeared))} appeared"
         )
-    return synced

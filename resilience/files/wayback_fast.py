@@ -31,7 +31,7 @@ from typing import Any
 
 from resilience.authstate.bufferform import FormChoice
 from resilience.authstate.codec import Style, parse
-from resilience.authstate.filestore import key_file_set, read_regular_file
+from resilience.authstate.filestore import read_regular_file
 from resilience.authstate.fingerprint import (
     creds_fingerprint,
     digest_of_fingerprints,
@@ -45,8 +45,9 @@ from resilience.files.importing import (
     ImportResult,
     Ref,
     import_transaction,
-    listed,
     mapped_files,
+    refuse_appeared,
+    refuse_unmappable,
     sync_keys,
 )
 from resilience.files.merge import InstalledBase, MergePlan, Side, plan_merge
@@ -150,11 +151,7 @@ def _mapped(
             unmappable.append(name)
         else:
             scan.files[name] = ref
-    if unmappable:
-        raise DataError(
-            f"{len(unmappable)} key file(s) in {company_dir} cannot be mapped back to a key id "
-            f"without guessing: {listed(sorted(unmappable))}; nothing was imported"
-        )
+    refuse_unmappable(company_dir, sorted(unmappable))
     return scan.files, scan.untouched, scan
 
 
@@ -272,9 +269,5 @@ def _sync_creds_only(
         )
     if scan is not None and scan.unchanged_since(company_dir):
         return changed, forms[0].to_dict() if forms else None  # no name came or went
-    appeared = key_file_set(company_dir) - files.keys()
-    if appeared:
-        raise DataError(
-            f"{company_dir} changed while it was being read: {listed(sorted(appeared))} appeared"
-        )
+    refuse_appeared(company_dir, files)
     return changed, forms[0].to_dict() if forms else None
